@@ -1,0 +1,35 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+
+Write the revision as Steps (otelmig/ddl.py): each with the catalog condition
+under which it applies and the lock it takes, so that online runs, `--sql` and
+`plan` make the same decisions. Add the new id to KNOWN_REVISIONS and
+HEAD_REVISION in otelmig/_version.py, and update otelmig/schema.py.
+"""
+
+from otelmig.ddl import Names, Step
+from otelmig import migration_api
+
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = ${repr(branch_labels)}
+depends_on = ${repr(depends_on)}
+
+
+def upgrade_steps(n: Names):
+    return []
+
+
+def downgrade_steps(n: Names):
+    return []
+
+
+def upgrade():
+    migration_api.run(upgrade_steps)
+
+
+def downgrade():
+    migration_api.run(downgrade_steps)

@@ -1,0 +1,193 @@
+"""Parse the command line, dispatch, and map every failure to an exit code.
+
+main() holds the one try/except of the program: an OtelmigError becomes one
+line on stderr and its exit code; anything else is a bug (exit 1). Command
+modules are imported only when their command runs, so `check` never pays for
+Alembic or SQLAlchemy.
+"""
+
+import argparse
+import os
+import signal
+import sys
+from typing import Optional, Sequence
+
+from otelmig import redact
+from otelmig._version import HEAD_REVISION, __version__
+from otelmig.errors import ExitStatus, Interrupted, OtelmigError, UsageError
+
+PROG = "otelmig"
+NO_DATABASE = ("heads",)  # commands that never connect
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, instead of usage + message
+        raise UsageError("%s; see `%s --help`" % (message, PROG))
+
+
+def _global_options(parser, suppress: bool) -> None:
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    parser.add_argument("--url", default=default(None), help="database URL (else POSTGRES_URL, else PG* env)")
+    parser.add_argument("--schema", default=default(None), help="target schema (else OTEL_DB_SCHEMA, else otel)")
+    parser.add_argument("--lock-timeout", default=default(None), metavar="SECONDS",
+                        help="longest wait for a table lock per DDL attempt (default 5)")
+    parser.add_argument("--format", default=default("text"), choices=("text", "json", "prometheus"),
+                        help="output format (prometheus: verify only)")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")
+    parser.add_argument("-q", "--quiet", action="count", default=default(0), help="less on stderr")
+    parser.add_argument("--traceback", action="store_true", default=default(False),
+                        help="show the traceback of an unexpected error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Safe, versioned migrations for the OTEL store in PostgreSQL.")
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    _global_options(parser, suppress=False)
+    common = _Parser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name, help_text):
+        return commands.add_parser(name, help=help_text, parents=[common])
+
+    cmd = add("upgrade", "migrate to REV (default head)")
+    cmd.add_argument("revision", nargs="?", default="head")
+    cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
+    cmd = add("downgrade", "migrate down to REV (a revision, -N or base)")
+    cmd.add_argument("revision")
+    cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
+    cmd.add_argument("--allow-data-loss", action="store_true", help="drop columns that hold data")
+    cmd = add("rollback", "downgrade by N revisions (default 1)")
+    cmd.add_argument("steps", nargs="?", default="1")
+    cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
+    cmd.add_argument("--allow-data-loss", action="store_true", help="drop columns that hold data")
+    add("current", "the database's revision and whether it is the head")
+    add("history", "the bundled revisions, oldest first")
+    add("heads", "the bundled head revision(s)")
+    cmd = add("stamp", "record REV in the version table without running migrations")
+    cmd.add_argument("revision")
+    add("plan", "the pending revisions and the statements they would run here; writes nothing")
+    cmd = add("check", "fast readiness probe for container entrypoints")
+    cmd.add_argument("--wait", default="0", metavar="SECONDS", help="retry an unreachable database this long")
+    cmd = add("verify", "compare the live schema with the head contract")
+    cmd.add_argument("--strict", action="store_true", help="operator extras count as drift")
+    return parser
+
+
+def version_line() -> str:
+    import platform
+    from importlib import metadata
+
+    def version_of(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "missing"
+    return "%s %s (head %s, Python %s, Alembic %s, SQLAlchemy %s, pg8000 %s)" % (
+        PROG, __version__, HEAD_REVISION, platform.python_version(),
+        version_of("alembic"), version_of("SQLAlchemy"), version_of("pg8000"))
+
+
+def _parse_steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        raise UsageError("rollback takes a number of revisions, not %r" % text) from None
+    if steps < 1:
+        raise UsageError("rollback takes a positive number of revisions, not %d" % steps)
+    return steps
+
+
+def dispatch(args, settings, out, err) -> int:
+    name = args.command
+    if settings.output_format == "prometheus" and name != "verify":
+        raise UsageError("--format prometheus is for verify only")
+    if getattr(args, "sql", False):
+        from otelmig import offline
+        if name == "upgrade":
+            return offline.upgrade_sql(settings, out, args.revision)
+        steps = "-%d" % _parse_steps(args.steps) if name == "rollback" else args.revision
+        return offline.downgrade_sql(settings, out, steps, args.allow_data_loss)
+    if name in ("check", "current"):
+        from otelmig import check
+        if name == "current":
+            return check.current(settings, out, err)
+        from otelmig.settings import parse_seconds
+        wait = parse_seconds(args.wait, "--wait") if args.wait not in ("0", "0.0") else 0.0
+        return check.check(settings, out, err, wait)
+    if name == "verify":
+        from otelmig import verify
+        return verify.verify(settings, out, err, args.strict)
+    if name == "plan":
+        from otelmig import plan
+        return plan.plan(settings, out, err)
+    from otelmig import migrate
+    if name == "upgrade":
+        return migrate.upgrade(settings, out, err, args.revision)
+    if name == "downgrade":
+        return migrate.downgrade(settings, out, err, args.revision, args.allow_data_loss)
+    if name == "rollback":
+        return migrate.rollback(settings, out, err, _parse_steps(args.steps), args.allow_data_loss)
+    if name == "stamp":
+        return migrate.stamp(settings, out, err, args.revision)
+    if name == "history":
+        return migrate.history(settings, out, err)
+    return migrate.heads(settings, out, err)
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("interrupted by SIGTERM: the open transaction was rolled back; rerun to continue",
+                      ExitStatus.SIGTERM)
+
+
+def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> int:
+    out = redact.RedactingStream(out or sys.stdout)
+    err = redact.RedactingStream(err or sys.stderr)
+    env = os.environ if env is None else env
+    show_traceback = "--traceback" in (sys.argv[1:] if argv is None else argv)
+    previous = _install(signal.SIGTERM, _on_sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.version:
+            out.write(version_line() + "\n")
+            return 0
+        if not args.command:
+            raise UsageError("no command given; see `%s --help`" % PROG)
+        from otelmig import settings as settings_mod
+        needs_db = args.command not in NO_DATABASE and not getattr(args, "sql", False)
+        settings = settings_mod.resolve(args, env, need_database=needs_db)
+        return dispatch(args, settings, out, err)
+    except KeyboardInterrupt:
+        return _fail(err, Interrupted("interrupted by SIGINT: the open transaction was rolled back; rerun to continue",
+                                      ExitStatus.SIGINT), show_traceback)
+    except Exception as exc:  # the one place exceptions become exit codes
+        return _fail(err, _as_otelmig_error(exc), show_traceback)
+    finally:
+        _install(signal.SIGTERM, previous)
+
+
+def _as_otelmig_error(exc: BaseException) -> OtelmigError:
+    if isinstance(exc, OtelmigError):
+        return exc
+    if "pg8000" in sys.modules or "sqlalchemy" in sys.modules:
+        from otelmig import db
+        translated = db.translate(exc)
+        if translated is not None:
+            return translated
+    return OtelmigError("internal error (a bug in otelmig): %s: %s; rerun with --traceback and report it"
+                        % (type(exc).__name__, exc), ExitStatus.INTERNAL)
+
+
+def _fail(err, error: OtelmigError, show_traceback: bool) -> int:
+    if show_traceback:
+        import traceback
+        err.write(traceback.format_exc())
+    err.write("%s: %s\n" % (PROG, " ".join(error.message.split())))
+    return int(error.exit_status)
+
+
+def _install(signum, handler):
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:  # not the main thread (e.g. called from a test thread)
+        return None

@@ -1,0 +1,158 @@
+"""Connections, and the one place that turns driver errors into ours.
+
+Only pg8000 is imported here, never SQLAlchemy or Alembic: `check` runs on this
+module alone. migrate.py hands these same connections to SQLAlchemy through
+create_engine(creator=...), so the URL and password never reach Alembic's
+configparser (where a '%' in a password would break).
+"""
+
+import socket
+from typing import Optional
+
+import pg8000.dbapi
+
+from otelmig import tls
+from otelmig.errors import (BusyError, ConnectError, Interrupted, OtelmigError,
+                            RefusedError)
+
+# SQLSTATEs we act on.
+INVALID_PASSWORD = "28P01"
+INVALID_AUTHORIZATION = "28000"
+INVALID_CATALOG = "3D000"
+CANNOT_CONNECT_NOW = "57P03"
+TOO_MANY_CONNECTIONS = "53300"
+ADMIN_SHUTDOWN = "57P01"
+INSUFFICIENT_PRIVILEGE = "42501"
+READ_ONLY_TRANSACTION = "25006"
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+ACTIVE_SQL_TRANSACTION = "25001"
+
+
+class ConnectFailed(ConnectError):
+    """Exit 3; `retryable` says whether waiting might help (check --wait)."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sqlstate(exc: BaseException) -> Optional[str]:
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return fields.get("C")
+
+
+def server_message(exc: BaseException) -> str:
+    exc = getattr(exc, "orig", None) or exc
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return fields.get("M") or str(exc)
+
+
+def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None):
+    """A pg8000 DB-API connection, or ConnectFailed (exit 3) that says why."""
+    last_error = None
+    for ssl_context in tls.attempts(conninfo):
+        try:
+            conn = pg8000.dbapi.Connection(
+                user=conninfo.user, host=conninfo.host, port=conninfo.port,
+                database=conninfo.database, password=conninfo.password,
+                unix_sock=conninfo.unix_socket, ssl_context=ssl_context,
+                timeout=timeout or conninfo.connect_timeout,
+                application_name=conninfo.application_name)
+        except Exception as exc:  # classified right below, never swallowed
+            last_error = exc
+            continue
+        conn.autocommit = autocommit
+        return conn
+    raise connect_error(last_error, conninfo) from None
+
+
+def connect_error(exc: BaseException, conninfo) -> ConnectFailed:
+    where = "%s:%d" % (conninfo.host, conninfo.port)
+    code = sqlstate(exc)
+    if code in (INVALID_PASSWORD, INVALID_AUTHORIZATION):
+        return ConnectFailed("login refused by %s: %s; check the user and password"
+                             % (where, server_message(exc)), retryable=False)
+    if code == INVALID_CATALOG:
+        return ConnectFailed("database %r does not exist on %s; create it or fix the URL"
+                             % (conninfo.database, where), retryable=False)
+    if code in (CANNOT_CONNECT_NOW, TOO_MANY_CONNECTIONS):
+        return ConnectFailed("%s is not accepting connections yet: %s" % (where, server_message(exc)),
+                             retryable=True)
+    if code:
+        return ConnectFailed("connecting to %s failed: %s" % (where, server_message(exc)), retryable=False)
+    return ConnectFailed(_network_reason(exc, conninfo, where), retryable=not _is_tls_error(exc))
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    import ssl
+    cause = exc.__cause__ or exc
+    return isinstance(cause, ssl.SSLError) or "refuses SSL" in str(exc)
+
+
+def _network_reason(exc: BaseException, conninfo, where: str) -> str:
+    import ssl
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = cause.verify_message or str(cause)
+        if "ostname" in detail or "IP address mismatch" in detail:
+            reason = "host name mismatch: the server certificate is not valid for %r" % conninfo.host
+        elif "issuer" in detail or "self-signed" in detail or "self signed" in detail:
+            reason = "unknown CA: the server certificate is not signed by sslrootcert"
+        else:
+            reason = detail
+        return "TLS to %s failed: %s (sslmode=%s)" % (where, reason, conninfo.sslmode)
+    if "refuses SSL" in str(exc):
+        return "TLS to %s failed: the server does not support TLS (sslmode=%s)" % (where, conninfo.sslmode)
+    if isinstance(cause, ssl.SSLError):
+        return "TLS to %s failed: %s" % (where, cause.reason or cause)
+    if isinstance(cause, socket.gaierror):
+        return "cannot resolve host %r: check the host name" % conninfo.host
+    if isinstance(cause, socket.timeout):
+        return "timed out connecting to %s after %gs; is the server up?" % (where, conninfo.connect_timeout)
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused by %s; is PostgreSQL running there?" % where
+    if isinstance(cause, OSError) and cause.strerror:
+        return "cannot reach %s: %s" % (where, cause.strerror)
+    return "cannot reach %s: %s" % (where, exc)
+
+
+def translate(exc: BaseException) -> Optional[OtelmigError]:
+    """Our error for a driver / SQLAlchemy error raised after connecting, or None."""
+    if isinstance(exc, OtelmigError):
+        return exc
+    cause = getattr(exc, "orig", None)
+    if isinstance(cause, (OtelmigError, KeyboardInterrupt)):
+        return cause if isinstance(cause, OtelmigError) else Interrupted("interrupted", 130)
+    code = sqlstate(exc)
+    message = server_message(exc)
+    if code == INSUFFICIENT_PRIVILEGE:
+        return RefusedError("permission denied: %s; grant the privilege or use the owner role" % message)
+    if code == READ_ONLY_TRANSACTION:
+        return RefusedError("the database is read-only (%s); run against the primary" % message)
+    if code == LOCK_NOT_AVAILABLE:
+        return BusyError("could not get a table lock in time: %s; retry when the table is less busy" % message)
+    if code == ADMIN_SHUTDOWN or _is_connection_lost(exc):
+        return ConnectError("the connection to the database was lost (%s); rerun to continue" % message)
+    return None
+
+
+def _is_connection_lost(exc: BaseException) -> bool:
+    exc = getattr(exc, "orig", None) or exc
+    return isinstance(exc, pg8000.dbapi.InterfaceError) and (
+        "network error" in str(exc) or "connection is closed" in str(exc))
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    return sqlstate(exc) == LOCK_NOT_AVAILABLE
+
+

@@ -1,0 +1,283 @@
+"""upgrade, downgrade, rollback, stamp, history, heads: the Alembic commands.
+
+Each is a plain function taking settings and streams. The Alembic Config is
+built in code and handed an open connection; the URL never enters it.
+"""
+
+import contextlib
+import os
+import random
+import time
+from typing import List, Optional
+
+from otelmig import db, output
+from otelmig._version import HEAD_REVISION
+from otelmig.check import read_state
+from otelmig.errors import (ConnectError, Interrupted, NotInitialisedError, UnknownRevisionError,
+                            UsageError)
+from otelmig.lock import MigrationLock
+
+LOCK_RETRIES = 5          # attempts after the first, on lock timeout (55P03)
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 8.0
+DEFAULT_LOCK_WAIT = 600.0  # how long to wait for another otelmig's migration lock
+ENV_LOCK_WAIT = "OTELMIG_LOCK_WAIT"
+
+
+def migrations_dir() -> str:
+    import otelmig.migrations
+    return os.path.dirname(os.path.abspath(otelmig.migrations.__file__))
+
+
+def alembic_config(settings, connection=None, **attributes):
+    from alembic.config import Config
+
+    config = Config()
+    # configparser interpolates '%': escape it in the one value we set.
+    config.set_main_option("script_location", migrations_dir().replace("%", "%%"))
+    config.attributes.update(schema=settings.schema, connection=connection, **attributes)
+    if connection is None:
+        del config.attributes["connection"]
+    return config
+
+
+def script_directory(settings):
+    from alembic.script import ScriptDirectory
+    return ScriptDirectory.from_config(alembic_config(settings))
+
+
+def engine_for(conninfo):
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    return sqlalchemy.create_engine("postgresql+pg8000://", poolclass=NullPool,
+                                    creator=lambda: db.connect(conninfo, autocommit=False))
+
+
+def resolve_revision(settings, target: str, current: Optional[str]) -> Optional[str]:
+    """A concrete revision id (None for base) or UsageError (exit 2)."""
+    from alembic.script.revision import ResolutionError, RevisionError
+    from alembic.util import CommandError
+
+    scripts = script_directory(settings)
+    if target == "base":
+        return None
+    if target.startswith("-") or target.startswith("+"):
+        return _relative(scripts, target, current)
+    try:
+        return scripts.get_revision(target).revision
+    except (ResolutionError, RevisionError, CommandError, AttributeError):
+        raise UsageError("unknown revision %r: see `otelmig history` for the revisions this build knows" % target) from None
+
+
+def _relative(scripts, target: str, current: Optional[str]) -> Optional[str]:
+    try:
+        steps = int(target)
+    except ValueError:
+        raise UsageError("invalid relative revision %r: use -N or +N" % target) from None
+    if steps >= 0:
+        raise UsageError("relative upgrade %r is not supported: name the revision or use head" % target)
+    if current is None:
+        raise NotInitialisedError("nothing to roll back: the schema has no recorded revision")
+    revision = current
+    for _ in range(-steps):
+        if revision is None:
+            raise UsageError("cannot go back %d revision(s) from %s: only %d exist below it"
+                             % (-steps, current, _depth(scripts, current)))
+        revision = scripts.get_revision(revision).down_revision
+    return revision
+
+
+def _depth(scripts, revision: Optional[str]) -> int:
+    depth = 0
+    while revision is not None:
+        revision = scripts.get_revision(revision).down_revision
+        depth += 1
+    return depth
+
+
+@contextlib.contextmanager
+def migration_session(settings, err):
+    """The migration lock, then a SQLAlchemy connection set up for DDL."""
+    budget = float(os.environ.get(ENV_LOCK_WAIT) or DEFAULT_LOCK_WAIT)
+    say = lambda line: output.progress(settings, err, line)  # noqa: E731
+    with MigrationLock(settings.conninfo, settings.schema, budget, say) as lock:
+        state = read_state(lock.conn, settings.schema)
+        engine = engine_for(settings.conninfo)
+        connection = engine.connect()
+        pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
+        try:
+            _prepare_session(connection, settings)
+            yield lock, state, connection
+            _restore_session(connection)
+        except (KeyboardInterrupt, Interrupted):
+            # Kill our own backend so its transaction is rolled back now,
+            # before the lock is released.
+            with contextlib.suppress(Exception):
+                lock.stop_backend(pid)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+            engine.dispose()
+
+
+def _prepare_session(connection, settings) -> None:
+    connection.exec_driver_sql("SET lock_timeout = '%dms'" % int(settings.lock_timeout * 1000))
+    server = int(connection.exec_driver_sql("show server_version_num").scalar())
+    if server >= 140000:
+        # A backend whose client vanished (SIGKILL) stops within a second
+        # instead of finishing a long statement and holding its locks.
+        connection.exec_driver_sql("SET client_connection_check_interval = '1s'")
+    connection.commit()
+
+
+def _restore_session(connection) -> None:
+    connection.rollback()
+    connection.exec_driver_sql("RESET lock_timeout")
+    connection.commit()
+
+
+def _ensure_known(state) -> None:
+    from otelmig._version import KNOWN_REVISIONS
+    if state.revision is not None and state.revision not in KNOWN_REVISIONS:
+        raise UnknownRevisionError(
+            "schema %s is at revision %s, which this build does not know (a newer otelmig ran?): "
+            "use that otelmig or a newer one" % (state.schema, state.revision))
+
+
+def _run_with_retries(settings, err, action) -> None:
+    """Retry a revision whose DDL could not get its lock within lock_timeout."""
+    for attempt in range(LOCK_RETRIES + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if not db.is_lock_timeout(exc) or attempt == LOCK_RETRIES:
+                raise
+            delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.5)
+            output.progress(settings, err, "a table is busy (lock_timeout %gs); retrying in %.1fs (%d/%d)"
+                            % (settings.lock_timeout, delay, attempt + 1, LOCK_RETRIES))
+            time.sleep(delay)
+
+
+def _applied_reporter(settings, err, applied: List[dict]):
+    started = [time.monotonic()]
+
+    def on_version_apply(ctx, step, heads, run_args):
+        now = time.monotonic()
+        verb = "applied" if step.is_upgrade else "reverted"
+        applied.append({"revision": step.up_revision_id, "direction": "up" if step.is_upgrade else "down",
+                        "seconds": round(now - started[0], 3)})
+        output.progress(settings, err, "%s %s %s in %.2fs" % (verb, step.up_revision_id,
+                                                            _short_doc(step), now - started[0]))
+        started[0] = now
+    return on_version_apply
+
+
+def _short_doc(step) -> str:
+    script = step.up_revision if step.is_upgrade else step.up_revision
+    doc = (getattr(script, "doc", None) or "").strip().splitlines()
+    return "(%s)" % doc[0].rstrip(".") if doc else ""
+
+
+def upgrade(settings, out, err, revision: str = "head") -> int:
+    from alembic import command
+
+    target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
+    applied: List[dict] = []
+    with migration_session(settings, err) as (lock, state, connection):
+        _ensure_known(state)
+        if not state.schema_exists:
+            connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
+            connection.commit()
+        config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
+                                log=_step_logger(settings, err))
+        _run_with_retries(settings, err, lambda: command.upgrade(config, target))
+        final = read_state(lock.conn, settings.schema).revision
+    return _report(settings, out, "upgrade", state.revision, final, applied)
+
+
+def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) -> int:
+    from alembic import command
+
+    applied: List[dict] = []
+    with migration_session(settings, err) as (lock, state, connection):
+        _ensure_known(state)
+        target = resolve_revision(settings, revision, state.revision)
+        if state.revision is None:
+            raise NotInitialisedError("schema %s has no recorded revision: nothing to downgrade" % settings.schema)
+        config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
+                                log=_step_logger(settings, err), allow_data_loss=allow_data_loss)
+        _run_with_retries(settings, err, lambda: command.downgrade(config, target or "base"))
+        final = read_state(lock.conn, settings.schema).revision
+    return _report(settings, out, "downgrade", state.revision, final, applied)
+
+
+def rollback(settings, out, err, steps: int = 1, allow_data_loss: bool = False) -> int:
+    if steps < 1:
+        raise UsageError("rollback takes a positive number of revisions, not %d" % steps)
+    return downgrade(settings, out, err, "-%d" % steps, allow_data_loss)
+
+
+def stamp(settings, out, err, revision: str) -> int:
+    from alembic import command
+
+    target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
+    with migration_session(settings, err) as (lock, state, connection):
+        if not state.schema_exists:
+            raise NotInitialisedError("schema %s does not exist: run `otelmig.pyz upgrade` instead of stamp"
+                                      % settings.schema)
+        config = alembic_config(settings, connection)
+        command.stamp(config, target or "base", purge=True)
+        connection.commit()
+        final = read_state(lock.conn, settings.schema).revision
+    return _report(settings, out, "stamp", state.revision, final, [])
+
+
+def _report(settings, out, verb: str, before: Optional[str], after: Optional[str], applied) -> int:
+    payload = {"exit_code": 0, "schema": settings.schema, "from_revision": before,
+               "database_revision": after, "head": HEAD_REVISION, "applied": applied}
+    if before == after:
+        text = "%s: schema %s already at %s; nothing to do" % (verb, settings.schema, after or "base")
+    else:
+        text = "%s: schema %s now at %s (was %s)" % (verb, settings.schema, after or "base", before or "base")
+    output.emit(settings, out, payload, text)
+    return 0
+
+
+def _step_logger(settings, err):
+    return lambda line: output.progress(settings, err, line, level=1)
+
+
+def heads(settings, out, err) -> int:
+    revisions = list(script_directory(settings).get_heads())
+    output.emit(settings, out, {"exit_code": 0, "schema": settings.schema, "heads": revisions},
+                "\n".join(revisions))
+    return 0
+
+
+def history(settings, out, err) -> int:
+    scripts = script_directory(settings)
+    current = _current_or_none(settings, err)
+    rows = []
+    for script in reversed(list(scripts.walk_revisions())):  # oldest first
+        rows.append({"revision": script.revision, "down_revision": script.down_revision,
+                     "doc": script.doc, "is_head": script.is_head, "is_current": script.revision == current})
+    lines = ["%s %s%s%s" % ("*" if r["is_current"] else " ", r["revision"], " (head)" if r["is_head"] else "",
+                            " " + r["doc"] if r["doc"] else "") for r in rows]
+    output.emit(settings, out, {"exit_code": 0, "schema": settings.schema, "database_revision": current,
+                                "revisions": rows}, "\n".join(lines))
+    return 0
+
+
+def _current_or_none(settings, err) -> Optional[str]:
+    """history marks the current revision when the database answers quickly."""
+    from otelmig.check import probe
+    import dataclasses
+
+    quick = dataclasses.replace(settings.conninfo, connect_timeout=min(settings.conninfo.connect_timeout, 3.0))
+    try:
+        return probe(quick, settings.schema).revision
+    except ConnectError as exc:
+        output.progress(settings, err, "history: not marking the current revision: %s" % exc.message, level=1)
+        return None

@@ -1,0 +1,47 @@
+"""What revision scripts call: run a list of Steps on Alembic's connection.
+
+The CLI (migrate.py) hands its settings to the revisions through
+config.attributes; an author running plain `alembic` with alembic.ini gets the
+defaults (schema from OTEL_DB_SCHEMA, no data loss allowed).
+"""
+
+import contextlib
+import os
+
+from alembic import context, op
+
+from otelmig.ddl import Names, OnlineRunner
+from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA
+
+
+@contextlib.contextmanager
+def outside_transaction(bind):
+    """Run the body with no transaction open, for CREATE INDEX CONCURRENTLY.
+
+    Alembic's autocommit_block() asks SQLAlchemy for the isolation level
+    first, and on pg8000 that query opens a transaction, so the concurrent build
+    then fails with SQLSTATE 25001. Here the driver connection itself commits
+    the revision's work so far and switches to autocommit; the revision's
+    version row is written in a new transaction after the body.
+    """
+    driver_conn = bind.connection.dbapi_connection
+    driver_conn.commit()
+    driver_conn.autocommit = True
+    try:
+        yield
+    finally:
+        driver_conn.autocommit = False
+
+
+def run(steps_for) -> None:
+    attrs = context.config.attributes
+    names = Names(attrs.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
+    bind = op.get_bind()
+    runner = OnlineRunner(
+        exec_scalar=lambda sql: bind.exec_driver_sql(sql).scalar(),
+        execute=bind.exec_driver_sql,
+        outside=lambda: outside_transaction(bind),
+        names=names,
+        allow_data_loss=attrs.get("allow_data_loss", False),
+        log=attrs.get("log", lambda line: None))
+    runner.run(steps_for(names))

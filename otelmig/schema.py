@@ -1,0 +1,99 @@
+"""The head schema contract (spec/schema.md), declared once.
+
+verify compares the live catalog with this; the tests prove the migrations
+produce exactly this, from an empty database and from the legacy layout.
+Types are spelled as PostgreSQL's format_type() prints them and defaults as
+pg_get_expr() prints them, so comparing needs no parsing.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+# spans.id may be an identity column or take its default from a sequence.
+SEQUENCE_DEFAULT = "<identity or sequence>"
+
+TEXT = "text"
+TIMESTAMPTZ = "timestamp with time zone"
+DOUBLE = "double precision"
+INTEGER = "integer"
+BIGINT = "bigint"
+JSONB = "jsonb"
+EMPTY_JSON = "'{}'::jsonb"
+
+
+class Column(NamedTuple):
+    name: str
+    type: str
+    nullable: bool
+    default: Optional[str] = None
+
+
+class Table(NamedTuple):
+    name: str
+    columns: Tuple[Column, ...]
+    primary_key: str
+    primary_key_columns: Tuple[str, ...]
+
+    def column(self, name: str) -> Optional[Column]:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+class Index(NamedTuple):
+    name: str
+    table: str
+    keys: Tuple[str, ...]  # as pg_get_indexdef prints each key, plus " DESC"
+    method: str = "btree"
+    unique: bool = False
+
+
+TRACES = Table("traces", (
+    Column("trace_id", TEXT, False),
+    Column("service_name", TEXT, False),
+    Column("root_span_name", TEXT, True),
+    Column("start_time", TIMESTAMPTZ, False),
+    Column("end_time", TIMESTAMPTZ, True),
+    Column("duration_ms", DOUBLE, True),
+    Column("span_count", INTEGER, False, "0"),
+    Column("environment", TEXT, True),
+    Column("tenant_id", TEXT, True),
+    Column("ingest_source", TEXT, True),
+    Column("ingested_at", TIMESTAMPTZ, False, "now()"),
+    Column("resource_attributes", JSONB, False, EMPTY_JSON),
+    Column("trace_attributes", JSONB, False, EMPTY_JSON),
+), "traces_pkey", ("trace_id",))
+
+SPANS = Table("spans", (
+    Column("id", BIGINT, False, SEQUENCE_DEFAULT),
+    Column("trace_id", TEXT, False),
+    Column("span_id", TEXT, False),
+    Column("parent_span_id", TEXT, True),
+    Column("name", TEXT, False),
+    Column("kind", TEXT, True),
+    Column("service_name", TEXT, False),
+    Column("start_time", TIMESTAMPTZ, False),
+    Column("end_time", TIMESTAMPTZ, True),
+    Column("duration_ms", DOUBLE, True),
+    Column("status_code", TEXT, True),
+    Column("status_message", TEXT, True),
+    Column("span_attributes", JSONB, False, EMPTY_JSON),
+    Column("environment", TEXT, True),
+    Column("tenant_id", TEXT, True),
+    Column("created_at", TIMESTAMPTZ, False, "now()"),
+), "spans_pkey", ("id",))
+
+TABLES = (TRACES, SPANS)
+
+INDEXES = (
+    Index("ix_traces_service_start_time", "traces", ("service_name", "start_time DESC")),
+    Index("ix_spans_trace_id", "spans", ("trace_id",)),
+    Index("ix_spans_span_id", "spans", ("span_id",)),
+    Index("ix_spans_service_start_time", "spans", ("service_name", "start_time DESC")),
+)
+
+VERSION_TABLE = "alembic_version"
+
+# The layout the old worker created at runtime (spec/legacy_schema.sql):
+# columns that only it has, by table. verify uses them to recognise it.
+LEGACY_ONLY_COLUMNS = {
+    "traces": ("start_ts", "end_ts"),
+    "spans": ("start_ts", "end_ts", "status", "attributes"),
+}

@@ -1,0 +1,283 @@
+"""verify: the live catalog against the head contract (otelmig/schema.py).
+
+One catalog round trip per kind (columns, indexes and constraints), never one
+per column, so the cost does not grow with the data: it reads pg_catalog only.
+"""
+
+import time
+from typing import Dict, List, NamedTuple
+
+from otelmig import db, output, schema as contract
+from otelmig._version import HEAD_REVISION
+from otelmig.check import assess, read_state
+from otelmig.errors import ConnectError, ExitStatus, PendingError
+
+_COLUMNS_SQL = """
+select c.relname::text, c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
+       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+left join pg_attrdef d on d.adrelid = c.oid and d.adnum = a.attnum
+where n.nspname = %s and c.relkind in ('r', 'p', 'v', 'm', 'f')
+order by c.relname, a.attnum
+"""
+
+_INDEXES_SQL = """
+select i.relname::text, t.relname::text, am.amname::text, x.indisunique, x.indisprimary, x.indisvalid,
+       x.indisready, pg_get_expr(x.indpred, x.indrelid),
+       array(select pg_get_indexdef(x.indexrelid, k, true)
+                    || case when x.indoption[k - 1] & 1 = 1 then ' DESC' else '' end
+             from generate_series(1, x.indnkeyatts) k order by k),
+       coalesce((select conname::text from pg_constraint where conindid = x.indexrelid and contype = 'p'), '')
+from pg_index x
+join pg_class i on i.oid = x.indexrelid
+join pg_class t on t.oid = x.indrelid
+join pg_namespace n on n.oid = t.relnamespace
+join pg_am am on am.oid = i.relam
+where n.nspname = %s
+order by i.relname
+"""
+
+
+class Problem(NamedTuple):
+    kind: str
+    object: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+
+class LiveColumn(NamedTuple):
+    type: str
+    nullable: bool
+    default: str
+    identity: str
+
+
+class LiveIndex(NamedTuple):
+    name: str
+    table: str
+    method: str
+    unique: bool
+    primary: bool
+    valid: bool
+    predicate: str
+    keys: tuple
+    constraint: str
+
+
+class Report(NamedTuple):
+    problems: List[Problem]
+    extras: List[Problem]
+    legacy: bool
+
+
+def read_catalog(conn, schema: str):
+    cursor = conn.cursor()
+    cursor.execute(_COLUMNS_SQL, (schema,))
+    relations: Dict[str, Dict[str, LiveColumn]] = {}
+    kinds: Dict[str, str] = {}
+    for table, kind, column, type_, nullable, default, identity in cursor.fetchall():
+        kinds[table] = kind
+        columns = relations.setdefault(table, {})
+        if column is not None:
+            columns[column] = LiveColumn(type_, nullable, default or "", identity or "")
+    cursor.execute(_INDEXES_SQL, (schema,))
+    indexes = {row[0]: LiveIndex(row[0], row[1], row[2], row[3], row[4], row[5] and row[6], row[7] or "",
+                                 tuple(row[8]), row[9]) for row in cursor.fetchall()}
+    return relations, kinds, indexes
+
+
+def compare(schema: str, relations, kinds, indexes) -> Report:
+    problems: List[Problem] = []
+    extras: List[Problem] = []
+    for table in contract.TABLES:
+        live = relations.get(table.name) if kinds.get(table.name) in ("r", "p") else None
+        name = "%s.%s" % (schema, table.name)
+        if live is None:
+            problems.append(Problem("missing_table", name, "expected table %s, found none" % name))
+            continue
+        problems += _compare_columns(name, table, live)
+        extras += [Problem("extra_column", "%s.%s" % (name, c), "column %s (%s) is not in the contract" % (c, col.type))
+                   for c, col in live.items() if table.column(c) is None]
+        problems += _compare_primary_key(schema, table, indexes)
+    problems += _compare_indexes(schema, indexes, relations)
+    expected_tables = {t.name for t in contract.TABLES} | {contract.VERSION_TABLE}
+    extras += [Problem("extra_relation", "%s.%s" % (schema, name), "%s is not in the contract" % _kind(kinds[name]))
+               for name in sorted(relations) if name not in expected_tables]
+    wanted_indexes = {i.name for i in contract.INDEXES} | {t.primary_key for t in contract.TABLES}
+    extras += [Problem("extra_index", "%s.%s" % (schema, i.name), "index on %s (%s) is not in the contract"
+                       % (i.table, ", ".join(i.keys)))
+               for i in indexes.values() if i.name not in wanted_indexes and i.table != contract.VERSION_TABLE]
+    legacy = any(col in relations.get(table, {}) for table, cols in contract.LEGACY_ONLY_COLUMNS.items()
+                 for col in cols)
+    return Report(problems, extras, legacy)
+
+
+def _kind(relkind: str) -> str:
+    return {"v": "view", "m": "materialized view", "f": "foreign table"}.get(relkind, "table")
+
+
+def _compare_columns(name: str, table: contract.Table, live) -> List[Problem]:
+    problems = []
+    for column in table.columns:
+        obj = "%s.%s" % (name, column.name)
+        found = live.get(column.name)
+        if found is None:
+            problems.append(Problem("missing_column", obj, "expected %s, found none" % column.type))
+            continue
+        if found.type != column.type:
+            problems.append(Problem("wrong_type", obj, "expected %s, found %s" % (column.type, found.type)))
+        if found.nullable != column.nullable:
+            problems.append(Problem("wrong_nullability", obj, "expected %s, found %s"
+                                    % (_null(column.nullable), _null(found.nullable))))
+        if not _default_matches(column.default, found):
+            problems.append(Problem("wrong_default", obj, "expected %s, found %s"
+                                    % (column.default or "no default", found.default or "no default")))
+    return problems
+
+
+def _null(nullable: bool) -> str:
+    return "null" if nullable else "not null"
+
+
+def _default_matches(expected, found: LiveColumn) -> bool:
+    if expected == contract.SEQUENCE_DEFAULT:
+        return bool(found.identity) or found.default.startswith("nextval(")
+    return (expected or "") == found.default and not found.identity
+
+
+def _compare_primary_key(schema: str, table: contract.Table, indexes) -> List[Problem]:
+    obj = "%s.%s" % (schema, table.primary_key)
+    primary = [i for i in indexes.values() if i.table == table.name and i.primary]
+    if not primary:
+        return [Problem("missing_primary_key", obj, "expected primary key (%s) on %s.%s, found none"
+                        % (", ".join(table.primary_key_columns), schema, table.name))]
+    found = primary[0]
+    if found.keys != table.primary_key_columns or found.constraint != table.primary_key:
+        return [Problem("wrong_primary_key", obj, "expected %s (%s), found %s (%s)"
+                        % (table.primary_key, ", ".join(table.primary_key_columns),
+                           found.constraint, ", ".join(found.keys)))]
+    return []
+
+
+def _compare_indexes(schema: str, indexes, relations) -> List[Problem]:
+    problems = []
+    for index in contract.INDEXES:
+        obj = "%s.%s" % (schema, index.name)
+        found = indexes.get(index.name)
+        if found is None:
+            if index.table in relations:
+                problems.append(Problem("missing_index", obj, "expected %s on %s (%s), found none"
+                                        % (index.method, index.table, ", ".join(index.keys))))
+            continue
+        if not found.valid:
+            problems.append(Problem("invalid_index", obj, "index is INVALID (a failed concurrent build): "
+                                    "rerun `otelmig.pyz upgrade` to rebuild it"))
+        shape = (found.table, found.method, found.keys, found.unique, found.predicate)
+        wanted = (index.table, index.method, index.keys, index.unique, "")
+        if shape != wanted:
+            problems.append(Problem("wrong_index", obj, "expected %s on %s (%s), found %s on %s (%s)%s"
+                                    % (index.method, index.table, ", ".join(index.keys), found.method,
+                                       found.table, ", ".join(found.keys),
+                                       " where " + found.predicate if found.predicate else "")))
+    return problems
+
+
+def verify(settings, out, err, strict: bool = False) -> int:
+    started = time.monotonic()
+    try:
+        conn = db.connect(settings.conninfo)
+    except ConnectError as exc:
+        return _emit(settings, out, err, exc.exit_status, None, None, exc.message, started)
+    try:
+        state = read_state(conn, settings.schema)
+        report = compare(settings.schema, *read_catalog(conn, settings.schema))
+    except Exception as exc:
+        raise db.translate(exc) or exc
+    finally:
+        conn.close()
+    status, message = _verdict(settings, state, report, strict)
+    return _emit(settings, out, err, status, state, report, message, started)
+
+
+def _verdict(settings, state, report: Report, strict: bool):
+    error = assess(state)
+    problems = report.problems
+    if error is not None and error.exit_status == ExitStatus.NOT_INITIALISED:
+        if report.legacy:
+            return error.exit_status, ("schema %s holds the legacy runtime layout (start_ts, status, attributes, "
+                                       "no migrations recorded): run `otelmig.pyz upgrade` to adopt it"
+                                       % settings.schema)
+        if state.revision is not None:  # at head, a table is missing: that is drift
+            error = None
+        else:
+            return error.exit_status, error.message
+    if error is not None:
+        kind = "pending_revision" if isinstance(error, PendingError) else "unknown_revision"
+        problems.insert(0, Problem(kind, "%s.%s" % (settings.schema, contract.VERSION_TABLE),
+                                   "expected %s, found %s" % (HEAD_REVISION, state.revision)))
+        return error.exit_status, error.message
+    if problems or (strict and report.extras):
+        counted = problems + (report.extras if strict else [])
+        return ExitStatus.DRIFT, ("schema %s differs from the head contract: %d problem(s)%s; see the report"
+                                  % (settings.schema, len(counted), " (--strict counts extras)" if strict else ""))
+    return ExitStatus.OK, ""
+
+
+def _emit(settings, out, err, status, state, report, message, started) -> int:
+    problems = report.problems if report else []
+    extras = report.extras if report else []
+    payload = {"exit_code": int(status), "schema": settings.schema, "ok": status == ExitStatus.OK,
+               "head": HEAD_REVISION, "database_revision": state.revision if state else None,
+               "problems": [p.as_dict() for p in problems], "extras": [p.as_dict() for p in extras],
+               "seconds": round(time.monotonic() - started, 4)}
+    if message:
+        payload["message"] = message
+    if settings.output_format == "prometheus":
+        out.write(_prometheus(settings.schema, status, problems, extras))
+    else:
+        output.emit(settings, out, payload, _text(settings.schema, status, problems, extras))
+    if message:
+        err.write("verify: %s\n" % message)
+    return int(status)
+
+
+def _text(schema: str, status, problems, extras) -> str:
+    lines = []
+    if status == ExitStatus.OK:
+        lines.append("ok: schema %s matches the head contract" % schema)
+    rows = [("problem", p) for p in problems] + [("extra", p) for p in extras]
+    if rows:
+        width_kind = max(len(p.kind) for _, p in rows)
+        width_obj = max(len(p.object) for _, p in rows)
+        lines.append("%-7s  %-*s  %-*s  %s" % ("", width_kind, "kind", width_obj, "object", "detail"))
+        for label, p in rows:
+            lines.append("%-7s  %-*s  %-*s  %s" % (label, width_kind, p.kind, width_obj, p.object, p.detail))
+    return "\n".join(lines)
+
+
+def _prometheus(schema: str, status, problems, extras) -> str:
+    label = '{schema="%s"}' % schema
+    lines = [
+        "# HELP otelmig_verify_ok 1 when the schema matches the head contract.",
+        "# TYPE otelmig_verify_ok gauge",
+        "otelmig_verify_ok%s %d" % (label, 1 if status == ExitStatus.OK else 0),
+        "# HELP otelmig_verify_problems Problems found by the last verify.",
+        "# TYPE otelmig_verify_problems gauge",
+        "otelmig_verify_problems%s %d" % (label, len(problems)),
+        "# HELP otelmig_verify_extras Operator additions beyond the contract.",
+        "# TYPE otelmig_verify_extras gauge",
+        "otelmig_verify_extras%s %d" % (label, len(extras)),
+        "# HELP otelmig_verify_exit_code Exit code of the last verify.",
+        "# TYPE otelmig_verify_exit_code gauge",
+        "otelmig_verify_exit_code%s %d" % (label, int(status)),
+        "# HELP otelmig_verify_timestamp_seconds When the last verify ran.",
+        "# TYPE otelmig_verify_timestamp_seconds gauge",
+        "otelmig_verify_timestamp_seconds%s %.3f" % (label, time.time()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
