@@ -1,0 +1,223 @@
+"""The walkthrough's verification suite: the baseline creates, adopts and
+converges, keeps every row, and round-trips, on a real PostgreSQL."""
+
+import pytest
+
+from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
+from otelmig import schema as contract
+from otelmig.migrate import script_directory
+from otelmig.settings import Settings
+
+TRACE_COLUMNS_LEGACY = ["trace_id", "service_name", "root_span_name", "start_ts", "end_ts", "duration_ms",
+                        "span_count", "environment", "tenant_id", "ingest_source", "ingested_at"]
+SPAN_COLUMNS_LEGACY = ["id", "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "start_ts",
+                       "end_ts", "duration_ms", "status", "attributes::text", "environment", "tenant_id"]
+RENAMED = {"start_ts": "start_time", "end_ts": "end_time", "status": "status_code",
+           "attributes::text": "span_attributes::text"}
+
+
+def head_names(columns):
+    return [RENAMED.get(c, c) for c in columns]
+
+
+def verify_ok(url, schema="otel"):
+    result = run_cli("verify", "--format", "json", "--schema", schema, url=url)
+    assert result.code == 0, result.out + result.err
+    assert result.json()["problems"] == []
+    return result.json()
+
+
+def shape(url, schema="otel"):
+    """Columns (name, type, nullability, default) and indexes, order-free."""
+    snap = catalog_snapshot(url, schema)
+    columns = sorted((t, c, ty, nn, (d or "").replace('"%s".' % schema, "").replace("%s." % schema, ""))
+                     for t, c, ty, nn, d in snap["columns"])
+    return {"columns": [c for c in columns if not c[0].startswith("alembic_version")],
+            "indexes": sorted(i for i in snap["indexes"] if not i[0].startswith("alembic_version"))}
+
+
+def test_single_head():
+    scripts = script_directory(Settings(conninfo=None))
+    assert list(scripts.get_heads()) == ["163d8f446eb9"]
+    assert [s.revision for s in scripts.walk_revisions()][-1] == "163d8f446eb9"
+
+
+def test_fresh_upgrade_creates_the_contract(db_url):
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 0, result.err
+    assert "applied 163d8f446eb9" in result.err
+    verify_ok(db_url)
+    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+
+
+def test_legacy_adoption_keeps_every_row(db_url):
+    load_legacy(db_url, traces=2000, spans_per_trace=5)
+    traces_before = table_rows(db_url, "otel", "traces", TRACE_COLUMNS_LEGACY)
+    spans_before = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
+    assert len(spans_before) == 10000
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 0, result.err
+    verify_ok(db_url)
+    assert table_rows(db_url, "otel", "traces", head_names(TRACE_COLUMNS_LEGACY)) == traces_before
+    assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == spans_before
+    defaults = sql(db_url, "select count(*) filter (where resource_attributes = '{}' and trace_attributes = '{}') "
+                           "from otel.traces")
+    assert defaults == [[2000]]
+    assert sql(db_url, "select count(*) from otel.spans where created_at is null or status_message is not null") \
+        == [[0]]
+
+
+def test_fresh_and_adopted_end_in_the_same_schema(server, db_url):
+    run_cli("upgrade", url=db_url)
+    fresh = shape(db_url)
+    other = server.url(db_url.rsplit("/", 1)[1])  # same server, second database below
+    name = "t_adopt_same"
+    sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    sql(server.admin_url, "CREATE DATABASE %s" % name)
+    try:
+        adopted_url = other.rsplit("/", 1)[0] + "/" + name
+        load_legacy(adopted_url, traces=50)
+        assert run_cli("upgrade", url=adopted_url).code == 0
+        assert shape(adopted_url) == fresh
+    finally:
+        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+HALF_WAY = {
+    "traces adopted, spans legacy": [
+        "alter table otel.traces rename column start_ts to start_time",
+        "alter table otel.traces rename column end_ts to end_time",
+        "alter table otel.traces add column resource_attributes jsonb not null default '{}'::jsonb",
+        "alter table otel.traces add column trace_attributes jsonb not null default '{}'::jsonb",
+    ],
+    "one column renamed by hand": ["alter table otel.spans rename column status to status_code"],
+    "only traces present": ["drop table otel.spans"],
+    "only spans present": ["drop table otel.traces"],
+    "column added by hand, nullable, no default": [
+        "alter table otel.spans add column created_at timestamptz",
+        "alter table otel.traces add column trace_attributes jsonb",
+    ],
+    "one index already there": ["create index ix_spans_trace_id on otel.spans (trace_id)"],
+}
+
+
+@pytest.mark.parametrize("state", sorted(HALF_WAY))
+def test_half_way_states_converge(db_url, state):
+    load_legacy(db_url, traces=300)
+    for statement in HALF_WAY[state]:
+        sql(db_url, statement)
+    counts = row_counts(db_url)
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 0, result.err
+    verify_ok(db_url)
+    after = row_counts(db_url)
+    assert {t: after[t] for t in counts} == counts
+
+
+def row_counts(url):
+    tables = sql(url, "select tablename from pg_tables where schemaname = 'otel' and tablename <> 'alembic_version'")
+    return {t: sql(url, "select count(*) from otel.%s" % t)[0][0] for (t,) in tables}
+
+
+def test_both_old_and_new_column_is_refused_and_changes_nothing(db_url):
+    load_legacy(db_url, traces=10)
+    sql(db_url, "alter table otel.spans add column start_time timestamptz")
+    before = catalog_snapshot(db_url)
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 8
+    assert "has both start_ts and start_time" in result.err
+    assert len(result.err.strip().splitlines()) == 1 or "Traceback" not in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+def test_operator_additions_are_kept(db_url):
+    load_legacy(db_url, traces=100)
+    sql(db_url, "alter table otel.spans add column region text default 'eu'")
+    sql(db_url, "create index ops_spans_tenant on otel.spans (tenant_id)")
+    sql(db_url, "create view otel.error_spans as select id, trace_id from otel.spans where status = 'STATUS_CODE_ERROR'")
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert sql(db_url, "select count(*) from otel.spans where region = 'eu'") == [[500]]
+    assert sql(db_url, "select count(*) from pg_indexes where indexname = 'ops_spans_tenant'") == [[1]]
+    assert sql(db_url, "select count(*) from otel.error_spans") == [[100]]
+    report = verify_ok(db_url)
+    extras = {e["object"] for e in report["extras"]}
+    assert {"otel.spans.region", "otel.ops_spans_tenant", "otel.error_spans"} <= extras
+
+
+def test_second_schema_is_untouched(db_url):
+    load_legacy(db_url, schema="otel_staging", traces=20)
+    before = catalog_snapshot(db_url, "otel_staging")
+    rows = table_rows(db_url, "otel_staging", "spans", SPAN_COLUMNS_LEGACY)
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert catalog_snapshot(db_url, "otel_staging") == before
+    assert table_rows(db_url, "otel_staging", "spans", SPAN_COLUMNS_LEGACY) == rows
+    # and it migrates independently, with its own version table
+    assert run_cli("upgrade", "--schema", "otel_staging", url=db_url).code == 0
+    verify_ok(db_url, "otel_staging")
+    assert sql(db_url, "select version_num from otel_staging.alembic_version") == [["163d8f446eb9"]]
+
+
+def test_upgrade_at_head_is_a_noop(db_url):
+    load_legacy(db_url, traces=20)
+    assert run_cli("upgrade", url=db_url).code == 0
+    before = catalog_snapshot(db_url)
+    xid_before = sql(db_url, "select pg_current_xact_id()")[0][0]
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 0
+    assert "nothing to do" in result.out
+    assert "applied" not in result.err
+    assert catalog_snapshot(db_url) == before
+    # nothing wrote: only our own probe transaction above consumed an xid
+    assert int(sql(db_url, "select pg_current_xact_id()")[0][0]) == int(xid_before) + 1
+
+
+def test_rollback_and_upgrade_round_trip_keeps_rows(db_url):
+    load_legacy(db_url, traces=1000)
+    legacy_shape = shape(db_url)
+    spans_before = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
+    assert run_cli("upgrade", url=db_url).code == 0
+    result = run_cli("rollback", url=db_url)
+    assert result.code == 0, result.err
+    assert "reverted 163d8f446eb9" in result.err
+    assert shape(db_url) == legacy_shape  # the legacy layout, exactly
+    assert table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY) == spans_before
+    assert run_cli("upgrade", url=db_url).code == 0
+    verify_ok(db_url)
+    assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == spans_before
+
+
+def test_downgrade_never_drops_a_table(db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
+    tables = sql(db_url, "select tablename from pg_tables where schemaname = 'otel' order by 1")
+    assert [t[0] for t in tables] == ["alembic_version", "spans", "traces"]
+
+
+def test_data_loss_guard_refuses_then_allows(db_url):
+    load_legacy(db_url, traces=30)
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "update otel.spans set status_message = 'boom' where id <= 7")
+    sql(db_url, "update otel.traces set resource_attributes = '{\"k\": 1}' where trace_id in "
+                "(select trace_id from otel.traces order by trace_id limit 3)")
+    before = catalog_snapshot(db_url)
+    refused = run_cli("rollback", url=db_url)
+    assert refused.code == 8
+    assert "7 rows in otel.spans.status_message" in refused.err
+    assert "3 rows in otel.traces.resource_attributes" in refused.err
+    assert "--allow-data-loss" in refused.err
+    assert catalog_snapshot(db_url) == before
+    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    allowed = run_cli("rollback", "--allow-data-loss", url=db_url)
+    assert allowed.code == 0, allowed.err
+    assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]
+    assert sql(db_url, "select count(*) from otel.spans") == [[150]]
+
+
+def test_indexes_are_valid_and_match_contract(db_url):
+    load_legacy(db_url, traces=500)
+    assert run_cli("upgrade", url=db_url).code == 0
+    rows = sql(db_url, """select c.relname, x.indisvalid from pg_index x join pg_class c on c.oid = x.indexrelid
+                          join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'otel'""")
+    valid = {name: ok for name, ok in rows}
+    for index in contract.INDEXES:
+        assert valid[index.name] is True
