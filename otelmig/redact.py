@@ -18,6 +18,11 @@ def register(secret: "str | None") -> None:
         _SECRETS.add(urllib.parse.quote_plus(secret, safe=""))
 
 
+def forget_all() -> None:
+    """For callers that run several configurations in one process (tests)."""
+    _SECRETS.clear()
+
+
 def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(r"\g<pre>" + MASK + r"\g<post>", text)
     # Longest first, so a secret that contains another is masked whole.

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import pg8000.dbapi
 import pytest
 
-from otelmig import settings as settings_mod
+from otelmig import redact, settings as settings_mod
 from otelmig.cli import main
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -174,6 +174,13 @@ def catalog_snapshot(url: str, schema: str = "otel") -> dict:
         order by 1, 2""", (schema,))
     indexes = sql(url, "select indexname, indexdef from pg_indexes where schemaname = %s order by 1", (schema,))
     return {"columns": [tuple(r) for r in columns], "indexes": [tuple(r) for r in indexes]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redactor():
+    """Secrets registered by one test must not mask another test's output."""
+    redact.forget_all()
+    yield
 
 
 @pytest.fixture

@@ -1,0 +1,166 @@
+"""Exit codes on a real server, one line on stderr, and no password anywhere."""
+
+import json
+
+import pytest
+
+import otelmig.check
+from conftest import catalog_snapshot, load_legacy, run_cli, sql
+
+SENTINEL = "Sentinel%Pw:9@x"
+
+
+def test_unreachable_is_3(db_url):
+    result = run_cli("upgrade", url="postgresql://u:pw@127.0.0.1:1/d")
+    assert result.code == 3 and "connection refused" in result.err
+
+
+def test_bad_password_is_3(server):
+    url = server.url("postgres", password="wrong-" + SENTINEL)
+    result = run_cli("upgrade", url=url)
+    assert result.code == 3 and "password authentication failed" in result.err
+    assert SENTINEL not in result.err + result.out
+
+
+def test_no_such_database_is_3(server):
+    result = run_cli("current", url=server.url("no_such_db"))
+    assert result.code == 3 and "does not exist" in result.err
+
+
+def test_unresolvable_host_is_3():
+    result = run_cli("check", url="postgresql://u@nosuchhost.invalid/d")
+    assert result.code == 3 and "cannot resolve host" in result.err
+
+
+def test_not_initialised_is_4(db_url):
+    assert run_cli("check", url=db_url).code == 4
+    load_legacy(db_url, traces=5)
+    result = run_cli("check", url=db_url)
+    assert result.code == 4 and "upgrade" in result.err and "legacy" in result.err
+
+
+def test_pending_is_5(db_url, monkeypatch):
+    assert run_cli("upgrade", url=db_url).code == 0
+    # A newer build knows a revision after ours: this database is behind it.
+    monkeypatch.setattr(otelmig.check, "HEAD_REVISION", "aaaaaaaaaaaa")
+    monkeypatch.setattr(otelmig.check, "KNOWN_REVISIONS", ("163d8f446eb9", "aaaaaaaaaaaa"))
+    result = run_cli("check", "--format", "json", url=db_url)
+    assert result.code == 5
+    assert result.json()["database_revision"] == "163d8f446eb9"
+
+
+def test_unknown_database_revision_is_6(db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "update otel.alembic_version set version_num = 'ffffffffffff'")
+    before = catalog_snapshot(db_url)
+    for command in (["check"], ["upgrade"], ["current"], ["rollback"]):
+        result = run_cli(*command, url=db_url)
+        assert result.code == 6, (command, result)
+        assert "ffffffffffff" in result.err and len(result.err.strip().splitlines()) == 1
+    assert catalog_snapshot(db_url) == before
+
+
+@pytest.mark.parametrize("command", [["upgrade", "nosuchrev"], ["downgrade", "nosuchrev"], ["stamp", "zzz"]])
+def test_unknown_revision_name_is_2(db_url, command):
+    assert run_cli("upgrade", url=db_url).code == 0
+    before = catalog_snapshot(db_url)
+    result = run_cli(*command, url=db_url)
+    assert result.code == 2 and "unknown revision" in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+def test_rollback_too_far_is_2(db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    result = run_cli("rollback", "5", url=db_url)
+    assert result.code == 2 and "cannot go back 5" in result.err
+    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+
+
+def test_rollback_when_nothing_recorded_is_4(db_url):
+    result = run_cli("rollback", url=db_url)
+    assert result.code == 4
+
+
+def test_read_only_database_is_8(server, db_url):
+    load_legacy(db_url, traces=10)
+    name = db_url.rsplit("/", 1)[1]
+    sql(server.admin_url, "alter database %s set default_transaction_read_only = on" % name)
+    before = catalog_snapshot(db_url)
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 8 and "read-only" in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+def test_role_without_privilege_is_8(server, db_url):
+    load_legacy(db_url, traces=10)
+    sql(db_url, "drop role if exists otel_reader")
+    sql(db_url, "create role otel_reader login password 'reader-pw'")
+    sql(db_url, "grant usage on schema otel to otel_reader")
+    sql(db_url, "grant select on all tables in schema otel to otel_reader")
+    before = catalog_snapshot(db_url)
+    url = server.url(db_url.rsplit("/", 1)[1], user="otel_reader", password="reader-pw")
+    result = run_cli("upgrade", url=url)
+    assert result.code == 8, result
+    assert "permission denied" in result.err or "must be owner" in result.err
+    assert catalog_snapshot(db_url) == before
+    sql(db_url, "reassign owned by otel_reader to postgres")
+    sql(db_url, "drop owned by otel_reader")
+    sql(server.admin_url, "drop role otel_reader")
+
+
+def test_current_history_heads_json(db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    current = run_cli("current", "--format", "json", url=db_url).json()
+    assert current == {"exit_code": 0, "schema": "otel", "head": "163d8f446eb9",
+                       "database_revision": "163d8f446eb9", "is_head": True}
+    history = run_cli("history", "--format", "json", url=db_url).json()
+    assert [r["revision"] for r in history["revisions"]] == ["163d8f446eb9"]
+    assert history["revisions"][0]["is_current"] is True
+    assert run_cli("heads", "--format", "json").json()["heads"] == ["163d8f446eb9"]
+    text = run_cli("history", url=db_url).out
+    assert text.startswith("* 163d8f446eb9 (head)")
+
+
+def test_upgrade_json_reports_applied(db_url):
+    result = run_cli("upgrade", "--format", "json", url=db_url)
+    payload = result.json()
+    assert payload["exit_code"] == 0 and payload["database_revision"] == "163d8f446eb9"
+    assert [a["revision"] for a in payload["applied"]] == ["163d8f446eb9"]
+
+
+def test_stamp_records_without_running(db_url):
+    load_legacy(db_url, traces=3)
+    before = catalog_snapshot(db_url)
+    assert run_cli("stamp", "head", url=db_url).code == 0
+    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    after = catalog_snapshot(db_url)
+    assert [c for c in after["columns"] if c[0] not in ("alembic_version", "alembic_version_pkc")] \
+        == before["columns"]
+
+
+def test_error_json_on_stdout(db_url):
+    result = run_cli("check", "--format", "json", url="postgresql://u@127.0.0.1:1/d")
+    payload = json.loads(result.out)
+    assert payload["exit_code"] == 3 and payload["database_revision"] is None
+
+
+@pytest.mark.parametrize("command", [
+    ["check"], ["current"], ["verify"], ["upgrade"], ["rollback"], ["history", "-v"], ["stamp", "head"],
+    ["plan"], ["verify", "--format", "json"], ["check", "--format", "json"], ["upgrade", "--sql"],
+    ["upgrade", "-v", "--traceback"],
+])
+def test_password_never_printed(server, db_url, command):
+    sql(db_url, "create role sentinel_user login password '%s'" % SENTINEL)
+    try:
+        good = server.url(db_url.rsplit("/", 1)[1], user="sentinel_user", password=SENTINEL)
+        bad = server.url(db_url.rsplit("/", 1)[1], user="sentinel_user", password=SENTINEL + "-wrong")
+        unreachable = "postgresql://sentinel_user:%s@127.0.0.1:1/d" % SENTINEL.replace("%", "%25").replace(
+            ":", "%3A").replace("@", "%40")
+        for url in (good, bad, unreachable):
+            result = run_cli(*command, url=url)
+            seen = result.out + result.err
+            assert SENTINEL not in seen and "Sentinel%25Pw" not in seen, (command, seen)
+            assert "Traceback" not in seen or "--traceback" in command
+    finally:
+        sql(db_url, "drop owned by sentinel_user")
+        sql(server.admin_url, "drop role sentinel_user")
