@@ -47,6 +47,9 @@ class Names:
     def table(self, name: str) -> str:
         return "%s.%s" % (self.q_schema, quote_ident(name))
 
+    def schema_exists(self) -> str:
+        return "exists (select 1 from pg_namespace where nspname = %s)" % quote_literal(self.schema)
+
     def regclass(self, name: str) -> str:
         return "to_regclass(%s)" % quote_literal(self.table(name))
 

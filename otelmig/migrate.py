@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.check import read_state
+from otelmig.check import assess, read_state
 from otelmig.errors import (ConnectError, Interrupted, NotInitialisedError, UnknownRevisionError,
                             UsageError)
 from otelmig.lock import MigrationLock
@@ -88,6 +88,18 @@ def _relative(scripts, target: str, current: Optional[str]) -> Optional[str]:
     return revision
 
 
+def revisions_between(settings, lower: Optional[str], upper: Optional[str]) -> list:
+    """The revision scripts above `lower` up to and including `upper`, oldest first."""
+    scripts = script_directory(settings)
+    chain = []
+    revision = upper
+    while revision is not None and revision != lower:
+        script = scripts.get_revision(revision)
+        chain.append(script)
+        revision = script.down_revision
+    return list(reversed(chain))
+
+
 def _depth(scripts, revision: Optional[str]) -> int:
     depth = 0
     while revision is not None:
@@ -138,12 +150,11 @@ def _restore_session(connection) -> None:
     connection.commit()
 
 
-def _ensure_known(state) -> None:
-    from otelmig._version import KNOWN_REVISIONS
-    if state.revision is not None and state.revision not in KNOWN_REVISIONS:
-        raise UnknownRevisionError(
-            "schema %s is at revision %s, which this build does not know (a newer otelmig ran?): "
-            "use that otelmig or a newer one" % (state.schema, state.revision))
+def ensure_known(state) -> None:
+    """Refuse (exit 6) to touch a database that a newer otelmig migrated."""
+    error = assess(state)
+    if isinstance(error, UnknownRevisionError):
+        raise error
 
 
 def _run_with_retries(settings, err, action) -> None:
@@ -186,7 +197,7 @@ def upgrade(settings, out, err, revision: str = "head") -> int:
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
     applied: List[dict] = []
     with migration_session(settings, err) as (lock, state, connection):
-        _ensure_known(state)
+        ensure_known(state)
         if not state.schema_exists:
             connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
             connection.commit()
@@ -202,7 +213,7 @@ def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) 
 
     applied: List[dict] = []
     with migration_session(settings, err) as (lock, state, connection):
-        _ensure_known(state)
+        ensure_known(state)
         target = resolve_revision(settings, revision, state.revision)
         if state.revision is None:
             raise NotInitialisedError("schema %s has no recorded revision: nothing to downgrade" % settings.schema)

@@ -90,7 +90,7 @@ DATA_PREDICATES = {
 
 
 def upgrade_steps(n: Names):
-    steps = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema)]
+    steps = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists())]
     for table, ddl in (("traces", TRACES_DDL), ("spans", SPANS_DDL)):
         steps.append(Step(ddl.format(traces=n.table("traces"), spans=n.table("spans")),
                           when="%s is null" % n.regclass(table)))

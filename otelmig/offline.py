@@ -1,0 +1,125 @@
+"""upgrade --sql / downgrade --sql: a script for DBA review, no connection.
+
+The baseline adapts to what it finds, so the script makes the same decisions
+in SQL: every conditional step is a DO block that checks the catalog, and the
+concurrent index steps, which cannot run inside a transaction or a DO block,
+use psql's \\gexec. Applied to an empty, a legacy or a half-adopted database
+it reaches the same head and version row as the online upgrade. It is meant
+for `psql -v ON_ERROR_STOP=1 -f`.
+"""
+
+from otelmig import db
+from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
+from otelmig.ddl import Names, Step
+from otelmig.migrate import resolve_revision, revisions_between
+from otelmig.schema import VERSION_TABLE
+
+DOLLAR = "$otelmig$"
+
+
+def upgrade_sql(settings, out, revision: str = "head") -> int:
+    target = HEAD_REVISION if revision == "head" else resolve_revision(settings, revision, None)
+    scripts = revisions_between(settings, None, target)
+    names = Names(settings.schema)
+    out.write(_header(settings, "upgrade to %s" % target, scripts))
+    out.write(_unknown_revision_guard(names))
+    for script in scripts:
+        out.write("\n-- revision %s: %s\n" % (script.revision, _first_line(script.doc)))
+        out.write(_render(script.module.upgrade_steps(names), allow_data_loss=False))
+        out.write(_set_version(names, script.revision))
+    return 0
+
+
+def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -> int:
+    """Offline there is no current revision to read: start from the head."""
+    if revision.startswith("-"):
+        from otelmig.migrate import _relative, script_directory
+        target = _relative(script_directory(settings), revision, HEAD_REVISION)
+    else:
+        target = resolve_revision(settings, revision, HEAD_REVISION)
+    scripts = list(reversed(revisions_between(settings, target, HEAD_REVISION)))
+    names = Names(settings.schema)
+    out.write(_header(settings, "downgrade from %s to %s" % (HEAD_REVISION, target or "base"), scripts))
+    out.write(_unknown_revision_guard(names))
+    for script in scripts:
+        out.write("\n-- revert revision %s: %s\n" % (script.revision, _first_line(script.doc)))
+        out.write(_render(script.module.downgrade_steps(names), allow_data_loss))
+        out.write(_set_version(names, script.down_revision))
+    return 0
+
+
+def _first_line(doc) -> str:
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def _header(settings, what: str, scripts) -> str:
+    lines = [
+        "-- otelmig %s: %s of schema %s" % (__version__, what, settings.schema),
+        "-- revisions: %s" % (", ".join(s.revision for s in scripts) or "none"),
+        "-- Each step checks the catalog first, so this script is safe on an empty, a legacy",
+        "-- or a half-adopted database, and on one already at the target (it then changes nothing).",
+        "-- Run with: psql -v ON_ERROR_STOP=1 -f THIS_FILE",
+        "\\set ON_ERROR_STOP on",
+        "SET lock_timeout = '%dms';" % int(settings.lock_timeout * 1000),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _unknown_revision_guard(names: Names) -> str:
+    known = ", ".join(db.quote_literal(r) for r in KNOWN_REVISIONS)
+    check = ("%s is not null and exists (select 1 from %s where version_num not in (%s))"
+             % (names.regclass(VERSION_TABLE), names.table(VERSION_TABLE), known))
+    # The version table may not exist: only look inside it through EXECUTE.
+    return ("DO %s\nDECLARE newer boolean := false;\nBEGIN\n"
+            "  IF %s THEN\n    EXECUTE %s INTO newer;\n  END IF;\n"
+            "  IF newer THEN\n    RAISE EXCEPTION 'schema %s is at a revision this script does not know "
+            "(a newer otelmig ran): stop';\n  END IF;\nEND\n%s;\n"
+            % (DOLLAR, names.table_exists(VERSION_TABLE), db.quote_literal("select " + check),
+               names.schema, DOLLAR))
+
+
+def _render(steps, allow_data_loss: bool) -> str:
+    parts, in_transaction = [], False
+    for step in steps:
+        if step.refuse and step.guard == "data_loss" and allow_data_loss:
+            continue
+        if step.concurrent and in_transaction:
+            parts.append("COMMIT;\n")
+            in_transaction = False
+        if not step.concurrent and not in_transaction:
+            parts.append("BEGIN;\n")
+            in_transaction = True
+        parts.append(_render_step(step))
+    if in_transaction:
+        parts.append("COMMIT;\n")
+    return "".join(parts)
+
+
+def _render_step(step: Step) -> str:
+    if step.concurrent:
+        statement = step.statement(concurrently=True)
+        if step.when is None:
+            return statement + ";\n"
+        return "SELECT %s WHERE %s\n\\gexec\n" % (db.quote_literal(statement), step.when)
+    if step.refuse:
+        detail = "SELECT %s INTO detail;\n    " % step.detail if step.detail else ""
+        return ("DO %s\nDECLARE detail text := '';\nBEGIN\n  IF %s THEN\n    %sRAISE EXCEPTION '%%', %s || detail;\n"
+                "  END IF;\nEND\n%s;\n" % (DOLLAR, step.when, detail, db.quote_literal(step.refuse), DOLLAR))
+    statement = step.statement(concurrently=False)
+    if step.when is None:
+        return statement + ";\n"
+    return ("DO %s\nBEGIN\n  IF %s THEN\n    EXECUTE %s;\n  END IF;\nEND\n%s;\n"
+            % (DOLLAR, step.when, db.quote_literal(statement), DOLLAR))
+
+
+def _set_version(names: Names, revision) -> str:
+    table = names.table(VERSION_TABLE)
+    lines = ["BEGIN;",
+             "CREATE TABLE IF NOT EXISTS %s (version_num VARCHAR(32) NOT NULL, "
+             "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num));" % table,
+             "DELETE FROM %s;" % table]
+    if revision:
+        lines.append("INSERT INTO %s (version_num) VALUES (%s);" % (table, db.quote_literal(revision)))
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,152 @@
+"""upgrade --sql applied with psql reaches the same head as online; plan
+names the right statements and locks and writes nothing."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
+from otelmig.settings import resolve_conninfo
+from pgcluster import bindir
+from test_migrations import SPAN_COLUMNS_LEGACY, head_names, verify_ok
+
+
+def psql_file(url: str, path: str) -> subprocess.CompletedProcess:
+    info = resolve_conninfo(url, {})
+    psql = shutil.which("psql") or os.path.join(bindir(), "psql")
+    env = dict(os.environ, PGPASSWORD=info.password)
+    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
+                           "-U", info.user, "-d", info.database, "-f", path],
+                          env=env, capture_output=True, text=True)
+
+
+def write_sql(tmp_path, *args) -> str:
+    result = run_cli(*args, env={"POSTGRES_URL": "postgresql://nobody:never@127.0.0.1:1/none"})
+    assert result.code == 0, result.err
+    assert "never" not in result.out
+    path = tmp_path / "review.sql"
+    path.write_text(result.out)
+    return str(path)
+
+
+def test_sql_needs_no_database(tmp_path):
+    text = open(write_sql(tmp_path, "upgrade", "--sql")).read()
+    assert text.startswith("-- otelmig ")
+    assert "SET lock_timeout" in text and "163d8f446eb9" in text
+    assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS" in text
+
+
+STATES = {
+    "empty": lambda url: None,
+    "legacy": lambda url: load_legacy(url, traces=400),
+    "half adopted": lambda url: (load_legacy(url, traces=100),
+                                 sql(url, "alter table otel.spans rename column status to status_code"),
+                                 sql(url, "alter table otel.spans add column created_at timestamptz")),
+    "at head": lambda url: (load_legacy(url, traces=10), run_cli("upgrade", url=url)),
+}
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_sql_script_applied_with_psql_reaches_head(tmp_path, db_url, state):
+    STATES[state](db_url)
+    has_spans = sql(db_url, "select to_regclass('otel.spans') is not null")[0][0]
+    legacy_rows = None
+    if has_spans and state == "legacy":
+        legacy_rows = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
+    applied = psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql"))
+    assert applied.returncode == 0, applied.stderr
+    verify_ok(db_url)
+    assert run_cli("check", url=db_url).code == 0
+    if legacy_rows is not None:
+        assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == legacy_rows
+
+
+def test_sql_script_is_the_same_schema_as_online(tmp_path, server, db_url):
+    assert psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql")).returncode == 0
+    offline = catalog_snapshot(db_url)
+    name = "t_online_twin"
+    sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    sql(server.admin_url, "CREATE DATABASE %s" % name)
+    try:
+        twin = server.url(name)
+        assert run_cli("upgrade", url=twin).code == 0
+        assert catalog_snapshot(twin) == offline
+    finally:
+        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+def test_downgrade_sql_guards_data_and_round_trips(tmp_path, db_url):
+    load_legacy(db_url, traces=50)
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "update otel.spans set status_message = 'x' where id = 1")
+    refused = psql_file(db_url, write_sql(tmp_path, "rollback", "--sql"))
+    assert refused.returncode != 0 and "1 rows in otel.spans.status_message" in refused.stderr
+    assert run_cli("check", url=db_url).code == 0  # nothing changed
+    allowed = psql_file(db_url, write_sql(tmp_path, "downgrade", "base", "--sql", "--allow-data-loss"))
+    assert allowed.returncode == 0, allowed.stderr
+    assert run_cli("verify", url=db_url).code == 4  # legacy again
+    assert sql(db_url, "select count(*) from otel.spans") == [[250]]
+
+
+def test_sql_script_refuses_a_newer_database(tmp_path, db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "update otel.alembic_version set version_num = 'ffffffffffff'")
+    before = catalog_snapshot(db_url)
+    result = psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql"))
+    assert result.returncode != 0 and "newer otelmig" in result.stderr
+    assert catalog_snapshot(db_url) == before
+
+
+def plan_of(url):
+    result = run_cli("plan", "--format", "json", url=url)
+    return result.code, result.json()
+
+
+def test_plan_on_empty_database(db_url):
+    code, payload = plan_of(db_url)
+    assert code == 5 and payload["database_revision"] is None
+    statements = payload["pending"][0]["statements"]
+    assert statements[0]["sql"].startswith("CREATE SCHEMA")
+    creates = [s for s in statements if s["sql"].startswith("CREATE INDEX")]
+    assert len(creates) == 4 and all(s["lock"] == "SHARE" and not s["outside_transaction"] for s in creates)
+    assert sql(db_url, "select count(*) from pg_namespace where nspname = 'otel'") == [[0]]
+
+
+def test_plan_on_legacy_names_renames_and_concurrent_builds(db_url):
+    load_legacy(db_url, traces=300)
+    sql(db_url, "analyze")
+    before = catalog_snapshot(db_url)
+    code, payload = plan_of(db_url)
+    assert code == 5
+    statements = payload["pending"][0]["statements"]
+    renames = [s for s in statements if "RENAME COLUMN" in s["sql"]]
+    assert len(renames) == 6 and all(s["lock"] == "ACCESS EXCLUSIVE" for s in renames)
+    creates = [s for s in statements if s["sql"].startswith("CREATE INDEX CONCURRENTLY")]
+    assert len(creates) == 4
+    assert all(s["lock"] == "SHARE UPDATE EXCLUSIVE" and s["outside_transaction"] for s in creates)
+    spans = [s for s in statements if s["table"] == "otel.spans"]
+    assert spans[0]["rows_estimate"] == 1500 and spans[0]["size_bytes"] > 0
+    assert catalog_snapshot(db_url) == before
+    assert sql(db_url, "select to_regclass('otel.alembic_version')") == [[None]]
+
+
+def test_plan_on_half_adopted_lists_only_what_is_left(db_url):
+    load_legacy(db_url, traces=20)
+    sql(db_url, "alter table otel.traces rename column start_ts to start_time")
+    sql(db_url, "create index ix_spans_trace_id on otel.spans (trace_id)")
+    before = catalog_snapshot(db_url)
+    code, payload = plan_of(db_url)
+    sqls = [s["sql"] for s in payload["pending"][0]["statements"]]
+    assert not any('"start_ts" TO "start_time"' in s and "traces" in s for s in sqls)
+    assert not any("ix_spans_trace_id" in s for s in sqls)
+    assert any('"end_ts" TO "end_time"' in s and "traces" in s for s in sqls)
+    assert catalog_snapshot(db_url) == before
+
+
+def test_plan_at_head_is_0(db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    code, payload = plan_of(db_url)
+    assert code == 0 and payload["pending"] == []
+    assert "nothing to do" in run_cli("plan", url=db_url).out
