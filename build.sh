@@ -26,7 +26,15 @@ make_venv() {
     stamp=$(cat requirements-dev.lock tools/build-constraints.txt | sha256sum | cut -c1-16)-$("$PYTHON" -c 'import sys; print(sys.version.split()[0])')
     if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
         rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV"
+        if ! "$PYTHON" -m venv "$VENV"; then
+            # e.g. Debian's python3 without python3-venv (no ensurepip): make
+            # the venv bare and let the interpreter's own pip put pip in it.
+            echo "build.sh: retrying with the interpreter's pip" >&2
+            rm -rf "$VENV"
+            "$PYTHON" -m venv --without-pip "$VENV"
+            "$PYTHON" -m pip --python "$VENV/bin/python" install --quiet \
+                --disable-pip-version-check -c tools/build-constraints.txt pip
+        fi
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
             -c tools/build-constraints.txt pip
         # shiv's pin from requirements-dev.lock; setuptools/click/pip pinned
@@ -45,8 +53,8 @@ build() {
 }
 
 verify() {
-    local tmp a b
-    tmp=$(mktemp -d)
+    local a b
+    tmp=$(mktemp -d)  # global: the EXIT trap runs after verify returns
     trap 'rm -rf "$tmp"' EXIT
     # Two copies at different paths, each with its own fresh venv; the second
     # under another umask and time zone, which must not leak into the bytes.

@@ -8,13 +8,12 @@ Alembic or SQLAlchemy.
 
 import argparse
 import os
-import signal
 import sys
 from typing import Optional, Sequence
 
-from otelmig import redact
+from otelmig import interrupt, redact
 from otelmig._version import HEAD_REVISION, __version__
-from otelmig.errors import ExitStatus, Interrupted, OtelmigError, UsageError
+from otelmig.errors import ExitStatus, OtelmigError, UsageError
 
 PROG = "otelmig"
 NO_DATABASE = ("heads",)  # commands that never connect
@@ -31,6 +30,8 @@ def _global_options(parser, suppress: bool) -> None:
     parser.add_argument("--schema", default=default(None), help="target schema (else OTEL_DB_SCHEMA, else otel)")
     parser.add_argument("--lock-timeout", default=default(None), metavar="SECONDS",
                         help="longest wait for a table lock per DDL attempt (default 5)")
+    parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
+                        help="longest wait for another otelmig's migration lock (default 600)")
     parser.add_argument("--format", default=default("text"), choices=("text", "json", "prometheus"),
                         help="output format (prometheus: verify only)")
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")
@@ -135,35 +136,35 @@ def dispatch(args, settings, out, err) -> int:
     return migrate.heads(settings, out, err)
 
 
-def _on_sigterm(signum, frame):
-    raise Interrupted("interrupted by SIGTERM: the open transaction was rolled back; rerun to continue",
-                      ExitStatus.SIGTERM)
-
-
 def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> int:
     out = redact.RedactingStream(out or sys.stdout)
     err = redact.RedactingStream(err or sys.stderr)
     env = os.environ if env is None else env
     show_traceback = "--traceback" in (sys.argv[1:] if argv is None else argv)
-    previous = _install(signal.SIGTERM, _on_sigterm)
     try:
-        args = build_parser().parse_args(argv)
-        if args.version:
-            out.write(version_line() + "\n")
-            return 0
-        if not args.command:
-            raise UsageError("no command given; see `%s --help`" % PROG)
-        from otelmig import settings as settings_mod
-        needs_db = args.command not in NO_DATABASE and not getattr(args, "sql", False)
-        settings = settings_mod.resolve(args, env, need_database=needs_db)
-        return dispatch(args, settings, out, err)
-    except KeyboardInterrupt:
-        return _fail(err, Interrupted("interrupted by SIGINT: the open transaction was rolled back; rerun to continue",
-                                      ExitStatus.SIGINT), show_traceback)
-    except Exception as exc:  # the one place exceptions become exit codes
+        with interrupt.handlers():
+            return _run(argv, env, out, err)
+    except SystemExit as exc:  # argparse after --help
+        return int(exc.code or 0)
+    except BaseException as exc:  # the one place exceptions become exit codes
+        if interrupt.received:
+            return _fail(err, interrupt.error(), show_traceback)
+        if not isinstance(exc, Exception):
+            raise
         return _fail(err, _as_otelmig_error(exc), show_traceback)
-    finally:
-        _install(signal.SIGTERM, previous)
+
+
+def _run(argv, env, out, err) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        out.write(version_line() + "\n")
+        return 0
+    if not args.command:
+        raise UsageError("no command given; see `%s --help`" % PROG)
+    from otelmig import settings as settings_mod
+    needs_db = args.command not in NO_DATABASE and not getattr(args, "sql", False)
+    settings = settings_mod.resolve(args, env, need_database=needs_db)
+    return dispatch(args, settings, out, err)
 
 
 def _as_otelmig_error(exc: BaseException) -> OtelmigError:
@@ -184,10 +185,3 @@ def _fail(err, error: OtelmigError, show_traceback: bool) -> int:
         err.write(traceback.format_exc())
     err.write("%s: %s\n" % (PROG, " ".join(error.message.split())))
     return int(error.exit_status)
-
-
-def _install(signum, handler):
-    try:
-        return signal.signal(signum, handler)
-    except ValueError:  # not the main thread (e.g. called from a test thread)
-        return None

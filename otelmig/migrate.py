@@ -10,18 +10,15 @@ import random
 import time
 from typing import List, Optional
 
-from otelmig import db, output
+from otelmig import db, interrupt, output
 from otelmig._version import HEAD_REVISION
 from otelmig.check import assess, read_state
-from otelmig.errors import (ConnectError, Interrupted, NotInitialisedError, UnknownRevisionError,
-                            UsageError)
+from otelmig.errors import ConnectError, NotInitialisedError, UnknownRevisionError, UsageError
 from otelmig.lock import MigrationLock
 
 LOCK_RETRIES = 5          # attempts after the first, on lock timeout (55P03)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
-DEFAULT_LOCK_WAIT = 600.0  # how long to wait for another otelmig's migration lock
-ENV_LOCK_WAIT = "OTELMIG_LOCK_WAIT"
 
 
 def migrations_dir() -> str:
@@ -47,8 +44,16 @@ def script_directory(settings):
 
 
 def engine_for(conninfo):
+    import logging
     import sqlalchemy
     from sqlalchemy.pool import NullPool
+
+    # SQLAlchemy logs a traceback when closing a connection the server already
+    # ended (after SIGTERM, or a cut connection); our one line says it all.
+    for name in ("sqlalchemy", "alembic"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
 
     return sqlalchemy.create_engine("postgresql+pg8000://", poolclass=NullPool,
                                     creator=lambda: db.connect(conninfo, autocommit=False))
@@ -111,23 +116,19 @@ def _depth(scripts, revision: Optional[str]) -> int:
 @contextlib.contextmanager
 def migration_session(settings, err):
     """The migration lock, then a SQLAlchemy connection set up for DDL."""
-    budget = float(os.environ.get(ENV_LOCK_WAIT) or DEFAULT_LOCK_WAIT)
     say = lambda line: output.progress(settings, err, line)  # noqa: E731
-    with MigrationLock(settings.conninfo, settings.schema, budget, say) as lock:
+    with MigrationLock(settings.conninfo, settings.schema, settings.lock_wait, say) as lock:
         state = read_state(lock.conn, settings.schema)
         engine = engine_for(settings.conninfo)
         connection = engine.connect()
         pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
         try:
-            _prepare_session(connection, settings)
-            yield lock, state, connection
-            _restore_session(connection)
-        except (KeyboardInterrupt, Interrupted):
-            # Kill our own backend so its transaction is rolled back now,
-            # before the lock is released.
-            with contextlib.suppress(Exception):
-                lock.stop_backend(pid)
-            raise
+            # On SIGINT/SIGTERM, end our own backend so its transaction is
+            # rolled back now, before the lock is released.
+            with interrupt.cleanup_on_signal(lambda: lock.stop_backend(pid)):
+                _prepare_session(connection, settings)
+                yield lock, state, connection
+                _restore_session(connection)
         finally:
             with contextlib.suppress(Exception):
                 connection.close()

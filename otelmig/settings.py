@@ -26,6 +26,7 @@ ENV_URL = "POSTGRES_URL"
 ENV_PASSWORD_FILE = "POSTGRES_PASSWORD_FILE"
 ENV_SCHEMA = "OTEL_DB_SCHEMA"
 ENV_LOCK_TIMEOUT = "OTELMIG_LOCK_TIMEOUT"
+ENV_LOCK_WAIT = "OTELMIG_LOCK_WAIT"
 LIBPQ_ENV = {
     "host": "PGHOST",
     "port": "PGPORT",
@@ -43,6 +44,7 @@ ENV_PASSFILE = "PGPASSFILE"
 
 DEFAULT_SCHEMA = "otel"
 DEFAULT_LOCK_TIMEOUT = 5.0
+DEFAULT_LOCK_WAIT = 600.0  # how long to wait for another otelmig's migration lock
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_APPLICATION_NAME = "otelmig"
 URL_SCHEMES = ("postgresql", "postgres", "postgresql+pg8000")
@@ -84,6 +86,7 @@ class Settings:
     conninfo: Optional[ConnInfo]
     schema: str = DEFAULT_SCHEMA
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    lock_wait: float = DEFAULT_LOCK_WAIT
     output_format: str = "text"
     verbosity: int = 0
     traceback: bool = False
@@ -256,12 +259,18 @@ def _os_user() -> str:
         return "postgres"
 
 
+def _seconds(flag: Optional[str], env: Mapping[str, str], name: str, what: str, default: float) -> float:
+    text = flag if flag is not None else env.get(name)
+    return default if text is None else parse_seconds(text, what)
+
+
 def resolve(args, env: Mapping[str, str], need_database: bool = True) -> Settings:
     """Settings from parsed arguments and the environment."""
     schema = validate_schema(args.schema if args.schema is not None else env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
-    lock_text = args.lock_timeout if args.lock_timeout is not None else env.get(ENV_LOCK_TIMEOUT)
-    lock_timeout = parse_seconds(lock_text, "--lock-timeout") if lock_text is not None else DEFAULT_LOCK_TIMEOUT
     conninfo = resolve_conninfo(args.url, env) if need_database else None
-    return Settings(conninfo=conninfo, schema=schema, lock_timeout=lock_timeout,
+    return Settings(conninfo=conninfo, schema=schema,
+                    lock_timeout=_seconds(args.lock_timeout, env, ENV_LOCK_TIMEOUT, "--lock-timeout",
+                                          DEFAULT_LOCK_TIMEOUT),
+                    lock_wait=_seconds(args.lock_wait, env, ENV_LOCK_WAIT, "--lock-wait", DEFAULT_LOCK_WAIT),
                     output_format=args.format, verbosity=args.verbose - args.quiet,
                     traceback=args.traceback)

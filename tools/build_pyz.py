@@ -6,6 +6,7 @@
 One pure-Python pyz for CPython 3.9-3.13 on any platform, byte-for-byte
 reproducible given SOURCE_DATE_EPOCH (build.sh sets it from git).
 """
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,8 @@ NO_PURE_WHEEL = {
     ),
 }
 COMPILED = (".so", ".pyd", ".dylib", ".dll", ".pyc", ".pyo")
-SKIP_DIRS = {".git", ".build", "dist", "build", "__pycache__", ".pytest_cache"}
+# What building otelmig (and build.sh itself) reads, besides top-level files.
+SOURCE_DIRS = {"otelmig", "migrations", "tools"}
 ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 
 
@@ -40,7 +42,8 @@ def pip(*args):
 
 
 def source_files(repo):
-    """Files of the work tree, honouring .gitignore when it is a git checkout."""
+    """Top-level files plus SOURCE_DIRS of the work tree (not .venv, .build,
+    dist...), honouring .gitignore when it is a git checkout."""
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -50,7 +53,7 @@ def source_files(repo):
         names = [str(p.relative_to(repo)) for p in repo.rglob("*")]
     for name in sorted(set(names)):
         parts = Path(name).parts
-        if parts[0] in SKIP_DIRS or "__pycache__" in parts or parts[0].endswith(".egg-info"):
+        if len(parts) > 1 and (parts[0] not in SOURCE_DIRS or "__pycache__" in parts):
             continue
         if (repo / name).is_file():
             yield name
@@ -67,7 +70,7 @@ def requirements(lock):
     for line in lock.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            name = re.split(r"[=<>!~\[; ]", line, 1)[0]
+            name = re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0]
             pins.append((re.sub(r"[-_.]+", "-", name).lower(), line))
     return pins
 
@@ -76,6 +79,7 @@ def stage(repo, work, site):
     pins = requirements(repo / "requirements.lock")
     pure = [spec for name, spec in pins if name not in NO_PURE_WHEEL]
     pip("--only-binary=:all:", *PURE, "--target", str(site), *pure)
+    shutil.rmtree(site / "bin")  # console scripts: their shebang is the venv's path
     for name, spec in pins:
         if name in NO_PURE_WHEEL:
             flags, drop = NO_PURE_WHEEL[name]
@@ -89,8 +93,8 @@ def stage(repo, work, site):
     copy_source(repo, src)
     pip("--no-build-isolation", "--target", str(site), str(src))
 
-    # Drop what depends on the build machine: console scripts (their shebang
-    # is the venv's path), direct_url.json (the source path), any bytecode.
+    # Drop what depends on the build machine: console scripts, direct_url.json
+    # (the source path), any bytecode.
     shutil.rmtree(site / "bin", ignore_errors=True)
     for path in list(site.rglob("*")):
         if path.name in ("direct_url.json", "__pycache__") or path.suffix in (".pyc", ".pyo"):
@@ -127,6 +131,19 @@ def rewrite(shiv_zip, output, main_py, epoch):
     os.replace(tmp, output)
 
 
+def launcher(shiv_zip):
+    """tools/pyz_main.py with the build id and entry point filled in."""
+    with zipfile.ZipFile(shiv_zip) as z:
+        env = json.loads(z.read("environment.json"))
+    # The launcher's warm start assumes shiv's defaults for all else.
+    plain = dict(preamble=None, script=None, no_modify=False, extend_pythonpath=False,
+                 prepend_pythonpath=None, root=None, always_write_cache=False)
+    assert all(env[k] == v for k, v in plain.items()), env
+    text = (Path(__file__).parent / "pyz_main.py").read_text()
+    text = text.replace("@BUILD_ID@", env["build_id"]).replace("@ENTRY_POINT@", env["entry_point"])
+    return text.encode()
+
+
 def build(repo, work, output):
     epoch = max(int(os.environ["SOURCE_DATE_EPOCH"]), ZIP_EPOCH_MIN)
     site = work / "site-packages"
@@ -139,8 +156,7 @@ def build(repo, work, output):
          "--output-file", str(shiv_zip)],
         check=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
     output.parent.mkdir(parents=True, exist_ok=True)
-    main_py = (Path(__file__).parent / "pyz_main.py").read_bytes()
-    rewrite(shiv_zip, output, main_py, epoch)
+    rewrite(shiv_zip, output, launcher(shiv_zip), epoch)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""Production safety on the real cluster: replicas at once, lock budgets,
+interruptions, failed concurrent builds."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
+from test_migrations import SPAN_COLUMNS_LEGACY, head_names, verify_ok
+
+
+def spawn(url, *args, env=None):
+    environ = dict(os.environ, POSTGRES_URL=url, **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "otelmig"] + list(args), cwd=REPO, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("legacy_traces", [0, 8000])
+def test_eight_replicas_upgrade_at_once(db_url, legacy_traces):
+    if legacy_traces:
+        load_legacy(db_url, traces=legacy_traces, spans_per_trace=5)
+        rows = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
+    procs = [spawn(db_url, "upgrade") for _ in range(8)]
+    results = [(p.wait(120), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [r[0] for r in results] == [0] * 8, results
+    assert sum("now at 163d8f446eb9" in r[1] for r in results) == 1
+    assert sum("nothing to do" in r[1] for r in results) == 7
+    assert sql(db_url, "select count(*) from otel.alembic_version") == [[1]]
+    verify_ok(db_url)
+    if legacy_traces:
+        assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == rows
+
+
+def test_two_schemas_do_not_wait_on_each_other(db_url):
+    holder = connect(db_url)
+    from otelmig.lock import NAMESPACE_KEY, _int32, schema_key
+    holder.cursor().execute("select pg_advisory_lock(%s, %s)", (_int32(NAMESPACE_KEY), schema_key("otel")))
+    try:
+        started = time.monotonic()
+        assert run_cli("upgrade", "--schema", "otel_b", url=db_url).code == 0
+        assert time.monotonic() - started < 5
+        busy = run_cli("upgrade", url=db_url, env={"OTELMIG_LOCK_WAIT": "1"})
+        assert busy.code == 9
+        assert "pid" in busy.err and "application_name" in busy.err
+        assert sql(db_url, "select to_regclass('otel.traces')") == [[None]]
+    finally:
+        holder.close()
+
+
+def test_lock_timeout_keeps_readers_moving_then_finishes(db_url):
+    load_legacy(db_url, traces=200)
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")  # ACCESS SHARE until commit
+    proc = spawn(db_url, "upgrade", "--lock-timeout", "1")
+    worst = measure_reads(db_url, seconds=4)
+    holder.rollback()  # the long transaction ends: the upgrade can now finish
+    holder.close()
+    code = proc.wait(60)
+    err = proc.stderr.read()
+    assert code == 0, err
+    assert "retrying" in err
+    assert worst < 2.0, worst  # a reader never queued much longer than the lock timeout
+    verify_ok(db_url)
+
+
+def measure_reads(url, seconds):
+    conn = connect(url)
+    cursor = conn.cursor()
+    worst, deadline = 0.0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        cursor.execute("select count(*) from otel.traces")
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.05)
+    conn.close()
+    return worst
+
+
+def test_lock_budget_exhausted_is_9_with_nothing_changed(db_url, monkeypatch):
+    load_legacy(db_url, traces=50)
+    before = catalog_snapshot(db_url)
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")
+    try:
+        import otelmig.migrate
+        monkeypatch.setattr(otelmig.migrate, "LOCK_RETRIES", 2)
+        monkeypatch.setattr(otelmig.migrate, "BACKOFF_BASE_SECONDS", 0.1)
+        result = run_cli("upgrade", "--lock-timeout", "0.3", url=db_url)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.code == 9, result
+    assert catalog_snapshot(db_url) == before
+    assert sql(db_url, "select to_regclass('otel.alembic_version')") == [[None]]
+
+
+def test_sigterm_rolls_back_releases_and_exits_143(db_url):
+    load_legacy(db_url, traces=100)
+    before = catalog_snapshot(db_url)
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")  # the upgrade will wait for this
+    proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
+    wait_for_waiting_alter(db_url)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(20)
+    err = proc.stderr.read()
+    holder.rollback()
+    holder.close()
+    assert code == 143, err
+    assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err and "Traceback" not in err
+    assert catalog_snapshot(db_url) == before
+    assert sql(db_url, "select count(*) from pg_locks where locktype = 'advisory'") == [[0]]
+    assert run_cli("upgrade", url=db_url).code == 0
+
+
+def test_sigint_exits_130(db_url):
+    load_legacy(db_url, traces=10)
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")
+    proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
+    wait_for_waiting_alter(db_url)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(20)
+    holder.rollback()
+    holder.close()
+    assert code == 130 and "SIGINT" in proc.stderr.read()
+
+
+def wait_for_waiting_alter(url, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = sql(url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                        "and query ilike 'ALTER TABLE%%'")
+        if rows[0][0]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the upgrade never waited for its lock")
+
+
+def test_sigkill_at_random_moments_then_rerun(db_url):
+    load_legacy(db_url, traces=6000, spans_per_trace=5)
+    rows = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
+    rng = random.Random(42)
+    for attempt in range(6):
+        proc = spawn(db_url, "upgrade")
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.kill()
+        proc.wait(10)
+    result = spawn(db_url, "upgrade")
+    assert result.wait(120) == 0, result.stderr.read()
+    verify_ok(db_url)
+    assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == rows
+
+
+def test_connection_cut_is_3_and_rerun_succeeds(db_url):
+    load_legacy(db_url, traces=50)
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")
+    proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
+    wait_for_waiting_alter(db_url)
+    sql(db_url, "select pg_terminate_backend(pid) from pg_stat_activity where wait_event_type = 'Lock' "
+                "and query ilike 'ALTER TABLE%%'")
+    code = proc.wait(20)
+    err = proc.stderr.read()
+    holder.rollback()
+    holder.close()
+    assert code == 3, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert run_cli("upgrade", url=db_url).code == 0
+    verify_ok(db_url)
+
+
+def test_failed_concurrent_build_is_repaired(db_url):
+    load_legacy(db_url, traces=100)
+    # Duplicate span ids make a UNIQUE concurrent build fail and leave an INVALID index
+    # under one of our names, exactly what an interrupted CREATE INDEX CONCURRENTLY leaves.
+    sql(db_url, "update otel.spans set span_id = 'dup' where id <= 2")
+    with pytest.raises(Exception):
+        sql(db_url, "create unique index concurrently ix_spans_span_id on otel.spans (span_id)")
+    assert sql(db_url, "select indisvalid from pg_index where indexrelid = 'otel.ix_spans_span_id'::regclass") \
+        == [[False]]
+    result = run_cli("upgrade", "-v", url=db_url)
+    assert result.code == 0, result.err
+    assert "DROP INDEX CONCURRENTLY" in result.err
+    verify_ok(db_url)
+
+
+def test_concurrent_helper_really_runs_outside_a_transaction(db_url):
+    """CREATE INDEX CONCURRENTLY fails with 25001 inside a transaction: on a
+    table with rows, our build is concurrent, and it succeeds."""
+    load_legacy(db_url, traces=100)
+    result = run_cli("upgrade", "-v", url=db_url)
+    assert result.code == 0, result.err
+    assert result.err.count("CREATE INDEX CONCURRENTLY") == 4
+
+
+def test_writers_are_not_blocked_by_index_builds(db_url):
+    load_legacy(db_url, traces=20000, spans_per_trace=5)
+    stop = threading.Event()
+    latencies = []
+
+    def writer():
+        conn = connect(db_url)
+        cursor = conn.cursor()
+        n = 0
+        while not stop.is_set():
+            n += 1
+            started = time.monotonic()
+            cursor.execute("insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                           "values ('w', %s, 'w', 'w', now())" if has_new(cursor) else
+                           "insert into otel.spans (trace_id, span_id, name, service_name, start_ts) "
+                           "values ('w', %s, 'w', 'w', now())", ("w%d" % n,))
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.01)
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        result = run_cli("upgrade", url=db_url)
+    finally:
+        stop.set()
+        thread.join()
+    assert result.code == 0, result.err
+    verify_ok(db_url)
+    assert max(latencies) < 1.0, max(latencies)
+
+
+def has_new(cursor):
+    cursor.execute("select exists (select 1 from pg_attribute where attrelid = 'otel.spans'::regclass "
+                   "and attname = 'start_time')")
+    return cursor.fetchone()[0]
