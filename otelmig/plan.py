@@ -15,7 +15,7 @@ from otelmig.errors import ExitStatus
 from otelmig.migrate import ensure_known, revisions_between
 
 _TABLE_STATS_SQL = """
-select greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
+select case when c.reltuples >= 0 then c.reltuples::bigint end, pg_total_relation_size(c.oid)
 from pg_class c where c.oid = to_regclass(%s)
 """
 
@@ -71,7 +71,9 @@ def _plan_revision(cursor, schema: str, script) -> dict:
 def _table_stats(cursor, names: Names, table: str):
     cursor.execute(_TABLE_STATS_SQL, (names.table(table),))
     row = cursor.fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    if not row:
+        return None, 0
+    return (None if row[0] is None else int(row[0])), int(row[1])
 
 
 def _text(schema: str, revision, pending) -> str:
@@ -84,7 +86,9 @@ def _text(schema: str, revision, pending) -> str:
         for number, entry in enumerate(rev["statements"], 1):
             where = ""
             if "rows_estimate" in entry:
-                where = " [%s: ~%d rows, %s]" % (entry["table"], entry["rows_estimate"], _size(entry["size_bytes"]))
+                rows = entry["rows_estimate"]
+                where = " [%s: %s, %s]" % (entry["table"], "rows not estimated yet (never analyzed)" if rows is None
+                                           else "~%d rows" % rows, _size(entry["size_bytes"]))
             if entry.get("refuse"):
                 lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
                 continue

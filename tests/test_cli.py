@@ -164,3 +164,31 @@ def test_password_never_printed(server, db_url, command):
     finally:
         sql(db_url, "drop owned by sentinel_user")
         sql(server.admin_url, "drop role sentinel_user")
+
+
+@pytest.mark.parametrize("args, env", [
+    (["upgrade", "--schema", 'otel"; drop table otel.spans; --'], {}),
+    (["upgrade", "--schema", "OTEL"], {}),
+    (["upgrade", "--schema", "pg_catalog"], {}),
+    (["upgrade"], {"OTEL_DB_SCHEMA": ""}),
+    (["upgrade", "--lock-timeout", "soon"], {}),
+    (["upgrade"], {"OTELMIG_LOCK_WAIT": "forever"}),
+    (["upgrade", "nosuchrev"], {}),
+    (["rollback", "-3"], {}),
+    (["downgrade", "+1"], {}),
+    (["upgrade", "--format", "yaml"], {}),
+    (["upgrade", "--no-such-flag"], {}),
+])
+def test_bad_input_changes_nothing(db_url, args, env):
+    load_legacy(db_url, traces=5)
+    before = catalog_snapshot(db_url)
+    result = run_cli(*args, url=db_url, env=env)
+    assert result.code == 2, result
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+@pytest.mark.parametrize("url", ["mysql://u:pw@h/d", "postgresql://u:pw@h:70000/d", "postgresql://[::1/d", "::::"])
+def test_bad_url_env_is_2(url):
+    result = run_cli("check", env={"POSTGRES_URL": url})
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1

@@ -221,3 +221,11 @@ def test_indexes_are_valid_and_match_contract(db_url):
     valid = {name: ok for name, ok in rows}
     for index in contract.INDEXES:
         assert valid[index.name] is True
+
+
+def test_build_time_constants_match_the_revisions():
+    """check runs without Alembic on constants; they must be the scripts' truth."""
+    from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS
+    scripts = script_directory(Settings(conninfo=None))
+    assert list(scripts.get_heads()) == [HEAD_REVISION]
+    assert tuple(reversed([s.revision for s in scripts.walk_revisions()])) == KNOWN_REVISIONS
