@@ -9,6 +9,7 @@ Online, conditions are evaluated just before each step runs, so a rerun after
 an interruption skips what is already done.
 """
 
+import contextlib
 from typing import Callable, List, NamedTuple, Optional
 
 from otelmig.db import quote_ident, quote_literal
@@ -99,14 +100,16 @@ class OnlineRunner:
     exec_scalar(sql) runs a query and returns the first column of the first row;
     execute(sql) runs a statement; outside() is a context manager that ends the
     revision's transaction and runs its body with the driver in autocommit
-    (see migrate.outside_transaction: Alembic's autocommit_block leaves a
-    transaction open on pg8000).
+    (see migration_api.outside_transaction: Alembic's autocommit_block leaves
+    a transaction open on pg8000); watch() wraps a concurrent index build
+    (progress on stderr).
     """
 
     def __init__(self, exec_scalar: Callable, execute: Callable, outside: Callable, names: Names,
-                 allow_data_loss: bool = False, log: Callable = lambda line: None):
+                 allow_data_loss: bool = False, log: Callable = lambda line: None,
+                 watch: Callable = contextlib.nullcontext):
         self.exec_scalar, self.execute, self.outside = exec_scalar, execute, outside
-        self.names, self.allow_data_loss, self.log = names, allow_data_loss, log
+        self.names, self.allow_data_loss, self.log, self.watch = names, allow_data_loss, log, watch
 
     def run(self, steps: List[Step]) -> None:
         for step in steps:
@@ -119,7 +122,7 @@ class OnlineRunner:
                 detail = self.exec_scalar("select " + step.detail) if step.detail else ""
                 raise RefusedError(step.refuse + detail)
             if step.concurrent and has_rows(self.exec_scalar, self.names, step.table):
-                with self.outside():
+                with self.outside(), self.watch():
                     self._execute(step, concurrently=True)
             else:
                 self._execute(step, concurrently=False)

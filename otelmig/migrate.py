@@ -5,12 +5,13 @@ built in code and handed an open connection; the URL never enters it.
 """
 
 import contextlib
+import functools
 import os
 import random
 import time
 from typing import List, Optional
 
-from otelmig import db, interrupt, output
+from otelmig import db, interrupt, output, progress
 from otelmig._version import HEAD_REVISION
 from otelmig.check import assess, read_state
 from otelmig.errors import ConnectError, NotInitialisedError, UnknownRevisionError, UsageError
@@ -127,7 +128,8 @@ def migration_session(settings, err):
             # rolled back now, before the lock is released.
             with interrupt.cleanup_on_signal(lambda: lock.stop_backend(pid)):
                 _prepare_session(connection, settings)
-                yield lock, state, connection
+                watch = functools.partial(progress.watch_index_build, settings.conninfo, pid, say)
+                yield lock, state, connection, watch
                 _restore_session(connection)
         finally:
             with contextlib.suppress(Exception):
@@ -197,13 +199,13 @@ def upgrade(settings, out, err, revision: str = "head") -> int:
 
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
     applied: List[dict] = []
-    with migration_session(settings, err) as (lock, state, connection):
+    with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
             connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
             connection.commit()
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
-                                log=_step_logger(settings, err))
+                                log=_step_logger(settings, err), watch_index_build=watch)
         _run_with_retries(settings, err, lambda: command.upgrade(config, target))
         final = read_state(lock.conn, settings.schema).revision
     return _report(settings, out, "upgrade", state.revision, final, applied)
@@ -213,13 +215,14 @@ def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) 
     from alembic import command
 
     applied: List[dict] = []
-    with migration_session(settings, err) as (lock, state, connection):
+    with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         target = resolve_revision(settings, revision, state.revision)
         if state.revision is None:
             raise NotInitialisedError("schema %s has no recorded revision: nothing to downgrade" % settings.schema)
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
-                                log=_step_logger(settings, err), allow_data_loss=allow_data_loss)
+                                log=_step_logger(settings, err), allow_data_loss=allow_data_loss,
+                                watch_index_build=watch)
         _run_with_retries(settings, err, lambda: command.downgrade(config, target or "base"))
         final = read_state(lock.conn, settings.schema).revision
     return _report(settings, out, "downgrade", state.revision, final, applied)
@@ -235,7 +238,7 @@ def stamp(settings, out, err, revision: str) -> int:
     from alembic import command
 
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
-    with migration_session(settings, err) as (lock, state, connection):
+    with migration_session(settings, err) as (lock, state, connection, watch):
         if not state.schema_exists:
             raise NotInitialisedError("schema %s does not exist: run `otelmig.pyz upgrade` instead of stamp"
                                       % settings.schema)

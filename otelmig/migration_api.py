@@ -43,5 +43,6 @@ def run(steps_for) -> None:
         outside=lambda: outside_transaction(bind),
         names=names,
         allow_data_loss=attrs.get("allow_data_loss", False),
-        log=attrs.get("log", lambda line: None))
+        log=attrs.get("log", lambda line: None),
+        watch=attrs.get("watch_index_build", contextlib.nullcontext))
     runner.run(steps_for(names))

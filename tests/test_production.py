@@ -241,3 +241,12 @@ def insert_span(cursor, span_id):
             if "42703" not in str(exc):  # undefined column: try the other name
                 raise
     raise AssertionError("neither layout accepted the insert")
+
+
+def test_long_index_builds_report_progress(db_url, monkeypatch):
+    import otelmig.progress
+    monkeypatch.setattr(otelmig.progress, "INTERVAL_SECONDS", 0.05)
+    load_legacy(db_url, traces=60000, spans_per_trace=5)
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 0, result.err
+    assert "building otel.ix_spans" in result.err and "%" in result.err
