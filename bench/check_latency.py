@@ -77,6 +77,25 @@ def downgrade():
 ''' % HEAD
 
 
+# `check` with two dependency costs removed, to size what fixing them would
+# save (see bench/README_benchmarks.md): pg8000, given ssl_context=None for
+# sslmode=prefer, builds ssl.create_default_context(), which loads the system
+# CA store only to set CERT_NONE; a bare SSLContext does the same job. scramp
+# 1.4.6 computes SCRAM's Hi() (PBKDF2-HMAC-SHA-256, 4096 rounds) in a Python
+# loop; hashlib.pbkdf2_hmac gives the same bytes. The pyz itself is unchanged.
+WHAT_IF = """
+import glob, hashlib, os, runpy, ssl, sys
+def _bare(*args, **kwargs):
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ssl.create_default_context = _bare
+sys.path.insert(0, glob.glob(os.path.join(os.environ["SHIV_ROOT"], "otelmig.pyz_*", "site-packages"))[0])
+import scramp.core
+scramp.core.hi = lambda hf, password, salt, iterations: hashlib.pbkdf2_hmac(hf().name, password, salt, iterations)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def make_alembic_project(root: str) -> str:
     os.makedirs(os.path.join(root, "migrations", "versions"))
     with open(os.path.join(root, "alembic.ini"), "w") as handle:
@@ -96,6 +115,8 @@ def main():
     parser.add_argument("--pyz", default=common.PYZ)
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--max-seconds", type=float, default=1800, help="stop the rounds after this long")
+    parser.add_argument("--no-what-if", dest="what_if", action="store_false",
+                        help="skip the two diagnostic check variants")
     args = parser.parse_args()
     if not 1 <= args.runs <= 1001:
         parser.error("--runs must be 1..1001")
@@ -124,6 +145,11 @@ def main():
         commands["psql"] = (["psql", "-X", "-Atc", "select version_num from otel.alembic_version"],
                             common.psql_env(cluster, "bench_check"), HEAD)
         commands["otelmig verify (empty)"] = ([python, pyz, "verify", "--format", "json"], env_check, '"ok": true')
+        if args.what_if:  # diagnostics, not targets: see WHAT_IF
+            env_nossl = dict(env_check, POSTGRES_URL=cluster.url("bench_check", sslmode="disable"))
+            commands["what-if: check, sslmode=disable"] = ([python, pyz, "check"], env_nossl, "ready")
+            commands["what-if: check, bare SSL context + C PBKDF2"] = (
+                [python, "-c", WHAT_IF, pyz, "check"], env_check, "ready")
 
         data = None
         if args.verify_rows:
@@ -139,7 +165,7 @@ def main():
                 [python, pyz, "verify", "--format", "json"], env_verify, '"ok": true')
 
         for name, (argv, env, expect) in commands.items():  # warm-up: unpack the pyz, fill caches
-            result = common.run_measured(argv, env=env)
+            result = common.run_measured(argv, env=env, cwd=scratch)
             if expect and expect not in result.out:
                 raise RuntimeError("%s: expected %r in its output, got %r %r" % (name, expect, result.out, result.err))
         names = list(commands)
@@ -154,7 +180,7 @@ def main():
             order = names[i % len(names):] + names[:i % len(names)]
             for name in order:
                 argv, env, expect = commands[name]
-                result = common.run_measured(argv, env=env, timeout=120)
+                result = common.run_measured(argv, env=env, timeout=120, cwd=scratch)
                 if expect and expect not in result.out:
                     raise RuntimeError("%s: unexpected output %r %r" % (name, result.out, result.err))
                 walls[name].append(result.wall)

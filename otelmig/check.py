@@ -55,7 +55,7 @@ def read_state(conn, schema: str) -> DbState:
     return DbState(schema, bool(schema_exists), tuple(tables), revision)
 
 
-def assess(state: DbState) -> OtelmigError:
+def assess(state: DbState) -> Optional[OtelmigError]:
     """The verdict on a state: an error to raise, or None when ready."""
     s = state.schema
     if not state.schema_exists:

@@ -12,8 +12,7 @@ from typing import Optional
 import pg8000.dbapi
 
 from otelmig import tls
-from otelmig.errors import (BusyError, ConnectError, Interrupted, OtelmigError,
-                            RefusedError)
+from otelmig.errors import BusyError, ConnectError, OtelmigError, RefusedError
 
 # SQLSTATEs we act on.
 INVALID_PASSWORD = "28P01"
@@ -130,9 +129,8 @@ def translate(exc: BaseException) -> Optional[OtelmigError]:
     """Our error for a driver / SQLAlchemy error raised after connecting, or None."""
     if isinstance(exc, OtelmigError):
         return exc
-    cause = getattr(exc, "orig", None)
-    if isinstance(cause, (OtelmigError, KeyboardInterrupt)):
-        return cause if isinstance(cause, OtelmigError) else Interrupted("interrupted", 130)
+    if isinstance(getattr(exc, "orig", None), OtelmigError):
+        return exc.orig
     code = sqlstate(exc)
     message = server_message(exc)
     if code == INSUFFICIENT_PRIVILEGE:
@@ -140,7 +138,8 @@ def translate(exc: BaseException) -> Optional[OtelmigError]:
     if code == READ_ONLY_TRANSACTION:
         return RefusedError("the database is read-only (%s); run against the primary" % message)
     if code == LOCK_NOT_AVAILABLE:
-        return BusyError("could not get a table lock in time: %s; retry when the table is less busy" % message)
+        return BusyError("could not get a table lock in time (%s): the revision's transaction was rolled back; "
+                         "retry when the table is less busy, or raise --lock-timeout" % message)
     if code == ADMIN_SHUTDOWN or _is_connection_lost(exc):
         return ConnectError("the connection to the database was lost (%s); rerun to continue" % message)
     return None

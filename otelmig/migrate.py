@@ -162,9 +162,13 @@ def ensure_known(state) -> None:
 
 def _run_with_retries(settings, err, action) -> None:
     """Retry a revision whose DDL could not get its lock within lock_timeout."""
+    from alembic.util import CommandError
+
     for attempt in range(LOCK_RETRIES + 1):
         try:
             return action()
+        except CommandError as exc:  # e.g. `upgrade base` from the head
+            raise UsageError("%s; see `otelmig history`" % exc) from None
         except Exception as exc:
             if not db.is_lock_timeout(exc) or attempt == LOCK_RETRIES:
                 raise
@@ -197,7 +201,11 @@ def _short_doc(step) -> str:
 def upgrade(settings, out, err, revision: str = "head") -> int:
     from alembic import command
 
+    if revision.startswith("-"):
+        raise UsageError("`upgrade %s` goes backwards: use `otelmig rollback %s`" % (revision, revision[1:]))
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
+    if target is None:
+        raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s`" % (revision, revision))
     applied: List[dict] = []
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)

@@ -192,3 +192,11 @@ def test_bad_input_changes_nothing(db_url, args, env):
 def test_bad_url_env_is_2(url):
     result = run_cli("check", env={"POSTGRES_URL": url})
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("target", ["base", "-1"])
+def test_upgrade_backwards_is_2(db_url, target):
+    assert run_cli("upgrade", url=db_url).code == 0
+    result = run_cli("upgrade", target, url=db_url)
+    assert result.code == 2 and "goes" in result.err
+    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
