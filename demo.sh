@@ -32,8 +32,12 @@ psql_ -c "insert into otel.traces (trace_id, service_name, start_ts, span_count)
           select md5(g::text), substr(md5(g || '.' || k), 1, 16), 'op-' || k, 'svc-' || g % 20,
                  now() - g * interval '1 s', 'STATUS_CODE_OK', jsonb_build_object('k', k)
           from generate_series(1, 2000) g, generate_series(1, 5) k;"
-checksum="select md5(string_agg(id || trace_id || span_id || coalesce(status_code, ''), ',' order by id)) from otel.spans"
-legacy_sum=$(psql_ -tA -c "${checksum//status_code/status}")
+# Every legacy column of every span, under its old or new name.
+columns="id, trace_id, span_id, parent_span_id, name, kind, service_name, START, END, duration_ms, STATUS, ATTRS::text, environment, tenant_id"
+checksum() { psql_ -tA -c "select md5(string_agg(row(${columns//START/$1})::text, ',' order by id)) from otel.spans" ; }
+legacy_columns=${columns//END/end_ts}; legacy_columns=${legacy_columns//STATUS/status}; legacy_columns=${legacy_columns//ATTRS/attributes}
+head_columns=${columns//END/end_time}; head_columns=${head_columns//STATUS/status_code}; head_columns=${head_columns//ATTRS/span_attributes}
+columns=$legacy_columns legacy_sum=$(checksum start_ts)
 
 PYZ=./dist/otelmig.pyz
 step $PYZ check
@@ -46,7 +50,7 @@ step $PYZ rollback
 step $PYZ upgrade
 step $PYZ verify --format prometheus
 
-after_sum=$(psql_ -tA -c "$checksum")
+columns=$head_columns after_sum=$(checksum start_time)
 echo
 if [ "$legacy_sum" = "$after_sum" ]; then
     echo "== every span row kept through adopt, rollback and upgrade (md5 $after_sum)"

@@ -6,12 +6,15 @@ configparser. Authors of new revisions can still run plain `alembic` with the
 repository's alembic.ini: then POSTGRES_URL is used.
 """
 
-from alembic import context
+import os
 
-from otelmig.settings import DEFAULT_SCHEMA
+from alembic import context
+from alembic.util import CommandError
+
+from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA, validate_schema
 
 config = context.config
-schema = config.attributes.get("schema", DEFAULT_SCHEMA)
+schema = validate_schema(config.attributes.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
 
 
 def run_online(connection) -> None:
@@ -32,9 +35,6 @@ def run_online(connection) -> None:
 
 def run_standalone() -> None:
     """`alembic upgrade` by an author: connect from POSTGRES_URL."""
-    import os
-    import sqlalchemy
-
     from otelmig.settings import resolve_conninfo
     from otelmig.migrate import engine_for
 
@@ -44,7 +44,7 @@ def run_standalone() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("use `otelmig upgrade --sql` for offline SQL")
+    raise CommandError("use `otelmig upgrade --sql` for offline SQL")
 elif "connection" in config.attributes:
     run_online(config.attributes["connection"])
 else:

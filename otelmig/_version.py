@@ -1,8 +1,8 @@
 """Version of otelmig and the head revision it bundles.
 
 HEAD_REVISION is known when the package is built: `check` compares against it
-without importing Alembic (tests/test_revisions.py proves it equals the
-migrations' head).
+without importing Alembic (tests/test_migrations.py proves these equal the
+migrations' revisions).
 """
 
 __version__ = "0.1.0"

@@ -11,8 +11,7 @@ from typing import NamedTuple, Optional, Tuple
 
 from otelmig import db, schema as contract
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS
-from otelmig.errors import (ConnectError, ExitStatus, NotInitialisedError, OtelmigError,
-                            PendingError, UnknownRevisionError)
+from otelmig.errors import NotInitialisedError, OtelmigError, PendingError, UnknownRevisionError
 from otelmig.output import emit
 
 UPGRADE_HINT = "run `otelmig.pyz upgrade`"
@@ -85,7 +84,7 @@ def probe(conninfo, schema: str, wait: float = 0.0) -> DbState:
     while True:
         remaining = deadline - time.monotonic()
         try:
-            conn = db.connect(conninfo, timeout=_attempt_timeout(conninfo, remaining, wait))
+            conn = db.connect(conninfo, timeout=_attempt_timeout(conninfo, remaining, wait), probe=True)
             break
         except db.ConnectFailed as exc:
             remaining = deadline - time.monotonic()
@@ -94,43 +93,40 @@ def probe(conninfo, schema: str, wait: float = 0.0) -> DbState:
             time.sleep(min(0.5, remaining))
     try:
         return read_state(conn, schema)
-    except Exception as exc:
-        raise db.translate(exc) or exc
     finally:
         conn.close()
 
 
-def _attempt_timeout(conninfo, remaining: float, wait: float) -> float:
+def _attempt_timeout(conninfo, remaining: float, wait: float) -> Optional[float]:
+    """Each attempt may use what is left of --wait (a short floor), at most connect_timeout."""
     if not wait:
         return conninfo.connect_timeout
-    return max(0.2, min(conninfo.connect_timeout, remaining))
+    return max(0.2, min(conninfo.connect_timeout or remaining, remaining))
+
+
+def ensure_known(state: DbState) -> None:
+    """Refuse (exit 6) to touch a database that a newer otelmig migrated."""
+    error = assess(state)
+    if isinstance(error, UnknownRevisionError):
+        raise error
 
 
 def check(settings, out, err, wait: float = 0.0) -> int:
-    state, error = None, None
-    try:
-        state = probe(settings.conninfo, settings.schema, wait)
-        error = assess(state)
-    except ConnectError as exc:
-        error = exc
-    status = error.exit_status if error else ExitStatus.OK
-    payload = {"exit_code": int(status), "schema": settings.schema, "head": HEAD_REVISION,
-               "database_revision": state.revision if state else None}
+    state = probe(settings.conninfo, settings.schema, wait)
+    error = assess(state)
     if error:
-        payload["message"] = error.message
-        emit(settings, out, payload, "")
-        err.write("check: %s\n" % error.message)
-    else:
-        emit(settings, out, payload, "ready: schema %s is at the head %s" % (settings.schema, HEAD_REVISION))
-    return int(status)
+        error.details["database_revision"] = state.revision
+        raise error
+    emit(settings, out, {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,
+                         "database_revision": state.revision},
+         "ready: schema %s is at the head %s" % (settings.schema, HEAD_REVISION))
+    return 0
 
 
 def current(settings, out, err) -> int:
     """The database's revision and whether it is the head (exit 0 even when behind)."""
     state = probe(settings.conninfo, settings.schema)
-    error = assess(state)
-    if isinstance(error, UnknownRevisionError):
-        raise error
+    ensure_known(state)
     is_head = state.revision == HEAD_REVISION
     payload = {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,
                "database_revision": state.revision, "is_head": is_head}
@@ -154,13 +150,16 @@ def init_db(url: Optional[str] = None, schema: Optional[str] = None) -> None:
     """The worker's fail-fast start-up check: validates, never creates or alters."""
     import os
     from otelmig import settings as settings_mod
+    from otelmig.redact import redact
 
     try:
-        schema_name = settings_mod.validate_schema(schema or os.environ.get(settings_mod.ENV_SCHEMA, "otel"))
+        schema_name = settings_mod.validate_schema(
+            schema or os.environ.get(settings_mod.ENV_SCHEMA, settings_mod.DEFAULT_SCHEMA))
         conninfo = settings_mod.resolve_conninfo(url, os.environ)
         error = assess(probe(conninfo, schema_name))
-    except OtelmigError as exc:
-        error = exc
+    except Exception as exc:  # the worker gets our error type, never a driver's
+        error = db.translate(exc)
+        if error is None:
+            raise
     if error:
-        from otelmig.redact import redact
         raise SchemaNotReady(redact(error.message), int(error.exit_status))

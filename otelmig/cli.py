@@ -7,6 +7,7 @@ Alembic or SQLAlchemy.
 """
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -99,36 +100,44 @@ def _parse_steps(text: str) -> int:
     return steps
 
 
-def dispatch(args, settings, out, err) -> int:
-    name = args.command
-    if settings.output_format == "prometheus" and name != "verify":
-        raise UsageError("--format prometheus is for verify only")
-    if getattr(args, "sql", False):
-        from otelmig import offline
-        if name == "upgrade":
-            return offline.upgrade_sql(settings, out, args.revision)
-        steps = "-%d" % _parse_steps(args.steps) if name == "rollback" else args.revision
-        return offline.downgrade_sql(settings, out, steps, args.allow_data_loss)
-    if name in ("check", "current"):
-        from otelmig import check
-        if name == "current":
-            return check.current(settings, out, err)
-        from otelmig.settings import parse_seconds
-        wait = parse_seconds(args.wait, "--wait") if args.wait not in ("0", "0.0") else 0.0
-        return check.check(settings, out, err, wait)
-    if name == "verify":
-        from otelmig import verify
-        return verify.verify(settings, out, err, args.strict)
-    if name == "plan":
-        from otelmig import plan
-        return plan.plan(settings, out, err)
+def _sql(args, settings, out, err) -> int:
+    from otelmig import offline
+    if args.command == "upgrade":
+        return offline.upgrade_sql(settings, out, args.revision)
+    target = "-%d" % _parse_steps(args.steps) if args.command == "rollback" else args.revision
+    return offline.downgrade_sql(settings, out, target, args.allow_data_loss)
+
+
+def _check(args, settings, out, err) -> int:
+    from otelmig import check
+    from otelmig.settings import parse_seconds
+    return check.check(settings, out, err, parse_seconds(args.wait, "--wait", allow_zero=True))
+
+
+def _current(args, settings, out, err) -> int:
+    from otelmig import check
+    return check.current(settings, out, err)
+
+
+def _verify(args, settings, out, err) -> int:
+    from otelmig import verify
+    return verify.verify(settings, out, err, args.strict)
+
+
+def _plan(args, settings, out, err) -> int:
+    from otelmig import plan
+    return plan.plan(settings, out, err)
+
+
+def _migrate(args, settings, out, err) -> int:
     from otelmig import migrate
+    name = args.command
     if name == "upgrade":
         return migrate.upgrade(settings, out, err, args.revision)
     if name == "downgrade":
         return migrate.downgrade(settings, out, err, args.revision, args.allow_data_loss)
     if name == "rollback":
-        return migrate.rollback(settings, out, err, _parse_steps(args.steps), args.allow_data_loss)
+        return migrate.downgrade(settings, out, err, "-%d" % _parse_steps(args.steps), args.allow_data_loss)
     if name == "stamp":
         return migrate.stamp(settings, out, err, args.revision)
     if name == "history":
@@ -136,26 +145,52 @@ def dispatch(args, settings, out, err) -> int:
     return migrate.heads(settings, out, err)
 
 
+# Each command's module is imported only when it runs: `check` stays light.
+HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan}
+
+
+def dispatch(args, settings, out, err) -> int:
+    if settings.output_format == "prometheus" and args.command != "verify":
+        raise UsageError("--format prometheus is for verify only")
+    if getattr(args, "sql", False):
+        return _sql(args, settings, out, err)
+    return HANDLERS.get(args.command, _migrate)(args, settings, out, err)
+
+
+class Invocation:
+    """What is known of this run when it fails: how to report the failure."""
+
+    def __init__(self):
+        self.command, self.output_format, self.schema = None, "text", None
+
+
 def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> int:
     out = redact.RedactingStream(out or sys.stdout)
     err = redact.RedactingStream(err or sys.stderr)
     env = os.environ if env is None else env
-    show_traceback = "--traceback" in (sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run = Invocation()
     try:
         with interrupt.handlers():
-            return _run(argv, env, out, err)
+            code = _run(argv, env, out, err, run)
+        if interrupt.received:  # a signal that arrived while we were finishing
+            return _fail(out, err, run, interrupt.error(), "--traceback" in argv)
+        return code
     except SystemExit as exc:  # argparse after --help
         return int(exc.code or 0)
     except BaseException as exc:  # the one place exceptions become exit codes
         if interrupt.received:
-            return _fail(err, interrupt.error(), show_traceback)
-        if not isinstance(exc, Exception):
+            error = interrupt.error()
+        elif isinstance(exc, Exception):
+            error = _as_otelmig_error(exc)
+        else:
             raise
-        return _fail(err, _as_otelmig_error(exc), show_traceback)
+        return _fail(out, err, run, error, "--traceback" in argv)
 
 
-def _run(argv, env, out, err) -> int:
+def _run(argv, env, out, err, run: Invocation) -> int:
     args = build_parser().parse_args(argv)
+    run.command, run.output_format = args.command, args.format
     if args.version:
         out.write(version_line() + "\n")
         return 0
@@ -164,6 +199,7 @@ def _run(argv, env, out, err) -> int:
     from otelmig import settings as settings_mod
     needs_db = args.command not in NO_DATABASE and not getattr(args, "sql", False)
     settings = settings_mod.resolve(args, env, need_database=needs_db)
+    run.schema = settings.schema
     return dispatch(args, settings, out, err)
 
 
@@ -179,9 +215,22 @@ def _as_otelmig_error(exc: BaseException) -> OtelmigError:
                         % (type(exc).__name__, exc), ExitStatus.INTERNAL)
 
 
-def _fail(err, error: OtelmigError, show_traceback: bool) -> int:
+def _fail(out, err, run: Invocation, error, show_traceback: bool) -> int:
+    status = int(error.exit_status)
     if show_traceback:
         import traceback
         err.write(traceback.format_exc())
-    err.write("%s: %s\n" % (PROG, " ".join(error.message.split())))
-    return int(error.exit_status)
+    message = " ".join(error.message.split())
+    if run.output_format == "json":
+        payload = {"exit_code": status, "schema": run.schema, "message": message}
+        if run.command in ("check", "current", "verify", "plan"):
+            payload.update(head=HEAD_REVISION, database_revision=None)
+        if run.command == "verify":
+            payload.update(ok=False, problems=[], extras=[])
+        payload.update(getattr(error, "details", {}))
+        out.write(json.dumps(payload, sort_keys=True) + "\n")
+    elif run.output_format == "prometheus" and run.schema:
+        from otelmig.verify import prometheus_text
+        out.write(prometheus_text(run.schema, status, [], []))
+    err.write("%s: %s\n" % (PROG, message))
+    return status

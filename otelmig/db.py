@@ -24,8 +24,6 @@ ADMIN_SHUTDOWN = "57P01"
 INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
 LOCK_NOT_AVAILABLE = "55P03"
-QUERY_CANCELED = "57014"
-ACTIVE_SQL_TRANSACTION = "25001"
 
 
 class ConnectFailed(ConnectError):
@@ -56,8 +54,14 @@ def server_message(exc: BaseException) -> str:
     return fields.get("M") or str(exc)
 
 
-def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None):
-    """A pg8000 DB-API connection, or ConnectFailed (exit 3) that says why."""
+def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, probe: bool = False):
+    """A pg8000 DB-API connection, or ConnectFailed (exit 3) that says why.
+
+    pg8000 keeps the connect timeout on the socket for the connection's life,
+    which would cut any statement longer than it (an index build on millions
+    of rows). So it is cleared after connecting, except for a probe (check,
+    verify, plan), where a server that stops answering is a failure.
+    """
     last_error = None
     for ssl_context in tls.attempts(conninfo):
         try:
@@ -70,6 +74,8 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None):
         except Exception as exc:  # classified right below, never swallowed
             last_error = exc
             continue
+        if not probe:
+            conn._usock.settimeout(None)
         conn.autocommit = autocommit
         return conn
     raise connect_error(last_error, conninfo) from None
@@ -117,7 +123,7 @@ def _network_reason(exc: BaseException, conninfo, where: str) -> str:
     if isinstance(cause, socket.gaierror):
         return "cannot resolve host %r: check the host name" % conninfo.host
     if isinstance(cause, socket.timeout):
-        return "timed out connecting to %s after %gs; is the server up?" % (where, conninfo.connect_timeout)
+        return "timed out connecting to %s; is the server up?" % where
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused by %s; is PostgreSQL running there?" % where
     if isinstance(cause, OSError) and cause.strerror:
@@ -142,6 +148,9 @@ def translate(exc: BaseException) -> Optional[OtelmigError]:
                          "retry when the table is less busy, or raise --lock-timeout" % message)
     if code == ADMIN_SHUTDOWN or _is_connection_lost(exc):
         return ConnectError("the connection to the database was lost (%s); rerun to continue" % message)
+    if isinstance(getattr(exc, "orig", None) or exc, (socket.timeout, TimeoutError)):
+        return ConnectError("the database stopped answering (no reply within the connect timeout); "
+                            "check the server and the network, then rerun")
     return None
 
 

@@ -42,7 +42,8 @@ class Names:
     """SQL fragments for one target schema; identifiers always quoted."""
 
     def __init__(self, schema: str):
-        self.schema = schema
+        from otelmig.settings import validate_schema
+        self.schema = validate_schema(schema)  # never trust a name that reaches SQL text
         self.q_schema = quote_ident(schema)
 
     def table(self, name: str) -> str:
@@ -71,23 +72,29 @@ class Names:
                 "and pg_get_expr(d.adbin, d.adrelid) = %s)"
                 % (self.regclass(table), quote_literal(column), quote_literal(default)))
 
-    def index_exists(self, name: str) -> str:
-        return self.table_exists(name)
-
     def index_invalid(self, name: str) -> str:
         return ("exists (select 1 from pg_index where indexrelid = %s and not indisvalid)"
                 % self.regclass(name))
 
+    def any_where(self, table: str, column: str, predicate: str) -> str:
+        """Whether a row satisfies predicate (stops at the first); false when the column is absent."""
+        query = "select exists (select 1 from %s where %s) as c" % (self.table(table), predicate)
+        return self._if_column(table, column, query, "boolean", "false")
+
     def count_where(self, table: str, column: str, predicate: str) -> str:
-        """Rows of table where predicate holds; 0 when the column is absent.
+        """Rows of table where predicate holds; 0 when the column is absent."""
+        query = "select count(*) as c from %s where %s" % (self.table(table), predicate)
+        return self._if_column(table, column, query, "bigint", "0")
+
+    def _if_column(self, table: str, column: str, query: str, sql_type: str, otherwise: str) -> str:
+        """query's one value, or `otherwise` when the column does not exist.
 
         query_to_xml parses its query only when called, and CASE calls it only
         when the column exists, so this is plain SQL that never fails on a
         half-way layout (usable in a condition, offline and in plan).
         """
-        query = "select count(*) as c from %s where %s" % (self.table(table), predicate)
-        return ("(case when %s then (xpath('/row/c/text()', query_to_xml(%s, false, true, '')))[1]::text::bigint "
-                "else 0 end)" % (self.column_exists(table, column), quote_literal(query)))
+        return ("(case when %s then (xpath('/row/c/text()', query_to_xml(%s, false, true, '')))[1]::text::%s "
+                "else %s end)" % (self.column_exists(table, column), quote_literal(query), sql_type, otherwise))
 
 
 def has_rows(conn_exec, names: Names, table: str) -> bool:

@@ -29,10 +29,11 @@ class OtelmigError(Exception):
 
     exit_status = ExitStatus.INTERNAL
 
-    def __init__(self, message: str, exit_status: "ExitStatus | None" = None):
+    def __init__(self, message: str, exit_status: "ExitStatus | None" = None, details: "dict | None" = None):
         super().__init__(message)
         if exit_status is not None:
             self.exit_status = exit_status
+        self.details = details or {}  # extra fields for --format json
 
     @property
     def message(self) -> str:
@@ -59,10 +60,6 @@ class UnknownRevisionError(OtelmigError):
     exit_status = ExitStatus.UNKNOWN_REVISION
 
 
-class DriftError(OtelmigError):
-    exit_status = ExitStatus.DRIFT
-
-
 class RefusedError(OtelmigError):
     """Would lose data, read-only database, or a missing privilege."""
 
@@ -73,7 +70,17 @@ class BusyError(OtelmigError):
     exit_status = ExitStatus.BUSY
 
 
-class Interrupted(OtelmigError):
-    """SIGINT / SIGTERM arrived; the open transaction was rolled back."""
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM arrived; the open transaction was rolled back.
 
-    exit_status = ExitStatus.SIGINT
+    A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    on the way up (a connection retry, a cleanup) can swallow the signal.
+    """
+
+    def __init__(self, message: str, exit_status: ExitStatus):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])

@@ -23,8 +23,9 @@ def _int32(value: int) -> int:
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
-def schema_key(schema: str) -> int:
-    return _int32(zlib.crc32(schema.encode("utf-8")))
+def lock_keys(schema: str) -> tuple:
+    """The two int4 keys of pg_try_advisory_lock for this schema's migration lock."""
+    return _int32(NAMESPACE_KEY), _int32(zlib.crc32(schema.encode("utf-8")))
 
 
 _HOLDER_SQL = """
@@ -42,7 +43,7 @@ class MigrationLock:
 
     def __init__(self, conninfo, schema: str, budget: float, say):
         self.conninfo, self.schema, self.budget, self.say = conninfo, schema, budget, say
-        self.keys = (_int32(NAMESPACE_KEY), schema_key(schema))
+        self.keys = lock_keys(schema)
         self.conn = None
 
     def __enter__(self):

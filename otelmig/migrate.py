@@ -13,8 +13,8 @@ from typing import List, Optional
 
 from otelmig import db, interrupt, output, progress
 from otelmig._version import HEAD_REVISION
-from otelmig.check import assess, read_state
-from otelmig.errors import ConnectError, NotInitialisedError, UnknownRevisionError, UsageError
+from otelmig.check import ensure_known, read_state
+from otelmig.errors import ConnectError, NotInitialisedError, UsageError
 from otelmig.lock import MigrationLock
 
 LOCK_RETRIES = 5          # attempts after the first, on lock timeout (55P03)
@@ -138,7 +138,7 @@ def migration_session(settings, err):
 
 
 def _prepare_session(connection, settings) -> None:
-    connection.exec_driver_sql("SET lock_timeout = '%dms'" % int(settings.lock_timeout * 1000))
+    connection.exec_driver_sql("SET lock_timeout = '%dms'" % lock_timeout_ms(settings))
     server = int(connection.exec_driver_sql("show server_version_num").scalar())
     if server >= 140000:
         # A backend whose client vanished (SIGKILL) stops within a second
@@ -147,17 +147,21 @@ def _prepare_session(connection, settings) -> None:
     connection.commit()
 
 
+def lock_timeout_ms(settings) -> int:
+    return max(1, int(settings.lock_timeout * 1000))  # 0 would mean "wait forever"
+
+
+def _final_revision(connection, schema: str) -> Optional[str]:
+    from otelmig.schema import VERSION_TABLE
+    connection.rollback()
+    return connection.exec_driver_sql("select max(version_num) from %s.%s"
+                                      % (db.quote_ident(schema), VERSION_TABLE)).scalar()
+
+
 def _restore_session(connection) -> None:
     connection.rollback()
     connection.exec_driver_sql("RESET lock_timeout")
     connection.commit()
-
-
-def ensure_known(state) -> None:
-    """Refuse (exit 6) to touch a database that a newer otelmig migrated."""
-    error = assess(state)
-    if isinstance(error, UnknownRevisionError):
-        raise error
 
 
 def _run_with_retries(settings, err, action) -> None:
@@ -193,8 +197,7 @@ def _applied_reporter(settings, err, applied: List[dict]):
 
 
 def _short_doc(step) -> str:
-    script = step.up_revision if step.is_upgrade else step.up_revision
-    doc = (getattr(script, "doc", None) or "").strip().splitlines()
+    doc = (getattr(step.up_revision, "doc", None) or "").strip().splitlines()
     return "(%s)" % doc[0].rstrip(".") if doc else ""
 
 
@@ -215,7 +218,7 @@ def upgrade(settings, out, err, revision: str = "head") -> int:
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), watch_index_build=watch)
         _run_with_retries(settings, err, lambda: command.upgrade(config, target))
-        final = read_state(lock.conn, settings.schema).revision
+        final = _final_revision(connection, settings.schema)
     return _report(settings, out, "upgrade", state.revision, final, applied)
 
 
@@ -232,28 +235,23 @@ def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) 
                                 log=_step_logger(settings, err), allow_data_loss=allow_data_loss,
                                 watch_index_build=watch)
         _run_with_retries(settings, err, lambda: command.downgrade(config, target or "base"))
-        final = read_state(lock.conn, settings.schema).revision
+        final = _final_revision(connection, settings.schema)
     return _report(settings, out, "downgrade", state.revision, final, applied)
-
-
-def rollback(settings, out, err, steps: int = 1, allow_data_loss: bool = False) -> int:
-    if steps < 1:
-        raise UsageError("rollback takes a positive number of revisions, not %d" % steps)
-    return downgrade(settings, out, err, "-%d" % steps, allow_data_loss)
 
 
 def stamp(settings, out, err, revision: str) -> int:
     from alembic import command
 
-    target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
     with migration_session(settings, err) as (lock, state, connection, watch):
+        ensure_known(state)
         if not state.schema_exists:
             raise NotInitialisedError("schema %s does not exist: run `otelmig.pyz upgrade` instead of stamp"
                                       % settings.schema)
+        target = resolve_revision(settings, revision, state.revision) if revision != "head" else HEAD_REVISION
         config = alembic_config(settings, connection)
-        command.stamp(config, target or "base", purge=True)
+        _run_with_retries(settings, err, lambda: command.stamp(config, target or "base", purge=True))
         connection.commit()
-        final = read_state(lock.conn, settings.schema).revision
+        final = _final_revision(connection, settings.schema)
     return _report(settings, out, "stamp", state.revision, final, [])
 
 
@@ -298,7 +296,7 @@ def _current_or_none(settings, err) -> Optional[str]:
     from otelmig.check import probe
     import dataclasses
 
-    quick = dataclasses.replace(settings.conninfo, connect_timeout=min(settings.conninfo.connect_timeout, 3.0))
+    quick = dataclasses.replace(settings.conninfo, connect_timeout=min(settings.conninfo.connect_timeout or 3.0, 3.0))
     try:
         return probe(quick, settings.schema).revision
     except ConnectError as exc:

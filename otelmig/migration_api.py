@@ -27,9 +27,18 @@ def outside_transaction(bind):
     driver_conn = bind.connection.dbapi_connection
     driver_conn.commit()
     driver_conn.autocommit = True
+    cursor = driver_conn.cursor()
+    cursor.execute("show lock_timeout")
+    saved = cursor.fetchone()[0]
+    # A concurrent build's SHARE UPDATE EXCLUSIVE lock queues no reader or
+    # writer, but the build waits for every older transaction to end, and
+    # lock_timeout would cut that wait and leave an INVALID index. So it waits
+    # (its progress is reported), unbounded.
+    cursor.execute("SET lock_timeout = 0")
     try:
         yield
     finally:
+        cursor.execute("select set_config('lock_timeout', %s, false)", (saved,))
         driver_conn.autocommit = False
 
 

@@ -11,39 +11,43 @@ for `psql -v ON_ERROR_STOP=1 -f`.
 from otelmig import db
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
 from otelmig.ddl import Names, Step
-from otelmig.migrate import resolve_revision, revisions_between
+from otelmig.errors import UsageError
+from otelmig.lock import lock_keys
+from otelmig.migrate import lock_timeout_ms, resolve_revision, revisions_between
 from otelmig.schema import VERSION_TABLE
 
 DOLLAR = "$otelmig$"
 
 
 def upgrade_sql(settings, out, revision: str = "head") -> int:
+    if revision.startswith("-"):
+        raise UsageError("`upgrade %s` goes backwards: use `otelmig rollback --sql`" % revision)
     target = HEAD_REVISION if revision == "head" else resolve_revision(settings, revision, None)
+    if target is None:
+        raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s --sql`"
+                         % (revision, revision))
     scripts = revisions_between(settings, None, target)
+    newer = [s.revision for s in revisions_between(settings, target, HEAD_REVISION)]
     names = Names(settings.schema)
     out.write(_header(settings, "upgrade to %s" % target, scripts))
-    out.write(_unknown_revision_guard(names))
+    out.write(_guards(names, newer))
     for script in scripts:
         out.write("\n-- revision %s: %s\n" % (script.revision, _first_line(script.doc)))
-        out.write(_render(script.module.upgrade_steps(names), allow_data_loss=False))
+        out.write(_render(script.module.upgrade_steps(names), settings, allow_data_loss=False))
         out.write(_set_version(names, script.revision))
     return 0
 
 
 def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -> int:
-    """Offline there is no current revision to read: start from the head."""
-    if revision.startswith("-"):
-        from otelmig.migrate import _relative, script_directory
-        target = _relative(script_directory(settings), revision, HEAD_REVISION)
-    else:
-        target = resolve_revision(settings, revision, HEAD_REVISION)
+    """Offline there is no current revision to read: the script starts from the head."""
+    target = resolve_revision(settings, revision, HEAD_REVISION)
     scripts = list(reversed(revisions_between(settings, target, HEAD_REVISION)))
     names = Names(settings.schema)
     out.write(_header(settings, "downgrade from %s to %s" % (HEAD_REVISION, target or "base"), scripts))
-    out.write(_unknown_revision_guard(names))
+    out.write(_guards(names, []))
     for script in scripts:
         out.write("\n-- revert revision %s: %s\n" % (script.revision, _first_line(script.doc)))
-        out.write(_render(script.module.downgrade_steps(names), allow_data_loss))
+        out.write(_render(script.module.downgrade_steps(names), settings, allow_data_loss))
         out.write(_set_version(names, script.down_revision))
     return 0
 
@@ -60,39 +64,59 @@ def _header(settings, what: str, scripts) -> str:
         "-- or a half-adopted database, and on one already at the target (it then changes nothing).",
         "-- Run with: psql -v ON_ERROR_STOP=1 -f THIS_FILE",
         "\\set ON_ERROR_STOP on",
-        "SET lock_timeout = '%dms';" % int(settings.lock_timeout * 1000),
+        _set_lock_timeout(settings),
         "",
     ]
     return "\n".join(lines)
 
 
-def _unknown_revision_guard(names: Names) -> str:
-    known = ", ".join(db.quote_literal(r) for r in KNOWN_REVISIONS)
-    check = ("%s is not null and exists (select 1 from %s where version_num not in (%s))"
-             % (names.regclass(VERSION_TABLE), names.table(VERSION_TABLE), known))
+def _set_lock_timeout(settings) -> str:
+    return "SET lock_timeout = '%dms';" % lock_timeout_ms(settings)
+
+
+def _guards(names: Names, newer_known) -> str:
+    """Stop before changing anything: another otelmig at work, or a database
+    at a revision this script would rewind (unknown, or newer than its target)."""
+    keys = lock_keys(names.schema)
+    lock = ("DO %s\nBEGIN\n  -- the same session lock as `otelmig upgrade`, held until psql exits\n"
+            "  IF NOT pg_try_advisory_lock(%d, %d) THEN\n"
+            "    RAISE EXCEPTION 'another otelmig is migrating schema %s: try again when it is done';\n"
+            "  END IF;\nEND\n%s;\n" % (DOLLAR, keys[0], keys[1], names.schema, DOLLAR))
+    allowed = ", ".join(db.quote_literal(r) for r in KNOWN_REVISIONS if r not in newer_known)
+    check = ("select exists (select 1 from %s where version_num not in (%s))"
+             % (names.table(VERSION_TABLE), allowed))
     # The version table may not exist: only look inside it through EXECUTE.
-    return ("DO %s\nDECLARE newer boolean := false;\nBEGIN\n"
-            "  IF %s THEN\n    EXECUTE %s INTO newer;\n  END IF;\n"
-            "  IF newer THEN\n    RAISE EXCEPTION 'schema %s is at a revision this script does not know "
-            "(a newer otelmig ran): stop';\n  END IF;\nEND\n%s;\n"
-            % (DOLLAR, names.table_exists(VERSION_TABLE), db.quote_literal("select " + check),
-               names.schema, DOLLAR))
+    version = ("DO %s\nDECLARE ahead boolean := false;\nBEGIN\n"
+               "  IF %s THEN\n    EXECUTE %s INTO ahead;\n  END IF;\n"
+               "  IF ahead THEN\n    RAISE EXCEPTION 'schema %s is at a revision this script would rewind "
+               "(a newer otelmig ran, or a later revision): stop';\n  END IF;\nEND\n%s;\n"
+               % (DOLLAR, names.table_exists(VERSION_TABLE), db.quote_literal(check), names.schema, DOLLAR))
+    return lock + version
 
 
-def _render(steps, allow_data_loss: bool) -> str:
-    parts, in_transaction = [], False
+def _render(steps, settings, allow_data_loss: bool) -> str:
+    parts, in_transaction, unbounded = [], False, False
     for step in steps:
         if step.refuse and step.guard == "data_loss" and allow_data_loss:
             continue
         if step.concurrent and in_transaction:
             parts.append("COMMIT;\n")
             in_transaction = False
+        if step.concurrent and not unbounded:
+            # Concurrent builds queue no reader or writer; they wait for older transactions.
+            parts.append("SET lock_timeout = 0;\n")
+            unbounded = True
+        if not step.concurrent and unbounded:
+            parts.append(_set_lock_timeout(settings) + "\n")
+            unbounded = False
         if not step.concurrent and not in_transaction:
             parts.append("BEGIN;\n")
             in_transaction = True
         parts.append(_render_step(step))
     if in_transaction:
         parts.append("COMMIT;\n")
+    if unbounded:
+        parts.append(_set_lock_timeout(settings) + "\n")
     return "".join(parts)
 
 

@@ -9,10 +9,10 @@ current row estimate and size.
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.check import read_state
+from otelmig.check import ensure_known, read_state
 from otelmig.ddl import Names, has_rows
 from otelmig.errors import ExitStatus
-from otelmig.migrate import ensure_known, revisions_between
+from otelmig.migrate import revisions_between
 
 _TABLE_STATS_SQL = """
 select case when c.reltuples >= 0 then c.reltuples::bigint end, pg_total_relation_size(c.oid)
@@ -21,7 +21,7 @@ from pg_class c where c.oid = to_regclass(%s)
 
 
 def plan(settings, out, err) -> int:
-    conn = db.connect(settings.conninfo, autocommit=False)
+    conn = db.connect(settings.conninfo, autocommit=False, probe=True)
     try:
         cursor = conn.cursor()
         cursor.execute("SET TRANSACTION READ ONLY")
@@ -29,8 +29,6 @@ def plan(settings, out, err) -> int:
         ensure_known(state)
         pending = [_plan_revision(cursor, settings.schema, script)
                    for script in revisions_between(settings, state.revision, HEAD_REVISION)]
-    except Exception as exc:
-        raise db.translate(exc) or exc
     finally:
         conn.rollback()
         conn.close()

@@ -66,7 +66,7 @@ class ConnInfo:
     sslrootcert: Optional[str] = None
     sslcert: Optional[str] = None
     sslkey: Optional[str] = None
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT  # None: wait forever (libpq's 0)
     application_name: str = DEFAULT_APPLICATION_NAME
 
     @property
@@ -104,11 +104,13 @@ def validate_schema(name: Optional[str]) -> str:
     return name
 
 
-def parse_seconds(value: str, what: str) -> float:
+def parse_seconds(value: str, what: str, allow_zero: bool = False) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         raise UsageError("%s must be a number of seconds, not %r" % (what, value)) from None
+    if allow_zero and seconds == 0:
+        return 0.0
     if not (seconds > 0 and seconds < 86400 * 7):
         raise UsageError("%s must be between 0 and 604800 seconds, not %r" % (what, value))
     return seconds
@@ -238,7 +240,7 @@ def resolve_conninfo(url: Optional[str], env: Mapping[str, str]) -> ConnInfo:
     info.setdefault("database", info["user"])
     if info.get("password") is None:
         info["password"] = _fallback_password(info, env)
-    info["connect_timeout"] = parse_seconds(str(info["connect_timeout"]), "connect_timeout")
+    info["connect_timeout"] = parse_seconds(str(info["connect_timeout"]), "connect_timeout", allow_zero=True) or None
     if info["sslmode"] not in SSLMODES:
         raise UsageError("invalid sslmode %r: use one of %s" % (info["sslmode"], ", ".join(SSLMODES)))
     return ConnInfo(**info)

@@ -10,7 +10,7 @@ from typing import Dict, List, NamedTuple
 from otelmig import db, output, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.check import assess, read_state
-from otelmig.errors import ConnectError, ExitStatus, PendingError
+from otelmig.errors import ExitStatus, PendingError
 
 _COLUMNS_SQL = """
 select c.relname::text, c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
@@ -188,15 +188,10 @@ def _compare_indexes(schema: str, indexes, relations) -> List[Problem]:
 
 def verify(settings, out, err, strict: bool = False) -> int:
     started = time.monotonic()
-    try:
-        conn = db.connect(settings.conninfo)
-    except ConnectError as exc:
-        return _emit(settings, out, err, exc.exit_status, None, None, exc.message, started)
+    conn = db.connect(settings.conninfo, probe=True)
     try:
         state = read_state(conn, settings.schema)
         report = compare(settings.schema, *read_catalog(conn, settings.schema))
-    except Exception as exc:
-        raise db.translate(exc) or exc
     finally:
         conn.close()
     status, message = _verdict(settings, state, report, strict)
@@ -228,16 +223,15 @@ def _verdict(settings, state, report: Report, strict: bool):
 
 
 def _emit(settings, out, err, status, state, report, message, started) -> int:
-    problems = report.problems if report else []
-    extras = report.extras if report else []
+    problems, extras = report.problems, report.extras
     payload = {"exit_code": int(status), "schema": settings.schema, "ok": status == ExitStatus.OK,
-               "head": HEAD_REVISION, "database_revision": state.revision if state else None,
+               "head": HEAD_REVISION, "database_revision": state.revision,
                "problems": [p.as_dict() for p in problems], "extras": [p.as_dict() for p in extras],
                "seconds": round(time.monotonic() - started, 4)}
     if message:
         payload["message"] = message
     if settings.output_format == "prometheus":
-        out.write(_prometheus(settings.schema, status, problems, extras))
+        out.write(prometheus_text(settings.schema, status, problems, extras))
     else:
         output.emit(settings, out, payload, _text(settings.schema, status, problems, extras))
     if message:
@@ -259,7 +253,7 @@ def _text(schema: str, status, problems, extras) -> str:
     return "\n".join(lines)
 
 
-def _prometheus(schema: str, status, problems, extras) -> str:
+def prometheus_text(schema: str, status, problems, extras) -> str:
     label = '{schema="%s"}' % schema
     lines = [
         "# HELP otelmig_verify_ok 1 when the schema matches the head contract.",

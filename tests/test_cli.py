@@ -53,7 +53,7 @@ def test_unknown_database_revision_is_6(db_url):
     assert run_cli("upgrade", url=db_url).code == 0
     sql(db_url, "update otel.alembic_version set version_num = 'ffffffffffff'")
     before = catalog_snapshot(db_url)
-    for command in (["check"], ["upgrade"], ["current"], ["rollback"]):
+    for command in (["check"], ["upgrade"], ["current"], ["rollback"], ["stamp", "head"], ["plan"]):
         result = run_cli(*command, url=db_url)
         assert result.code == 6, (command, result)
         assert "ffffffffffff" in result.err and len(result.err.strip().splitlines()) == 1
@@ -147,7 +147,8 @@ def test_error_json_on_stdout(db_url):
 @pytest.mark.parametrize("command", [
     ["check"], ["current"], ["verify"], ["upgrade"], ["rollback"], ["history", "-v"], ["stamp", "head"],
     ["plan"], ["verify", "--format", "json"], ["check", "--format", "json"], ["upgrade", "--sql"],
-    ["upgrade", "-v", "--traceback"],
+    ["upgrade", "-v", "--traceback"], ["downgrade", "base", "-v"], ["rollback", "--sql"],
+    ["current", "--format", "json"], ["heads"], ["plan", "--format", "json"], ["verify", "--format", "prometheus"],
 ])
 def test_password_never_printed(server, db_url, command):
     sql(db_url, "create role sentinel_user login password '%s'" % SENTINEL)
@@ -200,3 +201,22 @@ def test_upgrade_backwards_is_2(db_url, target):
     result = run_cli("upgrade", target, url=db_url)
     assert result.code == 2 and "goes" in result.err
     assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+
+
+@pytest.mark.parametrize("command", [["current"], ["plan"], ["upgrade"], ["downgrade", "base"], ["history"],
+                                     ["verify"], ["check"]])
+def test_json_errors_are_one_object_on_stdout(command):
+    result = run_cli(*command, "--format", "json", url="postgresql://u@127.0.0.1:1/d")
+    payload = json.loads(result.out)
+    if command == ["history"]:  # history works without a database; it only cannot mark the current one
+        assert payload["exit_code"] == 0
+        return
+    assert payload["exit_code"] == result.code == 3
+    assert payload["schema"] == "otel" and "connection refused" in payload["message"]
+
+
+def test_prometheus_error_still_writes_metrics():
+    result = run_cli("verify", "--format", "prometheus", url="postgresql://u@127.0.0.1:1/d")
+    assert result.code == 3
+    assert 'otelmig_verify_ok{schema="otel"} 0' in result.out
+    assert 'otelmig_verify_exit_code{schema="otel"} 3' in result.out

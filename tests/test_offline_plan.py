@@ -145,6 +145,28 @@ def test_plan_on_half_adopted_lists_only_what_is_left(db_url):
     assert catalog_snapshot(db_url) == before
 
 
+def test_plan_lists_the_repair_of_an_invalid_index(db_url):
+    load_legacy(db_url, traces=20)
+    sql(db_url, "create index ix_spans_span_id on otel.spans (span_id)")
+    sql(db_url, "update pg_index set indisvalid = false where indexrelid = 'otel.ix_spans_span_id'::regclass")
+    code, payload = plan_of(db_url)
+    sqls = [s["sql"] for s in payload["pending"][0]["statements"] if "ix_spans_span_id" in s["sql"]]
+    assert [s.split()[0] for s in sqls] == ["DROP", "CREATE"]
+
+
+def test_sql_script_waits_for_no_other_otelmig(tmp_path, db_url):
+    from conftest import connect
+    from otelmig.lock import lock_keys
+    holder = connect(db_url)
+    holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
+    try:
+        result = psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql"))
+        assert result.returncode != 0 and "another otelmig is migrating schema otel" in result.stderr
+        assert sql(db_url, "select count(*) from pg_namespace where nspname = 'otel'") == [[0]]
+    finally:
+        holder.close()
+
+
 def test_plan_at_head_is_0(db_url):
     assert run_cli("upgrade", url=db_url).code == 0
     code, payload = plan_of(db_url)

@@ -39,8 +39,8 @@ def test_eight_replicas_upgrade_at_once(db_url, legacy_traces):
 
 def test_two_schemas_do_not_wait_on_each_other(db_url):
     holder = connect(db_url)
-    from otelmig.lock import NAMESPACE_KEY, _int32, schema_key
-    holder.cursor().execute("select pg_advisory_lock(%s, %s)", (_int32(NAMESPACE_KEY), schema_key("otel")))
+    from otelmig.lock import lock_keys
+    holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
     try:
         started = time.monotonic()
         assert run_cli("upgrade", "--schema", "otel_b", url=db_url).code == 0
@@ -70,13 +70,15 @@ def test_lock_timeout_keeps_readers_moving_then_finishes(db_url):
 
 
 def measure_reads(url, seconds):
+    """The worst wait of a reader of either table while the upgrade retries."""
     conn = connect(url)
     cursor = conn.cursor()
     worst, deadline = 0.0, time.monotonic() + seconds
     while time.monotonic() < deadline:
-        started = time.monotonic()
-        cursor.execute("select count(*) from otel.traces")
-        worst = max(worst, time.monotonic() - started)
+        for table in ("traces", "spans"):
+            started = time.monotonic()
+            cursor.execute("select count(*) from otel.%s" % table)
+            worst = max(worst, time.monotonic() - started)
         time.sleep(0.05)
     conn.close()
     return worst
@@ -132,6 +134,18 @@ def test_sigint_exits_130(db_url):
     assert code == 130 and "SIGINT" in proc.stderr.read()
 
 
+def wait_for_statement(url, pattern, timeout):
+    """True once a statement like pattern is running for otelmig, False at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = sql(url, "select count(*) from pg_stat_activity where application_name = 'otelmig' "
+                        "and state = 'active' and query ilike %s", (pattern,))
+        if rows[0][0]:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def wait_for_waiting_alter(url, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -143,15 +157,44 @@ def wait_for_waiting_alter(url, timeout=20):
     raise AssertionError("the upgrade never waited for its lock")
 
 
+def hold_access_share(url):
+    """An open transaction that has read spans: a rename of spans must wait for it."""
+    holder = connect(url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")
+    return holder
+
+
+def hold_old_snapshot(url):
+    """An old snapshot elsewhere: a concurrent index build must wait for it."""
+    holder = connect(url, autocommit=False)
+    holder.cursor().execute("begin isolation level repeatable read")
+    holder.cursor().execute("select count(*) from pg_class")
+    return holder
+
+
+# (how to hold the upgrade mid-statement, the statement it is then running)
+KILL_MOMENTS = [(hold_access_share, "ALTER TABLE%%spans%%RENAME%%"),
+                (hold_old_snapshot, "CREATE INDEX CONCURRENTLY%%"),
+                (None, None), (None, None)]
+
+
 def test_sigkill_at_random_moments_then_rerun(db_url):
+    """SIGKILL mid-transaction, mid concurrent build and at random times, then a plain rerun."""
     load_legacy(db_url, traces=6000, spans_per_trace=5)
     rows = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
     rng = random.Random(42)
-    for attempt in range(6):
-        proc = spawn(db_url, "upgrade")
-        time.sleep(rng.uniform(0.05, 0.6))
+    for hold, statement in KILL_MOMENTS:
+        holder = hold(db_url) if hold else None
+        proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
+        if statement:
+            assert wait_for_statement(db_url, statement, timeout=30), statement
+        else:
+            time.sleep(rng.uniform(0.3, 0.8))
         proc.kill()
         proc.wait(10)
+        if holder:
+            holder.rollback()
+            holder.close()
     result = spawn(db_url, "upgrade")
     assert result.wait(120) == 0, result.stderr.read()
     verify_ok(db_url)
@@ -250,3 +293,56 @@ def test_long_index_builds_report_progress(db_url, monkeypatch):
     result = run_cli("upgrade", url=db_url)
     assert result.code == 0, result.err
     assert "building otel.ix_spans" in result.err and "%" in result.err
+
+
+def test_statements_may_outlast_connect_timeout(db_url):
+    """connect_timeout bounds connecting only: a DDL that waits longer still completes."""
+    load_legacy(db_url, traces=50)
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("select count(*) from otel.spans")
+    url = db_url + "?connect_timeout=1"
+    proc = spawn(url, "upgrade", "--lock-timeout", "20")
+    wait_for_waiting_alter(db_url)
+    time.sleep(2.0)  # the ALTER has now waited longer than connect_timeout
+    holder.rollback()
+    holder.close()
+    assert proc.wait(60) == 0, proc.stderr.read()
+    verify_ok(db_url)
+
+
+def test_concurrent_build_outwaits_an_old_snapshot(db_url):
+    """A long transaction elsewhere makes CREATE INDEX CONCURRENTLY wait; lock_timeout
+    must not cut that wait (which would leave an INVALID index)."""
+    load_legacy(db_url, traces=2000)
+    sql(db_url, "create table public.unrelated (x int)")
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("begin isolation level repeatable read")
+    holder.cursor().execute("select count(*) from public.unrelated")
+    proc = spawn(db_url, "upgrade", "--lock-timeout", "0.5")
+    assert wait_for_statement(db_url, "CREATE INDEX CONCURRENTLY%%", timeout=20)
+    time.sleep(2.0)
+    holder.rollback()
+    holder.close()
+    assert proc.wait(60) == 0
+    err = proc.stderr.read()
+    assert "retrying" not in err, err
+    verify_ok(db_url)
+
+
+def test_sigterm_during_check_wait_is_prompt():
+    """A server that accepts but never answers: SIGTERM still ends `check --wait` at once."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        url = "postgresql://u@127.0.0.1:%d/d?connect_timeout=5" % silent.getsockname()[1]
+        proc = spawn(url, "check", "--wait", "30")
+        time.sleep(1.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 143
+        assert time.monotonic() - started < 2
+        assert "SIGTERM" in proc.stderr.read()
+    finally:
+        silent.close()

@@ -101,7 +101,8 @@ def upgrade_steps(n: Names):
                           when=n.index_invalid(index), table=table, lock=AX, concurrent=True))
         steps.append(Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)"
                           % (CONCURRENTLY, quote(index), n.table(table), keys),
-                          when="%s is null" % n.regclass(index), table=table, lock="SHARE",
+                          when="%s is null or %s" % (n.regclass(index), n.index_invalid(index)),
+                          table=table, lock="SHARE",
                           effect="builds an index", concurrent=True))
     return steps
 
@@ -145,15 +146,18 @@ def _added_column_steps(n: Names, table: str):
 
 
 def downgrade_steps(n: Names):
-    guard = " or ".join("%s > 0" % n.count_where(t, c, p) for (t, c), p in DATA_PREDICATES.items())
+    # Lock out writers first, so that no row gains data between the check and the drop.
+    steps = [Step("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
+                  table=table, lock="SHARE ROW EXCLUSIVE") for table in ("traces", "spans")]
+    guard = " or ".join(n.any_where(t, c, p) for (t, c), p in DATA_PREDICATES.items())
     detail = "concat_ws(', ', %s)" % ", ".join(
         "case when {count} > 0 then {count} || ' rows in {name}' end".format(
             count=n.count_where(t, c, p), name="%s.%s.%s" % (n.schema, t, c))
         for (t, c), p in DATA_PREDICATES.items())
-    steps = [Step("", when=guard, guard="data_loss", detail=detail, refuse=(
-        "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: "))]
+    steps.append(Step("", when=guard, guard="data_loss", detail=detail, refuse=(
+        "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: ")))
     for index, table, _ in INDEXES:
-        steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index), when=n.index_exists(index),
+        steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index), when=n.table_exists(index),
                           table=table, lock=AX))
     for table, column, *_ in ADDED:
         steps.append(Step("ALTER TABLE %s DROP COLUMN IF EXISTS %s" % (n.table(table), quote(column)),
