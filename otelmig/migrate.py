@@ -18,6 +18,7 @@ from otelmig.errors import ConnectError, NotInitialisedError, UsageError
 from otelmig.lock import MigrationLock
 
 LOCK_RETRIES = 5          # attempts after the first, on lock timeout (55P03)
+MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
 
@@ -139,6 +140,13 @@ def migration_session(settings, err):
 
 def _prepare_session(connection, settings) -> None:
     connection.exec_driver_sql("SET lock_timeout = '%dms'" % lock_timeout_ms(settings))
+    # Index builds sort in memory up to maintenance_work_mem; the server default
+    # (64 MB) spills a million spans to disk. Raise it for this session only,
+    # never lower what the operator configured.
+    connection.exec_driver_sql(
+        "select set_config('maintenance_work_mem', '%dMB', false) "
+        "where pg_size_bytes(current_setting('maintenance_work_mem')) < %d"
+        % (MAINTENANCE_WORK_MEM_MB, MAINTENANCE_WORK_MEM_MB * 1024 * 1024))
     server = int(connection.exec_driver_sql("show server_version_num").scalar())
     if server >= 140000:
         # A backend whose client vanished (SIGKILL) stops within a second

@@ -346,3 +346,18 @@ def test_sigterm_during_check_wait_is_prompt():
         assert "SIGTERM" in proc.stderr.read()
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("configured, expected", [(None, "256MB"), ("1GB", "1GB")])
+def test_index_builds_get_memory_but_never_less(server, db_url, configured, expected):
+    from otelmig.migrate import _prepare_session, engine_for
+    from otelmig.settings import Settings, resolve_conninfo
+    if configured:
+        sql(server.admin_url, "alter database %s set maintenance_work_mem = '%s'"
+            % (db_url.rsplit("/", 1)[1], configured))
+    engine = engine_for(resolve_conninfo(db_url, {}))
+    with engine.connect() as connection:
+        _prepare_session(connection, Settings(conninfo=None))
+        assert connection.exec_driver_sql("show maintenance_work_mem").scalar() == expected
+        assert connection.exec_driver_sql("show lock_timeout").scalar() == "5s"
+    engine.dispose()

@@ -74,9 +74,10 @@ ADDED = (
     ("spans", "status_message", "text", False, None),
     ("spans", "created_at", "timestamptz", True, "now()"),
 )
+# In build order: the trace lookup the worker's readers wait for comes first.
 INDEXES = (
-    ("ix_traces_service_start_time", "traces", "service_name, start_time DESC"),
     ("ix_spans_trace_id", "spans", "trace_id"),
+    ("ix_traces_service_start_time", "traces", "service_name, start_time DESC"),
     ("ix_spans_span_id", "spans", "span_id"),
     ("ix_spans_service_start_time", "spans", "service_name, start_time DESC"),
 )
