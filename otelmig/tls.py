@@ -4,8 +4,10 @@ pg8000 reads ssl_context=None as "try TLS without verifying, else plain" and
 True as "encrypt, verify nothing", so each mode is mapped deliberately:
 
   disable      False: never TLS
-  allow        False first; TLS if the server refuses a plain connection
-  prefer       None: TLS without verification if offered, else plain
+  allow        False first; TLS (nothing verified) if the server refuses plain
+  prefer       TLS, nothing verified, if the server offers it; else plain
+               (pg8000's own prefer, ssl_context=None, loads the system CA
+               store it then ignores: 25 ms of every `check`)
   require      TLS required, nothing verified (libpq: verify-ca when a root
                certificate file is present)
   verify-ca    TLS, the chain checked against sslrootcert
@@ -30,10 +32,19 @@ def attempts(conninfo) -> List[object]:
     if mode == "disable":
         return [False]
     if mode == "allow":
-        return [False, None]
+        return [False, _unverified()]
     if mode == "prefer":
-        return [None]
+        return [_unverified(), False]
     return [_context(conninfo)]
+
+
+def _unverified():
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _context(conninfo):

@@ -117,3 +117,15 @@ def test_env_lock_timeout_and_schema_are_validated():
     assert result.code == 2
     result = run_cli("current", url="postgresql://u@127.0.0.1:1/d", env={"OTEL_DB_SCHEMA": "x;y"})
     assert result.code == 2 and "invalid schema name" in result.err
+
+
+def test_fast_pbkdf2_equals_scramps_own():
+    import hashlib
+    import os
+    import scramp.utils
+    from otelmig.db import _pbkdf2
+    for hash_factory in (hashlib.sha256, hashlib.sha1):
+        for iterations in (1, 2, 4096):
+            password, salt = os.urandom(12), os.urandom(16)
+            assert _pbkdf2(hash_factory, password, salt, iterations) == \
+                scramp.utils.hi(hash_factory, password, salt, iterations)

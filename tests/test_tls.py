@@ -99,7 +99,8 @@ def test_tls_is_really_used(tls_cluster):
     from otelmig.settings import resolve_conninfo
 
     cluster, certs = tls_cluster
-    for mode, expected in (("verify-full", True), ("require", True), ("disable", False)):
+    for mode, expected in (("verify-full", True), ("require", True), ("prefer", True), ("allow", False),
+                           ("disable", False)):
         info = resolve_conninfo(cluster.url(host="localhost", sslmode=mode, sslrootcert=str(certs / "ca.crt")), {})
         conn = otelmig.db.connect(info)
         cursor = conn.cursor()
