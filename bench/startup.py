@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start-up time of `otelmig.pyz --version` (run by hand, not in CI).
 
-    python3 bench/startup.py [--runs 21] [--python PATH] [--pyz dist/otelmig.pyz]
+    python3 bench/startup.py [--runs 21] [--python PATH] [--pyz dist/otelmig.pyz] [--check]
 
 Scenarios, run interleaved (one of each per round) so drift hits all alike:
   python -c pass   the interpreter alone, the floor
@@ -12,6 +12,8 @@ Scenarios, run interleaved (one of each per round) so drift hits all alike:
                    bootstrap (what every start would cost without the fast path)
   warm ./pyz       exec'd through its `#!/usr/bin/env python3` shebang: adds
                    whatever `python3` on PATH is (a pyenv shim costs ~60 ms)
+With --check, also `check` cold and warm against a throwaway PostgreSQL
+(tests/pgcluster.py) brought to head first: the container-start case.
 Prints median, min and max wall time per scenario.
 """
 import argparse
@@ -41,7 +43,21 @@ def main():
     ap.add_argument("--runs", type=int, default=21)
     ap.add_argument("--python", default=sys.executable, help="interpreter (default: this one, not a shim)")
     ap.add_argument("--pyz", default=str(REPO / "dist" / "otelmig.pyz"))
+    ap.add_argument("--check", action="store_true", help="also time `check` against a throwaway PostgreSQL")
     args = ap.parse_args()
+    cluster = None
+    if args.check:
+        sys.path.insert(0, str(REPO / "tests"))
+        from pgcluster import Cluster
+        cluster = Cluster().start()
+    try:
+        run_all(args, cluster)
+    finally:
+        if cluster:
+            cluster.stop()
+
+
+def run_all(args, cluster):
     pyz = str(Path(args.pyz).resolve())
     py = args.python
 
@@ -59,11 +75,18 @@ def main():
             "warm, shiv path": lambda i: timed([py, pyz, "--version"], dict(warm_env, SHIV_FORCE_EXTRACT="0")),
             "warm ./pyz": lambda i: timed([pyz, "--version"], warm_env),
         }
+        if cluster:
+            url = cluster.url("postgres")
+            subprocess.run([py, pyz, "upgrade", "--url", url], env=warm_env, check=True, capture_output=True)
+            scenarios["cold check"] = lambda i: timed([py, pyz, "check", "--url", url],
+                                                      dict(base, SHIV_ROOT=str(scratch / ("coldcheck%d" % i))))
+            scenarios["warm check"] = lambda i: timed([py, pyz, "check", "--url", url], warm_env)
         times = {name: [] for name in scenarios}
         for i in range(args.runs):
             for name, run in scenarios.items():
                 times[name].append(run(i))
-            shutil.rmtree(scratch / ("cold%d" % i))
+            for cold in ("cold%d" % i, "coldcheck%d" % i):
+                shutil.rmtree(scratch / cold, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
