@@ -26,6 +26,9 @@ rotated by one each round (so drift and ordering hit all alike):
   psql                    psql -X -Atc 'select version_num from otel.alembic_version'
   otelmig verify (empty)  python3 dist/otelmig.pyz verify         (bench_check)
   otelmig verify (N spans) python3 dist/otelmig.pyz verify        (bench_verify)
+and, unless --no-what-if, two diagnostic variants of check (not targets):
+  what-if: check, sslmode=disable                   POSTGRES_URL ...?sslmode=disable
+  what-if: check, bare SSL context + C PBKDF2        the same pyz, run through WHAT_IF below
 
 Wall time is spawn to reap; peak RSS is that child's own ru_maxrss (os.wait4).
 Prints medians (and min / max), the ratios otelmig/alembic and otelmig/psql
@@ -209,8 +212,7 @@ def report(args, pyz, python, version, data, names, walls, rss, inner, rounds, e
     print("## check latency (%s)\n" % time.strftime("%Y-%m-%d %H:%M"))
     print("machine: nproc %s, %s, %s RAM; PostgreSQL %s; Python %s" % (
         info["nproc"], info["cpu"], info["memory"], version, info["python"]))
-    print("pyz: %s (sha256 %s…), repo %s" % (os.path.relpath(pyz, common.REPO), common.pyz_sha(pyz),
-                                             common.git_describe()))
+    print("pyz: %s" % common.describe_pyz(pyz))
     print("command: python3 bench/check_latency.py %s" % " ".join(sys.argv[1:]))
     print("%d rounds, commands interleaved (order rotated each round); %.0f s in all\n" % (rounds, elapsed))
     print("| command | median wall | min | max | peak RSS (median / max) |")
@@ -235,6 +237,9 @@ def report(args, pyz, python, version, data, names, walls, rss, inner, rounds, e
     print("| check - python -c pass | %.1f ms | | |" % ((check - med["python -c pass"]) * 1e3))
     peak = max(rss["otelmig check"])
     print("| check peak RSS (max over runs) | %.1f MiB | <= 40 MiB | %s |" % (peak, _yes(peak <= 40)))
+    for name in names:
+        if name.startswith("what-if"):
+            print("| (%s) / alembic current | %.3f | | |" % (name, med[name] / med["alembic current"]))
     for name in names:
         if name.startswith("otelmig verify (") and "empty" not in name:
             v = med[name]

@@ -45,6 +45,7 @@ checkpoint_timeout = '30min'
 log_lock_waits = on
 deadlock_timeout = '100ms'
 log_line_prefix = '%m [%p] %a: '
+log_min_duration_statement = '100ms'
 """
 
 SERVICES = ["frontend", "checkout", "cart", "payment", "shipping", "email", "currency", "recommendation",
@@ -115,6 +116,13 @@ def pyz_sha(pyz: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()[:16]
 
 
+def describe_pyz(pyz: str) -> str:
+    """Which build was measured: path, sha256, mtime, and the work tree's commit."""
+    path = os.path.relpath(pyz, REPO) if pyz.startswith(REPO + os.sep) else pyz
+    return "%s (sha256 %s…, built %s); work tree at %s" % (
+        path, pyz_sha(pyz), time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(pyz))), git_describe())
+
+
 # --------------------------------------------------------------------------- cluster
 
 def start_cluster(extra_conf: str = BENCH_CONF):
@@ -162,11 +170,11 @@ def server_version(cluster) -> str:
     return sql(cluster, "postgres", "show server_version")[0][0]
 
 
-def pyz_env(cluster, database: str, shiv_root: str) -> dict:
-    """A clean environment for the pyz: only POSTGRES_URL and SHIV_ROOT from us."""
+def pyz_env(cluster, database: str, shiv_root: str, query: dict = None) -> dict:
+    """A clean environment for the pyz: only POSTGRES_URL (with `query` parameters) and SHIV_ROOT from us."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PG", "POSTGRES", "OTEL", "SHIV_", "PYTHON"))}
-    env["POSTGRES_URL"] = cluster.url(database)
+    env["POSTGRES_URL"] = cluster.url(database, **(query or {}))
     env["SHIV_ROOT"] = shiv_root
     return env
 

@@ -17,10 +17,15 @@ from otelmig.check import ensure_known, read_state
 from otelmig.errors import ConnectError, NotInitialisedError, UsageError
 from otelmig.lock import MigrationLock
 
-LOCK_RETRIES = 5          # attempts after the first, on lock timeout (55P03)
+# Lock waits. Each attempt waits for its table locks at most lock_timeout,
+# starting short and growing to --lock-timeout: while an ALTER waits, every
+# reader and writer of that table queues behind it, so short attempts keep them
+# moving, and a long query is outlasted by retrying in the gaps between queries.
+FIRST_LOCK_TIMEOUT = 0.1   # seconds, the first attempt's wait
+LOCK_TIMEOUT_GROWTH = 1.5  # each later attempt waits this much longer, up to --lock-timeout
+LOCK_BUDGET_FACTOR = 6     # give up (exit 9) after this many times --lock-timeout
+RETRY_PAUSE = (0.02, 0.2)  # seconds between attempts, jittered
 MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_CAP_SECONDS = 8.0
 
 
 def migrations_dir() -> str:
@@ -172,22 +177,34 @@ def _restore_session(connection) -> None:
     connection.commit()
 
 
-def _run_with_retries(settings, err, action) -> None:
-    """Retry a revision whose DDL could not get its lock within lock_timeout."""
+def _run_with_retries(settings, err, connection, action) -> None:
+    """Run a migration command; when its DDL times out waiting for a lock
+    (55P03, the revision's transaction rolled back), retry it (see LOCK_*)."""
     from alembic.util import CommandError
 
-    for attempt in range(LOCK_RETRIES + 1):
+    deadline = time.monotonic() + LOCK_BUDGET_FACTOR * settings.lock_timeout
+    attempt = 0
+    while True:
+        wait = min(settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
+        _set_lock_timeout(connection, wait)
         try:
             return action()
         except CommandError as exc:  # e.g. `upgrade base` from the head
             raise UsageError("%s; see `otelmig history`" % exc) from None
         except Exception as exc:
-            if not db.is_lock_timeout(exc) or attempt == LOCK_RETRIES:
+            if not db.is_lock_timeout(exc) or time.monotonic() >= deadline:
                 raise
-            delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** attempt) * random.uniform(0.5, 1.5)
-            output.progress(settings, err, "a table is busy (lock_timeout %gs); retrying in %.1fs (%d/%d)"
-                            % (settings.lock_timeout, delay, attempt + 1, LOCK_RETRIES))
-            time.sleep(delay)
+        pause = random.uniform(*RETRY_PAUSE)
+        output.progress(settings, err, "a table is busy (waited %.2fs for its lock); retrying in %.2fs"
+                        % (wait, pause), level=0 if attempt % 10 == 0 else 1)
+        time.sleep(pause)
+        attempt += 1
+
+
+def _set_lock_timeout(connection, seconds: float) -> None:
+    connection.rollback()
+    connection.exec_driver_sql("SET lock_timeout = '%dms'" % max(1, int(seconds * 1000)))
+    connection.commit()
 
 
 def _applied_reporter(settings, err, applied: List[dict]):
@@ -225,7 +242,7 @@ def upgrade(settings, out, err, revision: str = "head") -> int:
             connection.commit()
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), watch_index_build=watch)
-        _run_with_retries(settings, err, lambda: command.upgrade(config, target))
+        _run_with_retries(settings, err, connection, lambda: command.upgrade(config, target))
         final = _final_revision(connection, settings.schema)
     return _report(settings, out, "upgrade", state.revision, final, applied)
 
@@ -242,7 +259,7 @@ def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) 
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), allow_data_loss=allow_data_loss,
                                 watch_index_build=watch)
-        _run_with_retries(settings, err, lambda: command.downgrade(config, target or "base"))
+        _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
     return _report(settings, out, "downgrade", state.revision, final, applied)
 
@@ -257,7 +274,7 @@ def stamp(settings, out, err, revision: str) -> int:
                                       % settings.schema)
         target = resolve_revision(settings, revision, state.revision) if revision != "head" else HEAD_REVISION
         config = alembic_config(settings, connection)
-        _run_with_retries(settings, err, lambda: command.stamp(config, target or "base", purge=True))
+        _run_with_retries(settings, err, connection, lambda: command.stamp(config, target or "base", purge=True))
         connection.commit()
         final = _final_revision(connection, settings.schema)
     return _report(settings, out, "stamp", state.revision, final, [])
