@@ -17,14 +17,18 @@ from otelmig.check import ensure_known, read_state
 from otelmig.errors import ConnectError, NotInitialisedError, UsageError
 from otelmig.lock import MigrationLock
 
-# Lock waits. Each attempt waits for its table locks at most lock_timeout,
-# starting short and growing to --lock-timeout: while an ALTER waits, every
-# reader and writer of that table queues behind it, so short attempts keep them
-# moving, and a long query is outlasted by retrying in the gaps between queries.
-FIRST_LOCK_TIMEOUT = 0.1   # seconds, the first attempt's wait
-LOCK_TIMEOUT_GROWTH = 1.5  # each later attempt waits this much longer, up to --lock-timeout
-LOCK_BUDGET_FACTOR = 6     # give up (exit 9) after this many times --lock-timeout
-RETRY_PAUSE = (0.02, 0.2)  # seconds between attempts, jittered
+# Lock waits. While an ALTER waits for its lock, every reader and writer of
+# that table queues behind it, for as long as the attempt lasts. So attempts
+# are short and nearly back to back: a queued ALTER gets the lock the moment
+# the query ahead of it ends, and short attempts catch that moment without
+# holding the writers up for a whole long query (bench/README.md: at 10M
+# spans, growth 1.5 let the writer wait 342 ms; 1.1 keeps attempts short for
+# ~10 tries). They grow slowly, up to --lock-timeout each, to outlast a holder
+# that never pauses.
+FIRST_LOCK_TIMEOUT = 0.1     # seconds, the first attempt's wait
+LOCK_TIMEOUT_GROWTH = 1.1    # each later attempt waits this much longer, up to --lock-timeout
+LOCK_BUDGET_FACTOR = 6       # give up (exit 9) after this many times --lock-timeout
+RETRY_PAUSE = (0.005, 0.03)  # seconds between attempts, jittered
 MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
 
 
@@ -196,7 +200,7 @@ def _run_with_retries(settings, err, connection, action) -> None:
                 raise
         pause = random.uniform(*RETRY_PAUSE)
         output.progress(settings, err, "a table is busy (waited %.2fs for its lock); retrying in %.2fs"
-                        % (wait, pause), level=0 if attempt % 10 == 0 else 1)
+                        % (wait, pause), level=0 if attempt % 20 == 0 else 1)
         time.sleep(pause)
         attempt += 1
 
