@@ -29,7 +29,7 @@ and with diagnostics (default; --no-diagnostics skips them):
 A failed otelmig run is reported (exit code, last line, the indexes left),
 not raised. --otelmig-url-query KEY=VALUE adds URL parameters for otelmig
 (connect_timeout=3600 works around the 10 s socket timeout that kills index
-builds longer than that: see bench/README_benchmarks.md).
+builds longer than that: see bench/README.md).
 Each is preceded by a CHECKPOINT. After b: `otelmig.pyz verify` (3 runs), row
 counts (every acknowledged insert must be there), and where the writer's
 slow inserts came from (pg_stat_activity sampled every 100 ms, the server
@@ -463,7 +463,7 @@ def main():
     parser.add_argument("--pyz", default=common.PYZ)
     parser.add_argument("--otelmig-url-query", action="append", default=[], metavar="KEY=VALUE",
                         help="add a query parameter to otelmig's POSTGRES_URL (e.g. connect_timeout=3600, the "
-                             "workaround for the 10 s socket timeout: see bench/README_benchmarks.md)")
+                             "workaround for the 10 s socket timeout: see bench/README.md)")
     parser.add_argument("--json", help="also write all figures here")
     args = parser.parse_args()
     if args.spans < 1000 or not 1 <= args.pairs <= 20:

@@ -81,7 +81,7 @@ def downgrade():
 
 
 # `check` with two dependency costs removed, to size what fixing them would
-# save (see bench/README_benchmarks.md): pg8000, given ssl_context=None for
+# save (see bench/README.md): pg8000, given ssl_context=None for
 # sslmode=prefer, builds ssl.create_default_context(), which loads the system
 # CA store only to set CERT_NONE; a bare SSLContext does the same job. scramp
 # 1.4.6 computes SCRAM's Hi() (PBKDF2-HMAC-SHA-256, 4096 rounds) in a Python

@@ -33,7 +33,7 @@ BASE_PYTHON_ENV = "OTELMIG_BENCH_BASE_PYTHON"
 
 # Settings of the bench cluster, on top of what tests/pgcluster.py writes
 # (fsync, synchronous_commit and full_page_writes off; max_connections 200).
-# Sized for this 24 GiB machine; said in bench/README_benchmarks.md.
+# Sized for this 24 GiB machine; said in bench/README.md.
 BENCH_CONF = """
 shared_buffers = '4GB'
 maintenance_work_mem = '1GB'
