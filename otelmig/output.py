@@ -1,7 +1,6 @@
 """Results go to stdout (text or one JSON object), progress to stderr."""
 
 import json
-import sys
 
 
 def emit(settings, out, payload: dict, text: str) -> None:
@@ -16,7 +15,3 @@ def progress(settings, err, line: str, level: int = 0) -> None:
     if settings.verbosity >= level:
         err.write(line + "\n")
         err.flush()
-
-
-def stderr_line(err, line: str) -> None:
-    (err or sys.stderr).write(line + "\n")

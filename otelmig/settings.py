@@ -89,7 +89,6 @@ class Settings:
     lock_wait: float = DEFAULT_LOCK_WAIT
     output_format: str = "text"
     verbosity: int = 0
-    traceback: bool = False
 
 
 def validate_schema(name: Optional[str]) -> str:
@@ -274,5 +273,4 @@ def resolve(args, env: Mapping[str, str], need_database: bool = True) -> Setting
                     lock_timeout=_seconds(args.lock_timeout, env, ENV_LOCK_TIMEOUT, "--lock-timeout",
                                           DEFAULT_LOCK_TIMEOUT),
                     lock_wait=_seconds(args.lock_wait, env, ENV_LOCK_WAIT, "--lock-wait", DEFAULT_LOCK_WAIT),
-                    output_format=args.format, verbosity=args.verbose - args.quiet,
-                    traceback=args.traceback)
+                    output_format=args.format, verbosity=args.verbose - args.quiet)

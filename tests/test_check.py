@@ -1,6 +1,5 @@
 """check, current and init_db: the fast probe."""
 
-import json
 import os
 import subprocess
 import sys

@@ -1,6 +1,7 @@
 """Production safety on the real cluster: replicas at once, lock budgets,
 interruptions, failed concurrent builds."""
 
+import contextlib
 import os
 import random
 import signal
@@ -244,13 +245,14 @@ def test_concurrent_helper_really_runs_outside_a_transaction(db_url):
     assert result.err.count("CREATE INDEX CONCURRENTLY") == 4
 
 
-def test_writers_are_not_blocked_by_index_builds(db_url):
-    load_legacy(db_url, traces=20000, spans_per_trace=5)
-    stop = threading.Event()
+@contextlib.contextmanager
+def writing(url, stop=None):
+    """A worker inserting a span every 10 ms; yields the list of insert latencies."""
+    stop = stop or threading.Event()
     latencies = []
 
     def writer():
-        conn = connect(db_url)
+        conn = connect(url)
         cursor = conn.cursor()
         n = 0
         while not stop.is_set():
@@ -264,10 +266,16 @@ def test_writers_are_not_blocked_by_index_builds(db_url):
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        result = run_cli("upgrade", url=db_url)
+        yield latencies
     finally:
         stop.set()
         thread.join()
+
+
+def test_writers_are_not_blocked_by_index_builds(db_url):
+    load_legacy(db_url, traces=20000, spans_per_trace=5)
+    with writing(db_url) as latencies:
+        result = run_cli("upgrade", url=db_url)
     assert result.code == 0, result.err
     verify_ok(db_url)
     assert max(latencies) < 1.0, max(latencies)
@@ -369,7 +377,6 @@ def test_writer_barely_waits_while_long_reads_hold_the_table(db_url):
     a gap between them, not queue the writer behind it for a whole read."""
     load_legacy(db_url, traces=200)
     stop = threading.Event()
-    latencies = []
 
     def long_reader():
         conn = connect(db_url)
@@ -378,28 +385,15 @@ def test_writer_barely_waits_while_long_reads_hold_the_table(db_url):
             time.sleep(0.05)
         conn.close()
 
-    def writer():
-        conn = connect(db_url)
-        cursor = conn.cursor()
-        n = 0
-        while not stop.is_set():
-            n += 1
-            started = time.monotonic()
-            insert_span(cursor, "lw%d" % n)
-            latencies.append(time.monotonic() - started)
-            time.sleep(0.01)
-        conn.close()
-
-    threads = [threading.Thread(target=long_reader), threading.Thread(target=writer)]
-    for thread in threads:
-        thread.start()
+    reader = threading.Thread(target=long_reader)
+    reader.start()
     try:
-        time.sleep(0.5)
-        result = run_cli("upgrade", url=db_url)
+        with writing(db_url, stop) as latencies:
+            time.sleep(0.5)
+            result = run_cli("upgrade", url=db_url)
     finally:
         stop.set()
-        for thread in threads:
-            thread.join()
+        reader.join()
     assert result.code == 0, result.err
     assert max(latencies) < 1.5, max(latencies)
     assert sql(db_url, "select count(*) from otel.spans where trace_id = 'w'") == [[len(latencies)]]
