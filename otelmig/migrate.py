@@ -43,9 +43,9 @@ def alembic_config(settings, connection=None, **attributes):
     config = Config()
     # configparser interpolates '%': escape it in the one value we set.
     config.set_main_option("script_location", migrations_dir().replace("%", "%%"))
-    config.attributes.update(schema=settings.schema, connection=connection, **attributes)
-    if connection is None:
-        del config.attributes["connection"]
+    config.attributes.update(schema=settings.schema, **attributes)
+    if connection is not None:  # env.py runs on it; without one only the scripts are read
+        config.attributes["connection"] = connection
     return config
 
 

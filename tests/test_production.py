@@ -104,18 +104,27 @@ def test_lock_budget_exhausted_is_9_with_nothing_changed(db_url, monkeypatch):
     assert sql(db_url, "select to_regclass('otel.alembic_version')") == [[None]]
 
 
+@contextlib.contextmanager
+def upgrade_blocked_on_spans(url):
+    """An `upgrade` subprocess whose rename of spans waits behind a reader's open
+    transaction; the reader ends when the block does."""
+    holder = hold_access_share(url)
+    try:
+        proc = spawn(url, "upgrade", "--lock-timeout", "30")
+        wait_for_waiting_alter(url)
+        yield proc
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 def test_sigterm_rolls_back_releases_and_exits_143(db_url):
     load_legacy(db_url, traces=100)
     before = catalog_snapshot(db_url)
-    holder = connect(db_url, autocommit=False)
-    holder.cursor().execute("select count(*) from otel.spans")  # the upgrade will wait for this
-    proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
-    wait_for_waiting_alter(db_url)
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(20)
-    err = proc.stderr.read()
-    holder.rollback()
-    holder.close()
+    with upgrade_blocked_on_spans(db_url) as proc:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        err = proc.stderr.read()
     assert code == 143, err
     assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err and "Traceback" not in err
     assert catalog_snapshot(db_url) == before
@@ -125,14 +134,9 @@ def test_sigterm_rolls_back_releases_and_exits_143(db_url):
 
 def test_sigint_exits_130(db_url):
     load_legacy(db_url, traces=10)
-    holder = connect(db_url, autocommit=False)
-    holder.cursor().execute("select count(*) from otel.spans")
-    proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
-    wait_for_waiting_alter(db_url)
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(20)
-    holder.rollback()
-    holder.close()
+    with upgrade_blocked_on_spans(db_url) as proc:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
     assert code == 130 and "SIGINT" in proc.stderr.read()
 
 
@@ -205,16 +209,11 @@ def test_sigkill_at_random_moments_then_rerun(db_url):
 
 def test_connection_cut_is_3_and_rerun_succeeds(db_url):
     load_legacy(db_url, traces=50)
-    holder = connect(db_url, autocommit=False)
-    holder.cursor().execute("select count(*) from otel.spans")
-    proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
-    wait_for_waiting_alter(db_url)
-    sql(db_url, "select pg_terminate_backend(pid) from pg_stat_activity where wait_event_type = 'Lock' "
-                "and query ilike 'ALTER TABLE%%'")
-    code = proc.wait(20)
-    err = proc.stderr.read()
-    holder.rollback()
-    holder.close()
+    with upgrade_blocked_on_spans(db_url) as proc:
+        sql(db_url, "select pg_terminate_backend(pid) from pg_stat_activity where wait_event_type = 'Lock' "
+                    "and query ilike 'ALTER TABLE%%'")
+        code = proc.wait(20)
+        err = proc.stderr.read()
     assert code == 3, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert run_cli("upgrade", url=db_url).code == 0
