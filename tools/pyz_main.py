@@ -9,6 +9,8 @@ fails when HOME is unset or read-only.  When SHIV_ROOT is unset this picks:
 On a warm start it then puts the unpacked site-packages on sys.path and calls
 the entry point itself; otherwise it hands over to shiv's bootstrap, which
 unpacks under a file lock (so simultaneous first starts are safe).
+Before a first start unpacks, it makes sure the root can be written: one
+line and exit 2 (a configuration problem) instead of shiv's traceback.
 This runs on every start: it imports nothing Python has not loaded already,
 except tempfile in case 2 (and shiv's bootstrap when unpacking).
 """
@@ -19,6 +21,16 @@ import sys
 # Filled in by tools/build_pyz.py from shiv's environment.json.
 BUILD_ID = "@BUILD_ID@"
 ENTRY_POINT = "@ENTRY_POINT@"
+
+
+USAGE_EXIT = 2  # otelmig's exit code for a configuration problem
+FIX = "set SHIV_ROOT to a writable directory of this user, or unset it to use ~/.shiv or the temp dir"
+
+
+def _refuse(message):
+    """One line on stderr, exit 2: the launcher's only way to fail."""
+    sys.stderr.write("otelmig: %s\n" % " ".join(message.split()))
+    sys.exit(USAGE_EXIT)
 
 
 def _home_root():
@@ -49,11 +61,38 @@ def _temp_root():
     # A directory that someone else made, or can write to, could be seeded
     # with code that we would then import: never use it.
     if uid is not None and (not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022):
-        sys.exit(
-            "otelmig: refusing to unpack into %s: not a private directory of uid %s.\n"
-            "Remove it, or set SHIV_ROOT to a writable directory of your own." % (root, uid)
-        )
+        _refuse("refusing to unpack into %s: not a private directory of uid %s; "
+                "remove it, or set SHIV_ROOT to a writable directory of your own" % (root, uid))
     return root
+
+
+def _configured_root():
+    """SHIV_ROOT as shiv's cache_path() reads it ("$VAR" and ~ expanded)."""
+    root = os.environ["SHIV_ROOT"]
+    if root.startswith("$"):
+        root = os.environ.get(root[1:], root[1:])
+    return os.path.expanduser(root)
+
+
+def _site_packages():
+    name = os.path.basename(os.path.realpath(sys.argv[0]))
+    return os.path.join(_configured_root(), "%s_%s" % (name, BUILD_ID), "site-packages")
+
+
+def _ensure_writable(root):
+    """shiv makes `root` (with parents), then a lock file and a tree in it:
+    try exactly that, so a read-only mount, a file in the way or a parent we
+    may not enter is one line now rather than a traceback half way."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        probe = os.path.join(root, ".otelmig-write-test-%d" % os.getpid())
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, FileExistsError):  # makedirs: the path is a file
+            reason = "it exists and is not a directory"
+        _refuse("cannot unpack into SHIV_ROOT %s: %s; %s" % (root, reason, FIX))
 
 
 def _stem(path):  # pathlib.Path(path).stem without importing pathlib
@@ -66,11 +105,7 @@ def _warm_start():
     Any SHIV_* override other than SHIV_ROOT takes shiv's own path."""
     if not BUILD_ID.isalnum() or any(k.startswith("SHIV_") and k != "SHIV_ROOT" for k in os.environ):
         return
-    root = os.environ["SHIV_ROOT"]
-    if root.startswith("$"):  # shiv's cache_path() allows "$VAR"
-        root = os.environ.get(root[1:], root[1:])
-    name = os.path.basename(os.path.realpath(sys.argv[0]))
-    site_packages = os.path.join(os.path.expanduser(root), "%s_%s" % (name, BUILD_ID), "site-packages")
+    site_packages = _site_packages()
     if not os.path.isdir(site_packages):
         return  # first start: shiv unpacks
     import site
@@ -91,7 +126,10 @@ def main():
         try:
             os.environ["SHIV_ROOT"] = _home_root() or _temp_root()
         except OSError as exc:  # e.g. no writable temp dir at all
-            sys.exit("otelmig: no writable directory to unpack into (%s); set SHIV_ROOT." % exc)
+            _refuse("no writable directory to unpack into (%s); set SHIV_ROOT to a writable directory"
+                    % (exc.strerror or exc))
+    if not os.path.isdir(_site_packages()) or os.environ.get("SHIV_FORCE_EXTRACT"):
+        _ensure_writable(_configured_root())
     # Each module is compiled on its first import; keeping that bytecode in
     # our private unpack dir is what makes warm starts fast (~0.6 s saved
     # when Alembic is imported), so write it even under PYTHONDONTWRITEBYTECODE
