@@ -18,6 +18,7 @@ from otelmig.errors import ExitStatus, OtelmigError, UsageError
 
 PROG = "otelmig"
 NO_DATABASE = ("heads",)  # commands that never connect
+WRITERS = ("upgrade", "downgrade", "rollback", "stamp")  # must land on a host that takes writes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -197,9 +198,12 @@ def _run(argv, env, out, err, run: Invocation) -> int:
     if not args.command:
         raise UsageError("no command given; see `%s --help`" % PROG)
     from otelmig import settings as settings_mod
-    needs_db = args.command not in NO_DATABASE and not getattr(args, "sql", False)
-    settings = settings_mod.resolve(args, env, need_database=needs_db)
-    run.schema = settings.schema
+    # The schema first: a failure further on (a bad URL) still reports it in JSON and Prometheus.
+    run.schema = settings_mod.resolve_schema(args, env)
+    offline = getattr(args, "sql", False)
+    needs_db = args.command not in NO_DATABASE and not offline
+    settings = settings_mod.resolve(args, env, need_database=needs_db,
+                                    writes=args.command in WRITERS and not offline)
     return dispatch(args, settings, out, err)
 
 

@@ -6,10 +6,10 @@ create_engine(creator=...), so the URL and password never reach Alembic's
 configparser (where a '%' in a password would break).
 """
 
+import dataclasses
+import hashlib
 import socket
 from typing import Optional
-
-import hashlib
 
 import pg8000.dbapi
 import scramp.core
@@ -39,11 +39,16 @@ scramp.core.hi = _pbkdf2  # same function, same result (tests/test_settings.py p
 
 
 class ConnectFailed(ConnectError):
-    """Exit 3; `retryable` says whether waiting might help (check --wait)."""
+    """Exit 3; `retryable` says whether waiting might help (check --wait).
 
-    def __init__(self, message: str, retryable: bool):
+    `login_refused`: the server refused the login (bad or missing password,
+    pg_hba reject): never retried, and no further host is tried (libpq).
+    """
+
+    def __init__(self, message: str, retryable: bool, login_refused: bool = False):
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable and not login_refused
+        self.login_refused = login_refused
 
 
 def quote_ident(name: str) -> str:
@@ -66,6 +71,11 @@ def server_message(exc: BaseException) -> str:
     return fields.get("M") or str(exc)
 
 
+# Of a multi-host list, the host this process landed on: every later
+# connection (the lock, the migration, the progress watcher) goes there too.
+_PINNED = {}
+
+
 def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, probe: bool = False):
     """A pg8000 DB-API connection, or ConnectFailed (exit 3) that says why.
 
@@ -73,7 +83,46 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, 
     which would cut any statement longer than it (an index build on millions
     of rows). So it is cleared after connecting, except for a probe (check,
     verify, plan), where a server that stops answering is a failure.
+
+    Several hosts (libpq's host list) are tried in order until one answers
+    and has the target_session_attrs; prefer-standby makes a second pass
+    that takes any host.
     """
+    if not conninfo.hosts and conninfo.target_session_attrs == "any":
+        conn = _connect_one(conninfo, timeout, probe)  # the common case: no extra round trip
+        conn.autocommit = autocommit
+        return conn
+    key = (conninfo.host_list, conninfo.user, conninfo.database)
+    candidates = [_PINNED[key]] if key in _PINNED else list(conninfo.host_list)
+    wanted = conninfo.target_session_attrs
+    failures = []
+    for attrs in (("standby", "any") if wanted == "prefer-standby" else (wanted,)):
+        for host, port in candidates:
+            target = dataclasses.replace(conninfo, host=host, port=port, hosts=())
+            try:
+                conn = _connect_one(target, timeout, probe)
+            except ConnectFailed as exc:
+                if exc.login_refused:
+                    raise
+                failures.append(exc)
+                continue
+            mismatch = _session_mismatch(conn, attrs)
+            if mismatch:
+                conn.close()
+                failures.append(ConnectFailed("%s:%d %s" % (host, port, mismatch), retryable=True))
+                continue
+            _PINNED[key] = (host, port)
+            conn.autocommit = autocommit
+            return conn
+    if len(failures) == 1:
+        raise failures[0]
+    raise ConnectFailed("no host of %s accepted a %s session: %s" % (
+        ",".join("%s:%d" % pair for pair in candidates), wanted, "; ".join(f.message for f in failures)),
+        retryable=any(f.retryable for f in failures))
+
+
+def _connect_one(conninfo, timeout: Optional[float], probe: bool):
+    """One host, each ssl_context that its sslmode allows, in order."""
     last_error = None
     for ssl_context in tls.attempts(conninfo):
         try:
@@ -88,17 +137,40 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, 
             continue
         if not probe:
             conn._usock.settimeout(None)
-        conn.autocommit = autocommit
+        conn.autocommit = True
         return conn
     raise connect_error(last_error, conninfo) from None
+
+
+# libpq's target_session_attrs checks, on a fresh session.
+_SESSION_CHECKS = {
+    "read-write": ("show transaction_read_only", "off", "is read-only"),
+    "read-only": ("show transaction_read_only", "on", "accepts writes"),
+    "primary": ("select pg_is_in_recovery()::text", "false", "is a standby"),
+    "standby": ("select pg_is_in_recovery()::text", "true", "is not a standby"),
+}
+
+
+def _session_mismatch(conn, attrs: str) -> Optional[str]:
+    """Why this session does not have `attrs`, or None when it does."""
+    if attrs not in _SESSION_CHECKS:
+        return None
+    query, wanted, why_not = _SESSION_CHECKS[attrs]
+    cursor = conn.cursor()
+    cursor.execute(query)
+    return None if cursor.fetchone()[0] == wanted else "%s (target_session_attrs=%s)" % (why_not, attrs)
 
 
 def connect_error(exc: BaseException, conninfo) -> ConnectFailed:
     where = "%s:%d" % (conninfo.host, conninfo.port)
     code = sqlstate(exc)
+    if conninfo.password is None and _asks_for_password(exc):
+        return ConnectFailed("%s asks for a password for user %r and none was found: looked in %s; "
+                             "give it in one of these" % (where, conninfo.user, conninfo.password_sources),
+                             retryable=False, login_refused=True)
     if code in (INVALID_PASSWORD, INVALID_AUTHORIZATION):
         return ConnectFailed("login refused by %s: %s; check the user and password"
-                             % (where, server_message(exc)), retryable=False)
+                             % (where, server_message(exc)), retryable=False, login_refused=True)
     if code == INVALID_CATALOG:
         return ConnectFailed("database %r does not exist on %s; create it or fix the URL"
                              % (conninfo.database, where), retryable=False)
@@ -107,7 +179,22 @@ def connect_error(exc: BaseException, conninfo) -> ConnectFailed:
                              retryable=True)
     if code:
         return ConnectFailed("connecting to %s failed: %s" % (where, server_message(exc)), retryable=False)
-    return ConnectFailed(_network_reason(exc, conninfo, where), retryable=not _is_tls_error(exc))
+    return ConnectFailed(_network_reason(exc, conninfo, where), retryable=_is_network_error(exc))
+
+
+def _asks_for_password(exc: BaseException) -> bool:
+    """pg8000 with password=None: an InterfaceError for cleartext and MD5,
+    an AttributeError ('NoneType' has no 'decode') for SCRAM."""
+    return isinstance(exc, AttributeError) or (
+        isinstance(exc, pg8000.dbapi.InterfaceError) and "no password" in str(exc))
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Only a server that cannot be reached (yet) is worth waiting for; a TLS
+    failure or an unexpected error stays what it is on every attempt."""
+    cause = exc.__cause__ or exc
+    reached_no_server = isinstance(cause, OSError) or isinstance(exc, pg8000.dbapi.InterfaceError)
+    return reached_no_server and not _is_tls_error(exc)
 
 
 def _is_tls_error(exc: BaseException) -> bool:

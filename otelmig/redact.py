@@ -1,21 +1,31 @@
 """Every message otelmig prints passes through redact(): a password never
 appears in any output (errors, logs, JSON, --sql, tracebacks)."""
 
+import json
 import re
 import urllib.parse
 
 _SECRETS: set = set()
-# user:password@ in anything that looks like a URL, even one we never parsed.
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<post>@)")
+# user:password@ in anything that looks like a URL, even one we never parsed:
+# up to the last @ of the word, as libpq reads a raw password.
+_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)\S*(?P<post>@)")
 MASK = "***"
 
 
 def register(secret: "str | None") -> None:
-    """Remember a secret so that redact() masks it wherever it appears."""
-    if secret:
-        _SECRETS.add(secret)
-        _SECRETS.add(urllib.parse.quote(secret, safe=""))
-        _SECRETS.add(urllib.parse.quote_plus(secret, safe=""))
+    """Remember a secret so that redact() masks it wherever it appears, in
+    each spelling a message may give it: as is, %-encoded, inside a JSON
+    string and inside a Python repr (%r)."""
+    if not secret or not secret.strip():  # blanks only: masking every space would hide the message, not a secret
+        return
+    _SECRETS.update({
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+    })
 
 
 def forget_all() -> None:
@@ -24,11 +34,11 @@ def forget_all() -> None:
 
 
 def redact(text: str) -> str:
-    text = _URL_PASSWORD.sub(r"\g<pre>" + MASK + r"\g<post>", text)
-    # Longest first, so a secret that contains another is masked whole.
+    # Known secrets first (longest first, so one that contains another is
+    # masked whole), then any URL password we were never told about.
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    return text
+    return _URL_PASSWORD.sub(r"\g<pre>" + MASK + r"\g<post>", text)
 
 
 class RedactingStream:

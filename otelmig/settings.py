@@ -15,10 +15,9 @@ import getpass
 import os
 import re
 import stat
-import urllib.parse
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
-from otelmig import redact
+from otelmig import pgurl, redact
 from otelmig.errors import UsageError
 
 # Environment variable names, in one place.
@@ -39,6 +38,7 @@ LIBPQ_ENV = {
     "sslkey": "PGSSLKEY",
     "connect_timeout": "PGCONNECT_TIMEOUT",
     "application_name": "PGAPPNAME",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
 }
 ENV_PASSFILE = "PGPASSFILE"
 
@@ -49,16 +49,25 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_APPLICATION_NAME = "otelmig"
 URL_SCHEMES = ("postgresql", "postgres", "postgresql+pg8000")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# libpq's target_session_attrs: which of several hosts is good enough.
+SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+WRITABLE_SESSION_ATTRS = ("any", "read-write", "primary")
 QUERY_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout",
-                "application_name", "host", "port", "user", "password", "dbname")
+                "application_name", "target_session_attrs", "host", "port", "user", "password", "dbname")
+# Settings the libpq environment supplies even when a URL names the server.
+ENV_DEFAULTS_UNDER_URL = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name",
+                          "target_session_attrs")
 SCHEMA_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-URL_HINT = "use postgresql://USER@HOST:PORT/DBNAME"
+SCHEME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+URL_HINT = pgurl.URL_HINT
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 5432
 
 
 @dataclasses.dataclass(frozen=True)
 class ConnInfo:
-    host: str = "localhost"
-    port: int = 5432
+    host: str = DEFAULT_HOST  # the first (or only) host: the one connect() tries first
+    port: int = DEFAULT_PORT
     user: str = ""
     password: Optional[str] = dataclasses.field(default=None, repr=False)
     database: str = ""
@@ -68,6 +77,15 @@ class ConnInfo:
     sslkey: Optional[str] = None
     connect_timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT  # None: wait forever (libpq's 0)
     application_name: str = DEFAULT_APPLICATION_NAME
+    # Every (host, port) to try, in order (libpq's multi-host list); () means (host, port) alone.
+    hosts: Tuple[Tuple[str, int], ...] = ()
+    target_session_attrs: str = "any"
+    # Where a password was looked for when none was found: for the message if the server asks for one.
+    password_sources: str = ""
+
+    @property
+    def host_list(self) -> Tuple[Tuple[str, int], ...]:
+        return self.hosts or ((self.host, self.port),)
 
     @property
     def unix_socket(self) -> Optional[str]:
@@ -78,7 +96,7 @@ class ConnInfo:
 
     def describe(self) -> str:
         """Where we connect, for messages: never the password."""
-        return "%s@%s:%d/%s" % (self.user, self.host, self.port, self.database)
+        return "%s@%s/%s" % (self.user, ",".join("%s:%d" % pair for pair in self.host_list), self.database)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,42 +144,47 @@ def _parse_port(value: str) -> int:
 
 
 def _url_parts(url: str) -> dict:
-    """The connection fields a URL sets (only those it sets)."""
+    """The connection fields a URL sets (only those it sets); see otelmig/pgurl.py."""
     scheme, sep, _ = url.partition("://")
-    if not sep:
+    if not sep or not SCHEME_PATTERN.fullmatch(scheme):
         raise UsageError("the database URL is not a URL; %s" % URL_HINT)
     if scheme.lower() not in URL_SCHEMES:
         raise UsageError("unsupported URL scheme %r: otelmig speaks PostgreSQL only; %s" % (scheme, URL_HINT))
-    try:
-        parts = urllib.parse.urlsplit(url)
-        hostname, port_text = parts.hostname, None
-        netloc_host = parts.netloc.rpartition("@")[2]
-        if netloc_host.startswith("["):
-            port_text = netloc_host.partition("]")[2].lstrip(":") or None
-        elif ":" in netloc_host:
-            port_text = netloc_host.rpartition(":")[2] or None
-    except ValueError:
-        raise UsageError("the database URL cannot be parsed; %s" % URL_HINT) from None
+    parts = pgurl.parse(url)
     fields = {}
-    if parts.username:
-        fields["user"] = urllib.parse.unquote(parts.username)
+    if parts.user:
+        fields["user"] = parts.user
     if parts.password is not None:
-        fields["password"] = urllib.parse.unquote(parts.password)
-        redact.register(fields["password"])
-    if hostname:
-        fields["host"] = urllib.parse.unquote(hostname)
-    if port_text is not None:
-        fields["port"] = _parse_port(port_text)
-    database = urllib.parse.unquote(parts.path.lstrip("/"))
-    if database:
-        fields["database"] = database
-    for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+        fields["password"] = parts.password
+    if any(parts.hosts) or any(parts.ports):
+        fields["host"], fields["port"] = parts.hosts, parts.ports
+    if parts.database:
+        fields["database"] = parts.database
+    for key, value in parts.query.items():
         if key not in QUERY_PARAMS:
             raise UsageError("unsupported URL parameter %r: supported are %s" % (key, ", ".join(QUERY_PARAMS)))
-        fields["database" if key == "dbname" else key] = values[-1]
-    if "password" in fields:
-        redact.register(fields["password"])
+        if key in ("host", "port"):
+            fields[key] = value.split(",")  # libpq's lists: host=a,b&port=5432,5433
+        else:
+            fields["database" if key == "dbname" else key] = value
     return fields
+
+
+def _host_port_pairs(hosts, ports) -> Tuple[Tuple[str, int], ...]:
+    """libpq's host list: one port for all hosts, or one per host; empty entries take the default."""
+    hosts = [h for h in hosts] or [""]
+    ports = [p for p in ports] or [""]
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    elif len(ports) != len(hosts):
+        raise UsageError("%d ports for %d hosts: give one port for all hosts, or one per host"
+                         % (len(ports), len(hosts)))
+    return tuple((host or DEFAULT_HOST, _parse_port(port) if port else DEFAULT_PORT)
+                 for host, port in zip(hosts, ports))
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else str(value).split(",")
 
 
 def _libpq_env_parts(env: Mapping[str, str]) -> dict:
@@ -194,17 +217,18 @@ def _pgpass_fields(line: str) -> list:
     return fields
 
 
-def _pgpass_password(info: dict, env: Mapping[str, str]) -> Optional[str]:
-    """libpq's password file lookup; like libpq, ignore a file others can read."""
+def _pgpass_password(info: dict, env: Mapping[str, str]):
+    """libpq's password file lookup: (password or None, what was found, for a message).
+    Like libpq, a file that group or others can read is ignored."""
     path = env.get(ENV_PASSFILE) or os.path.join(os.path.expanduser("~"), ".pgpass")
     try:
         mode = os.stat(path).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            return None
+            return None, "the password file %s (ignored: group or others can read it; chmod 0600 it)" % path
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
-    except OSError:
-        return None
+    except OSError as exc:
+        return None, "the password file %s (%s)" % (path, exc.strerror or "unreadable")
     wanted = [info["host"], str(info["port"]), info["database"], info["user"]]
     for line in lines:
         if not line.strip() or line.startswith("#"):
@@ -214,43 +238,69 @@ def _pgpass_password(info: dict, env: Mapping[str, str]) -> Optional[str]:
             continue
         if all(pattern in ("*", value) for pattern, value in zip(fields[:4], wanted)):
             redact.register(fields[4])
-            return fields[4]
-    return None
+            return fields[4], ""
+    return None, "the password file %s (no line for %s:%s:%s:%s)" % (path, *wanted)
 
 
-def resolve_conninfo(url: Optional[str], env: Mapping[str, str]) -> ConnInfo:
-    """The one function that decides where we connect (precedence: module doc)."""
+def resolve_conninfo(url: Optional[str], env: Mapping[str, str], writes: bool = False) -> ConnInfo:
+    """The one function that decides where we connect (precedence: module doc).
+
+    `writes`: the command migrates, so of several hosts it must land on one
+    that accepts writes (target_session_attrs read-write unless set otherwise).
+    """
     url = url or env.get(ENV_URL)
     env_parts = _libpq_env_parts(env)
     if env_parts.get("password"):
         redact.register(env_parts["password"])
-    info = {"host": "localhost", "port": 5432, "user": _os_user(),
+    info = {"host": [DEFAULT_HOST], "port": [str(DEFAULT_PORT)], "user": _os_user(),
             "sslmode": "prefer", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-            "application_name": DEFAULT_APPLICATION_NAME}
-    # Environment settings that are not "where": TLS, timeouts, app name.
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name"):
+            "application_name": DEFAULT_APPLICATION_NAME, "target_session_attrs": "any"}
+    for key in ENV_DEFAULTS_UNDER_URL:
         if key in env_parts:
             info[key] = env_parts[key]
     if url:
         info.update(_url_parts(url))
     else:
         info.update(env_parts)
-    info["port"] = _parse_port(str(info["port"]))
+    pairs = _host_port_pairs(_as_list(info.pop("host")), _as_list(info.pop("port")))
+    info.update(host=pairs[0][0], port=pairs[0][1], hosts=pairs if len(pairs) > 1 else ())
     info.setdefault("database", info["user"])
     if info.get("password") is None:
-        info["password"] = _fallback_password(info, env)
+        info["password"], info["password_sources"] = _fallback_password(info, env, pairs, bool(url))
     info["connect_timeout"] = parse_seconds(str(info["connect_timeout"]), "connect_timeout", allow_zero=True) or None
     if info["sslmode"] not in SSLMODES:
         raise UsageError("invalid sslmode %r: use one of %s" % (info["sslmode"], ", ".join(SSLMODES)))
+    info["target_session_attrs"] = _session_attrs(info["target_session_attrs"], writes, len(pairs) > 1)
     return ConnInfo(**info)
 
 
-def _fallback_password(info: dict, env: Mapping[str, str]) -> Optional[str]:
+def _session_attrs(wanted: str, writes: bool, several_hosts: bool) -> str:
+    if wanted not in SESSION_ATTRS:
+        raise UsageError("invalid target_session_attrs %r: use one of %s" % (wanted, ", ".join(SESSION_ATTRS)))
+    if not writes:
+        return wanted
+    if wanted not in WRITABLE_SESSION_ATTRS:
+        raise UsageError("target_session_attrs=%s cannot migrate: a migration writes; use read-write or primary "
+                         "(or leave it out)" % wanted)
+    # One host is used as it is (a read-only one is refused with exit 8 later);
+    # of several, a migration must pick one that takes writes.
+    return "read-write" if wanted == "any" and several_hosts else wanted
+
+
+def _fallback_password(info: dict, env: Mapping[str, str], pairs, from_url: bool):
+    """(password, where it was looked for): PGPASSWORD, then POSTGRES_PASSWORD_FILE, then pgpass."""
     if env.get(LIBPQ_ENV["password"]):
-        return env[LIBPQ_ENV["password"]]
+        return env[LIBPQ_ENV["password"]], ""
     if env.get(ENV_PASSWORD_FILE):
-        return _read_password_file(env[ENV_PASSWORD_FILE])
-    return _pgpass_password(info, env)
+        return _read_password_file(env[ENV_PASSWORD_FILE]), ""
+    password, pgpass_note = None, ""
+    for host, port in pairs:  # the first host that has a line (libpq looks per host)
+        password, pgpass_note = _pgpass_password(dict(info, host=host, port=port), env)
+        if password is not None:
+            return password, ""
+    looked = (["the URL (no password in it)"] if from_url else []) + [
+        "PGPASSWORD (unset)", "%s (unset)" % ENV_PASSWORD_FILE, pgpass_note]
+    return None, ", ".join(looked)
 
 
 def _os_user() -> str:
@@ -265,10 +315,14 @@ def _seconds(flag: Optional[str], env: Mapping[str, str], name: str, what: str, 
     return default if text is None else parse_seconds(text, what)
 
 
-def resolve(args, env: Mapping[str, str], need_database: bool = True) -> Settings:
-    """Settings from parsed arguments and the environment."""
-    schema = validate_schema(args.schema if args.schema is not None else env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
-    conninfo = resolve_conninfo(args.url, env) if need_database else None
+def resolve_schema(args, env: Mapping[str, str]) -> str:
+    return validate_schema(args.schema if args.schema is not None else env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
+
+
+def resolve(args, env: Mapping[str, str], need_database: bool = True, writes: bool = False) -> Settings:
+    """Settings from parsed arguments and the environment; `writes`: the command migrates."""
+    schema = resolve_schema(args, env)
+    conninfo = resolve_conninfo(args.url, env, writes) if need_database else None
     return Settings(conninfo=conninfo, schema=schema,
                     lock_timeout=_seconds(args.lock_timeout, env, ENV_LOCK_TIMEOUT, "--lock-timeout",
                                           DEFAULT_LOCK_TIMEOUT),

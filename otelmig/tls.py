@@ -12,6 +12,10 @@ True as "encrypt, verify nothing", so each mode is mapped deliberately:
                certificate file is present)
   verify-ca    TLS, the chain checked against sslrootcert
   verify-full  TLS, the chain and the host name checked
+
+A root certificate file that is missing or unreadable (sslrootcert, else
+~/.postgresql/root.crt) is a configuration error, exit 2, as is a client
+certificate or key that cannot be loaded; a failed handshake is exit 3.
 """
 
 import os
@@ -58,6 +62,7 @@ def _context(conninfo):
         if conninfo.sslrootcert == "system":
             context.load_default_certs()
         else:
+            _require_root_cert(rootcert, conninfo.sslmode)
             _load(context.load_verify_locations, "sslrootcert", rootcert)
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = conninfo.sslmode == "verify-full"
@@ -69,6 +74,16 @@ def _context(conninfo):
         keyfile = conninfo.sslkey or _default_file("postgresql.key")
         _load(context.load_cert_chain, "sslcert/sslkey", certfile, keyfile)
     return context
+
+
+def _require_root_cert(path: str, sslmode: str) -> None:
+    """Verifying needs a root certificate file: without it libpq fails the
+    connection too. A configuration problem (exit 2), not an unreachable
+    server: no retry or --wait can fix it."""
+    if not os.path.exists(path):
+        raise UsageError("root certificate file %s does not exist, and sslmode=%s verifies the server with it: "
+                         "give sslrootcert=FILE (or sslrootcert=system for the system's CAs), "
+                         "or use sslmode=require to encrypt without verifying" % (path, sslmode))
 
 
 def _load(loader, what, *paths):

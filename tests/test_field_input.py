@@ -108,3 +108,298 @@ def test_shiv_root_parent_not_enterable_as_nobody(pyz):
         assert not (private / "sub").exists()
     finally:
         shutil.rmtree(outer)
+
+
+# --- helpers for the database tests ------------------------------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import threading  # noqa: E402
+import urllib.parse  # noqa: E402
+
+from conftest import run_cli, sql  # noqa: E402
+from pgcluster import Cluster  # noqa: E402
+
+ROLE = "field_pw_role"
+# Generated and base64 secrets: every reserved character, a space, combinations.
+# The letter groups are distinctive, so a message showing any part of a password is caught.
+PASSWORDS = [
+    "Zqvw/Kxjb", "Zqvw+Kxjb", "Zqvw=Kxjb", "Zqvw#Kxjb", "Zqvw?Kxjb", "Zqvw@Kxjb", "Zqvw Kxjb",
+    "Zqvw:Kxjb",  # a raw % is refused, like libpq: test_unparsable_url_shows_no_part_of_the_userinfo
+    "Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx",
+    "Zqvw@Kxjb/Wmrt@Ypdl",            # an @ followed by what looks like a host and a path
+    "Zqvw?sslmode=disable@Kxjb",      # what looks like a query inside the password
+    "@Zqvw/Kxjb?Wmrt#",               # reserved characters at both ends
+    "Zqvw/Kxjb+Wmrt==",               # base64 with padding
+]
+
+
+def leaks(password, text):
+    """The password, an encoding of it, or any letter group of it in the output."""
+    spellings = {password, urllib.parse.quote(password, safe=""), urllib.parse.quote_plus(password, safe=""),
+                 json.dumps(password)[1:-1]}
+    groups = {g for g in re.findall(r"[A-Za-z0-9]{4,}", password) if g != "sslmode"}
+    return sorted(s for s in spellings | groups if s in text)
+
+
+def raw_url(cluster, password, database, port=None, query=""):
+    """The URL as an operator pastes it: the password not encoded at all."""
+    return "postgresql://%s:%s@127.0.0.1:%d/%s%s" % (ROLE, password, port or cluster.port, database, query)
+
+
+@pytest.fixture
+def pw_role(server, db_url):
+    if server.cluster is None:
+        pytest.skip("needs the suite's own cluster (raw-password URLs are built for it)")
+    sql(server.admin_url, "drop role if exists %s" % ROLE)
+    sql(server.admin_url, "create role %s login" % ROLE)
+    database = db_url.rsplit("/", 1)[1]
+    sql(server.admin_url, "grant all on database %s to %s" % (database, ROLE))
+    sql(db_url, "grant all on schema public to %s" % ROLE)
+
+    def set_password(password):
+        sql(server.admin_url, "alter role %s password '%s'" % (ROLE, password.replace("'", "''")))
+    yield server.cluster, database, set_password
+    sql(db_url, "drop owned by %s" % ROLE)
+    sql(server.admin_url, "drop role %s" % ROLE)
+
+
+def unused_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# (command line, expected exit code with the right password on an empty database)
+CHANNELS = [
+    (["check"], 4),
+    (["check", "--format", "json"], 4),
+    (["verify", "--format", "prometheus"], 4),
+    (["current", "-v"], 0),
+    (["check", "--traceback"], 4),
+]
+
+
+# --- item 2: raw reserved characters in the URL password ----------------------
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_raw_password_in_url_every_channel(pw_role, password):
+    cluster, database, set_password = pw_role
+    set_password(password)
+    cases = [("right", raw_url(cluster, password, database)),
+             ("wrong", raw_url(cluster, password + "X", database)),
+             ("unreachable", raw_url(cluster, password, database, port=unused_port()))]
+    for case, url in cases:
+        for args, right_code in CHANNELS:
+            result = run_cli(*args, url=url)
+            seen = result.out + result.err
+            assert not leaks(password, seen), (case, args, leaks(password, seen), seen)
+            assert "Traceback" not in seen or "--traceback" in args, (case, args, seen)
+            expected = right_code if case == "right" else 3
+            assert result.code == expected, (case, args, result)
+            if case == "wrong":
+                assert "login refused" in result.err, result.err
+            if "json" in args:
+                assert result.json()["exit_code"] == expected
+            if "prometheus" in args:
+                assert "otelmig_verify_exit_code{schema=\"otel\"} %d" % expected in result.out
+
+
+@pytest.mark.parametrize("password", ["Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx", "Zqvw+Kxjb"])
+def test_raw_password_upgrade_and_rollback_work(pw_role, password):
+    """The migration commands, not only the probes, log in with such a password."""
+    cluster, database, set_password = pw_role
+    set_password(password)
+    url = raw_url(cluster, password, database)
+    for args in (["upgrade", "-v"], ["check"], ["rollback"], ["upgrade", "--format", "json"]):
+        result = run_cli(*args, url=url)
+        assert result.code == 0, (args, result)
+        assert not leaks(password, result.out + result.err), args
+
+
+@pytest.mark.parametrize("where", ["PGPASSWORD", "POSTGRES_PASSWORD_FILE", "PGPASSFILE", "?password="])
+def test_reserved_characters_from_every_password_source(pw_role, tmp_path, where):
+    cluster, database, set_password = pw_role
+    password = "Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx:Qz\\w"
+    set_password(password)
+    url, env = "postgresql://%s@127.0.0.1:%d/%s" % (ROLE, cluster.port, database), {}
+    if where == "PGPASSWORD":
+        env["PGPASSWORD"] = password
+    elif where == "POSTGRES_PASSWORD_FILE":
+        (tmp_path / "secret").write_text(password + "\n")
+        env["POSTGRES_PASSWORD_FILE"] = str(tmp_path / "secret")
+    elif where == "PGPASSFILE":
+        escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+        (tmp_path / "pgpass").write_text("127.0.0.1:%d:%s:%s:%s\n" % (cluster.port, database, ROLE, escaped))
+        os.chmod(tmp_path / "pgpass", stat.S_IRUSR | stat.S_IWUSR)
+        env["PGPASSFILE"] = str(tmp_path / "pgpass")
+    else:  # a + stays a + (libpq), the rest %-encoded
+        url += "?password=" + urllib.parse.quote(password, safe="+/=@: ")
+    for args, right_code in CHANNELS:
+        result = run_cli(*args, url=url, env=env)
+        assert result.code == right_code, (args, result)
+        assert not leaks(password, result.out + result.err), (args, result)
+    wrong = dict(env, PGPASSWORD=password + "X") if where == "PGPASSWORD" else env
+    if where != "PGPASSWORD":
+        set_password(password + "X")  # the source now holds the wrong one
+    result = run_cli("check", "--format", "json", url=url, env=wrong)
+    assert result.code == 3 and "login refused" in result.err
+    assert not leaks(password, result.out + result.err)
+
+
+def test_plus_in_query_password_is_a_plus(pw_role):
+    cluster, database, set_password = pw_role
+    set_password("Zqvw+Kxjb")
+    url = "postgresql://%s@127.0.0.1:%d/%s?password=Zqvw+Kxjb" % (ROLE, cluster.port, database)
+    assert run_cli("check", url=url).code == 4
+    set_password("Zqvw Kxjb")  # what parse_qs would have sent
+    assert run_cli("check", url=url).code == 3
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("postgresql://%s:Zqvw%%zzKxjb@127.0.0.1:{port}/d" % ROLE, "%XX escape"),
+    ("postgresql://%s:Zqvw%%Kxjb@127.0.0.1:{port}/d" % ROLE, "%XX escape"),
+    ("postgresql://%s:Zqvw/Kxjb@127.0.0.1:Wmrt/d" % ROLE, "invalid port"),
+    ("postgresql://%s:Zqvw/Kxjb@127.0.0.1:5432:Wmrt/d" % ROLE, "invalid port"),
+    ("postgresql://%s:Zqvw/Kxjb@Wmrt@[::1/d" % ROLE, "cannot be parsed"),
+    ("postgresql://%s:Zqvw/Kxjb@127.0.0.1/d?Ypdl=Lvgn" % ROLE, "unsupported URL parameter"),
+    ("Zqvw:Kxjb://Wmrt@127.0.0.1/d", "not a URL"),
+])
+def test_unparsable_url_shows_no_part_of_the_userinfo(url, fragment):
+    url = url.format(port=unused_port())
+    for args in (["check"], ["check", "--format", "json"], ["verify", "--format", "prometheus"],
+                 ["current", "-v", "--traceback"], ["upgrade"]):
+        result = run_cli(*args, url=url)
+        assert result.code == 2, (args, result)
+        lines = result.err.strip().splitlines()
+        assert fragment in lines[-1], lines
+        assert "Traceback" not in result.err or "--traceback" in args
+        for secret in ("Zqvw", "Kxjb", "Wmrt", "Ypdl" if "unsupported" not in fragment else "Zqvw"):
+            assert secret not in result.out + result.err, (args, secret, result)
+
+
+def test_raw_password_with_the_pyz(pyz, pw_role):
+    cluster, database, set_password = pw_role
+    password = "Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx"
+    set_password(password)
+    for case, url, code in (("right", raw_url(cluster, password, database), 4),
+                            ("wrong", raw_url(cluster, password + "X", database), 3),
+                            ("unreachable", raw_url(cluster, password, database, port=unused_port()), 3)):
+        for args in (["check", "--format", "json", "--traceback"], ["verify", "--format", "prometheus", "-v"]):
+            result = run_pyz(pyz, *args, url=url)
+            assert result.code == code, (case, args, result)
+            assert not leaks(password, result.out + result.err), (case, args, result)
+    bad = run_pyz(pyz, "check", "--format", "json", url="postgresql://u:Zqvw%zzKxjb@127.0.0.1/d")
+    assert bad.code == 2 and bad.json()["schema"] == "otel" and not leaks("Zqvw%zzKxjb", bad.out + bad.err)
+
+
+# --- item 10: what a URL error still reports --------------------------------
+
+def test_json_and_prometheus_name_the_schema_after_a_url_error():
+    result = run_cli("check", "--format", "json", "--schema", "otel_b", url="mysql://u@h/d")
+    assert result.code == 2 and result.json()["schema"] == "otel_b", result
+    result = run_cli("verify", "--format", "prometheus", url="postgresql://u@h:1,h:2,h:3/d?port=1,2")
+    assert result.code == 2
+    assert 'otelmig_verify_exit_code{schema="otel"} 2' in result.out, result
+
+
+# --- item 8: no password while the server asks for one ----------------------
+
+class CountingProxy:
+    """A TCP relay to the server that counts the connections made through it:
+    how many times otelmig tried, without timing anything."""
+
+    def __init__(self, target_port):
+        self.target_port, self.accepted = target_port, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(server):
+    if server.cluster is None:
+        pytest.skip("needs the suite's own cluster")
+    relay = CountingProxy(server.cluster.port)
+    yield relay
+    relay.close()
+
+
+def test_no_password_available_one_line_and_no_retry(proxy, pw_role, tmp_path):
+    cluster, database, set_password = pw_role
+    set_password("Zqvw/Kxjb")
+    url = "postgresql://%s@127.0.0.1:%d/%s?sslmode=disable" % (ROLE, proxy.port, database)
+    pgpass = tmp_path / "no-such-pgpass"
+    result = run_cli("check", "--wait", "30", url=url, env={"PGPASSFILE": str(pgpass)})
+    assert result.code == 3, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for where in ("password", "URL", "PGPASSWORD", "POSTGRES_PASSWORD_FILE", str(pgpass)):
+        assert where in lines[0], (where, lines[0])
+    assert "NoneType" not in lines[0]
+    assert proxy.accepted == 1, "check --wait retried a login that needs a password: %d attempts" % proxy.accepted
+
+
+def test_pgpass_readable_by_others_is_named(proxy, pw_role, tmp_path):
+    cluster, database, set_password = pw_role
+    set_password("Zqvw/Kxjb")
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text("*:*:*:*:Zqvw/Kxjb\n")
+    os.chmod(pgpass, 0o644)
+    url = "postgresql://%s@127.0.0.1:%d/%s?sslmode=disable" % (ROLE, proxy.port, database)
+    result = run_cli("check", "--format", "json", url=url, env={"PGPASSFILE": str(pgpass)})
+    assert result.code == 3 and "chmod 0600" in result.json()["message"], result
+    assert "Zqvw" not in result.out + result.err
+
+
+def test_wrong_password_is_not_retried_by_wait(proxy, pw_role):
+    cluster, database, set_password = pw_role
+    set_password("Zqvw/Kxjb")
+    url = "postgresql://%s:nope@127.0.0.1:%d/%s?sslmode=disable" % (ROLE, proxy.port, database)
+    result = run_cli("check", "--wait", "30", url=url)
+    assert result.code == 3 and "login refused" in result.err, result
+    assert proxy.accepted == 1, proxy.accepted
+
+
+def test_unreachable_is_still_retried_by_wait(server):
+    """The other side of the rule: a server that is not there yet is waited for."""
+    proxy = CountingProxy(unused_port())  # accepts, then the upstream connect fails
+    proxy.close()  # nothing listens on proxy.port now
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    result = run_cli("check", "--wait", "1.5", url="postgresql://u:p@127.0.0.1:%d/d?sslmode=disable" % port)
+    assert result.code == 3 and "connection refused" in result.err
