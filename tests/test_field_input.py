@@ -403,3 +403,137 @@ def test_unreachable_is_still_retried_by_wait(server):
     listener.close()
     result = run_cli("check", "--wait", "1.5", url="postgresql://u:p@127.0.0.1:%d/d?sslmode=disable" % port)
     assert result.code == 3 and "connection refused" in result.err
+
+
+# --- item 10: multi-host URLs (libpq's host list, target_session_attrs) -----
+
+def _wait_for(condition, seconds=60.0):
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def primary_and_standby():
+    """A primary (whose pg_hba rejects one role) and a streaming standby of it."""
+    primary = Cluster().start("wal_level = replica\nmax_wal_senders = 5\n")
+    hba = os.path.join(primary.data, "pg_hba.conf")
+    with open(hba) as handle:
+        rules = handle.read()
+    with open(hba, "w") as handle:
+        handle.write("host all hba_rejected 127.0.0.1/32 reject\n" + rules)
+    primary.reload()
+    standby = Cluster()
+    standby.password = primary.password
+    try:
+        standby._run("pg_basebackup" if shutil.which("pg_basebackup") else os.path.join(standby.bindir, "pg_basebackup"),
+                     "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D", standby.data, "-R",
+                     "-X", "stream", env=dict(os.environ, PGPASSWORD=primary.password))
+        with open(os.path.join(standby.data, "postgresql.conf"), "a") as conf:
+            conf.write("\nport = %d\nunix_socket_directories = '%s'\n" % (standby.port, standby.root))
+        standby._run(os.path.join(standby.bindir, "pg_ctl"), "-D", standby.data, "-l",
+                     os.path.join(standby.root, "log"), "-w", "-t", "60", "start")
+        assert sql(standby.url(), "select pg_is_in_recovery()") == [[True]]
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+def multi_url(primary, hosts, query=""):
+    return "postgresql://postgres:%s@%s/postgres%s" % (
+        urllib.parse.quote(primary.password, safe=""), hosts, query)
+
+
+def landed_on(url, writes=False):
+    """(in recovery, port) of the session otelmig's connect() opens for this URL."""
+    from otelmig import db
+    from otelmig.settings import resolve_conninfo
+    db._PINNED.clear()
+    conn = db.connect(resolve_conninfo(url, {}, writes=writes))
+    try:
+        cursor = conn.cursor()
+        cursor.execute("select pg_is_in_recovery(), inet_server_port()")
+        return tuple(cursor.fetchone())
+    finally:
+        conn.close()
+        db._PINNED.clear()
+
+
+def test_multi_host_target_session_attrs(primary_and_standby):
+    primary, standby = primary_and_standby
+    p, s, dead = primary.port, standby.port, unused_port()
+    both = "127.0.0.1:%d,127.0.0.1:%d" % (s, p)
+    assert landed_on(multi_url(primary, both)) == (True, s)  # any: the first that answers
+    assert landed_on(multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (dead, p))) == (False, p)
+    for attrs, expected in (("read-write", (False, p)), ("primary", (False, p)), ("read-only", (True, s)),
+                            ("standby", (True, s)), ("prefer-standby", (True, s)), ("any", (True, s))):
+        assert landed_on(multi_url(primary, both, "?target_session_attrs=" + attrs)) == expected, attrs
+    reverse = "127.0.0.1:%d,127.0.0.1:%d" % (p, s)
+    assert landed_on(multi_url(primary, reverse, "?target_session_attrs=standby")) == (True, s)
+    only_primary = "127.0.0.1:%d,127.0.0.1:%d" % (dead, p)
+    assert landed_on(multi_url(primary, only_primary, "?target_session_attrs=prefer-standby")) == (False, p)
+    # a host list in the query, ports matched per host, and one port for every host
+    assert landed_on(multi_url(primary, "", "?host=127.0.0.1,127.0.0.1&port=%d,%d" % (s, p)
+                               + "&target_session_attrs=read-write")) == (False, p)
+
+
+def test_multi_host_ports_lists():
+    from otelmig.settings import resolve_conninfo
+    assert resolve_conninfo("postgresql://a,b:6000/d", {}).host_list == (("a", 5432), ("b", 6000))
+    assert resolve_conninfo("postgresql://u@/d?host=a,b&port=7000", {}).host_list == (("a", 7000), ("b", 7000))
+    assert resolve_conninfo(None, {"PGHOST": "a,b,c", "PGPORT": "1,2,3"}).host_list == (("a", 1), ("b", 2), ("c", 3))
+    result = run_cli("check", url="postgresql://u@a,b,c/d?port=1,2")
+    assert result.code == 2 and "3 hosts" in result.err
+
+
+def test_multi_host_migrations_land_on_the_read_write_host(primary_and_standby):
+    primary, standby = primary_and_standby
+    p, s = primary.port, standby.port
+    sql(primary.url(), "drop schema if exists otel cascade")
+    url = multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (s, p))  # the standby first, no attrs
+    result = run_cli("upgrade", url=url)
+    assert result.code == 0, result
+    assert sql(primary.url(), "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert _wait_for(lambda: sql(standby.url(), "select to_regclass('otel.alembic_version') is not null")
+                     == [[True]])
+    assert run_cli("check", url=url).code == 0  # the probe reads the standby: replicated, ready
+    for attrs in ("read-only", "standby", "prefer-standby"):
+        result = run_cli("rollback", url=url + "?target_session_attrs=" + attrs)
+        assert result.code == 2 and "cannot migrate" in result.err, (attrs, result)
+    result = run_cli("rollback", url=multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (s, unused_port())))
+    assert result.code == 3 and "read-only" in result.err and "read-write" in result.err, result
+    assert sql(primary.url(), "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert run_cli("rollback", url=url).code == 0
+    assert sql(primary.url(), "select count(*) from otel.alembic_version") == [[0]]
+
+
+def test_pg_hba_reject_is_not_retried_and_stops_the_host_list(primary_and_standby):
+    primary, standby = primary_and_standby
+    sql(primary.url(), "drop role if exists hba_rejected")
+    sql(primary.url(), "create role hba_rejected login password 'Zqvw/Kxjb'")
+    relay = CountingProxy(primary.port)
+    try:
+        url = "postgresql://hba_rejected:Zqvw/Kxjb@127.0.0.1:%d,127.0.0.1:%d/postgres?sslmode=disable" % (
+            relay.port, standby.port)
+        result = run_cli("check", "--wait", "30", url=url)
+        assert result.code == 3 and "pg_hba.conf" in result.err, result
+        assert relay.accepted == 1, relay.accepted
+        assert "Zqvw" not in result.out + result.err
+    finally:
+        relay.close()
+
+
+def test_verify_ca_without_root_certificate_is_exit_2(pyz, server, tmp_path):
+    """No sslrootcert and no ~/.postgresql/root.crt: a configuration error, as the README says."""
+    url = server.url("postgres") + "?sslmode=verify-ca"
+    for args in (["check", "--wait", "30"], ["check", "--format", "json"]):
+        result = run_pyz(pyz, *args, url=url, env={"HOME": str(tmp_path)})
+        assert result.code == 2, result
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1 and str(tmp_path / ".postgresql" / "root.crt") in lines[0], lines
+        assert "sslrootcert=system" in lines[0]
