@@ -8,6 +8,9 @@ Connection precedence (spec/cli.md), first that is set wins:
 The password, when the chosen source has none, comes from (first that is set):
   PGPASSWORD, POSTGRES_PASSWORD_FILE, PGPASSFILE or ~/.pgpass.
 Query parameters of the URL win over the PG* variables of the same meaning.
+A URL is split by otelmig/pgurl.py (raw passwords, libpq's rules). Hosts and
+ports may be lists (libpq's multi-host form); target_session_attrs says which
+host is good enough, and a command that migrates needs one that takes writes.
 """
 
 import dataclasses
