@@ -179,6 +179,7 @@ CHANNELS = [
     (["verify", "--format", "prometheus"], 4),
     (["current", "-v"], 0),
     (["check", "--traceback"], 4),
+    (["plan", "--format", "json", "-v"], 5),
 ]
 
 
@@ -346,6 +347,10 @@ class CountingProxy:
                     pass
 
     def close(self):
+        try:  # wakes the thread blocked in accept(); close() alone leaves the port listening
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 
@@ -396,13 +401,11 @@ def test_wrong_password_is_not_retried_by_wait(proxy, pw_role):
 
 def test_unreachable_is_still_retried_by_wait(server):
     """The other side of the rule: a server that is not there yet is waited for."""
-    proxy = CountingProxy(unused_port())  # accepts, then the upstream connect fails
-    proxy.close()  # nothing listens on proxy.port now
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
-    result = run_cli("check", "--wait", "1.5", url="postgresql://u:p@127.0.0.1:%d/d?sslmode=disable" % port)
+    import time
+    started = time.monotonic()
+    result = run_cli("check", "--wait", "1.5", url="postgresql://u:p@127.0.0.1:%d/d?sslmode=disable" % unused_port())
     assert result.code == 3 and "connection refused" in result.err
+    assert time.monotonic() - started >= 1.5  # it waited out --wait (a lower bound only: no timing window)
 
 
 # --- item 10: multi-host URLs (libpq's host list, target_session_attrs) -----
@@ -480,6 +483,31 @@ def test_multi_host_target_session_attrs(primary_and_standby):
     # a host list in the query, ports matched per host, and one port for every host
     assert landed_on(multi_url(primary, "", "?host=127.0.0.1,127.0.0.1&port=%d,%d" % (s, p)
                                + "&target_session_attrs=read-write")) == (False, p)
+
+
+def test_a_run_stays_on_the_host_it_landed_on(primary_and_standby):
+    """The lock, the migration and the progress watcher of one run must share a
+    server: once landed, a later connection does not move to the next host."""
+    from otelmig import db
+    from otelmig.errors import ConnectError
+    from otelmig.settings import resolve_conninfo
+    primary, standby = primary_and_standby
+    relay = CountingProxy(primary.port)
+    db._PINNED.clear()
+    try:
+        info = resolve_conninfo(multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (relay.port, standby.port),
+                                          "?sslmode=disable"), {})
+        first = db.connect(info)
+        cursor = first.cursor()
+        cursor.execute("select pg_is_in_recovery()")
+        assert cursor.fetchone()[0] is False
+        first.close()
+        relay.close()  # the host it landed on goes away
+        with pytest.raises(ConnectError, match="127.0.0.1:%d" % relay.port):
+            db.connect(info)  # not silently the standby
+    finally:
+        relay.close()
+        db._PINNED.clear()
 
 
 def test_multi_host_ports_lists():
