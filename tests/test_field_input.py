@@ -133,6 +133,7 @@ PASSWORDS = [
     "Zqvw?sslmode=disable@Kxjb",      # what looks like a query inside the password
     "@Zqvw/Kxjb?Wmrt#",               # reserved characters at both ends
     "Zqvw/Kxjb+Wmrt==",               # base64 with padding
+    "Zqvw\\Kxjb\"Wmrt'Ypdl",           # what JSON and repr() escape
 ]
 
 
@@ -247,6 +248,21 @@ def test_reserved_characters_from_every_password_source(pw_role, tmp_path, where
         set_password(password + "X")  # the source now holds the wrong one
     result = run_cli("check", "--format", "json", url=url, env=wrong)
     assert result.code == 3 and "login refused" in result.err
+    assert not leaks(password, result.out + result.err)
+
+
+@pytest.mark.parametrize("form", ["socket in the host part", "socket in ?host="])
+def test_raw_password_over_a_unix_socket(pw_role, form):
+    cluster, database, set_password = pw_role
+    password = "Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx"
+    set_password(password)
+    socket_dir = urllib.parse.quote(cluster.root, safe="")
+    if form == "socket in the host part":
+        url = "postgresql://%s:%s@%s:%d/%s" % (ROLE, password, socket_dir, cluster.port, database)
+    else:
+        url = "postgresql://%s:%s@/%s?host=%s&port=%d" % (ROLE, password, database, socket_dir, cluster.port)
+    result = run_cli("check", "--format", "json", url=url)
+    assert result.code == 4, result
     assert not leaks(password, result.out + result.err)
 
 
@@ -565,3 +581,15 @@ def test_verify_ca_without_root_certificate_is_exit_2(pyz, server, tmp_path):
         lines = result.err.strip().splitlines()
         assert len(lines) == 1 and str(tmp_path / ".postgresql" / "root.crt") in lines[0], lines
         assert "sslrootcert=system" in lines[0]
+
+
+def test_redactor_masks_json_and_repr_spellings():
+    """A message that did carry a password (a driver's, say) is masked however it is quoted."""
+    from otelmig import redact
+    password = "Zqvw\\Kxjb\"Wmrt'Ypdl/é"
+    redact.register(password)
+    for text in (json.dumps({"message": "failed: " + password}), json.dumps(password, ensure_ascii=False),
+                 "failed: %r" % password, "postgresql://u:%s@h/d" % urllib.parse.quote(password, safe="")):
+        assert not leaks(password, redact.redact(text)), text
+    # a URL password never registered: masked up to the last @ of the word
+    assert redact.redact("postgresql://bob:Zqvw@Kxjb/Wmrt@db/x") == "postgresql://bob:***@db/x"
