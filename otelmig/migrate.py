@@ -33,8 +33,9 @@ MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
 
 
 def migrations_dir() -> str:
-    import otelmig.migrations
-    return os.path.dirname(os.path.abspath(otelmig.migrations.__file__))
+    # The directory otelmig.revisions read the head from, so both always agree.
+    from otelmig.revisions import versions_dir
+    return os.path.dirname(versions_dir())
 
 
 def alembic_config(settings, connection=None, **attributes):

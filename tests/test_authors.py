@@ -8,6 +8,7 @@ known revisions follow the revision scripts.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
 VENV_BIN = os.path.dirname(sys.executable)
 ALEMBIC = os.path.join(VENV_BIN, "alembic")
-BASELINE = "163d8f446eb9"  # the first revision, whatever the head is
 DEADLINE = 120.0  # seconds: generous, for a loaded 2-core machine
 
 
@@ -373,14 +373,6 @@ def versions_copy(tmp_path, extra):
     return str(directory)
 
 
-def test_derived_revisions_agree_with_alembic():
-    from otelmig.migrate import script_directory
-    scripts = script_directory(settings_mod.Settings(conninfo=None))
-    assert list(scripts.get_heads()) == [HEAD_REVISION]
-    assert tuple(reversed([s.revision for s in scripts.walk_revisions()])) == KNOWN_REVISIONS
-    assert KNOWN_REVISIONS[0] == BASELINE
-
-
 def test_head_follows_a_new_revision(tmp_path):
     directory = versions_copy(tmp_path, {"aaaa00000001_next.py": revision_file("aaaa00000001", HEAD_REVISION)})
     assert revisions.load(directory) == ("aaaa00000001", KNOWN_REVISIONS + ("aaaa00000001",))
@@ -438,3 +430,38 @@ def test_history_walks_through_a_merge(tmp_path, monkeypatch):
     assert migrate.resolve_revision(settings, "-%d" % depth, "dddd0000000d") is None  # back to base
     with pytest.raises(Exception, match="only %d exist below it" % depth):
         migrate.resolve_revision(settings, "-%d" % (depth + 1), "dddd0000000d")
+
+
+# --- the README's lines, as a newcomer runs them -------------------------------------
+
+def readme_author_lines():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        section = handle.read().split("## Writing a revision", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split(" #", 1)[0]) for line in block.splitlines() if line.startswith("alembic ")]
+
+
+def test_readme_authors_path(tmp_path, db_url):
+    """The README's commands, run in order in a fresh copy: a new revision
+    file is all it takes for otelmig itself to know the new head."""
+    copy = tmp_path / "repo"
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_pyz.py"), "copy-source", REPO, str(copy)],
+                   check=True)
+    lines = readme_author_lines()
+    assert [line[:2] for line in lines] == [["alembic", "revision"], ["alembic", "upgrade"], ["alembic", "downgrade"]]
+    for line in lines:
+        proc = alembic(str(copy), db_url, *line[1:])
+        assert proc.returncode == 0, (line, proc.stdout + proc.stderr)
+    new_head, known = revisions.load(str(copy / "migrations" / "versions"))
+    assert known == KNOWN_REVISIONS + (new_head,)
+    assert version_rows(db_url) == [[HEAD_REVISION]]  # up to the new one, and one back
+
+    def otelmig_from_copy(*args):
+        return subprocess.run([sys.executable, "-m", "otelmig", *args], cwd=str(copy), env=author_env(db_url),
+                              capture_output=True, text=True, timeout=600)
+    assert otelmig_from_copy("heads").stdout.split() == [new_head]
+    assert otelmig_from_copy("check").returncode == 5  # behind the new head
+    upgraded = otelmig_from_copy("upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert version_rows(db_url) == [[new_head]]
+    assert otelmig_from_copy("check").returncode == 0
