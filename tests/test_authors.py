@@ -13,13 +13,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 import uuid
 
 import pytest
 from pytest_alembic.tests import test_single_head_revision, test_up_down_consistency, test_upgrade  # noqa: F401
 
-from conftest import REPO, catalog_snapshot, load_legacy, run_cli, sql
+from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql
 from otelmig import revisions, settings as settings_mod
 from otelmig.lock import MigrationLock
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
@@ -68,7 +69,6 @@ def start_alembic(checkout, url, log_path, *args, **extra):
 
 
 def poll(condition, what):
-    import time
     deadline = time.monotonic() + DEADLINE
     while not condition():
         assert time.monotonic() < deadline, "gave up waiting for " + what
@@ -196,7 +196,6 @@ def test_otelmig_waits_for_plain_alembic(checkout, db_url, tmp_path):
     """The same lock the other way round: an author's upgrade, stuck behind a
     reader, keeps `otelmig upgrade` out until it is done."""
     load_legacy(db_url, traces=10)
-    from conftest import connect
     blocker = connect(db_url, autocommit=False)
     blocker.cursor().execute("lock table otel.traces, otel.spans in access share mode")
     log = tmp_path / "alembic.log"
