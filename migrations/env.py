@@ -1,26 +1,45 @@
 """Alembic environment for otelmig.
 
-The CLI builds the Alembic Config in code and hands over an open connection
-(config.attributes["connection"]); no URL ever passes through Alembic's
-configparser. Authors of new revisions can still run plain `alembic` with the
-repository's alembic.ini: then POSTGRES_URL is used.
+Three callers, one migration run:
+
+- the otelmig CLI builds the Alembic Config in code and hands over an open
+  Connection (config.attributes["connection"]); it already holds the migration
+  lock and decides data loss, and no URL ever passes through Alembic;
+- plain `alembic` by an author, from the repository root with its alembic.ini
+  and POSTGRES_URL (or the PG* variables);
+- an Engine in config.attributes["connection"] (pytest-alembic's convention).
+
+The last two open their own connection through otelmig/authors.py: the same
+migration lock as `otelmig upgrade`, OTELMIG_ALLOW_DATA_LOSS=1 for a data-loss
+refusal, one redacted `FAILED:` line on error.
 """
 
 import os
 
 from alembic import context
 from alembic.util import CommandError
+from sqlalchemy.engine import Engine
 
+from otelmig import authors, db
 from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA, validate_schema
 
 config = context.config
-schema = validate_schema(config.attributes.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
 
 
-def run_online(connection) -> None:
+def prepare_schema(connection, schema: str) -> None:
+    """Alembic creates its version table in the target schema before the first
+    revision runs, so the schema must exist by then. Created only when missing:
+    CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+    schema exists, which a least-privilege owner of the schema lacks."""
+    missing = connection.exec_driver_sql("select to_regnamespace(%s) is null" % db.quote_literal(schema)).scalar()
+    if missing:
+        connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(schema))
+
+
+def run_migrations(connection, schema: str) -> None:
+    prepare_schema(connection, schema)
     # Unqualified names must never land in another schema (public).
-    quoted = connection.dialect.identifier_preparer.quote_schema(schema)
-    connection.exec_driver_sql("SET search_path TO %s" % quoted)
+    connection.exec_driver_sql("SET search_path TO %s" % db.quote_ident(schema))
     connection.commit()
     context.configure(
         connection=connection,
@@ -33,19 +52,19 @@ def run_online(connection) -> None:
         context.run_migrations()
 
 
-def run_standalone() -> None:
-    """`alembic upgrade` by an author: connect from POSTGRES_URL."""
-    from otelmig.settings import resolve_conninfo
-    from otelmig.migrate import engine_for
-
-    engine = engine_for(resolve_conninfo(None, os.environ))
-    with engine.connect() as connection:
-        run_online(connection)
+def handed_schema() -> str:
+    return validate_schema(config.attributes.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
 
 
-if context.is_offline_mode():
-    raise CommandError("use `otelmig upgrade --sql` for offline SQL")
-elif "connection" in config.attributes:
-    run_online(config.attributes["connection"])
-else:
-    run_standalone()
+def main() -> None:
+    if context.is_offline_mode():
+        raise CommandError("use `otelmig upgrade --sql` for offline SQL")
+    handed = config.attributes.get("connection")
+    if handed is not None and not isinstance(handed, Engine):
+        run_migrations(handed, handed_schema())  # the otelmig CLI
+        return
+    with authors.session(config.attributes, engine=handed) as (connection, schema):
+        run_migrations(connection, schema)
+
+
+main()

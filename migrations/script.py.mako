@@ -6,8 +6,10 @@ Create Date: ${create_date}
 
 Write the revision as Steps (otelmig/ddl.py): each with the catalog condition
 under which it applies and the lock it takes, so that online runs, `--sql` and
-`plan` make the same decisions. Add the new id to KNOWN_REVISIONS and
-HEAD_REVISION in otelmig/_version.py, and update otelmig/schema.py.
+`plan` make the same decisions. If it changes the head contract, update
+otelmig/schema.py and docs/schema.md. Nothing else: otelmig/revisions.py reads
+the new head from this file's `revision` and `down_revision` lines (keep each
+on one line, as written here).
 """
 
 from otelmig.ddl import Names, Step

@@ -1,11 +1,11 @@
 """Version of otelmig and the head revision it bundles.
 
-HEAD_REVISION is known when the package is built: `check` compares against it
-without importing Alembic (tests/test_migrations.py proves these equal the
-migrations' revisions).
+The head and the known revisions are not written here: otelmig/revisions.py
+reads them from the revision scripts (migrations/versions/), so adding a
+revision file is enough. `check` compares against them without importing
+Alembic.
 """
 
+from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS  # noqa: F401  (re-exported)
+
 __version__ = "0.1.0"
-HEAD_REVISION = "163d8f446eb9"
-# Every revision this build ships, oldest first.
-KNOWN_REVISIONS = ("163d8f446eb9",)

@@ -1,7 +1,7 @@
 """Exit codes and the error hierarchy.
 
 Every error otelmig raises on purpose is an OtelmigError carrying its exit code
-(the table in spec/cli.md). cli.main() is the one place that turns them into a
+(the table in docs/cli.md). cli.main() is the one place that turns them into a
 line on stderr and a return code; db.translate() is the one place that turns
 driver and SQLAlchemy errors into these.
 """

@@ -12,7 +12,7 @@ import time
 from typing import List, Optional
 
 from otelmig import db, interrupt, output, progress
-from otelmig._version import HEAD_REVISION
+from otelmig.revisions import HEAD_REVISION
 from otelmig.check import ensure_known, read_state
 from otelmig.errors import ConnectError, NotInitialisedError, UsageError
 from otelmig.lock import MigrationLock
@@ -33,8 +33,9 @@ MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
 
 
 def migrations_dir() -> str:
-    import otelmig.migrations
-    return os.path.dirname(os.path.abspath(otelmig.migrations.__file__))
+    # The directory otelmig.revisions read the head from, so both always agree.
+    from otelmig.revisions import versions_dir
+    return os.path.dirname(versions_dir())
 
 
 def alembic_config(settings, connection=None, **attributes):
@@ -87,6 +88,8 @@ def resolve_revision(settings, target: str, current: Optional[str]) -> Optional[
 
 
 def _relative(scripts, target: str, current: Optional[str]) -> Optional[str]:
+    """-N from current: the Nth revision below it in Alembic's own walk of the
+    history (so a merge revision, with two down revisions, walks too)."""
     try:
         steps = int(target)
     except ValueError:
@@ -95,33 +98,35 @@ def _relative(scripts, target: str, current: Optional[str]) -> Optional[str]:
         raise UsageError("relative upgrade %r is not supported: name the revision or use head" % target)
     if current is None:
         raise NotInitialisedError("nothing to roll back: the schema has no recorded revision")
-    revision = current
-    for _ in range(-steps):
-        if revision is None:
-            raise UsageError("cannot go back %d revision(s) from %s: only %d exist below it"
-                             % (-steps, current, _depth(scripts, current)))
-        revision = scripts.get_revision(revision).down_revision
-    return revision
+    below = _walk_down(scripts, current)[1:]  # current itself comes first
+    if -steps > len(below) + 1:
+        raise UsageError("cannot go back %d revision(s) from %s: only %d exist below it"
+                         % (-steps, current, _depth(scripts, current)))
+    return below[-steps - 1].revision if -steps <= len(below) else None  # one past the oldest: base
+
+
+def _walk_down(scripts, upper: str, lower: Optional[str] = None) -> list:
+    """Revision scripts from upper (included) down to lower (excluded; None: base),
+    newest first, as Alembic's revision map orders them."""
+    from alembic.script.revision import RangeNotAncestorError
+
+    try:
+        return list(scripts.iterate_revisions(upper, lower or "base"))
+    except RangeNotAncestorError:
+        raise UsageError("revision %s is not below %s in the history: see `otelmig history`"
+                         % (lower, upper)) from None
 
 
 def revisions_between(settings, lower: Optional[str], upper: Optional[str]) -> list:
     """The revision scripts above `lower` up to and including `upper`, oldest first."""
-    scripts = script_directory(settings)
-    chain = []
-    revision = upper
-    while revision is not None and revision != lower:
-        script = scripts.get_revision(revision)
-        chain.append(script)
-        revision = script.down_revision
-    return list(reversed(chain))
+    if upper is None or upper == lower:
+        return []
+    return list(reversed(_walk_down(script_directory(settings), upper, lower)))
 
 
 def _depth(scripts, revision: Optional[str]) -> int:
-    depth = 0
-    while revision is not None:
-        revision = scripts.get_revision(revision).down_revision
-        depth += 1
-    return depth
+    """How many revisions are at or below `revision`."""
+    return 0 if revision is None else len(_walk_down(scripts, revision))
 
 
 @contextlib.contextmanager

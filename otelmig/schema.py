@@ -1,4 +1,4 @@
-"""The head schema contract (spec/schema.md), declared once.
+"""The head schema contract (docs/schema.md), declared once.
 
 verify compares the live catalog with this; the tests prove the migrations
 produce exactly this, from an empty database and from the legacy layout.
@@ -91,7 +91,7 @@ INDEXES = (
 
 VERSION_TABLE = "alembic_version"
 
-# The layout the old worker created at runtime (spec/legacy_schema.sql):
+# The layout the old worker created at runtime (docs/legacy_schema.sql):
 # columns that only it has, by table. verify uses them to recognise it.
 LEGACY_ONLY_COLUMNS = {
     "traces": ("start_ts", "end_ts"),

@@ -1,6 +1,6 @@
 """Resolve flags, environment and URL into Settings.
 
-Connection precedence (spec/cli.md), first that is set wins:
+Connection precedence (docs/cli.md), first that is set wins:
   1. --url
   2. POSTGRES_URL
   3. the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE, ...), with

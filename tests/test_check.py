@@ -11,6 +11,7 @@ import pytest
 import otelmig
 from conftest import REPO, load_legacy, run_cli
 from pgcluster import Cluster
+from otelmig.revisions import HEAD_REVISION
 
 
 def test_check_does_not_import_alembic_mako_or_sqlalchemy():
@@ -34,8 +35,8 @@ def test_check_ready_and_json(db_url):
     result = run_cli("check", url=db_url)
     assert result.code == 0 and result.err == ""
     payload = run_cli("check", "--format", "json", url=db_url).json()
-    assert payload == {"exit_code": 0, "schema": "otel", "database_revision": "163d8f446eb9",
-                       "head": "163d8f446eb9"}
+    assert payload == {"exit_code": 0, "schema": "otel", "database_revision": HEAD_REVISION,
+                       "head": HEAD_REVISION}
 
 
 def test_check_missing_table_at_head_is_4(db_url):

@@ -6,6 +6,7 @@ import pytest
 
 import otelmig.check
 from conftest import catalog_snapshot, load_legacy, run_cli, sql
+from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
 SENTINEL = "Sentinel%Pw:9@x"
 
@@ -43,10 +44,10 @@ def test_pending_is_5(db_url, monkeypatch):
     assert run_cli("upgrade", url=db_url).code == 0
     # A newer build knows a revision after ours: this database is behind it.
     monkeypatch.setattr(otelmig.check, "HEAD_REVISION", "aaaaaaaaaaaa")
-    monkeypatch.setattr(otelmig.check, "KNOWN_REVISIONS", ("163d8f446eb9", "aaaaaaaaaaaa"))
+    monkeypatch.setattr(otelmig.check, "KNOWN_REVISIONS", KNOWN_REVISIONS + ("aaaaaaaaaaaa",))
     result = run_cli("check", "--format", "json", url=db_url)
     assert result.code == 5
-    assert result.json()["database_revision"] == "163d8f446eb9"
+    assert result.json()["database_revision"] == HEAD_REVISION
 
 
 def test_unknown_database_revision_is_6(db_url):
@@ -73,7 +74,7 @@ def test_rollback_too_far_is_2(db_url):
     assert run_cli("upgrade", url=db_url).code == 0
     result = run_cli("rollback", "5", url=db_url)
     assert result.code == 2 and "cannot go back 5" in result.err
-    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
 
 
 def test_rollback_when_nothing_recorded_is_4(db_url):
@@ -111,28 +112,28 @@ def test_role_without_privilege_is_8(server, db_url):
 def test_current_history_heads_json(db_url):
     assert run_cli("upgrade", url=db_url).code == 0
     current = run_cli("current", "--format", "json", url=db_url).json()
-    assert current == {"exit_code": 0, "schema": "otel", "head": "163d8f446eb9",
-                       "database_revision": "163d8f446eb9", "is_head": True}
+    assert current == {"exit_code": 0, "schema": "otel", "head": HEAD_REVISION,
+                       "database_revision": HEAD_REVISION, "is_head": True}
     history = run_cli("history", "--format", "json", url=db_url).json()
-    assert [r["revision"] for r in history["revisions"]] == ["163d8f446eb9"]
-    assert history["revisions"][0]["is_current"] is True
-    assert run_cli("heads", "--format", "json").json()["heads"] == ["163d8f446eb9"]
+    assert [r["revision"] for r in history["revisions"]] == list(KNOWN_REVISIONS)
+    assert history["revisions"][-1]["is_current"] is True
+    assert run_cli("heads", "--format", "json").json()["heads"] == [HEAD_REVISION]
     text = run_cli("history", url=db_url).out
-    assert text.startswith("* 163d8f446eb9 (head)")
+    assert text.splitlines()[-1].startswith("* %s (head)" % HEAD_REVISION)
 
 
 def test_upgrade_json_reports_applied(db_url):
     result = run_cli("upgrade", "--format", "json", url=db_url)
     payload = result.json()
-    assert payload["exit_code"] == 0 and payload["database_revision"] == "163d8f446eb9"
-    assert [a["revision"] for a in payload["applied"]] == ["163d8f446eb9"]
+    assert payload["exit_code"] == 0 and payload["database_revision"] == HEAD_REVISION
+    assert [a["revision"] for a in payload["applied"]] == list(KNOWN_REVISIONS)
 
 
 def test_stamp_records_without_running(db_url):
     load_legacy(db_url, traces=3)
     before = catalog_snapshot(db_url)
     assert run_cli("stamp", "head", url=db_url).code == 0
-    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
     after = catalog_snapshot(db_url)
     assert [c for c in after["columns"] if c[0] not in ("alembic_version", "alembic_version_pkc")] \
         == before["columns"]
@@ -200,7 +201,7 @@ def test_upgrade_backwards_is_2(db_url, target):
     assert run_cli("upgrade", url=db_url).code == 0
     result = run_cli("upgrade", target, url=db_url)
     assert result.code == 2 and "goes" in result.err
-    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
 
 
 @pytest.mark.parametrize("command", [["current"], ["plan"], ["upgrade"], ["downgrade", "base"], ["history"],

@@ -7,6 +7,7 @@ from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
 from otelmig import schema as contract
 from otelmig.migrate import script_directory
 from otelmig.settings import Settings
+from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
 TRACE_COLUMNS_LEGACY = ["trace_id", "service_name", "root_span_name", "start_ts", "end_ts", "duration_ms",
                         "span_count", "environment", "tenant_id", "ingest_source", "ingested_at"]
@@ -38,16 +39,16 @@ def shape(url, schema="otel"):
 
 def test_single_head():
     scripts = script_directory(Settings(conninfo=None))
-    assert list(scripts.get_heads()) == ["163d8f446eb9"]
-    assert [s.revision for s in scripts.walk_revisions()][-1] == "163d8f446eb9"
+    assert list(scripts.get_heads()) == [HEAD_REVISION]
+    assert [s.revision for s in scripts.walk_revisions()][0] == HEAD_REVISION
 
 
 def test_fresh_upgrade_creates_the_contract(db_url):
     result = run_cli("upgrade", url=db_url)
     assert result.code == 0, result.err
-    assert "applied 163d8f446eb9" in result.err
+    assert "applied %s" % HEAD_REVISION in result.err
     verify_ok(db_url)
-    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
 
 
 def test_legacy_adoption_keeps_every_row(db_url):
@@ -154,7 +155,7 @@ def test_second_schema_is_untouched(db_url):
     # and it migrates independently, with its own version table
     assert run_cli("upgrade", "--schema", "otel_staging", url=db_url).code == 0
     verify_ok(db_url, "otel_staging")
-    assert sql(db_url, "select version_num from otel_staging.alembic_version") == [["163d8f446eb9"]]
+    assert sql(db_url, "select version_num from otel_staging.alembic_version") == [[HEAD_REVISION]]
 
 
 def test_upgrade_at_head_is_a_noop(db_url):
@@ -178,7 +179,7 @@ def test_rollback_and_upgrade_round_trip_keeps_rows(db_url):
     assert run_cli("upgrade", url=db_url).code == 0
     result = run_cli("rollback", url=db_url)
     assert result.code == 0, result.err
-    assert "reverted 163d8f446eb9" in result.err
+    assert "reverted %s" % HEAD_REVISION in result.err
     assert shape(db_url) == legacy_shape  # the legacy layout, exactly
     assert table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY) == spans_before
     assert run_cli("upgrade", url=db_url).code == 0
@@ -206,7 +207,7 @@ def test_data_loss_guard_refuses_then_allows(db_url):
     assert "3 rows in otel.traces.resource_attributes" in refused.err
     assert "--allow-data-loss" in refused.err
     assert catalog_snapshot(db_url) == before
-    assert sql(db_url, "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
     allowed = run_cli("rollback", "--allow-data-loss", url=db_url)
     assert allowed.code == 0, allowed.err
     assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]

@@ -11,6 +11,7 @@ from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
 from otelmig.settings import resolve_conninfo
 from pgcluster import bindir
 from test_migrations import SPAN_COLUMNS_LEGACY, head_names, verify_ok
+from otelmig.revisions import HEAD_REVISION
 
 
 def psql_file(url: str, path: str) -> subprocess.CompletedProcess:
@@ -34,7 +35,7 @@ def write_sql(tmp_path, *args) -> str:
 def test_sql_needs_no_database(tmp_path):
     text = open(write_sql(tmp_path, "upgrade", "--sql")).read()
     assert text.startswith("-- otelmig ")
-    assert "SET lock_timeout" in text and "163d8f446eb9" in text
+    assert "SET lock_timeout" in text and HEAD_REVISION in text
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS" in text
 
 

@@ -17,10 +17,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from otelmig.revisions import HEAD_REVISION
 
 REPO = Path(__file__).resolve().parents[1]
 PYZ_REL = Path("dist") / "otelmig.pyz"
-HEAD = "163d8f446eb9"
+HEAD = HEAD_REVISION
 MIB = 1024 * 1024
 COMPILED = (".so", ".pyd", ".dylib", ".dll", ".pyc", ".pyo")
 VERSION_RE = re.compile(

@@ -1,0 +1,108 @@
+"""The authors' path: plain `alembic` from the repository, and pytest-alembic.
+
+migrations/env.py runs here whenever it opens the database connection itself,
+that is whenever the otelmig CLI did not hand it a Connection:
+
+- plain `alembic upgrade head` / `alembic downgrade -1` from the repository
+  root (its alembic.ini): the connection comes from the environment exactly as
+  for otelmig (POSTGRES_URL, else the PG* variables; POSTGRES_PASSWORD_FILE,
+  PGPASSFILE), the schema from OTEL_DB_SCHEMA;
+- an Engine in config.attributes["connection"] (pytest-alembic's
+  `alembic_engine`): connections come from that Engine.
+
+Either way it takes the same migration lock as `otelmig upgrade` first
+(waiting up to OTELMIG_LOCK_WAIT seconds), so it never runs beside an otelmig;
+a revision's data-loss refusal stands unless OTELMIG_ALLOW_DATA_LOSS=1 (the
+`--allow-data-loss` of the authors' path); and a failure becomes Alembic's
+CommandError with one line that passes through the redactor, so `alembic`
+prints `FAILED: ...` and never a password. A Connection handed in belongs to
+its caller (the otelmig CLI holds the lock and decides data loss itself).
+"""
+
+import contextlib
+import os
+import sys
+from typing import Mapping
+
+from otelmig import redact
+from otelmig.errors import OtelmigError, RefusedError, UsageError
+from otelmig.settings import (DEFAULT_LOCK_WAIT, DEFAULT_SCHEMA, ENV_LOCK_WAIT, ENV_SCHEMA, parse_seconds,
+                              resolve_conninfo, validate_schema)
+
+ENV_ALLOW_DATA_LOSS = "OTELMIG_ALLOW_DATA_LOSS"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def allow_data_loss(env: Mapping[str, str]) -> bool:
+    value = env.get(ENV_ALLOW_DATA_LOSS, "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise UsageError("%s must be 1 or 0, not %r" % (ENV_ALLOW_DATA_LOSS, value))
+    return value in _TRUE
+
+
+def say(line: str) -> None:
+    sys.stderr.write(redact.redact(line) + "\n")
+    sys.stderr.flush()
+
+
+def _report_applied(ctx, step, heads, run_args) -> None:
+    say("%s %s" % ("applied" if step.is_upgrade else "reverted", step.up_revision_id))
+
+
+def _conninfo_of(engine, env: Mapping[str, str]):
+    """Where an Engine connects, for the migration lock's own connection."""
+    url = engine.url
+    if not url.database:
+        raise UsageError("the Engine handed to migrations/env.py has no database in its URL, so the migration "
+                         "lock cannot be taken beside it: create it from a URL, or hand over a Connection and "
+                         "hold otelmig's migration lock yourself")
+    return resolve_conninfo(url.set(drivername="postgresql").render_as_string(hide_password=False), env)
+
+
+@contextlib.contextmanager
+def failures_as_command_errors():
+    """Alembic prints a CommandError as one `FAILED: ...` line (exit 255), without a traceback."""
+    from alembic.util import CommandError
+    from otelmig import db
+
+    try:
+        yield
+    except OtelmigError as exc:
+        raise CommandError(_one_line(exc)) from None
+    except CommandError as exc:
+        raise CommandError(redact.redact(str(exc))) from None
+    except Exception as exc:
+        translated = db.translate(exc)
+        if translated is None:
+            raise  # a bug in a revision being written: its author needs the traceback
+        raise CommandError(_one_line(translated)) from None
+
+
+def _one_line(error: OtelmigError) -> str:
+    message = " ".join(error.message.split())
+    if isinstance(error, RefusedError) and "--allow-data-loss" in message:
+        message += " (plain alembic: set %s=1 instead of --allow-data-loss)" % ENV_ALLOW_DATA_LOSS
+    return redact.redact(message)
+
+
+@contextlib.contextmanager
+def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None):
+    """(connection, schema) for env.py, under the migration lock; see the module doc."""
+    from otelmig.lock import MigrationLock
+    from otelmig.migrate import engine_for
+
+    with failures_as_command_errors():
+        schema = validate_schema(attributes.get("schema") or env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
+        attributes.setdefault("allow_data_loss", allow_data_loss(env))
+        attributes.setdefault("on_version_apply", _report_applied)
+        wait = parse_seconds(env[ENV_LOCK_WAIT], ENV_LOCK_WAIT) if env.get(ENV_LOCK_WAIT) else DEFAULT_LOCK_WAIT
+        conninfo = _conninfo_of(engine, env) if engine is not None else resolve_conninfo(None, env)
+        with MigrationLock(conninfo, schema, wait, say):
+            own_engine = engine is None
+            engine = engine if engine is not None else engine_for(conninfo)
+            try:
+                with engine.connect() as connection:
+                    yield connection, schema
+            finally:
+                if own_engine:
+                    engine.dispose()

@@ -1,0 +1,122 @@
+"""The repository carries its own contract: docs/ agrees with the code.
+
+docs/schema.md is read as a person reads it (its tables) and compared with
+otelmig/schema.py; docs/legacy_schema.sql is the source of the test fixture;
+docs/cli.md names exactly the commands, flags and exit codes the program has.
+"""
+
+import os
+import re
+
+import pytest
+
+from conftest import LEGACY_SQL, REPO
+from otelmig import schema as contract
+from otelmig.cli import build_parser
+from otelmig.errors import ExitStatus
+
+DOCS = os.path.join(REPO, "docs")
+TYPE_WORDS = {"timestamptz": contract.TIMESTAMPTZ}  # how the doc spells a type -> format_type()
+DEFAULT_WORDS = {"identity or sequence": contract.SEQUENCE_DEFAULT}
+
+
+def read(name):
+    with open(os.path.join(DOCS, name), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def markdown_tables(text):
+    """{heading: [row dicts]} for every table under a `## ` heading."""
+    tables, heading, header = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading, header = line[3:].strip(), None
+        elif line.startswith("|") and heading is not None:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set("".join(cells)) <= set("- "):
+                tables.setdefault(heading, []).append(dict(zip(header, cells)))
+        else:
+            header = None if not line.startswith("|") else header
+    return tables
+
+
+def documented_table(tables, table):
+    rows = tables["{schema}.%s" % table.name]
+    columns = tuple(contract.Column(r["column"], TYPE_WORDS.get(r["type"], r["type"]), r["null"] == "null",
+                                    DEFAULT_WORDS.get(r["default"], r["default"] or None)) for r in rows)
+    primary = [(r["column"], m.group(1)) for r in rows for m in [re.search(r"primary key `(\w+)`", r["note"])] if m]
+    return columns, primary
+
+
+@pytest.mark.parametrize("table", contract.TABLES, ids=[t.name for t in contract.TABLES])
+def test_schema_md_tables_are_the_contract(table):
+    columns, primary = documented_table(markdown_tables(read("schema.md")), table)
+    assert sorted(columns) == sorted(table.columns)
+    assert primary == [(c, table.primary_key) for c in table.primary_key_columns]
+
+
+def test_schema_md_indexes_are_the_contract():
+    heading = next(h for h in markdown_tables(read("schema.md")) if h.startswith("Indexes"))
+    assert "all btree" in heading
+    rows = markdown_tables(read("schema.md"))[heading]
+    documented = sorted((r["name"], r["table"], r["key"]) for r in rows)
+    declared = sorted((i.name, i.table, "(%s)" % ", ".join(i.keys)) for i in contract.INDEXES)
+    assert documented == declared
+    assert all(i.method == "btree" and not i.unique for i in contract.INDEXES)
+
+
+def test_schema_md_names_the_version_table():
+    assert "`{schema}.%s`" % contract.VERSION_TABLE in read("schema.md")
+
+
+def test_legacy_layout_is_documented_and_is_the_fixture():
+    text = read("legacy_schema.sql")
+    with open(LEGACY_SQL, encoding="utf-8") as handle:
+        assert handle.read() == text  # the tests load exactly the documented layout
+    for table, columns in contract.LEGACY_ONLY_COLUMNS.items():
+        body = re.search(r"CREATE TABLE IF NOT EXISTS otel\.%s \((.*?)\n\);" % table, text, re.S).group(1)
+        names = {line.split()[0] for line in body.splitlines() if line.strip() and not line.strip().startswith("--")}
+        assert set(columns) <= names, table
+
+
+def _cli_md_tables():
+    return markdown_tables(read("cli.md"))
+
+
+def test_cli_md_commands_are_the_parsers():
+    parser = build_parser()
+    commands = next(a for a in parser._subparsers._group_actions).choices
+    documented = {r["command"].strip("`").split()[0] for r in _cli_md_tables()["Commands"]}
+    assert documented == set(commands)
+
+
+def test_cli_md_flags_are_the_parsers():
+    parser = build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    subparsers = next(a for a in parser._subparsers._group_actions).choices.values()
+    flags |= {s for p in subparsers for a in p._actions for s in a.option_strings
+              if s.startswith("--") and s != "--help"}
+    text = read("cli.md")
+    documented = set(re.findall(r"`[^`]*?(--[a-z][a-z-]+)", text))
+    assert documented == flags
+
+
+def test_cli_md_exit_codes_are_the_programs():
+    rows = _cli_md_tables()["Exit codes"]
+    documented = set()
+    for row in rows:
+        documented.update(int(code) for code in row["code"].split("/"))
+    assert documented == {int(status) for status in ExitStatus}
+
+
+def test_no_reference_to_the_old_spec_folder():
+    """README and docstrings point at docs/, which a clone has (spec/ was never in the repository).
+    Revision scripts are frozen history and keep their words."""
+    paths = [os.path.join(REPO, "README.md")] + [os.path.join(REPO, "otelmig", n)
+                                                   for n in os.listdir(os.path.join(REPO, "otelmig"))
+                                                   if n.endswith(".py")]
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            assert "spec/" not in handle.read(), path
