@@ -42,6 +42,11 @@ LIBPQ_ENV = {
 }
 ENV_PASSFILE = "PGPASSFILE"
 
+# Behind a transaction pooler (otelmig/pooler.py), migrations need a direct or
+# session-pooled URL of their own; the read-only commands keep POSTGRES_URL.
+ENV_MIGRATION_URL = "OTELMIG_MIGRATION_URL"
+MIGRATION_COMMANDS = ("upgrade", "downgrade", "rollback", "stamp", "maintain")
+
 DEFAULT_SCHEMA = "otel"
 DEFAULT_LOCK_TIMEOUT = 5.0
 DEFAULT_LOCK_WAIT = 600.0  # how long to wait for another otelmig's migration lock
@@ -268,7 +273,10 @@ def _seconds(flag: Optional[str], env: Mapping[str, str], name: str, what: str, 
 def resolve(args, env: Mapping[str, str], need_database: bool = True) -> Settings:
     """Settings from parsed arguments and the environment."""
     schema = validate_schema(args.schema if args.schema is not None else env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
-    conninfo = resolve_conninfo(args.url, env) if need_database else None
+    url = args.url
+    if url is None and getattr(args, "command", None) in MIGRATION_COMMANDS:
+        url = env.get(ENV_MIGRATION_URL) or None  # --url, then this, then POSTGRES_URL
+    conninfo = resolve_conninfo(url, env) if need_database else None
     return Settings(conninfo=conninfo, schema=schema,
                     lock_timeout=_seconds(args.lock_timeout, env, ENV_LOCK_TIMEOUT, "--lock-timeout",
                                           DEFAULT_LOCK_TIMEOUT),
