@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
+import pg8000.dbapi
 import pytest
 
 import otelmig
@@ -40,10 +42,10 @@ def bouncers(server):
     auth = scram_secrets([(info.user, secret if secret.startswith("SCRAM-SHA-256$") else info.password)])
     started = {}
 
-    def get(mode, pool_size, round_robin=False):
-        key = (mode, pool_size, round_robin)
+    def get(mode, pool_size, round_robin=False, extra=""):
+        key = (mode, pool_size, round_robin, extra)
         if key not in started:
-            started[key] = PgBouncer(info.host, info.port, auth, mode, pool_size, round_robin).start()
+            started[key] = PgBouncer(info.host, info.port, auth, mode, pool_size, round_robin, extra).start()
         return started[key]
     try:
         yield get
@@ -62,7 +64,6 @@ def warm(pooled_url: str, servers: int) -> None:
     """Make the pooler open up to `servers` server connections to this database
     (clients busy at once), so a round-robin pool has somewhere else to move a
     transaction. Autocommit statements: statement pooling allows no transaction."""
-    import threading
     barrier = threading.Barrier(servers)
 
     def busy():
@@ -128,7 +129,6 @@ def test_parameterized_statements_survive_round_robin_transaction_pooling(bounce
     pooled = through(bouncers("transaction", 4, True), db_url)
     warm(pooled, 4)
     conninfo = settings_mod.resolve_conninfo(pooled, {})
-    import pg8000.dbapi
     plain = pg8000.dbapi.Connection(user=conninfo.user, host=conninfo.host, port=conninfo.port,
                                     database=conninfo.database, password=conninfo.password)
     plain.autocommit = True
@@ -176,7 +176,6 @@ def test_detects_transaction_and_statement_pooling(bouncers, db_url, mode, size,
 def test_detects_transaction_pooling_while_other_clients_use_the_pool(bouncers, db_url, round_robin, workers, pause):
     """Workers keep the pool busy (back-to-back statements) or use it lightly
     (one every 30 ms) while otelmig checks, again and again."""
-    import threading
     pooled = through(bouncers("transaction", 4, round_robin), db_url)
     stop = threading.Event()
 
@@ -229,7 +228,8 @@ def test_every_migration_command_refuses_through_transaction_pooling(bouncers, d
     assert catalog_snapshot(db_url) == before
     assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
     result = run_cli("upgrade", "--format", "json", url=pooled)
-    assert result.code == REFUSED and result.json()["exit_code"] == REFUSED and result.json()["pooling"] == "transaction"
+    assert result.code == REFUSED
+    assert result.json()["exit_code"] == REFUSED and result.json()["pooling"] == "transaction"
 
 
 def test_concurrent_upgrades_through_transaction_pooling_all_refuse(bouncers, db_url):
@@ -315,12 +315,29 @@ def test_interrupted_upgrade_through_session_pooling_leaves_no_lock(bouncers, db
         holder.rollback()
         holder.close()
     assert code == (-9 if sig == signal.SIGKILL else 143), proc.stderr.read()
-    # PgBouncer resets (DISCARD ALL) or closes the server connections of a client that went away.
     wait_until(lambda: advisory_locks(db_url) == [], 30, "the migration lock's release")
+    # The lock's server connection went back to the pool, reset by PgBouncer
+    # (DISCARD ALL releases advisory locks), not closed.
+    (lock_pid, _), = lock_holder
+    assert sql(db_url, "select state, query from pg_stat_activity where pid = %s", (lock_pid,)) == \
+        [["idle", "DISCARD ALL"]]
     assert catalog_snapshot(db_url) == before
     assert run_cli("upgrade", url=pooled).code == 0
     verify_ok(pooled)
     assert advisory_locks(db_url) == []
+
+
+def test_session_pool_too_small_for_a_migration_is_3_with_nothing_changed(bouncers, db_url):
+    """One server connection: the migration's second connection waits for it
+    until PgBouncer's query_wait_timeout, then the migration stops."""
+    load_legacy(db_url, traces=10)
+    before = catalog_snapshot(db_url)
+    pooled = through(bouncers("session", 1, False, "query_wait_timeout = 3"), db_url)
+    result = run_cli("upgrade", url=pooled)
+    assert result.code == 3, result
+    one_line(result.err)
+    assert catalog_snapshot(db_url) == before
+    wait_until(lambda: advisory_locks(db_url) == [], 30, "no advisory lock")
 
 
 # --- the migration URL --------------------------------------------------------------------------
