@@ -51,7 +51,8 @@ class MigrationLock:
         try:
             # Through transaction pooling a session lock would stay on a server
             # connection the pooler hands to its next client: refuse first.
-            pooler.refuse_transaction_pooling(self.conn, self.conninfo, lambda: db.connect(self.conninfo))
+            pooler.refuse_transaction_pooling(self.conn, self.conninfo,
+                                              lambda: db.connect(self.conninfo, probe=True))
             self._acquire()
         except BaseException:
             self.conn.close()

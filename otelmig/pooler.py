@@ -44,7 +44,7 @@ import pg8000.core
 import pg8000.dbapi
 from pg8000.converters import make_params
 
-from otelmig.errors import RefusedError
+from otelmig.errors import ConnectError, RefusedError
 from otelmig.settings import ENV_MIGRATION_URL
 
 MIGRATION_COMMANDS_HINT = "upgrade, downgrade, rollback and stamp"
@@ -103,7 +103,10 @@ def transaction_pooling_evidence(conn, connect) -> Optional[str]:
     first = _probe_pid(conn, token + "-0")
     if cancel_key_pid(conn) == first:
         return None  # PostgreSQL itself answered the login: no pooler in between
-    other = connect()
+    try:
+        other = connect()
+    except ConnectError as exc:
+        raise ConnectError(_no_second_connection(exc.message)) from None
     try:
         for round_number in range(1, PROBE_ROUNDS + 1):
             found = _probe_round(conn, other, first, "%s-%d" % (token, round_number))
@@ -114,6 +117,14 @@ def transaction_pooling_evidence(conn, connect) -> Optional[str]:
     return None
 
 
+def _no_second_connection(reason: str) -> str:
+    """A session pool with no server connection to spare makes the second
+    connection wait (until its connect timeout or the pooler's query_wait_timeout)."""
+    return ("the pooler gave otelmig no second server connection (%s): a migration uses up to three at once, "
+            "so nothing was changed; raise the pool's pool_size or give migrations a direct URL with %s"
+            % (reason, ENV_MIGRATION_URL))
+
+
 def _probe_round(conn, other, first: int, label: str) -> Optional[str]:
     """One transaction of ours, then a look from a second client at our server backend."""
     pid = _probe_pid(conn, label)
@@ -121,7 +132,10 @@ def _probe_round(conn, other, first: int, label: str) -> Optional[str]:
         return "two transactions on one connection ran on server backends %d and %d" % (first, pid)
     time.sleep(PROBE_PAUSE_SECONDS)  # while we are idle, a busy pooler lends our backend to others
     cursor = other.cursor()
-    cursor.execute("select pg_backend_pid(), (select query from pg_stat_activity where pid = %d)" % first)
+    try:
+        cursor.execute("select pg_backend_pid(), (select query from pg_stat_activity where pid = %d)" % first)
+    except (pg8000.dbapi.InterfaceError, OSError) as exc:  # timed out waiting for a server, or cut by the pooler
+        raise ConnectError(_no_second_connection(str(exc.__cause__ or exc) or type(exc).__name__)) from None
     other_pid, last_query = cursor.fetchone()
     if other_pid == first:
         return "a second client connection was given the same server backend (%d)" % first

@@ -327,17 +327,21 @@ def test_interrupted_upgrade_through_session_pooling_leaves_no_lock(bouncers, db
     assert advisory_locks(db_url) == []
 
 
-def test_session_pool_too_small_for_a_migration_is_3_with_nothing_changed(bouncers, db_url):
-    """One server connection: the migration's second connection waits for it
-    until PgBouncer's query_wait_timeout, then the migration stops."""
+@pytest.mark.parametrize("connect_timeout,query_wait_timeout", [(2, 60), (30, 2)])
+def test_session_pool_too_small_for_a_migration_is_3_with_nothing_changed(bouncers, db_url, connect_timeout,
+                                                                           query_wait_timeout):
+    """One server connection: the check's second connection waits for it until
+    its connect timeout, or until PgBouncer's query_wait_timeout cuts it."""
     load_legacy(db_url, traces=10)
     before = catalog_snapshot(db_url)
-    pooled = through(bouncers("session", 1, False, "query_wait_timeout = 3"), db_url)
+    bouncer = bouncers("session", 1, False, "query_wait_timeout = %d" % query_wait_timeout)
+    pooled = through(bouncer, db_url) + "?connect_timeout=%d" % connect_timeout
     result = run_cli("upgrade", url=pooled)
     assert result.code == 3, result
-    one_line(result.err)
+    line = one_line(result.err)
+    assert "no second server connection" in line and "pool_size" in line and "nothing was changed" in line
     assert catalog_snapshot(db_url) == before
-    wait_until(lambda: advisory_locks(db_url) == [], 30, "no advisory lock")
+    assert advisory_locks(db_url) == []
 
 
 # --- the migration URL --------------------------------------------------------------------------
