@@ -18,7 +18,6 @@ from otelmig.errors import ExitStatus, OtelmigError, UsageError
 
 PROG = "otelmig"
 NO_DATABASE = ("heads",)  # commands that never connect
-WRITERS = ("upgrade", "downgrade", "rollback", "stamp")  # must land on a host that takes writes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -203,7 +202,7 @@ def _run(argv, env, out, err, run: Invocation) -> int:
     offline = getattr(args, "sql", False)
     needs_db = args.command not in NO_DATABASE and not offline
     settings = settings_mod.resolve(args, env, need_database=needs_db,
-                                    writes=args.command in WRITERS and not offline)
+                                    writes=args.command in settings_mod.MIGRATION_COMMANDS and not offline)
     return dispatch(args, settings, out, err)
 
 

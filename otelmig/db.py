@@ -15,6 +15,7 @@ import pg8000.dbapi
 import scramp.core
 
 from otelmig import tls
+from otelmig.pooler import PoolSafeConnection  # one round trip per statement: poolers cannot split it
 from otelmig.errors import BusyError, ConnectError, OtelmigError, RefusedError
 
 # SQLSTATEs we act on.
@@ -126,7 +127,7 @@ def _connect_one(conninfo, timeout: Optional[float], probe: bool):
     last_error = None
     for ssl_context in tls.attempts(conninfo):
         try:
-            conn = pg8000.dbapi.Connection(
+            conn = PoolSafeConnection(
                 user=conninfo.user, host=conninfo.host, port=conninfo.port,
                 database=conninfo.database, password=conninfo.password,
                 unix_sock=conninfo.unix_socket, ssl_context=ssl_context,

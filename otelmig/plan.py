@@ -23,11 +23,23 @@ where c.oid = to_regclass(%s)
 """
 
 
+def _read_only_connection(conninfo):
+    """A connection in a READ ONLY transaction. Behind PgBouncer's statement
+    pooling, which closes a client that opens a transaction, a plain one
+    (plan runs only SELECTs; otelmig/pooler.py)."""
+    import pg8000.dbapi
+    conn = db.connect(conninfo, autocommit=False, probe=True)
+    try:
+        conn.cursor().execute("SET TRANSACTION READ ONLY")
+    except pg8000.dbapi.InterfaceError:  # closed at BEGIN: a real outage fails to reconnect (exit 3)
+        conn = db.connect(conninfo, autocommit=True, probe=True)
+    return conn
+
+
 def plan(settings, out, err) -> int:
-    conn = db.connect(settings.conninfo, autocommit=False, probe=True)
+    conn = _read_only_connection(settings.conninfo)
     try:
         cursor = conn.cursor()
-        cursor.execute("SET TRANSACTION READ ONLY")
         state = read_state(conn, settings.schema)
         ensure_known(state)
         pending = [_plan_revision(cursor, settings.schema, script)

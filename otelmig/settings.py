@@ -45,6 +45,11 @@ LIBPQ_ENV = {
 }
 ENV_PASSFILE = "PGPASSFILE"
 
+# Behind a transaction pooler (otelmig/pooler.py), migrations need a direct or
+# session-pooled URL of their own; the read-only commands keep POSTGRES_URL.
+ENV_MIGRATION_URL = "OTELMIG_MIGRATION_URL"
+MIGRATION_COMMANDS = ("upgrade", "downgrade", "rollback", "stamp", "maintain")  # they write: a host that takes writes, and no transaction pooler
+
 DEFAULT_SCHEMA = "otel"
 DEFAULT_LOCK_TIMEOUT = 5.0
 DEFAULT_LOCK_WAIT = 600.0  # how long to wait for another otelmig's migration lock
@@ -323,9 +328,13 @@ def resolve_schema(args, env: Mapping[str, str]) -> str:
 
 
 def resolve(args, env: Mapping[str, str], need_database: bool = True, writes: bool = False) -> Settings:
-    """Settings from parsed arguments and the environment; `writes`: the command migrates."""
+    """Settings from parsed arguments and the environment; `writes`: the command migrates
+    (then OTELMIG_MIGRATION_URL comes between --url and POSTGRES_URL)."""
     schema = resolve_schema(args, env)
-    conninfo = resolve_conninfo(args.url, env, writes) if need_database else None
+    url = args.url
+    if url is None and writes:
+        url = env.get(ENV_MIGRATION_URL) or None
+    conninfo = resolve_conninfo(url, env, writes) if need_database else None
     return Settings(conninfo=conninfo, schema=schema,
                     lock_timeout=_seconds(args.lock_timeout, env, ENV_LOCK_TIMEOUT, "--lock-timeout",
                                           DEFAULT_LOCK_TIMEOUT),
