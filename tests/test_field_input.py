@@ -545,6 +545,12 @@ def test_multi_host_ports_lists():
     assert resolve_conninfo(None, {"PGHOST": "a,b,c", "PGPORT": "1,2,3"}).host_list == (("a", 1), ("b", 2), ("c", 3))
     result = run_cli("check", url="postgresql://u@a,b,c/d?port=1,2")
     assert result.code == 2 and "3 hosts" in result.err
+    assert resolve_conninfo(None, {"PGHOST": "a,b", "PGTARGETSESSIONATTRS": "standby"}).target_session_attrs \
+        == "standby"
+    assert resolve_conninfo("postgresql://a,b/d", {"PGTARGETSESSIONATTRS": "primary"}).target_session_attrs \
+        == "primary"  # like libpq, the environment fills in what the URL leaves out
+    assert resolve_conninfo("postgresql://a,b/d", {}, writes=True).target_session_attrs == "read-write"
+    assert resolve_conninfo("postgresql://a/d", {}, writes=True).target_session_attrs == "any"
     result = run_cli("check", url="postgresql://u@a,b/d?target_session_attrs=read-mostly")
     assert result.code == 2 and "invalid target_session_attrs" in result.err
 
@@ -627,3 +633,30 @@ def test_redactor_masks_json_and_repr_spellings():
         assert not leaks(password, redact.redact(text)), text
     # a URL password never registered: masked up to the last @ of the word
     assert redact.redact("postgresql://bob:Zqvw@Kxjb/Wmrt@db/x") == "postgresql://bob:***@db/x"
+
+
+def test_raw_password_migration_commands_wrong_and_unreachable(pw_role):
+    cluster, database, set_password = pw_role
+    password = "Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx"
+    set_password(password)
+    for url in (raw_url(cluster, password + "X", database), raw_url(cluster, password, database, port=unused_port())):
+        for args in (["upgrade", "-v"], ["rollback", "--format", "json"], ["stamp", "head", "--traceback"],
+                     ["downgrade", "base", "--format", "json", "-v"]):
+            result = run_cli(*args, url=url)
+            assert result.code == 3, (args, result)
+            assert not leaks(password, result.out + result.err), (args, result)
+
+
+def test_no_host_with_the_wanted_attrs_is_waited_for(primary_and_standby):
+    """During a failover no host may take writes yet: check --wait keeps trying."""
+    import time
+    primary, standby = primary_and_standby
+    relay = CountingProxy(standby.port)
+    try:
+        url = multi_url(primary, "127.0.0.1:%d" % relay.port, "?target_session_attrs=read-write&sslmode=disable")
+        started = time.monotonic()
+        result = run_cli("check", "--wait", "1.5", url=url)
+        assert result.code == 3 and "is read-only (target_session_attrs=read-write)" in result.err, result
+        assert time.monotonic() - started >= 1.5 and relay.accepted >= 2, relay.accepted
+    finally:
+        relay.close()
