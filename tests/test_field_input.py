@@ -52,6 +52,17 @@ def test_shiv_root_blocked_by_a_file(pyz, tmp_path, shape):
     assert blocker.read_text() == "not a directory\n"
 
 
+def test_a_file_named_dot_shiv_in_home_falls_back_to_the_temp_dir(pyz, tmp_path):
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(), tmp.mkdir()
+    (home / ".shiv").write_text("someone else's file\n")
+    (home / ".shiv").chmod(0o755)  # writable and "executable": only a directory check tells
+    proc = _run_pyz_as(pyz, _pyz_env(HOME=home, TMPDIR=tmp))
+    assert proc.returncode == 0, proc.stderr
+    assert (home / ".shiv").read_text() == "someone else's file\n"
+    assert list(tmp.glob("otelmig-shiv-*/otelmig.pyz_*/site-packages"))
+
+
 def test_shiv_root_via_dollar_variable_is_checked_too(pyz, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
@@ -439,12 +450,13 @@ def _wait_for(condition, seconds=60.0):
 @pytest.fixture(scope="module")
 def primary_and_standby():
     """A primary (whose pg_hba rejects one role) and a streaming standby of it."""
-    primary = Cluster().start("wal_level = replica\nmax_wal_senders = 5\n")
+    primary = Cluster().start("wal_level = replica\nmax_wal_senders = 5\npassword_encryption = md5\n")
     hba = os.path.join(primary.data, "pg_hba.conf")
     with open(hba) as handle:
         rules = handle.read()
-    with open(hba, "w") as handle:
-        handle.write("host all hba_rejected 127.0.0.1/32 reject\n" + rules)
+    with open(hba, "w") as handle:  # a rejected role, and the older password methods
+        handle.write("host all hba_rejected 127.0.0.1/32 reject\n"
+                     "host all pw_md5 127.0.0.1/32 md5\nhost all pw_clear 127.0.0.1/32 password\n" + rules)
     primary.reload()
     standby = Cluster()
     standby.password = primary.password
@@ -533,6 +545,14 @@ def test_multi_host_ports_lists():
     assert resolve_conninfo(None, {"PGHOST": "a,b,c", "PGPORT": "1,2,3"}).host_list == (("a", 1), ("b", 2), ("c", 3))
     result = run_cli("check", url="postgresql://u@a,b,c/d?port=1,2")
     assert result.code == 2 and "3 hosts" in result.err
+    assert resolve_conninfo(None, {"PGHOST": "a,b", "PGTARGETSESSIONATTRS": "standby"}).target_session_attrs \
+        == "standby"
+    assert resolve_conninfo("postgresql://a,b/d", {"PGTARGETSESSIONATTRS": "primary"}).target_session_attrs \
+        == "primary"  # like libpq, the environment fills in what the URL leaves out
+    assert resolve_conninfo("postgresql://a,b/d", {}, writes=True).target_session_attrs == "read-write"
+    assert resolve_conninfo("postgresql://a/d", {}, writes=True).target_session_attrs == "any"
+    result = run_cli("check", url="postgresql://u@a,b/d?target_session_attrs=read-mostly")
+    assert result.code == 2 and "invalid target_session_attrs" in result.err
 
 
 def test_multi_host_migrations_land_on_the_read_write_host(primary_and_standby):
@@ -572,6 +592,26 @@ def test_pg_hba_reject_is_not_retried_and_stops_the_host_list(primary_and_standb
         relay.close()
 
 
+@pytest.mark.parametrize("role", ["pw_md5", "pw_clear"])
+def test_no_password_for_md5_and_cleartext_methods(primary_and_standby, tmp_path, role):
+    """SCRAM fails one way inside the driver, md5 and cleartext another: the same one line for all."""
+    primary, _ = primary_and_standby
+    sql(primary.url(), "drop role if exists %s" % role)
+    sql(primary.url(), "create role %s login password 'Zqvw/Kxjb'" % role)
+    relay = CountingProxy(primary.port)
+    try:
+        url = "postgresql://%s@127.0.0.1:%d/postgres?sslmode=disable" % (role, relay.port)
+        result = run_cli("check", "--wait", "30", url=url, env={"PGPASSFILE": str(tmp_path / "none")})
+        assert result.code == 3 and "asks for a password" in result.err and "PGPASSWORD" in result.err, result
+        assert len(result.err.strip().splitlines()) == 1
+        assert relay.accepted == 1, relay.accepted
+        good = run_cli("check", url=url, env={"PGPASSWORD": "Zqvw/Kxjb"})
+        # the method itself works with a password: logged in (what check then finds depends on the database)
+        assert good.code in (4, 8) and "password" not in good.err, good
+    finally:
+        relay.close()
+
+
 def test_verify_ca_without_root_certificate_is_exit_2(pyz, server, tmp_path):
     """No sslrootcert and no ~/.postgresql/root.crt: a configuration error, as the README says."""
     url = server.url("postgres") + "?sslmode=verify-ca"
@@ -593,3 +633,30 @@ def test_redactor_masks_json_and_repr_spellings():
         assert not leaks(password, redact.redact(text)), text
     # a URL password never registered: masked up to the last @ of the word
     assert redact.redact("postgresql://bob:Zqvw@Kxjb/Wmrt@db/x") == "postgresql://bob:***@db/x"
+
+
+def test_raw_password_migration_commands_wrong_and_unreachable(pw_role):
+    cluster, database, set_password = pw_role
+    password = "Zqvw/Kxjb+Wmrt=Ypdl#Lvgn?Nbcs@Hsfk Tqzx"
+    set_password(password)
+    for url in (raw_url(cluster, password + "X", database), raw_url(cluster, password, database, port=unused_port())):
+        for args in (["upgrade", "-v"], ["rollback", "--format", "json"], ["stamp", "head", "--traceback"],
+                     ["downgrade", "base", "--format", "json", "-v"]):
+            result = run_cli(*args, url=url)
+            assert result.code == 3, (args, result)
+            assert not leaks(password, result.out + result.err), (args, result)
+
+
+def test_no_host_with_the_wanted_attrs_is_waited_for(primary_and_standby):
+    """During a failover no host may take writes yet: check --wait keeps trying."""
+    import time
+    primary, standby = primary_and_standby
+    relay = CountingProxy(standby.port)
+    try:
+        url = multi_url(primary, "127.0.0.1:%d" % relay.port, "?target_session_attrs=read-write&sslmode=disable")
+        started = time.monotonic()
+        result = run_cli("check", "--wait", "1.5", url=url)
+        assert result.code == 3 and "is read-only (target_session_attrs=read-write)" in result.err, result
+        assert time.monotonic() - started >= 1.5 and relay.accepted >= 2, relay.accepted
+    finally:
+        relay.close()

@@ -45,7 +45,8 @@ def _home_root():
             pass
         except OSError:  # HOME missing, read-only, not ours...
             return None
-    return root if os.access(root, os.W_OK | os.X_OK) else None
+    # A file named ~/.shiv is not ours to replace: use the temp dir instead.
+    return root if os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK) else None
 
 
 def _temp_root():
