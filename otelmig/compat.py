@@ -86,7 +86,9 @@ def _after_renames(catalog: LiveCatalog, renames):
                 found_as[(table, new)] = old
     mapping = {(t, old): new for (t, new), old in found_as.items()}
     indexes = {name: _rename_keys(index, mapping) for name, index in catalog.indexes.items()}
-    return LiveCatalog(relations, catalog.kinds, indexes, catalog.details), found_as
+    details = {name: relation._replace(partition_key=tuple(mapping.get((name, c), c) for c in relation.partition_key))
+               for name, relation in catalog.details.items()}
+    return LiveCatalog(relations, catalog.kinds, indexes, details), found_as
 
 
 def _rename_keys(index: LiveIndex, mapping) -> LiveIndex:
