@@ -487,6 +487,19 @@ def test_adoption_matrix(server, database, other_owner, key):
             run_all(url, ["drop owned by %s cascade" % r for r in other_owner[:2]])
 
 
+def test_baseline_columns_are_the_head_contract():
+    """The baseline freezes the columns it converges on; while it is the head they are schema.py's."""
+    from otelmig.migrate import script_directory
+    from otelmig.settings import Settings
+
+    baseline = script_directory(Settings(conninfo=None)).get_revision("163d8f446eb9").module
+    if HEAD_REVISION != "163d8f446eb9":
+        pytest.skip("a later revision is the head: the baseline's columns are history")
+    assert {t: list(cols) for t, cols in baseline.COLUMNS.items()} == {
+        t.name: [(c.name, c.type, c.nullable, c.default) for c in t.columns
+                 if c.default != contract.SEQUENCE_DEFAULT] for t in contract.TABLES}
+
+
 def test_readme_shows_the_matrix():
     text = open(os.path.join(REPO, "README.md")).read()
     assert readme_section(text) == readme_table(), "run: .venv/bin/python tests/adoption_stores.py"

@@ -18,10 +18,13 @@ Revises:
 Create Date: 2026-11-25
 """
 
+from typing import NamedTuple, Optional
+
 from otelmig.db import quote_ident as quote, quote_literal
 from otelmig.ddl import (BUILDS_INDEX, CONCURRENTLY, DATA_LOSS, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME,
                          SCANS, WRITES_ROWS, Names, RowCheck, Step)
-from otelmig import migration_api, schema as contract
+from otelmig import migration_api
+from otelmig.schema import RECORD_TABLE
 
 revision = "163d8f446eb9"
 down_revision = None
@@ -66,6 +69,45 @@ SPANS_DDL = """CREATE TABLE {spans} (
     created_at      timestamptz NOT NULL DEFAULT now()
 )"""
 
+# The columns this revision converges on besides spans.id, frozen here (a later
+# revision changes otelmig/schema.py, never this): (name, type, nullable,
+# default), types and defaults as format_type()/pg_get_expr() print them.
+# tests/test_adoption.py checks they equal otelmig/schema.py while this is the head.
+COLUMNS = {
+    "traces": (
+        ("trace_id", "text", False, None),
+        ("service_name", "text", False, None),
+        ("root_span_name", "text", True, None),
+        ("start_time", "timestamp with time zone", False, None),
+        ("end_time", "timestamp with time zone", True, None),
+        ("duration_ms", "double precision", True, None),
+        ("span_count", "integer", False, "0"),
+        ("environment", "text", True, None),
+        ("tenant_id", "text", True, None),
+        ("ingest_source", "text", True, None),
+        ("ingested_at", "timestamp with time zone", False, "now()"),
+        ("resource_attributes", "jsonb", False, EMPTY_JSON),
+        ("trace_attributes", "jsonb", False, EMPTY_JSON),
+    ),
+    "spans": (
+        ("trace_id", "text", False, None),
+        ("span_id", "text", False, None),
+        ("parent_span_id", "text", True, None),
+        ("name", "text", False, None),
+        ("kind", "text", True, None),
+        ("service_name", "text", False, None),
+        ("start_time", "timestamp with time zone", False, None),
+        ("end_time", "timestamp with time zone", True, None),
+        ("duration_ms", "double precision", True, None),
+        ("status_code", "text", True, None),
+        ("status_message", "text", True, None),
+        ("span_attributes", "jsonb", False, EMPTY_JSON),
+        ("environment", "text", True, None),
+        ("tenant_id", "text", True, None),
+        ("created_at", "timestamp with time zone", False, "now()"),
+    ),
+}
+
 # Legacy column -> head column, by table.
 RENAMES = {
     "traces": (("start_ts", "start_time"), ("end_ts", "end_time")),
@@ -105,6 +147,13 @@ RECORD_DDL = """CREATE TABLE IF NOT EXISTS {record} (
 )"""
 
 
+class _Column(NamedTuple):
+    name: str
+    type: str
+    nullable: bool
+    default: Optional[str]
+
+
 def _added(table: str):
     return [a for a in ADDED if a[0] == table]
 
@@ -116,7 +165,7 @@ def _rename_targets(table: str):
 def upgrade_steps(n: Names):
     record = n.record_table()
     steps = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
-             Step(RECORD_DDL.format(record=record), when="%s is null" % n.regclass(contract.RECORD_TABLE)),
+             Step(RECORD_DDL.format(record=record), when="%s is null" % n.regclass(RECORD_TABLE)),
              # The marker: from here on, every object this creates is recorded before it is created.
              Step(n.record(revision, [("store", n.schema, "recorded")]))]
     for table, ddl in (("traces", TRACES_DDL), ("spans", SPANS_DDL)):
@@ -181,9 +230,8 @@ def _converge_column_steps(n: Names, table: str):
     contract allows null, and defaults become the contract's."""
     steps = []
     added = {a[1]: a for a in _added(table)}
-    for column in contract.TABLES[[t.name for t in contract.TABLES].index(table)].columns:
-        if column.default == contract.SEQUENCE_DEFAULT:
-            continue
+    for name_, type_, nullable, default in COLUMNS[table]:
+        column = _Column(name_, type_, nullable, default)
         exists = "%s is not null and %s" % (n.regclass(table), n.column_exists(table, column.name))
         name = "%s.%s" % (table, column.name)
         if column.nullable and column.name not in added:
@@ -241,12 +289,12 @@ def _index_steps(n: Names, index: str, table: str, keys: str):
 def _droppable_columns():
     """(table, column, data predicate) for every contract column an upgrade may
     have created: those the head adds and nullable ones it re-added."""
-    for table in contract.TABLES:
-        added = {a[1] for a in _added(table.name)}
-        for column in table.columns:
-            if column.name in added or column.nullable:
-                default_predicate = "%s is not null" % quote(column.name)
-                yield table.name, column.name, DATA_PREDICATES.get((table.name, column.name), default_predicate)
+    for table, columns in COLUMNS.items():
+        added = {a[1] for a in _added(table)}
+        for column, _, nullable, _ in columns:
+            if column in added or nullable:
+                default_predicate = "%s is not null" % quote(column)
+                yield table, column, DATA_PREDICATES.get((table, column), default_predicate)
 
 
 def downgrade_steps(n: Names):
@@ -255,7 +303,7 @@ def downgrade_steps(n: Names):
                   table=table, lock="SHARE ROW EXCLUSIVE") for table in ("traces", "spans")]
     # The conditions below read the record: make sure it exists (it is dropped at the end).
     steps.append(Step(RECORD_DDL.format(record=n.record_table()),
-                      when="%s is null" % n.regclass(contract.RECORD_TABLE)))
+                      when="%s is null" % n.regclass(RECORD_TABLE)))
     unknown = "not %s" % n.record_kept()
     steps.append(_unknown_origin_guard(n, unknown))
     created = lambda kind, name: "(%s or %s)" % (n.recorded(kind, name, "created"), unknown)  # noqa: E731
