@@ -19,7 +19,8 @@ The rules, in short (README "Compatibility rules" has the matrix):
   added; a NOT NULL one is refused (same reason);
 - other default: converge, except spans.id (its values come from a sequence);
 - a contract-named index of another table, keys, method, uniqueness or
-  predicate: refuse (it is the operator's; we do not drop it);
+  predicate: refuse (it is the operator's; we do not drop it); an INVALID
+  one, whatever its shape, is a failed build: dropped and rebuilt;
 - a table the current role cannot alter (owned by a role it is not a member
   of): refuse;
 - a primary key that is not the contract's: refuse (a partitioned table's key
@@ -46,9 +47,11 @@ def adoption_conflicts(catalog: LiveCatalog, schema: str, renames: Dict[str, Tup
     projected, found_as = _after_renames(catalog, renames)
     both = _both_names(catalog, schema, renames)
     report = compare(schema, projected)
+    # An INVALID index (a failed build) serves no query and enforces nothing: it is rebuilt, whatever its shape.
+    rebuilt = {"%s.%s" % (schema, i.name) for i in catalog.indexes.values() if not i.valid}
     conflicts = [c for c in both.values()]
     conflicts += [c for c in (_conflict(schema, p, found_as, added) for p in report.problems
-                              if p.object not in both) if c]
+                              if p.object not in both and p.object not in rebuilt) if c]
     for table in contract.TABLES:
         relation = catalog.details.get(table.name)
         if relation is not None and not relation.ours_to_alter:

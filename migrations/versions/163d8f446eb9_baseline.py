@@ -265,8 +265,10 @@ def _index_steps(n: Names, index: str, table: str, keys: str):
     partitioned = n.is_partitioned(table)
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
     return [
-        Step(n.record(revision, [("index", index, "found")]), when=n.table_exists(index)),
-        Step(n.record(revision, [("index", index, "created")]), when="%s is null" % n.regclass(index)),
+        # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
+        Step(n.record(revision, [("index", index, "found")]),
+             when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
+        Step(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
         Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
              when=n.index_invalid(index), table=table, lock=ACCESS_EXCLUSIVE, concurrent=True),
         Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote(index), n.table(table), keys),
