@@ -219,12 +219,14 @@ class Names:
     def partitions_without(self, table: str, index: str, state: str) -> str:
         """for_each query: leaf partitions of `table` that have no index attached to
         the partitioned index `index`, with our index name on each; `state` picks
-        those whose index of that name is: 'missing or invalid', 'invalid', 'valid'."""
+        those whose index of that name is: 'missing or invalid', 'invalid', or
+        'any' (to attach: by then the build before it made it valid; listing
+        them all lets `plan` show the attach too)."""
         ours = "to_regclass(format('%%I.%%I', pn.nspname, %s))" % self._partition_index_name(index)
         valid = "(select x.indisvalid from pg_index x where x.indexrelid = %s)" % ours
         where = {"missing or invalid": "%s is null or not %s" % (ours, valid),
                  "invalid": "%s is not null and not %s" % (ours, valid),
-                 "valid": "%s is not null and %s" % (ours, valid)}[state]
+                 "any": "true"}[state]
         return ("select format('%%I.%%I', pn.nspname, pc.relname), format('%%I', %s), "
                 "format('%%I.%%I', pn.nspname, %s), pn.nspname || '.' || pc.relname "
                 "from pg_inherits h join pg_class pc on pc.oid = h.inhrelid "

@@ -283,7 +283,7 @@ def _index_steps(n: Names, index: str, table: str, keys: str):
              when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
              table=table, lock="SHARE", effect=BUILDS_INDEX, concurrent=True),
         Step("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
-             when=partitioned, for_each=n.partitions_without(table, index, "valid"),
+             when=partitioned, for_each=n.partitions_without(table, index, "any"),
              table=table, lock=ACCESS_EXCLUSIVE),
     ]
 
