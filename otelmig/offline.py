@@ -62,6 +62,8 @@ def _header(settings, what: str, scripts) -> str:
         "-- revisions: %s" % (", ".join(s.revision for s in scripts) or "none"),
         "-- Each step checks the catalog first, so this script is safe on an empty, a legacy",
         "-- or a half-adopted database, and on one already at the target (it then changes nothing).",
+        "-- Not checked by this script: whether a store it adopts is compatible (run `otelmig.pyz plan`",
+        "-- against the database first: it lists the conflicts), and the contract afterwards (`otelmig.pyz verify`).",
         "-- Run with: psql -v ON_ERROR_STOP=1 -f THIS_FILE",
         "\\set ON_ERROR_STOP on",
         _set_lock_timeout(settings),
