@@ -320,6 +320,9 @@ def assert_refused_unchanged(url, result, names):
     ("alter table otel.spans drop column name", ["otel.spans.name", "NOT NULL"]),
     ("alter table otel.spans add column created_at text", ["otel.spans.created_at", "text"]),
     ("alter table otel.traces alter column service_name drop not null", ["otel.traces.service_name"]),
+    ("alter table otel.traces drop constraint traces_pkey", ["otel.traces", "primary key"]),
+    ("alter table otel.spans add column start_time timestamptz not null default now()",
+     ["otel.spans.start_time", "has both start_ts and start_time"]),
 ])
 def test_incompatible_store_is_refused_naming_each_conflict(db_url, change, names):
     load_legacy(db_url, traces=10)
@@ -362,6 +365,26 @@ def test_contract_is_verified_before_the_version_row(db_url):
     assert "ix_spans_span_id" in result.err and len(result.err.strip().splitlines()) == 1
     assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]
     assert run_cli("check", url=db_url).code == 4
+
+
+def test_a_member_of_the_owning_role_adopts(server, db_url, other_owner):
+    """Ownership is refused only when the migrating role cannot act as the owner."""
+    owner, migrator, password = other_owner
+    load_legacy(db_url, traces=10)
+    name = db_url.rsplit("/", 1)[1]
+    run_all(db_url, ["alter table otel.%s owner to %s" % (t, owner) for t in ("traces", "spans")]
+            + ["alter sequence otel.spans_id_seq owner to %s" % owner,
+               "alter schema otel owner to %s" % migrator, "grant create on database %s to %s" % (name, migrator)])
+    url = server.url(name, user=migrator, password=password)
+    try:
+        refused = run_cli("upgrade", url=url)
+        assert refused.code == 8 and "owned by role %s" % owner in refused.err
+        sql(db_url, "grant %s to %s" % (owner, migrator))
+        result = run_cli("upgrade", url=url)
+        assert result.code == 0, result.err
+        verify_ok(db_url)
+    finally:
+        run_all(db_url, ["drop owned by %s cascade" % r for r in (owner, migrator)])
 
 
 # -- item 7: the version table is not trusted blindly ---------------------------
