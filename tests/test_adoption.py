@@ -296,6 +296,12 @@ def test_partitioned_rerun_after_a_partition_build_failed(db_url):
     sql(db_url, "create index spans_2025_ix_spans_trace_id on otel.spans_2025 (trace_id)")
     sql(db_url, "update pg_index set indisvalid = false "
                 "where indexrelid = 'otel.spans_2025_ix_spans_trace_id'::regclass")
+    sql(db_url, "insert into otel.alembic_version values ('%s')" % HEAD_REVISION)
+    # a partitioned index with partitions not attached is not valid: verify says so
+    report = run_cli("verify", "--format", "json", url=db_url)
+    assert report.code == 7
+    assert [(p["kind"], p["object"]) for p in report.json()["problems"]] == [("invalid_index", "otel.ix_spans_trace_id")]
+    sql(db_url, "delete from otel.alembic_version")
     result = run_cli("upgrade", url=db_url)
     assert result.code == 0, result.err
     verify_ok(db_url)
