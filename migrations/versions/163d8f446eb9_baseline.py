@@ -164,10 +164,11 @@ def _rename_targets(table: str):
 
 def upgrade_steps(n: Names):
     record = n.record_table()
-    steps = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
+    first = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
              Step(RECORD_DDL.format(record=record), when="%s is null" % n.regclass(RECORD_TABLE)),
              # The marker: from here on, every object this creates is recorded before it is created.
              Step(n.record(revision, [("store", n.schema, "recorded")]))]
+    steps = []
     for table, ddl in (("traces", TRACES_DDL), ("spans", SPANS_DDL)):
         missing = "%s is null" % n.regclass(table)
         # A table created here has the head's names: to the downgrade they are renamed legacy columns.
@@ -178,10 +179,24 @@ def upgrade_steps(n: Names):
         steps.append(Step(ddl.format(traces=n.table("traces"), spans=n.table("spans")), when=missing))
         steps += _rename_steps(n, table, RENAMES[table])
         steps += _added_column_steps(n, table)
-        steps += _converge_column_steps(n, table)
     for index, table, keys in INDEXES:
         steps += _index_steps(n, index, table, keys)
-    return steps
+    # Last: rarely needed, catalog-only repairs, each checked with one query;
+    # after the first concurrent build has committed, so the renames' ACCESS
+    # EXCLUSIVE locks are not held while they are checked.
+    for table in ("traces", "spans"):
+        steps += _converge_column_steps(n, table)
+    return first + _records_first(n, steps)
+
+
+def _records_first(n: Names, steps):
+    """The record steps describe the store as found (what is missing, what is
+    there), so they can all run first, in the same transaction as what they
+    describe; then the window in which the renames hold ACCESS EXCLUSIVE (up to
+    the first concurrent index build, which commits) holds no record step."""
+    is_record = [step.sql.startswith("INSERT INTO %s " % n.record_table()) for step in steps]
+    return ([step for step, record in zip(steps, is_record) if record]
+            + [step for step, record in zip(steps, is_record) if not record])
 
 
 def _rename_steps(n: Names, table: str, renames):
