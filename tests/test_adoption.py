@@ -165,9 +165,9 @@ def test_plan_shows_what_will_be_recorded_as_found(db_url):
 
 # -- issue 11 item 2: the data guard needs no optional server feature ---------
 
-def test_data_guard_works_without_query_to_xml(server, db_url):
+def test_data_guard_works_without_query_to_xml(server, db_url, tmp_path):
     """A server built without libxml cannot run query_to_xml; a role that may
-    not execute it sees the same thing, on any server."""
+    not execute it sees the same thing, on any server. Online and in --sql."""
     load_legacy(db_url, traces=10)
     assert run_cli("upgrade", url=db_url).code == 0
     role, password = unique_name("noxml"), "no-xml-pw"
@@ -183,6 +183,8 @@ def test_data_guard_works_without_query_to_xml(server, db_url):
         sql(db_url, "update otel.spans set status_message = 'x' where id = 1")
         result = run_cli("rollback", url=url)
         assert result.code == 8 and "1 rows in otel.spans.status_message" in result.err, result.err
+        script = psql_file(url, write_sql(tmp_path, "downgrade", "base", "--sql"))
+        assert script.returncode != 0 and "1 rows in otel.spans.status_message" in script.stderr, script.stderr
         sql(db_url, "update otel.spans set status_message = null")
         result = run_cli("rollback", url=url)
         assert result.code == 0, result.err
