@@ -15,21 +15,32 @@ from otelmig.errors import NotInitialisedError, OtelmigError, PendingError, Unkn
 from otelmig.output import emit
 
 UPGRADE_HINT = "run `otelmig.pyz upgrade`"
+# One round trip for the schema, its tables and the head's columns that an
+# existing table lacks (a version row over a layout that was never migrated);
+# catalog lookups by name only, no table is read.
 _STATE_SQL = """
 select n.oid is not null,
        coalesce(array(select c.relname::text from pg_class c
                       where c.relnamespace = n.oid and c.relkind in ('r', 'p')
                         and c.relname::text = any(%s::text[])
+                      order by 1), '{}'),
+       coalesce(array(select w.t || '.' || w.c from unnest(%s::text[], %s::text[]) w(t, c)
+                      join pg_class c on c.relnamespace = n.oid and c.relname::text = w.t and c.relkind in ('r', 'p')
+                      where not exists (select 1 from pg_attribute a where a.attrelid = c.oid
+                                        and a.attname::text = w.c and a.attnum > 0 and not a.attisdropped)
                       order by 1), '{}')
 from (select 1) one left join pg_namespace n on n.nspname = %s
 """
+_HEAD_COLUMNS = [(t.name, c.name) for t in contract.TABLES for c in t.columns]
 
 
 class DbState(NamedTuple):
     schema: str
     schema_exists: bool
     tables: Tuple[str, ...]
-    revision: Optional[str]
+    revision: Optional[str]               # None when there is no row, or several
+    missing_columns: Tuple[str, ...] = ()  # head columns an existing table lacks, "table.column"
+    version_rows: Tuple[str, ...] = ()     # every row of the version table
 
     @property
     def has_version_table(self) -> bool:
@@ -39,24 +50,36 @@ class DbState(NamedTuple):
     def missing_tables(self) -> Tuple[str, ...]:
         return tuple(t.name for t in contract.TABLES if t.name not in self.tables)
 
+    @property
+    def unmigrated_at_head(self) -> bool:
+        """Recorded at the head over a layout that is not the head's (stamped, never migrated)."""
+        return self.revision == HEAD_REVISION and bool(self.missing_tables or self.missing_columns)
+
+    @property
+    def effective_revision(self) -> Optional[str]:
+        """Where the migrations start: base for a store stamped but never migrated."""
+        return None if self.unmigrated_at_head else self.revision
+
 
 def read_state(conn, schema: str) -> DbState:
-    """Schema, tables and revision in two round trips, reading nothing else."""
+    """Schema, tables, missing head columns and revision in two round trips, reading nothing else."""
     cursor = conn.cursor()
     wanted = [t.name for t in contract.TABLES] + [contract.VERSION_TABLE]
-    cursor.execute(_STATE_SQL, (wanted, schema))
-    schema_exists, tables = cursor.fetchone()
-    revision = None
+    cursor.execute(_STATE_SQL, (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS], schema))
+    schema_exists, tables, missing_columns = cursor.fetchone()
+    rows: Tuple[str, ...] = ()
     if contract.VERSION_TABLE in tables:
-        cursor.execute("select version_num from %s.%s" % (db.quote_ident(schema), contract.VERSION_TABLE))
-        rows = cursor.fetchall()
-        revision = rows[0][0] if rows else None
-    return DbState(schema, bool(schema_exists), tuple(tables), revision)
+        cursor.execute("select version_num from %s.%s order by 1" % (db.quote_ident(schema), contract.VERSION_TABLE))
+        rows = tuple(row[0] for row in cursor.fetchall())
+    revision = rows[0] if len(rows) == 1 else None
+    return DbState(schema, bool(schema_exists), tuple(tables), revision, tuple(missing_columns or ()), rows)
 
 
 def assess(state: DbState) -> Optional[OtelmigError]:
     """The verdict on a state: an error to raise, or None when ready."""
     s = state.schema
+    if len(state.version_rows) > 1:
+        return _several_rows(state)
     if not state.schema_exists:
         return NotInitialisedError("schema %s does not exist: %s" % (s, UPGRADE_HINT))
     if not state.has_version_table or state.revision is None:
@@ -72,10 +95,28 @@ def assess(state: DbState) -> Optional[OtelmigError]:
     if state.revision != HEAD_REVISION:
         return PendingError("schema %s is at %s, behind the head %s: %s"
                             % (s, state.revision, HEAD_REVISION, UPGRADE_HINT))
-    if state.missing_tables:
-        return NotInitialisedError("schema %s is at the head but table(s) %s are missing: run `otelmig.pyz verify`"
-                                   % (s, ", ".join(state.missing_tables)))
+    if state.missing_tables or state.missing_columns:
+        missing = ["table " + t for t in state.missing_tables] + ["column " + c for c in state.missing_columns]
+        return NotInitialisedError(
+            "schema %s is recorded at the head but lacks %s%s (stamped over a layout that was never migrated?): "
+            "%s to adopt it" % (s, ", ".join(missing[:6]), ", ..." if len(missing) > 6 else "", UPGRADE_HINT))
     return None
+
+
+def _several_rows(state: DbState) -> OtelmigError:
+    """Alembic's table holds one row per head; otelmig has one head. Other rows
+    are another application's (a shared version table): never guess which."""
+    rows = ", ".join(state.version_rows)
+    table = "%s.%s" % (state.schema, contract.VERSION_TABLE)
+    ours = [r for r in state.version_rows if r in KNOWN_REVISIONS]
+    if len(ours) == 1:
+        fix = "delete the rows that are not otelmig's (DELETE FROM %s WHERE version_num <> '%s')" % (table, ours[0])
+    else:
+        fix = "keep only otelmig's row (one of %s) and delete the others" % ", ".join(KNOWN_REVISIONS)
+    error = UnknownRevisionError("%s holds %d rows (%s), otelmig keeps exactly one: %s, then rerun"
+                                 % (table, len(state.version_rows), rows, fix))
+    error.details["version_rows"] = list(state.version_rows)
+    return error
 
 
 def probe(conninfo, schema: str, wait: float = 0.0) -> DbState:

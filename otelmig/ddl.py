@@ -3,31 +3,61 @@
 A revision lists its work as Steps: a statement, the catalog condition under
 which it applies (SQL, so the same decision is made online, in the offline
 --sql script and in `plan`), and what it costs (lock level, effect). One list
-therefore drives all three modes, and they cannot disagree.
+therefore drives all three modes, and they cannot disagree: `decide` is the
+one place that turns a step and the live catalog into statements to run, a
+refusal, or nothing.
+
+Conditions are plain catalog SQL. Two things cannot be plain SQL and have
+their own fields, which each mode renders the same way:
+- row_checks: "does a column that may not exist hold data" needs the query
+  text to be parsed only when the column exists (online: two queries; offline:
+  EXECUTE in a DO block). No server feature beyond plpgsql is needed.
+- for_each: a statement per partition of a partitioned table; the partitions
+  are read from the catalog when the step runs (offline: psql's \\gexec).
 
 Online, conditions are evaluated just before each step runs, so a rerun after
 an interruption skips what is already done.
 """
 
 import contextlib
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from otelmig.db import quote_ident, quote_literal
 from otelmig.errors import RefusedError
 
-CONCURRENTLY = "{concurrently}"  # placeholder in index statements
+CONCURRENTLY = "{concurrently}"      # placeholder in index statements
+PARTITION = "{partition}"            # for_each: the partition, schema-qualified and quoted
+PARTITION_INDEX = "{partition_index}"  # for_each: our index on that partition, schema-qualified and quoted
+PARTITION_INDEX_NAME = "{partition_index_name}"  # for_each: its name alone (CREATE INDEX takes no schema)
+
+# What a step does to its table, for `plan` and the README.
+CATALOG_ONLY = "catalog only"
+SCANS = "scans the table"
+WRITES_ROWS = "writes rows"
+BUILDS_INDEX = "builds an index"
+DATA_LOSS = "data_loss"  # a guard lifted by --allow-data-loss
+
+
+class RowCheck(NamedTuple):
+    """Whether table.column holds rows matching predicate, asked only when `when` holds."""
+    table: str
+    column: str
+    predicate: str
+    when: str  # SQL boolean: the column exists (and would be dropped)
 
 
 class Step(NamedTuple):
-    sql: str                      # may hold {concurrently}
+    sql: str                      # may hold {concurrently}, and with for_each {partition}, {partition_index}
     when: Optional[str] = None    # SQL boolean; None: always
     table: Optional[str] = None   # the table it locks, unqualified
     lock: str = ""                # the lock it takes on `table`
-    effect: str = "catalog only"  # catalog only | scans the table | rewrites the table | builds an index
+    effect: str = CATALOG_ONLY
     concurrent: bool = False      # index DDL: CONCURRENTLY, outside the transaction, when the table has rows
     refuse: Optional[str] = None  # a guard: when `when` holds, refuse (exit 8) with this message + detail
     detail: Optional[str] = None  # SQL text expression appended to the refusal message
-    guard: str = ""               # "data_loss": lifted by --allow-data-loss
+    guard: str = ""               # DATA_LOSS: lifted by --allow-data-loss
+    row_checks: Tuple[RowCheck, ...] = ()  # a refusal that holds when any check finds rows
+    for_each: Optional[str] = None  # SQL returning (partition, index name, qualified index, display): one statement each
 
     def statement(self, concurrently: bool) -> str:
         return self.sql.replace(CONCURRENTLY, "CONCURRENTLY " if concurrently else "")
@@ -38,8 +68,80 @@ class Step(NamedTuple):
         return self.lock
 
 
+class Planned(NamedTuple):
+    """One statement `decide` chose to run."""
+    sql: str
+    concurrently: bool  # outside the transaction
+    table: Optional[str]  # schema-qualified and quoted, for row estimates
+    display: Optional[str]  # schema.table as people read it
+
+
+class Decision(NamedTuple):
+    statements: List[Planned]
+    refusal: Optional[str] = None  # the message of a refusal that holds
+    lifted: bool = False           # a refusal that --allow-data-loss lifted
+
+
+class Catalog(NamedTuple):
+    """How a mode asks the database: scalar(sql) -> first value, rows(sql) -> all rows."""
+    scalar: Callable
+    rows: Callable
+
+
+def decide(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool = False) -> Decision:
+    """The one decision, made the same way online and in plan (offline renders the same SQL)."""
+    if step.when is not None and not ask.scalar("select " + step.when):
+        return Decision([])
+    if step.refuse:
+        return _decide_refusal(step, names, ask, allow_data_loss)
+    if step.for_each:
+        statements = []
+        for partition, index_name, index, display in ask.rows(step.for_each):
+            concurrently = bool(step.concurrent and has_rows_in(ask.scalar, partition))
+            sql = fill_partition(step.statement(concurrently), partition, index_name, index)
+            statements.append(Planned(sql, concurrently, partition, display))
+        return Decision(statements)
+    qualified = names.table(step.table) if step.table else None
+    concurrently = bool(step.concurrent and ask.scalar("select " + names.table_exists(step.table))
+                        and has_rows_in(ask.scalar, qualified))
+    display = "%s.%s" % (names.schema, step.table) if step.table else None
+    return Decision([Planned(step.statement(concurrently), concurrently, qualified, display)])
+
+
+def _decide_refusal(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool) -> Decision:
+    detail = ask.scalar("select " + step.detail) if step.detail else ""
+    if step.row_checks:
+        found = [(check, rows_matching(ask.scalar, names, check)) for check in step.row_checks]
+        detail += ", ".join("%d rows in %s.%s.%s" % (count, names.schema, check.table, check.column)
+                            for check, count in found if count)
+        if not detail:
+            return Decision([])
+    if step.guard == DATA_LOSS and allow_data_loss:
+        return Decision([], step.refuse + (detail or ""), lifted=True)
+    return Decision([], step.refuse + (detail or ""))
+
+
+def fill_partition(sql: str, partition: str, index_name: str, index: str) -> str:
+    return sql.replace(PARTITION_INDEX_NAME, index_name).replace(PARTITION_INDEX, index).replace(PARTITION, partition)
+
+
+def rows_matching(scalar: Callable, names: "Names", check: RowCheck) -> int:
+    """Rows where check.predicate holds; 0 when check.when does not (the column may be absent).
+    Stops at the first row unless there is one: counting then names the amount."""
+    if not scalar("select " + check.when):
+        return 0
+    table = names.table(check.table)
+    if not scalar("select exists (select 1 from %s where %s)" % (table, check.predicate)):
+        return 0
+    return int(scalar("select count(*) from %s where %s" % (table, check.predicate)))
+
+
+def has_rows_in(scalar: Callable, qualified_table: str) -> bool:
+    return bool(scalar("select exists (select 1 from %s limit 1)" % qualified_table))
+
+
 class Names:
-    """SQL fragments for one target schema; identifiers always quoted."""
+    """Builds SQL text for one target schema: names (always quoted) and catalog conditions."""
 
     def __init__(self, schema: str):
         from otelmig.settings import validate_schema
@@ -58,6 +160,9 @@ class Names:
     def table_exists(self, name: str) -> str:
         return "%s is not null" % self.regclass(name)
 
+    def is_partitioned(self, name: str) -> str:
+        return "exists (select 1 from pg_class where oid = %s and relkind = 'p')" % self.regclass(name)
+
     def column_exists(self, table: str, column: str) -> str:
         return ("exists (select 1 from pg_attribute where attrelid = %s and attname = %s "
                 "and attnum > 0 and not attisdropped)" % (self.regclass(table), quote_literal(column)))
@@ -66,75 +171,112 @@ class Names:
         return ("exists (select 1 from pg_attribute where attrelid = %s and attname = %s "
                 "and not attnotnull and not attisdropped)" % (self.regclass(table), quote_literal(column)))
 
+    def column_not_null(self, table: str, column: str) -> str:
+        return ("exists (select 1 from pg_attribute where attrelid = %s and attname = %s "
+                "and attnotnull and not attisdropped)" % (self.regclass(table), quote_literal(column)))
+
     def column_default_is(self, table: str, column: str, default: str) -> str:
         return ("exists (select 1 from pg_attrdef d join pg_attribute a on a.attrelid = d.adrelid "
                 "and a.attnum = d.adnum where d.adrelid = %s and a.attname = %s "
                 "and pg_get_expr(d.adbin, d.adrelid) = %s)"
                 % (self.regclass(table), quote_literal(column), quote_literal(default)))
 
+    def column_has_default(self, table: str, column: str) -> str:
+        return ("exists (select 1 from pg_attrdef d join pg_attribute a on a.attrelid = d.adrelid "
+                "and a.attnum = d.adnum where d.adrelid = %s and a.attname = %s)"
+                % (self.regclass(table), quote_literal(column)))
+
     def index_invalid(self, name: str) -> str:
-        return ("exists (select 1 from pg_index where indexrelid = %s and not indisvalid)"
-                % self.regclass(name))
+        """A plain index left INVALID by a failed concurrent build (a partitioned
+        index is also invalid until every partition has one attached: not this)."""
+        return ("exists (select 1 from pg_index x join pg_class i on i.oid = x.indexrelid "
+                "where x.indexrelid = %s and not x.indisvalid and i.relkind = 'i')" % self.regclass(name))
 
-    def any_where(self, table: str, column: str, predicate: str) -> str:
-        """Whether a row satisfies predicate (stops at the first); false when the column is absent."""
-        query = "select exists (select 1 from %s where %s) as c" % (self.table(table), predicate)
-        return self._if_column(table, column, query, "boolean", "false")
+    # -- the record of what the baseline created (see schema.RECORD_TABLE) --
 
-    def count_where(self, table: str, column: str, predicate: str) -> str:
-        """Rows of table where predicate holds; 0 when the column is absent."""
-        query = "select count(*) as c from %s where %s" % (self.table(table), predicate)
-        return self._if_column(table, column, query, "bigint", "0")
+    def record_table(self) -> str:
+        from otelmig.schema import RECORD_TABLE
+        return self.table(RECORD_TABLE)
 
-    def _if_column(self, table: str, column: str, query: str, sql_type: str, otherwise: str) -> str:
-        """query's one value, or `otherwise` when the column does not exist.
+    def recorded(self, kind: str, name: str, origin: str) -> str:
+        """SQL: the record says `origin` for this object. Only valid once the record table exists."""
+        return ("exists (select 1 from %s where object_kind = %s and object_name = %s and origin = %s)"
+                % (self.record_table(), quote_literal(kind), quote_literal(name), quote_literal(origin)))
 
-        query_to_xml parses its query only when called, and CASE calls it only
-        when the column exists, so this is plain SQL that never fails on a
-        half-way layout (usable in a condition, offline and in plan).
-        """
-        return ("(case when %s then (xpath('/row/c/text()', query_to_xml(%s, false, true, '')))[1]::text::%s "
-                "else %s end)" % (self.column_exists(table, column), quote_literal(query), sql_type, otherwise))
+    def record_kept(self) -> str:
+        """SQL: this store's adoption was recorded from its start (the marker row)."""
+        return self.recorded("store", self.schema, "recorded")
 
+    def record(self, revision: str, objects) -> str:
+        """INSERT statement for (kind, name, origin) rows; an object already recorded keeps its first origin."""
+        values = ", ".join("(%s, %s, %s, %s)" % (quote_literal(revision), quote_literal(kind), quote_literal(name),
+                                                 quote_literal(origin)) for kind, name, origin in objects)
+        return ("INSERT INTO %s (revision, object_kind, object_name, origin) VALUES %s "
+                "ON CONFLICT (object_kind, object_name) DO NOTHING" % (self.record_table(), values))
 
-def has_rows(conn_exec, names: Names, table: str) -> bool:
-    return bool(conn_exec("select exists (select 1 from %s limit 1)" % names.table(table)))
+    # -- partitions --
+
+    def partitions_without(self, table: str, index: str, state: str) -> str:
+        """for_each query: leaf partitions of `table` that have no index attached to
+        the partitioned index `index`, with our index name on each; `state` picks
+        those whose index of that name is: 'missing or invalid', 'invalid', or
+        'any' (to attach: by then the build before it made it valid; listing
+        them all lets `plan` show the attach too)."""
+        ours = "to_regclass(format('%%I.%%I', pn.nspname, %s))" % self._partition_index_name(index)
+        valid = "(select x.indisvalid from pg_index x where x.indexrelid = %s)" % ours
+        where = {"missing or invalid": "%s is null or not %s" % (ours, valid),
+                 "invalid": "%s is not null and not %s" % (ours, valid),
+                 "any": "true"}[state]
+        return ("select format('%%I.%%I', pn.nspname, pc.relname), format('%%I', %s), "
+                "format('%%I.%%I', pn.nspname, %s), pn.nspname || '.' || pc.relname "
+                "from pg_inherits h join pg_class pc on pc.oid = h.inhrelid "
+                "join pg_namespace pn on pn.oid = pc.relnamespace "
+                "where h.inhparent = %s and pc.relkind = 'r' "
+                "and not exists (select 1 from pg_inherits hi join pg_index xi on xi.indexrelid = hi.inhrelid "
+                "where hi.inhparent = %s and xi.indrelid = pc.oid) and (%s) order by 1"
+                % (self._partition_index_name(index), self._partition_index_name(index), self.regclass(table),
+                   self.regclass(index), where))
+
+    @staticmethod
+    def _partition_index_name(index: str) -> str:
+        return "left(pc.relname || '_' || %s, 63)" % quote_literal(index)
 
 
 class OnlineRunner:
     """Runs steps on the connection Alembic gives a revision.
 
     exec_scalar(sql) runs a query and returns the first column of the first row;
-    execute(sql) runs a statement; outside() is a context manager that ends the
-    revision's transaction and runs its body with the driver in autocommit
-    (see migration_api.outside_transaction: Alembic's autocommit_block leaves
-    a transaction open on pg8000); watch() wraps a concurrent index build
-    (progress on stderr).
+    exec_rows(sql) returns all rows; execute(sql) runs a statement; outside()
+    is a context manager that ends the revision's transaction and runs its
+    body with the driver in autocommit (see migration_api.outside_transaction:
+    Alembic's autocommit_block leaves a transaction open on pg8000); watch()
+    wraps a concurrent index build (progress on stderr).
     """
 
     def __init__(self, exec_scalar: Callable, execute: Callable, outside: Callable, names: Names,
                  allow_data_loss: bool = False, log: Callable = lambda line: None,
-                 watch: Callable = contextlib.nullcontext):
-        self.exec_scalar, self.execute, self.outside = exec_scalar, execute, outside
+                 watch: Callable = contextlib.nullcontext, exec_rows: Optional[Callable] = None):
+        self.ask = Catalog(exec_scalar, exec_rows or (lambda sql: []))
+        self.execute, self.outside = execute, outside
         self.names, self.allow_data_loss, self.log, self.watch = names, allow_data_loss, log, watch
 
     def run(self, steps: List[Step]) -> None:
         for step in steps:
-            if step.when is not None and not self.exec_scalar("select " + step.when):
-                continue
-            if step.refuse:
-                if step.guard == "data_loss" and self.allow_data_loss:
-                    self.log("  --allow-data-loss: " + step.refuse)
-                    continue
-                detail = self.exec_scalar("select " + step.detail) if step.detail else ""
-                raise RefusedError(step.refuse + detail)
-            if step.concurrent and has_rows(self.exec_scalar, self.names, step.table):
-                with self.outside(), self.watch():
-                    self._execute(step, concurrently=True)
-            else:
-                self._execute(step, concurrently=False)
+            self.run_step(step)
 
-    def _execute(self, step: Step, concurrently: bool) -> None:
-        sql = step.statement(concurrently)
+    def run_step(self, step: Step) -> None:
+        decision = decide(step, self.names, self.ask, self.allow_data_loss)
+        if decision.lifted:
+            self.log("  --allow-data-loss: " + decision.refusal)
+        elif decision.refusal:
+            raise RefusedError(decision.refusal)
+        for planned in decision.statements:
+            if planned.concurrently:
+                with self.outside(), self.watch():
+                    self._execute(planned.sql)
+            else:
+                self._execute(planned.sql)
+
+    def _execute(self, sql: str) -> None:
         self.log("  " + sql)
         self.execute(sql)

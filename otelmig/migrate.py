@@ -14,7 +14,7 @@ from typing import List, Optional
 from otelmig import db, interrupt, output, progress
 from otelmig.revisions import HEAD_REVISION
 from otelmig.check import ensure_known, read_state
-from otelmig.errors import ConnectError, NotInitialisedError, UsageError
+from otelmig.errors import ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError, UsageError
 from otelmig.lock import MigrationLock
 
 # Lock waits. While an ALTER waits for its lock, every reader and writer of
@@ -249,11 +249,55 @@ def upgrade(settings, out, err, revision: str = "head") -> int:
         if not state.schema_exists:
             connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
             connection.commit()
+        _preflight(settings, connection, revisions_between(settings, state.effective_revision, target))
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
-                                log=_step_logger(settings, err), watch_index_build=watch)
-        _run_with_retries(settings, err, connection, lambda: command.upgrade(config, target))
+                                log=_step_logger(settings, err), watch_index_build=watch,
+                                head=HEAD_REVISION, check_head_contract=_contract_check(settings))
+
+        def action():
+            if state.unmigrated_at_head:
+                _forget_version(connection, settings.schema)
+            command.upgrade(config, target)
+        _run_with_retries(settings, err, connection, action)
         final = _final_revision(connection, settings.schema)
     return _report(settings, out, "upgrade", state.revision, final, applied)
+
+
+def _preflight(settings, connection, pending) -> None:
+    """Before anything changes: the first pending revision's compatibility
+    check (the baseline's: otelmig.compat), refused with exit 8."""
+    from otelmig.verify import read_catalog
+
+    check = getattr(pending[0].module, "preflight", None) if pending else None
+    if check is None:
+        return
+    conflicts = check(read_catalog(connection.connection.dbapi_connection, settings.schema), settings.schema)
+    connection.rollback()
+    if conflicts:
+        raise RefusedError("schema %s cannot be adopted as it is; nothing was changed. %d conflict(s): %s"
+                           % (settings.schema, len(conflicts), "; ".join(c.line() for c in conflicts)),
+                           details={"conflicts": [c._asdict() for c in conflicts]})
+
+
+def _contract_check(settings):
+    """Run by migration_api after the head's last step, before its version row is written."""
+    def check(driver_conn) -> None:
+        from otelmig.verify import compare, read_catalog
+        problems = compare(settings.schema, read_catalog(driver_conn, settings.schema)).problems
+        if problems:
+            raise OtelmigError("schema %s does not hold the head contract after the upgrade, so the head was not "
+                               "recorded: %s; see `otelmig.pyz verify`"
+                               % (settings.schema, "; ".join("%s %s: %s" % (p.kind, p.object, p.detail)
+                                                             for p in problems)),
+                               ExitStatus.DRIFT, details={"problems": [p.as_dict() for p in problems]})
+    return check
+
+
+def _forget_version(connection, schema: str) -> None:
+    """A version row at the head over a layout never migrated: start from base
+    (the revisions' steps check the catalog, so re-running them adopts it)."""
+    from otelmig.schema import VERSION_TABLE
+    connection.exec_driver_sql("DELETE FROM %s.%s" % (db.quote_ident(schema), VERSION_TABLE))
 
 
 def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) -> int:
@@ -292,7 +336,7 @@ def stamp(settings, out, err, revision: str) -> int:
 def _report(settings, out, verb: str, before: Optional[str], after: Optional[str], applied) -> int:
     payload = {"exit_code": 0, "schema": settings.schema, "from_revision": before,
                "database_revision": after, "head": HEAD_REVISION, "applied": applied}
-    if before == after:
+    if before == after and not applied:
         text = "%s: schema %s already at %s; nothing to do" % (verb, settings.schema, after or "base")
     else:
         text = "%s: schema %s now at %s (was %s)" % (verb, settings.schema, after or "base", before or "base")

@@ -48,6 +48,7 @@ def run(steps_for) -> None:
     bind = op.get_bind()
     runner = OnlineRunner(
         exec_scalar=lambda sql: bind.exec_driver_sql(sql).scalar(),
+        exec_rows=lambda sql: bind.exec_driver_sql(sql).fetchall(),
         execute=bind.exec_driver_sql,
         outside=lambda: outside_transaction(bind),
         names=names,
@@ -55,3 +56,14 @@ def run(steps_for) -> None:
         log=attrs.get("log", lambda line: None),
         watch=attrs.get("watch_index_build", contextlib.nullcontext))
     runner.run(steps_for(names))
+    _check_the_head(attrs, steps_for, bind)
+
+
+def _check_the_head(attrs, steps_for, bind) -> None:
+    """After the head revision's last upgrade step, before Alembic writes its
+    version row: the CLI's contract check (raising leaves no version row)."""
+    check = attrs.get("check_head_contract")
+    if check is None or steps_for.__name__ != "upgrade_steps":
+        return
+    if steps_for.__globals__.get("revision") == attrs.get("head"):
+        check(bind.connection.dbapi_connection)

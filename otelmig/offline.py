@@ -10,7 +10,7 @@ for `psql -v ON_ERROR_STOP=1 -f`.
 
 from otelmig import db
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
-from otelmig.ddl import Names, Step
+from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Names, RowCheck, Step
 from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
 from otelmig.migrate import lock_timeout_ms, resolve_revision, revisions_between
@@ -33,7 +33,7 @@ def upgrade_sql(settings, out, revision: str = "head") -> int:
     out.write(_guards(names, newer))
     for script in scripts:
         out.write("\n-- revision %s: %s\n" % (script.revision, _first_line(script.doc)))
-        out.write(_render(script.module.upgrade_steps(names), settings, allow_data_loss=False))
+        out.write(_render(script.module.upgrade_steps(names), settings, names, allow_data_loss=False))
         out.write(_set_version(names, script.revision))
     return 0
 
@@ -47,7 +47,7 @@ def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -
     out.write(_guards(names, []))
     for script in scripts:
         out.write("\n-- revert revision %s: %s\n" % (script.revision, _first_line(script.doc)))
-        out.write(_render(script.module.downgrade_steps(names), settings, allow_data_loss))
+        out.write(_render(script.module.downgrade_steps(names), settings, names, allow_data_loss))
         out.write(_set_version(names, script.down_revision))
     return 0
 
@@ -62,6 +62,8 @@ def _header(settings, what: str, scripts) -> str:
         "-- revisions: %s" % (", ".join(s.revision for s in scripts) or "none"),
         "-- Each step checks the catalog first, so this script is safe on an empty, a legacy",
         "-- or a half-adopted database, and on one already at the target (it then changes nothing).",
+        "-- Not checked by this script: whether a store it adopts is compatible (run `otelmig.pyz plan`",
+        "-- against the database first: it lists the conflicts), and the contract afterwards (`otelmig.pyz verify`).",
         "-- Run with: psql -v ON_ERROR_STOP=1 -f THIS_FILE",
         "\\set ON_ERROR_STOP on",
         _set_lock_timeout(settings),
@@ -94,7 +96,7 @@ def _guards(names: Names, newer_known) -> str:
     return lock + version
 
 
-def _render(steps, settings, allow_data_loss: bool) -> str:
+def _render(steps, settings, names: Names, allow_data_loss: bool) -> str:
     parts, in_transaction, unbounded = [], False, False
     for step in steps:
         if step.refuse and step.guard == "data_loss" and allow_data_loss:
@@ -112,7 +114,7 @@ def _render(steps, settings, allow_data_loss: bool) -> str:
         if not step.concurrent and not in_transaction:
             parts.append("BEGIN;\n")
             in_transaction = True
-        parts.append(_render_step(step))
+        parts.append(_render_step(step, names))
     if in_transaction:
         parts.append("COMMIT;\n")
     if unbounded:
@@ -120,12 +122,16 @@ def _render(steps, settings, allow_data_loss: bool) -> str:
     return "".join(parts)
 
 
-def _render_step(step: Step) -> str:
+def _render_step(step: Step, names: Names) -> str:
+    if step.for_each:
+        return _render_for_each(step)
     if step.concurrent:
         statement = step.statement(concurrently=True)
         if step.when is None:
             return statement + ";\n"
         return "SELECT %s WHERE %s\n\\gexec\n" % (db.quote_literal(statement), step.when)
+    if step.row_checks:
+        return _render_row_checks(step, names)
     if step.refuse:
         detail = "SELECT %s INTO detail;\n    " % step.detail if step.detail else ""
         return ("DO %s\nDECLARE detail text := '';\nBEGIN\n  IF %s THEN\n    %sRAISE EXCEPTION '%%', %s || detail;\n"
@@ -135,6 +141,40 @@ def _render_step(step: Step) -> str:
         return statement + ";\n"
     return ("DO %s\nBEGIN\n  IF %s THEN\n    EXECUTE %s;\n  END IF;\nEND\n%s;\n"
             % (DOLLAR, step.when, db.quote_literal(statement), DOLLAR))
+
+
+def _render_for_each(step: Step) -> str:
+    """One statement per partition the catalog lists when psql gets here (\\gexec runs each row)."""
+    statement = db.quote_literal(step.statement(concurrently=step.concurrent))
+    filled = "replace(replace(replace(%s, %s, q.index_name), %s, q.index), %s, q.partition)" % (
+        statement, db.quote_literal(PARTITION_INDEX_NAME), db.quote_literal(PARTITION_INDEX),
+        db.quote_literal(PARTITION))
+    return ("SELECT %s FROM (%s) q(partition, index_name, index, display) WHERE %s\n\\gexec\n"
+            % (filled, step.for_each, step.when or "true"))
+
+
+def _render_row_checks(step: Step, names: Names) -> str:
+    """The data guard: each column is read through EXECUTE, parsed only when it exists."""
+    lines = ["DO %s" % DOLLAR, "DECLARE found bigint; detail text := '';", "BEGIN"]
+    for check in step.row_checks:
+        lines += _render_row_check(check, names)
+    lines += ["  IF detail <> '' THEN", "    RAISE EXCEPTION '%%', %s || detail;" % db.quote_literal(step.refuse),
+              "  END IF;", "END", "%s;" % DOLLAR]
+    return "\n".join(lines) + "\n"
+
+
+def _render_row_check(check: RowCheck, names: Names) -> list:
+    table = names.table(check.table)
+    exists = "select count(*) from (select 1 from %s where %s limit 1) first_row" % (table, check.predicate)
+    count = "select count(*) from %s where %s" % (table, check.predicate)
+    label = " rows in %s.%s.%s" % (names.schema, check.table, check.column)
+    return ["  IF %s THEN" % check.when,
+            "    EXECUTE %s INTO found;" % db.quote_literal(exists),
+            "    IF found > 0 THEN",
+            "      EXECUTE %s INTO found;" % db.quote_literal(count),
+            "      detail := concat_ws(', ', nullif(detail, ''), found || %s);" % db.quote_literal(label),
+            "    END IF;",
+            "  END IF;"]
 
 
 def _set_version(names: Names, revision) -> str:

@@ -10,16 +10,19 @@ current row estimate and size.
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
 from otelmig.check import ensure_known, read_state
-from otelmig.ddl import Names, has_rows
+from otelmig.ddl import Catalog, Names, decide
 from otelmig.errors import ExitStatus
 from otelmig.migrate import revisions_between
 
 # reltuples is -1 until the table was first analyzed; the statistics system's
-# live-row count is there from the first insert.
+# live-row count is there from the first insert. A partitioned table holds no
+# rows itself: its partitions' (pg_partition_tree, every level) are summed.
 _TABLE_STATS_SQL = """
-select case when c.reltuples >= 0 then c.reltuples::bigint else s.n_live_tup end, pg_total_relation_size(c.oid)
+select sum(case when c.reltuples >= 0 then c.reltuples::bigint else s.n_live_tup end)::bigint,
+       coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint, count(*)
 from pg_class c left join pg_stat_all_tables s on s.relid = c.oid
-where c.oid = to_regclass(%s)
+where c.relkind not in ('p', 'I')
+  and c.oid in (select to_regclass(%s) union all select relid from pg_partition_tree(to_regclass(%s)))
 """
 
 
@@ -42,8 +45,9 @@ def plan(settings, out, err) -> int:
         cursor = conn.cursor()
         state = read_state(conn, settings.schema)
         ensure_known(state)
-        pending = [_plan_revision(cursor, settings.schema, script)
-                   for script in revisions_between(settings, state.revision, HEAD_REVISION)]
+        scripts = revisions_between(settings, state.effective_revision, HEAD_REVISION)
+        pending = [_plan_revision(conn, cursor, settings.schema, script, first=(number == 0))
+                   for number, script in enumerate(scripts)]
     finally:
         conn.rollback()
         conn.close()
@@ -54,37 +58,50 @@ def plan(settings, out, err) -> int:
     return int(status)
 
 
-def _plan_revision(cursor, schema: str, script) -> dict:
+def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
     names = Names(schema)
 
-    def scalar(sql, params=()):
-        cursor.execute(sql, params)
+    def scalar(sql):
+        cursor.execute(sql)
         return cursor.fetchone()[0]
 
-    statements = []
+    def rows(sql):
+        cursor.execute(sql)
+        return cursor.fetchall()
+
+    statements = _preflight_entries(conn, schema, script) if first else []
     for step in script.module.upgrade_steps(names):
-        if step.when is not None and not scalar("select " + step.when):
+        decision = decide(step, names, Catalog(scalar, rows))
+        if decision.refusal:
+            table = "%s.%s" % (schema, step.table) if step.table else None
+            statements.append({"refuse": decision.refusal, "table": table, "lock": "none",
+                               "effect": "stops the upgrade (exit 8)", "sql": "", "outside_transaction": False})
             continue
-        concurrently = bool(step.concurrent and scalar("select " + names.table_exists(step.table))
-                            and has_rows(scalar, names, step.table))
-        entry = {"sql": step.statement(concurrently), "table": "%s.%s" % (schema, step.table) if step.table else None,
-                 "lock": step.lock_taken(concurrently) or "none", "effect": step.effect,
-                 "outside_transaction": concurrently}
-        if step.refuse:
-            entry = {"refuse": step.refuse + (scalar("select " + step.detail) if step.detail else ""),
-                     "table": entry["table"], "lock": "none", "effect": "stops the upgrade (exit 8)",
-                     "sql": "", "outside_transaction": False}
-        if step.table:
-            stats = _table_stats(cursor, names, step.table)
-            entry.update(rows_estimate=stats[0], size_bytes=stats[1])
-        statements.append(entry)
+        for planned in decision.statements:
+            entry = {"sql": planned.sql, "table": planned.display, "lock": step.lock_taken(planned.concurrently)
+                     or "none", "effect": step.effect, "outside_transaction": planned.concurrently}
+            if planned.table:
+                entry.update(zip(("rows_estimate", "size_bytes"), _table_stats(cursor, planned.table)))
+            statements.append(entry)
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements}
 
 
-def _table_stats(cursor, names: Names, table: str):
-    cursor.execute(_TABLE_STATS_SQL, (names.table(table),))
+def _preflight_entries(conn, schema: str, script) -> list:
+    """The compatibility conflicts `upgrade` would refuse before its first step (otelmig.compat)."""
+    from otelmig.verify import read_catalog
+
+    check = getattr(script.module, "preflight", None)
+    if check is None:
+        return []
+    return [{"refuse": conflict.line(), "table": None, "lock": "none", "effect": "stops the upgrade (exit 8)",
+             "sql": "", "outside_transaction": False}
+            for conflict in check(read_catalog(conn, schema), schema)]
+
+
+def _table_stats(cursor, qualified_table: str):
+    cursor.execute(_TABLE_STATS_SQL, (qualified_table, qualified_table))
     row = cursor.fetchone()
-    if not row:
+    if not row or not row[2]:
         return None, 0
     return (None if row[0] is None else int(row[0])), int(row[1])
 

@@ -91,6 +91,17 @@ INDEXES = (
 
 VERSION_TABLE = "alembic_version"
 
+# otelmig's record of what the baseline created and what it found (adopted) in
+# this schema, so that a downgrade drops only what an upgrade created. A table
+# rather than a COMMENT on each object: a comment is one free-text slot the
+# operator may already use or overwrite, and "found" objects would need one
+# too; a table is read with plain SQL in all three modes (online, --sql, plan)
+# and is dumped and restored with the schema.
+RECORD_TABLE = "otelmig_objects"
+
+# Tables otelmig keeps for itself next to the contract's (not operator extras).
+OWN_TABLES = (VERSION_TABLE, RECORD_TABLE)
+
 # The layout the old worker created at runtime (docs/legacy_schema.sql):
 # columns that only it has, by table. verify uses them to recognise it.
 LEGACY_ONLY_COLUMNS = {

@@ -14,12 +14,18 @@ from otelmig.errors import ExitStatus, PendingError
 
 _COLUMNS_SQL = """
 select c.relname::text, c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
-       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
+       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity::text,
+       pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE'),
+       coalesce((select array_agg(pa.attname::text order by k.n)
+                 from pg_partitioned_table pt
+                 cross join lateral unnest(pt.partattrs::int2[]) with ordinality k(attnum, n)
+                 join pg_attribute pa on pa.attrelid = pt.partrelid and pa.attnum = k.attnum
+                 where pt.partrelid = c.oid), '{}')
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
 left join pg_attrdef d on d.adrelid = c.oid and d.adnum = a.attnum
-where n.nspname = %s and c.relkind in ('r', 'p', 'v', 'm', 'f')
+where n.nspname = %s and c.relkind in ('r', 'p', 'v', 'm', 'f') and not c.relispartition
 order by c.relname, a.attnum
 """
 
@@ -35,7 +41,7 @@ join pg_class i on i.oid = x.indexrelid
 join pg_class t on t.oid = x.indrelid
 join pg_namespace n on n.oid = t.relnamespace
 join pg_am am on am.oid = i.relam
-where n.nspname = %s
+where n.nspname = %s and not t.relispartition
 order by i.relname
 """
 
@@ -68,29 +74,47 @@ class LiveIndex(NamedTuple):
     constraint: str
 
 
+class Relation(NamedTuple):
+    kind: str             # relkind: 'r' table, 'p' partitioned table, ...
+    owner: str
+    ours_to_alter: bool   # the current role is the owner or a member of it
+    partition_key: tuple  # column names, for a partitioned table
+
+
+class LiveCatalog(NamedTuple):
+    """What verify reads: partitions and their indexes are folded into their parent."""
+    relations: Dict[str, Dict[str, LiveColumn]]  # relation -> column -> shape
+    kinds: Dict[str, str]
+    indexes: Dict[str, LiveIndex]
+    details: Dict[str, Relation]
+
+
 class Report(NamedTuple):
     problems: List[Problem]
     extras: List[Problem]
     legacy: bool
 
 
-def read_catalog(conn, schema: str):
+def read_catalog(conn, schema: str) -> LiveCatalog:
     cursor = conn.cursor()
     cursor.execute(_COLUMNS_SQL, (schema,))
     relations: Dict[str, Dict[str, LiveColumn]] = {}
     kinds: Dict[str, str] = {}
-    for table, kind, column, type_, nullable, default, identity in cursor.fetchall():
+    details: Dict[str, Relation] = {}
+    for table, kind, column, type_, nullable, default, identity, owner, ours, key in cursor.fetchall():
         kinds[table] = kind
+        details[table] = Relation(kind, owner, bool(ours), tuple(key or ()))
         columns = relations.setdefault(table, {})
         if column is not None:
             columns[column] = LiveColumn(type_, nullable, default or "", identity or "")
     cursor.execute(_INDEXES_SQL, (schema,))
     indexes = {row[0]: LiveIndex(row[0], row[1], row[2], row[3], row[4], row[5] and row[6], row[7] or "",
                                  tuple(row[8]), row[9]) for row in cursor.fetchall()}
-    return relations, kinds, indexes
+    return LiveCatalog(relations, kinds, indexes, details)
 
 
-def compare(schema: str, relations, kinds, indexes) -> Report:
+def compare(schema: str, catalog: LiveCatalog) -> Report:
+    relations, kinds, indexes = catalog.relations, catalog.kinds, catalog.indexes
     problems: List[Problem] = []
     extras: List[Problem] = []
     for table in contract.TABLES:
@@ -102,15 +126,18 @@ def compare(schema: str, relations, kinds, indexes) -> Report:
         problems += _compare_columns(name, table, live)
         extras += [Problem("extra_column", "%s.%s" % (name, c), "column %s (%s) is not in the contract" % (c, col.type))
                    for c, col in live.items() if table.column(c) is None]
-        problems += _compare_primary_key(schema, table, indexes)
+        key = catalog.details[table.name].partition_key if table.name in catalog.details else ()
+        pk_problems, pk_notes = _compare_primary_key(schema, table, indexes, key)
+        problems += pk_problems
+        extras += pk_notes
     problems += _compare_indexes(schema, indexes, relations)
-    expected_tables = {t.name for t in contract.TABLES} | {contract.VERSION_TABLE}
+    expected_tables = {t.name for t in contract.TABLES} | set(contract.OWN_TABLES)
     extras += [Problem("extra_relation", "%s.%s" % (schema, name), "%s is not in the contract" % _kind(kinds[name]))
                for name in sorted(relations) if name not in expected_tables]
     wanted_indexes = {i.name for i in contract.INDEXES} | {t.primary_key for t in contract.TABLES}
     extras += [Problem("extra_index", "%s.%s" % (schema, i.name), "index on %s (%s) is not in the contract"
                        % (i.table, ", ".join(i.keys)))
-               for i in indexes.values() if i.name not in wanted_indexes and i.table != contract.VERSION_TABLE]
+               for i in indexes.values() if i.name not in wanted_indexes and i.table not in contract.OWN_TABLES]
     legacy = any(col in relations.get(table, {}) for table, cols in contract.LEGACY_ONLY_COLUMNS.items()
                  for col in cols)
     return Report(problems, extras, legacy)
@@ -149,18 +176,27 @@ def _default_matches(expected, found: LiveColumn) -> bool:
     return (expected or "") == found.default and not found.identity
 
 
-def _compare_primary_key(schema: str, table: contract.Table, indexes) -> List[Problem]:
+def _compare_primary_key(schema: str, table: contract.Table, indexes, partition_key=()):
+    """(problems, notes). A partitioned table's primary key must include the
+    partition key (PostgreSQL's rule), so there the contract's key followed by
+    partition key columns is accepted, and reported as a note (an extra)."""
     obj = "%s.%s" % (schema, table.primary_key)
     primary = [i for i in indexes.values() if i.table == table.name and i.primary]
     if not primary:
         return [Problem("missing_primary_key", obj, "expected primary key (%s) on %s.%s, found none"
-                        % (", ".join(table.primary_key_columns), schema, table.name))]
+                        % (", ".join(table.primary_key_columns), schema, table.name))], []
     found = primary[0]
-    if found.keys != table.primary_key_columns or found.constraint != table.primary_key:
-        return [Problem("wrong_primary_key", obj, "expected %s (%s), found %s (%s)"
-                        % (table.primary_key, ", ".join(table.primary_key_columns),
-                           found.constraint, ", ".join(found.keys)))]
-    return []
+    wanted = table.primary_key_columns
+    if found.constraint == table.primary_key and found.keys == wanted:
+        return [], []
+    extended = (partition_key and found.constraint == table.primary_key and found.keys[:len(wanted)] == wanted
+                and set(found.keys[len(wanted):]) <= set(partition_key))
+    if extended:
+        return [], [Problem("partitioned_primary_key", obj, "primary key (%s): the contract's (%s) plus the "
+                            "partition key, as PostgreSQL requires on a partitioned table"
+                            % (", ".join(found.keys), ", ".join(wanted)))]
+    return [Problem("wrong_primary_key", obj, "expected %s (%s), found %s (%s)"
+                    % (table.primary_key, ", ".join(wanted), found.constraint, ", ".join(found.keys)))], []
 
 
 def _compare_indexes(schema: str, indexes, relations) -> List[Problem]:
@@ -174,7 +210,8 @@ def _compare_indexes(schema: str, indexes, relations) -> List[Problem]:
                                         % (index.method, index.table, ", ".join(index.keys))))
             continue
         if not found.valid:
-            problems.append(Problem("invalid_index", obj, "index is INVALID (a failed concurrent build): "
+            problems.append(Problem("invalid_index", obj, "index is INVALID (a failed concurrent build, or a partition "
+                                    "without its index attached): "
                                     "rerun `otelmig.pyz upgrade` to rebuild it"))
         shape = (found.table, found.method, found.keys, found.unique, found.predicate)
         wanted = (index.table, index.method, index.keys, index.unique, "")
@@ -191,7 +228,7 @@ def verify(settings, out, err, strict: bool = False) -> int:
     conn = db.connect(settings.conninfo, probe=True)
     try:
         state = read_state(conn, settings.schema)
-        report = compare(settings.schema, *read_catalog(conn, settings.schema))
+        report = compare(settings.schema, read_catalog(conn, settings.schema))
     finally:
         conn.close()
     status, message = _verdict(settings, state, report, strict)

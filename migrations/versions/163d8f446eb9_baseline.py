@@ -7,23 +7,31 @@ in place (metadata-only on PostgreSQL 11+: no table rewrite), and the indexes
 are built CONCURRENTLY on tables that hold rows, so writers never wait for them.
 Operator additions (extra columns, indexes, views) are left alone.
 
-Downgrade returns to the legacy layout and never drops a table.
+It records in otel.otelmig_objects what it created and what it found (a
+head-named column or index the operator had before adoption), and the
+downgrade drops only what was created: it returns to the layout it found, and
+never drops a table. A partitioned spans is adopted too: each index is created
+ON ONLY the parent, built on each partition and attached.
 
 Revision ID: 163d8f446eb9
 Revises:
 Create Date: 2026-11-25
 """
 
-from otelmig.db import quote_ident as quote
-from otelmig.ddl import CONCURRENTLY, Names, Step
+from typing import NamedTuple, Optional
+
+from otelmig.db import quote_ident as quote, quote_literal
+from otelmig.ddl import (BUILDS_INDEX, CONCURRENTLY, DATA_LOSS, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME,
+                         SCANS, WRITES_ROWS, Names, RowCheck, Step)
 from otelmig import migration_api
+from otelmig.schema import RECORD_TABLE
 
 revision = "163d8f446eb9"
 down_revision = None
 branch_labels = None
 depends_on = None
 
-AX = "ACCESS EXCLUSIVE"
+ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
 EMPTY_JSON = "'{}'::jsonb"
 
 TRACES_DDL = """CREATE TABLE {traces} (
@@ -61,6 +69,45 @@ SPANS_DDL = """CREATE TABLE {spans} (
     created_at      timestamptz NOT NULL DEFAULT now()
 )"""
 
+# The columns this revision converges on besides spans.id, frozen here (a later
+# revision changes otelmig/schema.py, never this): (name, type, nullable,
+# default), types and defaults as format_type()/pg_get_expr() print them.
+# tests/test_adoption.py checks they equal otelmig/schema.py while this is the head.
+COLUMNS = {
+    "traces": (
+        ("trace_id", "text", False, None),
+        ("service_name", "text", False, None),
+        ("root_span_name", "text", True, None),
+        ("start_time", "timestamp with time zone", False, None),
+        ("end_time", "timestamp with time zone", True, None),
+        ("duration_ms", "double precision", True, None),
+        ("span_count", "integer", False, "0"),
+        ("environment", "text", True, None),
+        ("tenant_id", "text", True, None),
+        ("ingest_source", "text", True, None),
+        ("ingested_at", "timestamp with time zone", False, "now()"),
+        ("resource_attributes", "jsonb", False, EMPTY_JSON),
+        ("trace_attributes", "jsonb", False, EMPTY_JSON),
+    ),
+    "spans": (
+        ("trace_id", "text", False, None),
+        ("span_id", "text", False, None),
+        ("parent_span_id", "text", True, None),
+        ("name", "text", False, None),
+        ("kind", "text", True, None),
+        ("service_name", "text", False, None),
+        ("start_time", "timestamp with time zone", False, None),
+        ("end_time", "timestamp with time zone", True, None),
+        ("duration_ms", "double precision", True, None),
+        ("status_code", "text", True, None),
+        ("status_message", "text", True, None),
+        ("span_attributes", "jsonb", False, EMPTY_JSON),
+        ("environment", "text", True, None),
+        ("tenant_id", "text", True, None),
+        ("created_at", "timestamp with time zone", False, "now()"),
+    ),
+}
+
 # Legacy column -> head column, by table.
 RENAMES = {
     "traces": (("start_ts", "start_time"), ("end_ts", "end_time")),
@@ -81,31 +128,75 @@ INDEXES = (
     ("ix_spans_span_id", "spans", "span_id"),
     ("ix_spans_service_start_time", "spans", "service_name, start_time DESC"),
 )
-# What "holds data" means for the columns a downgrade drops. created_at is not
+# What "holds data" means for a column a downgrade drops. created_at is not
 # counted: the database fills it (default now()), the worker never writes it.
+# A column not listed holds data when it is not null.
 DATA_PREDICATES = {
     ("traces", "resource_attributes"): "resource_attributes <> '{}'::jsonb",
     ("traces", "trace_attributes"): "trace_attributes <> '{}'::jsonb",
-    ("spans", "status_message"): "status_message is not null",
+    ("spans", "created_at"): None,
 }
+
+RECORD_DDL = """CREATE TABLE IF NOT EXISTS {record} (
+    object_kind text NOT NULL,
+    object_name text NOT NULL,
+    origin      text NOT NULL CHECK (origin IN ('created', 'found', 'renamed', 'recorded')),
+    revision    text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (object_kind, object_name)
+)"""
+
+
+class _Column(NamedTuple):
+    name: str
+    type: str
+    nullable: bool
+    default: Optional[str]
+
+
+def _added(table: str):
+    return [a for a in ADDED if a[0] == table]
+
+
+def _rename_targets(table: str):
+    return {new for _, new in RENAMES.get(table, ())}
 
 
 def upgrade_steps(n: Names):
-    steps = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists())]
+    record = n.record_table()
+    first = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
+             Step(RECORD_DDL.format(record=record), when="%s is null" % n.regclass(RECORD_TABLE)),
+             # The marker: from here on, every object this creates is recorded before it is created.
+             Step(n.record(revision, [("store", n.schema, "recorded")]))]
+    steps = []
     for table, ddl in (("traces", TRACES_DDL), ("spans", SPANS_DDL)):
-        steps.append(Step(ddl.format(traces=n.table("traces"), spans=n.table("spans")),
-                          when="%s is null" % n.regclass(table)))
+        missing = "%s is null" % n.regclass(table)
+        # A table created here has the head's names: to the downgrade they are renamed legacy columns.
+        created = ([("table", table, "created")]
+                   + [("column", "%s.%s" % (table, a[1]), "created") for a in _added(table)]
+                   + [("column", "%s.%s" % (table, new), "renamed") for new in sorted(_rename_targets(table))])
+        steps.append(Step(n.record(revision, created), when=missing))
+        steps.append(Step(ddl.format(traces=n.table("traces"), spans=n.table("spans")), when=missing))
         steps += _rename_steps(n, table, RENAMES[table])
         steps += _added_column_steps(n, table)
     for index, table, keys in INDEXES:
-        steps.append(Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
-                          when=n.index_invalid(index), table=table, lock=AX, concurrent=True))
-        steps.append(Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)"
-                          % (CONCURRENTLY, quote(index), n.table(table), keys),
-                          when="%s is null or %s" % (n.regclass(index), n.index_invalid(index)),
-                          table=table, lock="SHARE",
-                          effect="builds an index", concurrent=True))
-    return steps
+        steps += _index_steps(n, index, table, keys)
+    # Last: rarely needed, catalog-only repairs, each checked with one query;
+    # after the first concurrent build has committed, so the renames' ACCESS
+    # EXCLUSIVE locks are not held while they are checked.
+    for table in ("traces", "spans"):
+        steps += _converge_column_steps(n, table)
+    return first + _records_first(n, steps)
+
+
+def _records_first(n: Names, steps):
+    """The record steps describe the store as found (what is missing, what is
+    there), so they can all run first, in the same transaction as what they
+    describe; then the window in which the renames hold ACCESS EXCLUSIVE (up to
+    the first concurrent index build, which commits) holds no record step."""
+    is_record = [step.sql.startswith("INSERT INTO %s " % n.record_table()) for step in steps]
+    return ([step for step, record in zip(steps, is_record) if record]
+            + [step for step, record in zip(steps, is_record) if not record])
 
 
 def _rename_steps(n: Names, table: str, renames):
@@ -115,60 +206,170 @@ def _rename_steps(n: Names, table: str, renames):
         steps.append(Step("", when=both, table=table, refuse=(
             "%s.%s has both %s and %s: merge them by hand (keep %s), then rerun"
             % (n.schema, table, old, new, new))))
+        rename = "%s and not %s" % (n.column_exists(table, old), n.column_exists(table, new))
+        steps.append(Step(n.record(revision, [("column", "%s.%s" % (table, new), "renamed")]), when=rename))
         steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(old), quote(new)),
-                          when="%s and not %s" % (n.column_exists(table, old), n.column_exists(table, new)),
-                          table=table, lock=AX))
+                          when=rename, table=table, lock=ACCESS_EXCLUSIVE))
     return steps
 
 
 def _added_column_steps(n: Names, table: str):
-    """Add what is missing; converge a column someone added by hand half way."""
+    """Add what is missing; record what was there; converge a column someone added by hand half way."""
     steps = []
-    for tbl, column, sqltype, not_null, default in ADDED:
-        if tbl != table:
-            continue
+    for _, column, sqltype, not_null, default in _added(table):
         exists = "%s is not null and %s" % (n.regclass(table), n.column_exists(table, column))
+        missing = "%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column))
+        name = "%s.%s" % (table, column)
         spec = sqltype + (" NOT NULL" if not_null else "") + (" DEFAULT " + default if default else "")
+        steps.append(Step(n.record(revision, [("column", name, "found")]), when=exists))
+        steps.append(Step(n.record(revision, [("column", name, "created")]), when=missing))
         steps.append(Step("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s" % (n.table(table), quote(column), spec),
-                          when="%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column)),
-                          table=table, lock=AX))
-        if default:
+                          when=missing, table=table, lock=ACCESS_EXCLUSIVE))
+        if not_null:
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s" % (n.table(table), quote(column), default),
                               when="%s and not %s" % (exists, n.column_default_is(table, column, default)),
-                              table=table, lock=AX))
-        if not_null:
+                              table=table, lock=ACCESS_EXCLUSIVE))
             steps.append(Step("UPDATE %s SET %s = DEFAULT WHERE %s IS NULL" % (n.table(table), quote(column), quote(column)),
                               when=n.column_nullable(table, column), table=table, lock="ROW EXCLUSIVE",
-                              effect="writes rows"))
+                              effect=WRITES_ROWS))
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL" % (n.table(table), quote(column)),
-                              when=n.column_nullable(table, column), table=table, lock=AX,
-                              effect="scans the table"))
+                              when=n.column_nullable(table, column), table=table, lock=ACCESS_EXCLUSIVE,
+                              effect=SCANS))
     return steps
+
+
+def _converge_column_steps(n: Names, table: str):
+    """Catalog-only repairs towards the contract (otelmig.compat refuses, before
+    any step, what these cannot repair): a nullable column the operator dropped
+    is re-added (empty, which is the truth), NOT NULL is dropped where the
+    contract allows null, and defaults become the contract's."""
+    steps = []
+    added = {a[1]: a for a in _added(table)}
+    for name_, type_, nullable, default in COLUMNS[table]:
+        column = _Column(name_, type_, nullable, default)
+        exists = "%s is not null and %s" % (n.regclass(table), n.column_exists(table, column.name))
+        name = "%s.%s" % (table, column.name)
+        if column.nullable and column.name not in added:
+            missing = "%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column.name))
+            for old in (o for o, new in RENAMES[table] if new == column.name):  # not renamed: it was not there
+                missing += " and not %s" % n.column_exists(table, old)
+            steps.append(Step(n.record(revision, [("column", name, "created")]), when=missing))
+            steps.append(Step("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s"
+                              % (n.table(table), quote(column.name), column.type), when=missing,
+                              table=table, lock=ACCESS_EXCLUSIVE))
+        if column.nullable:
+            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL" % (n.table(table), quote(column.name)),
+                              when=n.column_not_null(table, column.name), table=table, lock=ACCESS_EXCLUSIVE))
+        if column.default and not (column.name in added and not column.nullable):  # those: _added_column_steps
+            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s"
+                              % (n.table(table), quote(column.name), column.default),
+                              when="%s and not %s" % (exists, n.column_default_is(table, column.name, column.default)),
+                              table=table, lock=ACCESS_EXCLUSIVE))
+        elif not column.default:
+            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT" % (n.table(table), quote(column.name)),
+                              when="%s and %s" % (exists, n.column_has_default(table, column.name)),
+                              table=table, lock=ACCESS_EXCLUSIVE))
+    return steps
+
+
+def _index_steps(n: Names, index: str, table: str, keys: str):
+    """A plain table: build concurrently (when it has rows). A partitioned one:
+    the index ON ONLY the parent (catalog only), then one built on each leaf
+    partition (concurrently when it has rows) and attached; the parent index is
+    valid once every partition has one attached."""
+    partitioned = n.is_partitioned(table)
+    missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
+    return [
+        # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
+        Step(n.record(revision, [("index", index, "found")]),
+             when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
+        Step(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
+        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
+             when=n.index_invalid(index), table=table, lock=ACCESS_EXCLUSIVE, concurrent=True),
+        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote(index), n.table(table), keys),
+             when="%s and not %s" % (missing_or_invalid, partitioned),
+             table=table, lock="SHARE", effect=BUILDS_INDEX, concurrent=True),
+        Step("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote(index), n.table(table), keys),
+             when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock="SHARE"),
+        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
+             when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
+             table=table, lock=ACCESS_EXCLUSIVE, concurrent=True),
+        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
+             when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
+             table=table, lock="SHARE", effect=BUILDS_INDEX, concurrent=True),
+        Step("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
+             when=partitioned, for_each=n.partitions_without(table, index, "any"),
+             table=table, lock=ACCESS_EXCLUSIVE),
+    ]
+
+
+def _droppable_columns():
+    """(table, column, data predicate) for every contract column an upgrade may
+    have created: those the head adds and nullable ones it re-added."""
+    for table, columns in COLUMNS.items():
+        added = {a[1] for a in _added(table)}
+        for column, _, nullable, _ in columns:
+            if column in added or nullable:
+                default_predicate = "%s is not null" % quote(column)
+                yield table, column, DATA_PREDICATES.get((table, column), default_predicate)
 
 
 def downgrade_steps(n: Names):
     # Lock out writers first, so that no row gains data between the check and the drop.
     steps = [Step("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
                   table=table, lock="SHARE ROW EXCLUSIVE") for table in ("traces", "spans")]
-    guard = " or ".join(n.any_where(t, c, p) for (t, c), p in DATA_PREDICATES.items())
-    detail = "concat_ws(', ', %s)" % ", ".join(
-        "case when {count} > 0 then {count} || ' rows in {name}' end".format(
-            count=n.count_where(t, c, p), name="%s.%s.%s" % (n.schema, t, c))
-        for (t, c), p in DATA_PREDICATES.items())
-    steps.append(Step("", when=guard, guard="data_loss", detail=detail, refuse=(
+    # The conditions below read the record: make sure it exists (it is dropped at the end).
+    steps.append(Step(RECORD_DDL.format(record=n.record_table()),
+                      when="%s is null" % n.regclass(RECORD_TABLE)))
+    unknown = "not %s" % n.record_kept()
+    steps.append(_unknown_origin_guard(n, unknown))
+    created = lambda kind, name: "(%s or %s)" % (n.recorded(kind, name, "created"), unknown)  # noqa: E731
+    checks = tuple(RowCheck(t, c, p, when="%s and %s" % (n.column_exists(t, c), created("column", "%s.%s" % (t, c))))
+                   for t, c, p in _droppable_columns() if p)
+    steps.append(Step("", row_checks=checks, guard=DATA_LOSS, refuse=(
         "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: ")))
     for index, table, _ in INDEXES:
-        steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index), when=n.table_exists(index),
-                          table=table, lock=AX))
-    for table, column, *_ in ADDED:
+        steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index),
+                          when="%s and %s" % (n.table_exists(index), created("index", index)),
+                          table=table, lock=ACCESS_EXCLUSIVE))
+    added = {(a[0], a[1]) for a in ADDED}
+    for table, column, _ in _droppable_columns():
+        name = "%s.%s" % (table, column)
+        owned = n.recorded("column", name, "created")
+        if (table, column) in added:  # adopted before the record existed: these are what the baseline adds
+            owned = created("column", name)
         steps.append(Step("ALTER TABLE %s DROP COLUMN IF EXISTS %s" % (n.table(table), quote(column)),
-                          when=n.column_exists(table, column), table=table, lock=AX))
+                          when="%s and %s" % (n.column_exists(table, column), owned), table=table,
+                          lock=ACCESS_EXCLUSIVE))
     for table, renames in RENAMES.items():
         for old, new in renames:
             steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(new), quote(old)),
-                              when="%s and not %s" % (n.column_exists(table, new), n.column_exists(table, old)),
-                              table=table, lock=AX))
+                              when="%s and not %s and (%s or %s)" % (
+                                  n.column_exists(table, new), n.column_exists(table, old),
+                                  n.recorded("column", "%s.%s" % (table, new), "renamed"), unknown),
+                              table=table, lock=ACCESS_EXCLUSIVE))
+    steps.append(Step("DROP TABLE IF EXISTS %s" % n.record_table()))
     return steps
+
+
+def _unknown_origin_guard(n: Names, unknown: str) -> Step:
+    """A store adopted before otelmig kept its record: whether the operator had
+    these objects before cannot be known, so the downgrade does not guess."""
+    objects = ["case when %s then %s end" % (n.column_exists(t, c), quote_literal("column %s.%s.%s" % (n.schema, t, c)))
+               for t, c, *_ in ADDED]
+    objects += ["case when %s then %s end" % (n.table_exists(i), quote_literal("index %s.%s" % (n.schema, i)))
+                for i, *_ in INDEXES]
+    listed = "concat_ws(', ', %s)" % ", ".join(objects)
+    return Step("", when="%s and %s <> ''" % (unknown, listed), guard=DATA_LOSS, detail=listed, refuse=(
+        "schema %s was adopted without a record of what it held before (an older otelmig), so the downgrade "
+        "cannot tell the operator's objects from its own; drop or keep them by hand, or rerun with "
+        "--allow-data-loss to drop them all: " % n.schema))
+
+
+def preflight(catalog, schema: str):
+    """Conflicts that make what this would adopt incompatible (see otelmig.compat); run before any step."""
+    from otelmig.compat import adoption_conflicts
+    return adoption_conflicts(catalog, schema, RENAMES, {(a[0], a[1]) for a in ADDED})
 
 
 def upgrade():

@@ -1,0 +1,147 @@
+"""Before an adoption changes anything: is what it would adopt compatible?
+
+The baseline adopts whatever it finds under the head's names (columns,
+indexes) and converges what it can in the catalog alone: a missing nullable
+column is added, a default is set, NOT NULL is dropped where the contract
+allows null, an INVALID index is rebuilt, and the columns the head adds are
+filled with their default. Anything else would record the head over a schema
+that is not the contract, so it is refused (exit 8) before the first
+statement, each conflict named with its fix. The comparison is verify's
+(verify.compare over the one declaration in otelmig/schema.py), on the catalog
+as it will be after the renames.
+
+The rules, in short (README "Compatibility rules" has the matrix):
+- a head-named column of another type: refuse (otelmig never converts data);
+- contract NOT NULL, found nullable: converge for the columns the head adds
+  (filled with their default), refuse for the others (their values cannot be
+  invented: fill them, SET NOT NULL, rerun);
+- a missing contract column: the head's new columns and nullable ones are
+  added; a NOT NULL one is refused (same reason);
+- other default: converge, except spans.id (its values come from a sequence);
+- a contract-named index of another table, keys, method, uniqueness or
+  predicate: refuse (it is the operator's; we do not drop it); an INVALID
+  one, whatever its shape, is a failed build: dropped and rebuilt;
+- a table the current role cannot alter (owned by a role it is not a member
+  of): refuse;
+- a primary key that is not the contract's: refuse (a partitioned table's key
+  plus the partition key is accepted).
+"""
+
+from typing import Dict, List, NamedTuple, Set, Tuple
+
+from otelmig import schema as contract
+from otelmig.verify import LiveCatalog, LiveIndex, compare
+
+
+class Conflict(NamedTuple):
+    object: str
+    problem: str
+    fix: str
+
+    def line(self) -> str:
+        return "%s: %s (fix: %s)" % (self.object, self.problem, self.fix)
+
+
+def adoption_conflicts(catalog: LiveCatalog, schema: str, renames: Dict[str, Tuple[Tuple[str, str], ...]],
+                       added: Set[Tuple[str, str]]) -> List[Conflict]:
+    projected, found_as = _after_renames(catalog, renames)
+    both = _both_names(catalog, schema, renames)
+    report = compare(schema, projected)
+    # An INVALID index (a failed build) serves no query and enforces nothing: it is rebuilt, whatever its shape.
+    rebuilt = {"%s.%s" % (schema, i.name) for i in catalog.indexes.values() if not i.valid}
+    conflicts = [c for c in both.values()]
+    conflicts += [c for c in (_conflict(schema, p, found_as, added) for p in report.problems
+                              if p.object not in both and p.object not in rebuilt) if c]
+    for table in contract.TABLES:
+        relation = catalog.details.get(table.name)
+        if relation is not None and not relation.ours_to_alter:
+            conflicts.append(Conflict("%s.%s" % (schema, table.name), "owned by role %s, which the migrating role "
+                                      "is not a member of, so it cannot be altered" % relation.owner,
+                                      "run otelmig as %s, or GRANT %s TO the migrating role, then rerun"
+                                      % (relation.owner, relation.owner)))
+    return conflicts
+
+
+def _both_names(catalog: LiveCatalog, schema: str, renames) -> Dict[str, Conflict]:
+    """A legacy column and its head name side by side: which one holds the truth is the operator's call."""
+    found = {}
+    for table, pairs in renames.items():
+        columns = catalog.relations.get(table, {})
+        for old, new in pairs:
+            if old in columns and new in columns:
+                name = "%s.%s.%s" % (schema, table, new)
+                found[name] = Conflict(name, "%s.%s has both %s and %s" % (schema, table, old, new),
+                                       "merge them by hand (keep %s), then rerun" % new)
+    return found
+
+
+def _after_renames(catalog: LiveCatalog, renames):
+    """The catalog as the baseline's renames will leave it, and each renamed column's found name."""
+    relations = {t: dict(cols) for t, cols in catalog.relations.items()}
+    found_as: Dict[Tuple[str, str], str] = {}
+    for table, pairs in renames.items():
+        columns = relations.get(table)
+        if columns is None:
+            continue
+        for old, new in pairs:
+            if old in columns and new not in columns:
+                columns[new] = columns.pop(old)
+                found_as[(table, new)] = old
+    mapping = {(t, old): new for (t, new), old in found_as.items()}
+    indexes = {name: _rename_keys(index, mapping) for name, index in catalog.indexes.items()}
+    details = {name: relation._replace(partition_key=tuple(mapping.get((name, c), c) for c in relation.partition_key))
+               for name, relation in catalog.details.items()}
+    return LiveCatalog(relations, catalog.kinds, indexes, details), found_as
+
+
+def _rename_keys(index: LiveIndex, mapping) -> LiveIndex:
+    keys = []
+    for key in index.keys:
+        column, _, rest = key.partition(" ")
+        new = mapping.get((index.table, column))
+        keys.append(new + (" " + rest if rest else "") if new else key)
+    return index._replace(keys=tuple(keys))
+
+
+def _conflict(schema: str, problem, found_as, added):
+    kind = problem.kind
+    if kind in ("missing_table", "missing_index", "invalid_index"):
+        return None  # created or rebuilt
+    if kind in ("missing_primary_key", "wrong_primary_key"):
+        table = next(t for t in contract.TABLES if "%s.%s" % (schema, t.primary_key) == problem.object)
+        return Conflict("%s.%s" % (schema, table.name), "primary key: " + problem.detail,
+                        "give %s.%s the primary key %s (%s), then rerun"
+                        % (schema, table.name, table.primary_key, ", ".join(table.primary_key_columns)))
+    if kind == "wrong_index":
+        name = problem.object
+        return Conflict(name, "an index of another shape has the contract's name: " + problem.detail,
+                        "rename yours (ALTER INDEX %s RENAME TO another name) or drop it, then rerun" % name)
+    table_name, column_name = problem.object.split(".")[-2:]
+    table = next(t for t in contract.TABLES if t.name == table_name)
+    column = table.column(column_name)
+    found = "%s.%s.%s" % (schema, table_name, found_as.get((table_name, column_name), column_name))
+    qualified = "%s.%s" % (schema, table_name)
+    is_added = (table_name, column_name) in added
+    if kind == "missing_column":
+        if is_added or column.nullable:
+            return None  # the baseline adds it
+        return Conflict(problem.object, "missing, and NOT NULL without values otelmig could fill in",
+                        "restore the column with its values (ALTER TABLE %s ADD COLUMN %s %s, fill it, "
+                        "SET NOT NULL), then rerun" % (qualified, column_name, column.type))
+    if kind == "wrong_type":
+        return Conflict(found, "type: " + problem.detail,
+                        "convert it (ALTER TABLE %s ALTER COLUMN %s TYPE %s USING %s::%s) or rename yours "
+                        "out of the way, then rerun" % (qualified, found.rsplit(".", 1)[1], column.type,
+                                                        found.rsplit(".", 1)[1], column.type))
+    if kind == "wrong_nullability":
+        if column.nullable or is_added:
+            return None  # DROP NOT NULL, or filled with the default
+        return Conflict(found, "nullable, the contract has NOT NULL, and otelmig cannot invent the missing values",
+                        "fill its NULLs and ALTER TABLE %s ALTER COLUMN %s SET NOT NULL, then rerun"
+                        % (qualified, found.rsplit(".", 1)[1]))
+    if kind == "wrong_default":
+        if column.default != contract.SEQUENCE_DEFAULT:
+            return None  # set to the contract's
+        return Conflict(found, "default: " + problem.detail,
+                        "give it a sequence default or make it an identity column, then rerun")
+    return Conflict(problem.object, problem.detail, "see `otelmig.pyz verify`")
