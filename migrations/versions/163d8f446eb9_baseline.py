@@ -1,8 +1,8 @@
 """Baseline: create the OTEL store, or adopt the one the old worker created.
 
 Whatever this finds (nothing, the legacy runtime layout of
-spec/legacy_schema.sql, or anything half way), it converges on the head
-contract of spec/schema.md without losing a row: columns are renamed and added
+docs/legacy_schema.sql, or anything half way), it converges on the head
+contract of docs/schema.md without losing a row: columns are renamed and added
 in place (metadata-only on PostgreSQL 11+: no table rewrite), and the indexes
 are built CONCURRENTLY on tables that hold rows, so writers never wait for them.
 Operator additions (extra columns, indexes, views) are left alone.
