@@ -84,7 +84,8 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, 
     of rows). So it is cleared after connecting, except for a probe (check,
     verify, plan), where a server that stops answering is a failure.
     `purpose` (otelmig.session: MIGRATION, LOCK, PROBE) picks the server
-    settings the session gets; by default PROBE for a probe, else LOCK.
+    settings the session gets; by default PROBE for a probe, else LOCK. A
+    probe's connection comes inside its one transaction (session.py says why).
     """
     purpose = purpose or (session.PROBE if probe else session.LOCK)
     wait = timeout or conninfo.connect_timeout

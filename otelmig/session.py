@@ -8,10 +8,16 @@ depends on is listed here, per kind of session, and set nowhere else. The
 README's table "Server settings otelmig sets for itself" mirrors SETTINGS
 (tests/test_field_server.py compares them).
 
-Settings that every supported major knows travel in the startup packet: no
-round trip, and a client's setting outranks the role's and the database's.
-Newer ones are set in one statement right after connecting, and only where
-the server knows them (an unknown name in the startup packet is fatal).
+How they are applied, so that nothing leaks to a connection pooler's next
+client (and PgBouncer refuses any other startup parameter):
+- STARTUP ones travel in the startup packet (PgBouncer tracks exactly these
+  per client, and a client's setting outranks the role's and the database's);
+- the migration and lock sessions, which hold a session-level advisory lock
+  and so need a direct or session-pooled connection, get the rest as
+  session-level SETs, in one message right after connecting;
+- a probe runs in one transaction that starts, in one message right after
+  connecting, with BEGIN and SET LOCAL: its settings end with it.
+A setting the server's major lacks is left out (an unknown name is an error).
 """
 
 import os
@@ -19,11 +25,11 @@ import re
 import socket
 from typing import Dict, NamedTuple, Optional
 
-from otelmig.errors import RefusedError, UsageError
+from otelmig.errors import RefusedError
 
 MIGRATION = "migration"  # the connection that runs the DDL (upgrade, downgrade, stamp)
 LOCK = "lock"            # the advisory lock's connection, the index-build progress watcher
-PROBE = "probe"          # check, current, verify, plan, history
+PROBE = "probe"          # check, current, verify, plan, history, init_db
 
 MINIMUM_MAJOR = 13
 ENV_IDLE_TIMEOUT = "OTELMIG_IDLE_TIMEOUT"
@@ -52,8 +58,8 @@ SETTINGS = (
             "an index build takes as long as the table needs; a probe gives up with the client "
             "(its connect timeout)"),
     Setting("lock_timeout", RUNTIME, "0", "0", 13,
-            "migration: set per attempt, 100 ms growing to --lock-timeout; others never wait for table locks "
-            "for long and are bounded by statement_timeout"),
+            "migration: set per attempt, 100 ms growing to --lock-timeout; the others take no table lock "
+            "a migration would not let go of, and are bounded by statement_timeout"),
     Setting("idle_in_transaction_session_timeout", IDLE, IDLE, IDLE, 13,
             "a frozen otelmig (SIGSTOP, paused VM) holding ACCESS EXCLUSIVE is ended by the server after "
             "this (OTELMIG_IDLE_TIMEOUT, default 30 s); its transaction is rolled back"),
@@ -63,14 +69,13 @@ SETTINGS = (
             "a revision's transaction lasts as long as its DDL needs"),
     Setting("client_connection_check_interval", "1s", "1s", NOT_SET, 14,
             "a backend whose client vanished (SIGKILL) stops within a second and releases its locks"),
-    Setting("tcp_keepalives_idle", "10", "10", "10", 13,
+    Setting("tcp_keepalives_idle", "10", "10", NOT_SET, 13,
             "the server notices a client gone silent (VM paused, network cut): keepalives after 10 s"),
-    Setting("tcp_keepalives_interval", "10", "10", "10", 13, "then every 10 s"),
-    Setting("tcp_keepalives_count", "3", "3", "3", 13, "3 unanswered probes end the session"),
-    Setting("tcp_user_timeout", "30s", "30s", "30s", 13,
-            "data unacknowledged for 30 s ends the session"),
+    Setting("tcp_keepalives_interval", "10", "10", NOT_SET, 13, "then every 10 s"),
+    Setting("tcp_keepalives_count", "3", "3", NOT_SET, 13, "3 unanswered probes end the session"),
+    Setting("tcp_user_timeout", "30s", "30s", NOT_SET, 13, "data unacknowledged for 30 s ends the session"),
     Setting("default_transaction_isolation", "read committed", "read committed", "read committed", 13,
-            "DDL and its catalog checks are written for READ COMMITTED"),
+            "DDL and its catalog checks are written for READ COMMITTED (a probe: BEGIN ISOLATION LEVEL)"),
     Setting("default_transaction_read_only", NOT_SET, NOT_SET, NOT_SET, 13,
             "never overridden: on means the operator made the database read-only; "
             "upgrade, downgrade and stamp then refuse (exit 8) before changing anything"),
@@ -81,9 +86,9 @@ SETTINGS = (
             "a row-level security policy must fail a data check, never hide rows from it"),
     Setting("standard_conforming_strings", "on", "on", "on", 13,
             "otelmig quotes literals by doubling quotes only"),
-    Setting("DateStyle", "ISO", "ISO", "ISO", 13, "pg8000 parses other date styles wrongly (day and month)"),
-    Setting("IntervalStyle", "postgres", "postgres", "postgres", 13, "pg8000 parses this interval style"),
-    Setting("bytea_output", "hex", "hex", "hex", 13, "pg8000 decodes hex only"),
+    Setting("DateStyle", "ISO", "ISO", "ISO", 13,
+            "pg8000 parses other date styles wrongly (day and month); otelmig reads no interval or bytea, "
+            "so IntervalStyle and bytea_output do not matter"),
     Setting("client_encoding", "UTF8", "UTF8", "UTF8", 13, "names and messages are decoded as UTF-8"),
     Setting("maintenance_work_mem", RUNTIME, NOT_SET, NOT_SET, 13,
             "index builds sort in memory: raised to 256MB for the migration session, never lowered "
@@ -91,6 +96,10 @@ SETTINGS = (
     Setting("session_replication_role", NOT_SET, NOT_SET, NOT_SET, 13,
             "not set: only a superuser may; otelmig creates no triggers or foreign keys it would affect"),
 )
+
+# PgBouncer tracks these per client: safe in the startup packet behind any pooler.
+STARTUP = ("DateStyle", "client_encoding", "standard_conforming_strings")
+
 
 def idle_timeout(environ=None) -> float:
     """The idle-in-transaction bound in seconds, from OTELMIG_IDLE_TIMEOUT (exit 2 if malformed)."""
@@ -109,40 +118,47 @@ def _render(value: str, probe_wait: Optional[float]) -> str:
     return value
 
 
-def _wanted(purpose: str, major: Optional[int], probe_wait: Optional[float]) -> Dict[str, str]:
-    """name -> value for this purpose; major None: only those every supported major has."""
-    wanted = {}
+def wanted(purpose: str, major: Optional[int], probe_wait: Optional[float] = None) -> Dict[str, str]:
+    """name -> value of what this purpose sets (on a server of this major; None: on every major)."""
+    result = {}
     for setting in SETTINGS:
         value = setting.value(purpose)
         if value is NOT_SET or value == RUNTIME:
             continue
-        everywhere = setting.since <= MINIMUM_MAJOR
-        if major is None and not everywhere:
+        if setting.since > (major if major is not None else MINIMUM_MAJOR):
             continue
-        if major is not None and (everywhere or major < setting.since):
-            continue
-        wanted[setting.name] = _render(value, probe_wait)
-    return wanted
+        result[setting.name] = _render(value, probe_wait)
+    return result
 
 
 def startup_params(purpose: str, probe_wait: Optional[float] = None) -> Dict[str, str]:
-    """For pg8000's startup_params: the settings every supported major knows."""
-    return _wanted(purpose, None, probe_wait)
+    """For pg8000's startup_params: the settings any pooler passes on."""
+    return {name: value for name, value in wanted(purpose, None, probe_wait).items() if name in STARTUP}
 
 
 def after_connect(conn, purpose: str, probe_wait: Optional[float] = None) -> None:
-    """Refuse an unsupported server, then set what only newer majors know (one statement, or none)."""
-    major = server_major(conn.parameter_statuses.get("server_version", ""))
-    refusal = unsupported(major, conn.parameter_statuses.get("server_version", "?"))
+    """Refuse an unsupported server, then apply the rest of the list (one round trip).
+
+    Expects an autocommit connection; a probe's is left in its transaction.
+    """
+    version = conn.parameter_statuses.get("server_version", "")
+    major = server_major(version)
+    refusal = unsupported(major, version or "?")
     if refusal:
         raise refusal
-    newer = _wanted(purpose, major, probe_wait)
-    if newer:
-        calls = ", ".join("set_config('%s', '%s', false)" % item for item in sorted(newer.items()))
-        cursor = conn.cursor()
-        cursor.execute("select " + calls)
-        cursor.fetchall()
+    conn.cursor().execute(settings_message(purpose, major, probe_wait))
     _keep_alive(conn)
+
+
+def settings_message(purpose: str, major: int, probe_wait: Optional[float] = None) -> str:
+    """One simple-query message: session-level SETs, or for a probe BEGIN and SET LOCALs."""
+    from otelmig.db import quote_literal
+    rest = {name: value for name, value in wanted(purpose, major, probe_wait).items() if name not in STARTUP}
+    if purpose != PROBE:
+        return "; ".join("SET %s = %s" % (name, quote_literal(value)) for name, value in rest.items())
+    isolation = rest.pop("default_transaction_isolation")
+    return "; ".join(["BEGIN ISOLATION LEVEL %s" % isolation.upper()] +
+                     ["SET LOCAL %s = %s" % (name, quote_literal(value)) for name, value in rest.items()])
 
 
 def server_major(version: str) -> Optional[int]:
