@@ -7,6 +7,7 @@ Every error here is raised by the real server; none is built by hand.
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -496,6 +497,26 @@ def test_cancelled_migration_is_3_then_a_rerun_completes(db_url):
     verify_ok(db_url)
 
 
+def test_verbose_prints_the_failed_statement_whole(db_url):
+    """The error line names the statement by its start; -v prints it whole."""
+    load_legacy(db_url, traces=50)
+    holder = hold_access_share(db_url)
+    try:
+        proc = spawn(db_url, "upgrade", "-v", "--lock-timeout", "30")
+        poll(lambda: (migrator_lock_on_spans(db_url) or (0, True))[1] is False, 60, "the ALTER to wait on spans")
+        sql(db_url, "select pg_cancel_backend(pid) from pg_locks where relation = 'otel.spans'::regclass "
+                    "and not granted")
+        code = proc.wait(30)
+        err = proc.stderr.read()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert code == 3, err
+    failed = [line for line in err.splitlines() if line.startswith("failed statement: ")]
+    assert len(failed) == 1 and re.search(r'ALTER TABLE "otel"\."spans" RENAME COLUMN "\w+" TO "\w+"$', failed[0]), err
+    assert err.splitlines()[-1].startswith("otelmig: the server cancelled our statement")
+
+
 def test_connection_limit_is_3_naming_the_limit_with_nothing_changed(server, db_url, owner):
     role, url = owner
     load_owned_legacy(db_url, role, traces=10)
@@ -528,3 +549,68 @@ def test_the_live_server_version_is_read_from_the_startup_packet(db_url):
     finally:
         conn.close()
     assert major == server_major(db_url) and session.unsupported(major, "") is None
+
+
+# ------------------------------------ nothing leaks through a transaction pooler
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+@pytest.fixture
+def bouncer(server):
+    """PgBouncer in transaction mode with ONE server connection per database:
+    every client after us gets the very session our probes used."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pgcluster import free_port
+    if server.cluster is None or not os.path.exists(PGBOUNCER):
+        pytest.skip("needs the suite's own cluster and Debian's pgbouncer")
+    root = tempfile.mkdtemp(prefix="otelmig-bouncer-")
+    port = free_port()
+    with open(os.path.join(root, "users.txt"), "w") as handle:
+        handle.write('"postgres" "%s"\n' % server.cluster.password.replace('"', '""'))
+    with open(os.path.join(root, "pgbouncer.ini"), "w") as handle:
+        handle.write("[databases]\n* = host=127.0.0.1 port=%d\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+                     "listen_port = %d\nauth_type = scram-sha-256\nauth_file = %s/users.txt\n"
+                     "pool_mode = transaction\ndefault_pool_size = 1\nunix_socket_dir =\nlogfile = %s/log\n"
+                     % (server.cluster.port, port, root, root))
+    prefix = []
+    if os.geteuid() == 0:  # pgbouncer refuses to run as root
+        prefix = ["runuser", "-u", "postgres", "--"]
+        for name in ("", "users.txt", "pgbouncer.ini"):
+            shutil.chown(os.path.join(root, name), "postgres")
+    proc = subprocess.Popen(prefix + [PGBOUNCER, os.path.join(root, "pgbouncer.ini")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: _listening(port), 30, "pgbouncer to listen")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _listening(port):
+    import socket as socket_mod
+    with socket_mod.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pooled(db_url, port):
+    parts = urllib.parse.urlsplit(db_url)
+    netloc = "%s@127.0.0.1:%d" % (parts.netloc.rsplit("@", 1)[0], port)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="sslmode=disable"))
+
+
+def test_probes_through_transaction_pooling_leak_no_setting(db_url, bouncer):
+    assert run_cli("upgrade", url=db_url).code == 0
+    names = [s.name for s in session.SETTINGS if s.name != "client_encoding"] + ["transaction_isolation"]
+    query = "select " + ", ".join("current_setting('%s', true)" % name for name in names)
+    before = sql(db_url, query)
+    url = pooled(db_url, bouncer)
+    for args, expected in ((["check"], 0), (["verify"], 0), (["current"], 0), (["plan"], 0)):
+        result = run_cli(*args, url=url)
+        assert result.code == expected, (args, result)
+    # The next client of the pool's one server connection sees the server's defaults.
+    assert sql(url, query) == before
