@@ -281,5 +281,3 @@ def is_conflict(exc: BaseException) -> bool:
     """A lock timeout, deadlock or serialization failure: the transaction was
     rolled back and running it again may well succeed."""
     return sqlstate(exc) in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED, SERIALIZATION_FAILURE)
-
-

@@ -614,3 +614,39 @@ def test_probes_through_transaction_pooling_leak_no_setting(db_url, bouncer):
         assert result.code == expected, (args, result)
     # The next client of the pool's one server connection sees the server's defaults.
     assert sql(url, query) == before
+
+
+@pytest.mark.parametrize("major", [13, 14, 15, 16, 17, 18])
+def test_each_major_gets_only_the_settings_it_knows(major):
+    newer = {"idle_session_timeout": 14, "client_connection_check_interval": 14, "transaction_timeout": 17}
+    for purpose in (session.MIGRATION, session.LOCK, session.PROBE):
+        message = session.settings_message(purpose, major, 10)
+        for name, since in newer.items():
+            if major < since:
+                assert name not in message, (purpose, major, name)
+    assert ("transaction_timeout" in session.settings_message(session.MIGRATION, major)) == (major >= 17)
+    assert ("idle_session_timeout" in session.settings_message(session.LOCK, major)) == (major >= 14)
+
+
+def test_the_live_server_accepts_its_settings_message(db_url):
+    """What each purpose sends, on this server's major, runs (and for 13 too: a subset)."""
+    conninfo = settings_mod.resolve_conninfo(db_url, {})
+    for purpose in (session.MIGRATION, session.LOCK, session.PROBE):
+        for major in sorted({13, server_major(db_url)}):
+            conn = db.connect(conninfo, purpose=purpose)
+            try:
+                if purpose == session.PROBE:
+                    conn.cursor().execute("rollback")
+                conn.cursor().execute(session.settings_message(purpose, major, 5))
+            finally:
+                conn.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "0"])
+def test_a_malformed_idle_bound_is_2_before_anything(db_url, monkeypatch, value):
+    load_legacy(db_url, traces=10)
+    before = catalog_snapshot(db_url)
+    monkeypatch.setenv(session.ENV_IDLE_TIMEOUT, value)
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 2 and one_line(result.err) and session.ENV_IDLE_TIMEOUT in result.err, result
+    assert catalog_snapshot(db_url) == before
