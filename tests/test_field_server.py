@@ -203,6 +203,12 @@ def test_sessions_get_every_listed_setting_whatever_the_role_says(server, db_url
                 expected["transaction_isolation"] = expected.pop("default_transaction_isolation")
             assert expected and {name: live(cursor, name) for name in expected} == \
                 {name: normalized(db_url, name, value) for name, value in expected.items()}, purpose
+            import socket as socket_mod
+            sock = conn._usock  # the client's keepalive timings, as session._keep_alive set them
+            assert sock.getsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_KEEPALIVE)
+            for name, value in session.KEEPALIVE:
+                if hasattr(socket_mod, name):
+                    assert sock.getsockopt(socket_mod.IPPROTO_TCP, getattr(socket_mod, name)) == value
         finally:
             conn.close()
 
