@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.parse
@@ -203,12 +204,11 @@ def test_sessions_get_every_listed_setting_whatever_the_role_says(server, db_url
                 expected["transaction_isolation"] = expected.pop("default_transaction_isolation")
             assert expected and {name: live(cursor, name) for name in expected} == \
                 {name: normalized(db_url, name, value) for name, value in expected.items()}, purpose
-            import socket as socket_mod
             sock = conn._usock  # the client's keepalive timings, as session._keep_alive set them
-            assert sock.getsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_KEEPALIVE)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
             for name, value in session.KEEPALIVE:
-                if hasattr(socket_mod, name):
-                    assert sock.getsockopt(socket_mod.IPPROTO_TCP, getattr(socket_mod, name)) == value
+                if hasattr(socket, name):
+                    assert sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name)) == value
         finally:
             conn.close()
 
@@ -325,11 +325,9 @@ def test_frozen_migrator_releases_the_store_within_the_idle_bound(db_url):
         # A reader of spans now queues behind the frozen migrator's lock; the
         # server ends that session after 2 s idle. 60 s is only a safety net.
         reader = connect(db_url)
-        reader.cursor().execute("set statement_timeout = '60s'")
-        started = time.monotonic()
+        reader.cursor().execute("set statement_timeout = '60s'")  # raises if the lock is never released
         reader.cursor().execute("select count(*) from otel.spans")
         reader.close()
-        assert time.monotonic() - started < 55, "the reader waited for the frozen migrator's lock"
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     code = proc.wait(60)
@@ -475,7 +473,7 @@ def test_each_server_error_is_one_line_with_its_exit_code(db_url, scenario, code
         assert word.lower() in error.message.lower(), (word, error.message)
 
 
-def test_a_failed_long_statement_is_named_by_its_start_only(db_url, capsys):
+def test_a_failed_long_statement_is_named_by_its_start_only(db_url):
     """SQLAlchemy puts the whole statement in its error; our line keeps its start."""
     from otelmig.migrate import engine_for
     engine = engine_for(settings_mod.resolve_conninfo(db_url, {}))
@@ -598,8 +596,7 @@ def bouncer(server):
 
 
 def _listening(port):
-    import socket as socket_mod
-    with socket_mod.socket() as probe:
+    with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
