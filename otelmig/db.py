@@ -6,6 +6,7 @@ create_engine(creator=...), so the URL and password never reach Alembic's
 configparser (where a '%' in a password would break).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import socket
@@ -14,9 +15,8 @@ from typing import Optional
 import pg8000.dbapi
 import scramp.core
 
-from otelmig import tls
-from otelmig.pooler import PoolSafeConnection  # one round trip per statement: poolers cannot split it
-from otelmig.errors import BusyError, ConnectError, OtelmigError, RefusedError
+from otelmig import pooler, session, tls
+from otelmig.errors import BusyError, ConnectError, ExitStatus, OtelmigError, RefusedError
 
 # SQLSTATEs we act on.
 INVALID_PASSWORD = "28P01"
@@ -28,6 +28,14 @@ ADMIN_SHUTDOWN = "57P01"
 INSUFFICIENT_PRIVILEGE = "42501"
 READ_ONLY_TRANSACTION = "25006"
 LOCK_NOT_AVAILABLE = "55P03"
+DEADLOCK_DETECTED = "40P01"
+SERIALIZATION_FAILURE = "40001"
+QUERY_CANCELED = "57014"
+IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
+TRANSACTION_TIMEOUT = "25P04"
+CRASH_SHUTDOWN = "57P02"
+DISK_FULL = "53100"
+OUT_OF_MEMORY = "53200"
 
 
 def _pbkdf2(hash_factory, password: bytes, salt: bytes, iterations: int) -> bytes:
@@ -77,7 +85,8 @@ def server_message(exc: BaseException) -> str:
 _PINNED = {}
 
 
-def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, probe: bool = False):
+def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, probe: bool = False,
+            purpose: Optional[str] = None, refuse_transaction_pooling: bool = False):
     """A pg8000 DB-API connection, or ConnectFailed (exit 3) that says why.
 
     pg8000 keeps the connect timeout on the socket for the connection's life,
@@ -88,9 +97,17 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, 
     Several hosts (libpq's host list) are tried in order until one answers
     and has the target_session_attrs; prefer-standby makes a second pass
     that takes any host.
+
+    `purpose` (otelmig.session: MIGRATION, LOCK, PROBE) picks the server
+    settings the session gets; by default PROBE for a probe, else LOCK. A
+    probe's connection comes inside its one transaction (session.py says why).
+    `refuse_transaction_pooling`: check for a transaction pooler (pooler.py)
+    before any session setting is made, so that none can leak to the pool.
     """
+    purpose = purpose or (session.PROBE if probe else session.LOCK)
+    options = (timeout, probe, purpose, refuse_transaction_pooling)
     if not conninfo.hosts and conninfo.target_session_attrs == "any":
-        conn = _connect_one(conninfo, timeout, probe)  # the common case: no extra round trip
+        conn = _connect_one(conninfo, *options)  # the common case: no extra round trip
         conn.autocommit = autocommit
         return conn
     key = (conninfo.host_list, conninfo.user, conninfo.database)
@@ -101,7 +118,7 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, 
         for host, port in candidates:
             target = dataclasses.replace(conninfo, host=host, port=port, hosts=())
             try:
-                conn = _connect_one(target, timeout, probe)
+                conn = _connect_one(target, *options)
             except ConnectFailed as exc:
                 if exc.login_refused:
                     raise
@@ -122,23 +139,27 @@ def connect(conninfo, autocommit: bool = True, timeout: Optional[float] = None, 
         retryable=any(f.retryable for f in failures))
 
 
-def _connect_one(conninfo, timeout: Optional[float], probe: bool):
+def _connect_one(conninfo, timeout: Optional[float], probe: bool, purpose: str, refuse_transaction_pooling: bool):
     """One host, each ssl_context that its sslmode allows, in order."""
+    wait = timeout or conninfo.connect_timeout
     last_error = None
     for ssl_context in tls.attempts(conninfo):
         try:
-            conn = PoolSafeConnection(
+            conn = pooler.PoolSafeConnection(  # one round trip per statement: poolers cannot split it
                 user=conninfo.user, host=conninfo.host, port=conninfo.port,
                 database=conninfo.database, password=conninfo.password,
                 unix_sock=conninfo.unix_socket, ssl_context=ssl_context,
-                timeout=timeout or conninfo.connect_timeout,
-                application_name=conninfo.application_name)
+                timeout=wait, application_name=conninfo.application_name,
+                startup_params=session.startup_params(purpose, wait))
         except Exception as exc:  # classified right below, never swallowed
             last_error = exc
             continue
+        conn.autocommit = True  # what _prepare runs must leave no transaction open
+        if refuse_transaction_pooling:  # before any SET that a pooler would hand to its next client
+            _refuse_transaction_pooling(conn, conninfo, timeout)
+        _prepare(conn, purpose, wait)
         if not probe:
             conn._usock.settimeout(None)
-        conn.autocommit = True
         return conn
     raise connect_error(last_error, conninfo) from None
 
@@ -162,6 +183,29 @@ def _session_mismatch(conn, attrs: str) -> Optional[str]:
     return None if cursor.fetchone()[0] == wanted else "%s (target_session_attrs=%s)" % (why_not, attrs)
 
 
+def _refuse_transaction_pooling(conn, conninfo, timeout: Optional[float]) -> None:
+    try:
+        pooler.refuse_transaction_pooling(
+            conn, conninfo, lambda: connect(conninfo, timeout=timeout, probe=True, purpose=session.BARE))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.close()
+        raise
+
+
+def _prepare(conn, purpose: str, wait: Optional[float]) -> None:
+    """Refuse an unsupported server and finish the session's settings; close on any failure."""
+    try:
+        session.after_connect(conn, purpose, wait)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            conn.close()
+        translated = translate(exc)
+        if translated is not None and translated is not exc:
+            raise translated from None
+        raise
+
+
 def connect_error(exc: BaseException, conninfo) -> ConnectFailed:
     where = "%s:%d" % (conninfo.host, conninfo.port)
     code = sqlstate(exc)
@@ -175,7 +219,10 @@ def connect_error(exc: BaseException, conninfo) -> ConnectFailed:
     if code == INVALID_CATALOG:
         return ConnectFailed("database %r does not exist on %s; create it or fix the URL"
                              % (conninfo.database, where), retryable=False)
-    if code in (CANNOT_CONNECT_NOW, TOO_MANY_CONNECTIONS):
+    if code == TOO_MANY_CONNECTIONS:
+        _, cause, fix = SERVER_ERRORS[code]
+        return ConnectFailed("%s has %s: %s; %s" % (where, cause, server_message(exc), fix), retryable=True)
+    if code == CANNOT_CONNECT_NOW:
         return ConnectFailed("%s is not accepting connections yet: %s" % (where, server_message(exc)),
                              retryable=True)
     if code:
@@ -231,6 +278,62 @@ def _network_reason(exc: BaseException, conninfo, where: str) -> str:
     return "cannot reach %s: %s" % (where, exc)
 
 
+# What a real server raises in normal operation, by SQLSTATE or by class (its
+# first two characters): our error type (its exit code), the cause and the fix.
+# README's "Exit codes" table names each of these under its code.
+_RERUN = "the transaction was rolled back: rerun to continue (a rerun does only what is left)"
+SERVER_ERRORS = {
+    LOCK_NOT_AVAILABLE: (BusyError, "could not get a table lock in time",
+                         "the revision's transaction was rolled back; retry when the table is less busy, "
+                         "or raise --lock-timeout"),
+    DEADLOCK_DETECTED: (BusyError, "deadlock with another session", "retry when the store is less busy; " + _RERUN),
+    SERIALIZATION_FAILURE: (BusyError, "conflict with a concurrent transaction", "retry; " + _RERUN),
+    QUERY_CANCELED: (ConnectError, "the server cancelled our statement (statement_timeout, or an administrator's "
+                     "pg_cancel_backend)", _RERUN),
+    IDLE_IN_TRANSACTION_TIMEOUT: (ConnectError, "the server ended our session: it sat idle in a transaction longer "
+                                  "than idle_in_transaction_session_timeout (was otelmig paused? the bound is "
+                                  "OTELMIG_IDLE_TIMEOUT)", _RERUN),
+    TRANSACTION_TIMEOUT: (ConnectError, "the server ended our transaction (transaction_timeout)", _RERUN),
+    ADMIN_SHUTDOWN: (ConnectError, "the server ended our session (pg_terminate_backend or a server shutdown)",
+                     _RERUN),
+    CRASH_SHUTDOWN: (ConnectError, "the server is restarting after a crash",
+                     "wait until it accepts connections, then rerun to continue"),
+    CANNOT_CONNECT_NOW: (ConnectError, "the server is starting up or shutting down", "wait, then rerun"),
+    DISK_FULL: (ConnectError, "the database server is out of disk space",
+                "free disk space there, then rerun (an interrupted index build is rebuilt)"),
+    OUT_OF_MEMORY: (ConnectError, "the database server is out of memory",
+                    "free memory there (otelmig raises maintenance_work_mem to 256MB for index builds), then rerun"),
+    TOO_MANY_CONNECTIONS: (ConnectError, "no free connection slot (max_connections, or the role's or database's "
+                           "CONNECTION LIMIT)", "otelmig needs 3 connections (lock, migration, progress): raise the "
+                           "limit or close idle sessions, then rerun"),
+    READ_ONLY_TRANSACTION: (RefusedError, "the database is read-only",
+                            "run against the primary, as a role whose default_transaction_read_only is off"),
+    INSUFFICIENT_PRIVILEGE: (RefusedError, "permission denied",
+                             "grant the privilege or run as the owner of the schema and its tables"),
+    "08": (ConnectError, "the connection to the database failed", "check the network and the server, then rerun"),
+    "23": (RefusedError, "the stored data breaks a rule of the head contract",
+           "fix the rows the server names, then rerun"),
+    "53": (ConnectError, "the database server lacks resources", "free them, then rerun"),
+    "54": (RefusedError, "the stored data exceeds a server limit", "fix the rows the server names, then rerun"),
+    "57": (ConnectError, "the server stopped our work (operator intervention)", "rerun when it is available"),
+    "58": (ConnectError, "the database server hit a system error (I/O)",
+           "check the server's log and disks, then rerun"),
+    "XX": (ConnectError, "the database server reported an internal error", "check the server's log, then rerun"),
+}
+STEP_CHARS = 100  # a failing statement is named by its first characters; -v prints it whole
+
+
+def describe_statement(statement: Optional[str]) -> str:
+    """A statement, short enough for one line."""
+    text = " ".join((statement or "").split())
+    return text if len(text) <= STEP_CHARS else text[:STEP_CHARS] + "..."
+
+
+def failed_statement(exc: BaseException) -> Optional[str]:
+    """The SQL of the statement that failed, when SQLAlchemy recorded it."""
+    return getattr(exc, "statement", None)
+
+
 def translate(exc: BaseException) -> Optional[OtelmigError]:
     """Our error for a driver / SQLAlchemy error raised after connecting, or None."""
     if isinstance(exc, OtelmigError):
@@ -238,20 +341,32 @@ def translate(exc: BaseException) -> Optional[OtelmigError]:
     if isinstance(getattr(exc, "orig", None), OtelmigError):
         return exc.orig
     code = sqlstate(exc)
-    message = server_message(exc)
-    if code == INSUFFICIENT_PRIVILEGE:
-        return RefusedError("permission denied: %s; grant the privilege or use the owner role" % message)
-    if code == READ_ONLY_TRANSACTION:
-        return RefusedError("the database is read-only (%s); run against the primary" % message)
-    if code == LOCK_NOT_AVAILABLE:
-        return BusyError("could not get a table lock in time (%s): the revision's transaction was rolled back; "
-                         "retry when the table is less busy, or raise --lock-timeout" % message)
-    if code == ADMIN_SHUTDOWN or _is_connection_lost(exc):
-        return ConnectError("the connection to the database was lost (%s); rerun to continue" % message)
+    if code:
+        return _server_error(code, server_message(exc), failed_statement(exc))
+    if _is_connection_lost(exc):
+        # The server's last word (why it ended the session) is usually lost:
+        # the kernel drops it when our next statement meets the closed socket.
+        return ConnectError("the connection to the database was lost (%s): the server ended the session "
+                            "(pg_terminate_backend, a restart, or idle_in_transaction_session_timeout after "
+                            "otelmig was paused) or the network failed; %s"
+                            % (getattr(exc, "orig", None) or exc, _RERUN))
     if isinstance(getattr(exc, "orig", None) or exc, (socket.timeout, TimeoutError)):
         return ConnectError("the database stopped answering (no reply within the connect timeout); "
                             "check the server and the network, then rerun")
     return None
+
+
+def _server_error(code: str, message: str, statement: Optional[str]) -> OtelmigError:
+    """One line: the cause, the server's message, the SQLSTATE and the step, then the fix."""
+    where = "SQLSTATE %s" % code
+    if statement:
+        where += ", in: %s" % describe_statement(statement)
+    known = SERVER_ERRORS.get(code) or SERVER_ERRORS.get(code[:2])
+    if known is None:
+        return OtelmigError("internal error (a bug in otelmig): the server said: %s (%s); rerun with -v and "
+                            "--traceback and report it" % (message, where), ExitStatus.INTERNAL)
+    error_type, cause, fix = known
+    return error_type("%s: %s (%s); %s" % (cause, message, where, fix))
 
 
 def _is_connection_lost(exc: BaseException) -> bool:
@@ -264,3 +379,7 @@ def is_lock_timeout(exc: BaseException) -> bool:
     return sqlstate(exc) == LOCK_NOT_AVAILABLE
 
 
+def is_conflict(exc: BaseException) -> bool:
+    """A lock timeout, deadlock or serialization failure: the transaction was
+    rolled back and running it again may well succeed."""
+    return sqlstate(exc) in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED, SERIALIZATION_FAILURE)

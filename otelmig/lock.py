@@ -11,7 +11,7 @@ schemas never wait on each other.
 import time
 import zlib
 
-from otelmig import db, pooler
+from otelmig import db
 from otelmig.errors import BusyError
 
 NAMESPACE_KEY = 0x6F74656C  # "otel": the first key, the same for every otelmig
@@ -47,12 +47,11 @@ class MigrationLock:
         self.conn = None
 
     def __enter__(self):
-        self.conn = db.connect(self.conninfo, autocommit=True)
+        # Through transaction pooling a session lock (and the session's
+        # settings) would stay on a server connection the pooler hands to its
+        # next client: db.connect refuses first.
+        self.conn = db.connect(self.conninfo, autocommit=True, refuse_transaction_pooling=True)
         try:
-            # Through transaction pooling a session lock would stay on a server
-            # connection the pooler hands to its next client: refuse first.
-            pooler.refuse_transaction_pooling(self.conn, self.conninfo,
-                                              lambda: db.connect(self.conninfo, probe=True))
             self._acquire()
         except BaseException:
             self.conn.close()

@@ -11,7 +11,7 @@ import random
 import time
 from typing import List, Optional
 
-from otelmig import db, interrupt, output, progress
+from otelmig import db, interrupt, output, progress, session
 from otelmig.revisions import HEAD_REVISION
 from otelmig.check import ensure_known, read_state
 from otelmig.errors import ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError, UsageError
@@ -68,7 +68,8 @@ def engine_for(conninfo):
         logger.propagate = False
 
     return sqlalchemy.create_engine("postgresql+pg8000://", poolclass=NullPool,
-                                    creator=lambda: db.connect(conninfo, autocommit=False))
+                                    creator=lambda: db.connect(conninfo, autocommit=False,
+                                                               purpose=session.MIGRATION))
 
 
 def resolve_revision(settings, target: str, current: Optional[str]) -> Optional[str]:
@@ -133,6 +134,7 @@ def _depth(scripts, revision: Optional[str]) -> int:
 def migration_session(settings, err):
     """The migration lock, then a SQLAlchemy connection set up for DDL."""
     say = lambda line: output.progress(settings, err, line)  # noqa: E731
+    session.idle_timeout()  # a malformed OTELMIG_IDLE_TIMEOUT is exit 2 before anything happens
     with MigrationLock(settings.conninfo, settings.schema, settings.lock_wait, say) as lock:
         state = read_state(lock.conn, settings.schema)
         engine = engine_for(settings.conninfo)
@@ -153,6 +155,9 @@ def migration_session(settings, err):
 
 
 def _prepare_session(connection, settings) -> None:
+    """What the session list (otelmig/session.py) leaves to run time: the
+    read-only refusal, the lock timeout and the index builds' memory."""
+    _refuse_read_only(connection)
     connection.exec_driver_sql("SET lock_timeout = '%dms'" % lock_timeout_ms(settings))
     # Index builds sort in memory up to maintenance_work_mem; the server default
     # (64 MB) spills a million spans to disk. Raise it for this session only,
@@ -161,12 +166,29 @@ def _prepare_session(connection, settings) -> None:
         "select set_config('maintenance_work_mem', '%dMB', false) "
         "where pg_size_bytes(current_setting('maintenance_work_mem')) < %d"
         % (MAINTENANCE_WORK_MEM_MB, MAINTENANCE_WORK_MEM_MB * 1024 * 1024))
-    server = int(connection.exec_driver_sql("show server_version_num").scalar())
-    if server >= 140000:
-        # A backend whose client vanished (SIGKILL) stops within a second
-        # instead of finishing a long statement and holding its locks.
-        connection.exec_driver_sql("SET client_connection_check_interval = '1s'")
     connection.commit()
+
+
+# Where default_transaction_read_only came from (pg_settings.source), for the fix.
+_READ_ONLY_SOURCES = {"database": "ALTER DATABASE ... SET", "user": "ALTER ROLE ... SET",
+                      "database user": "ALTER ROLE ... IN DATABASE ... SET",
+                      "configuration file": "the server configuration"}
+
+
+def _refuse_read_only(connection) -> None:
+    """default_transaction_read_only is the operator's (session.SETTINGS never
+    overrides it): a read-only session or a standby is refused, nothing changed."""
+    read_only, standby, source = connection.exec_driver_sql(
+        "select current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
+        "(select source from pg_settings where name = 'default_transaction_read_only')").one()
+    connection.rollback()
+    if standby:
+        raise RefusedError("the database is read-only: this server is a standby (in recovery); nothing was "
+                           "changed: run against the primary")
+    if read_only:
+        raise RefusedError("the database is read-only for this session: default_transaction_read_only is on "
+                           "(set by %s); nothing was changed: run as a role that may write, or set it off there"
+                           % _READ_ONLY_SOURCES.get(source, source))
 
 
 def lock_timeout_ms(settings) -> int:
@@ -187,8 +209,10 @@ def _restore_session(connection) -> None:
 
 
 def _run_with_retries(settings, err, connection, action) -> None:
-    """Run a migration command; when its DDL times out waiting for a lock
-    (55P03, the revision's transaction rolled back), retry it (see LOCK_*)."""
+    """Run a migration command; when its transaction was rolled back by a
+    conflict (a lock timeout 55P03, a deadlock, a serialization failure), retry
+    it (see LOCK_*). With -v, a failing statement is printed whole (the error
+    line names only its start)."""
     from alembic.util import CommandError
 
     deadline = time.monotonic() + LOCK_BUDGET_FACTOR * settings.lock_timeout
@@ -201,13 +225,21 @@ def _run_with_retries(settings, err, connection, action) -> None:
         except CommandError as exc:  # e.g. `upgrade base` from the head
             raise UsageError("%s; see `otelmig history`" % exc) from None
         except Exception as exc:
-            if not db.is_lock_timeout(exc) or time.monotonic() >= deadline:
+            if not db.is_conflict(exc) or time.monotonic() >= deadline:
+                _print_failed_statement(settings, err, exc)
                 raise
+            reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
         pause = random.uniform(*RETRY_PAUSE)
-        output.progress(settings, err, "a table is busy (waited %.2fs for its lock); retrying in %.2fs"
-                        % (wait, pause), level=0 if attempt % 20 == 0 else 1)
+        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs"
+                        % (reason, pause), level=0 if attempt % 20 == 0 else 1)
         time.sleep(pause)
         attempt += 1
+
+
+def _print_failed_statement(settings, err, exc) -> None:
+    statement = db.failed_statement(exc)
+    if statement:
+        output.progress(settings, err, "failed statement: %s" % statement, level=1)
 
 
 def _set_lock_timeout(connection, seconds: float) -> None:
