@@ -118,6 +118,31 @@ def test_store_adopted_without_a_record_refuses_rollback_naming_the_objects(db_u
     assert "created_at" not in columns_of(db_url, "spans") and not index_exists(db_url, "ix_spans_span_id")
 
 
+def test_downgrade_of_a_stamped_legacy_store_drops_nothing_and_names_no_worker_column(db_url):
+    """Stamped at the head over the legacy layout, with no record: the guard
+    may only count what the downgrade would drop (nothing here), never the
+    worker's own nullable columns (root_span_name, duration_ms, ...)."""
+    load_legacy(db_url, traces=20)
+    assert run_cli("stamp", "head", url=db_url).code == 0
+    before = catalog_snapshot(db_url)
+    rows = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
+    result = run_cli("downgrade", "base", url=db_url)
+    assert result.code == 0, result.err
+    assert catalog_snapshot(db_url) == before
+    assert table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY) == rows
+    assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]
+
+
+def test_store_without_a_record_guard_names_only_columns_the_downgrade_drops(db_url):
+    load_legacy(db_url, traces=20)
+    assert run_cli("upgrade", url=db_url).code == 0
+    forget_the_record(db_url)
+    result = run_cli("rollback", url=db_url)
+    assert result.code == 8
+    for worker_column in ("root_span_name", "duration_ms", "parent_span_id", "tenant_id"):
+        assert worker_column not in result.err, result.err
+
+
 def test_rollback_data_guard_still_counts_rows_of_created_columns(db_url):
     load_legacy(db_url, traces=10)
     assert run_cli("upgrade", url=db_url).code == 0

@@ -324,7 +324,8 @@ def downgrade_steps(n: Names):
     unknown = "not %s" % n.record_kept()
     steps.append(_unknown_origin_guard(n, unknown))
     created = lambda kind, name: "(%s or %s)" % (n.recorded(kind, name, "created"), unknown)  # noqa: E731
-    checks = tuple(RowCheck(t, c, p, when="%s and %s" % (n.column_exists(t, c), created("column", "%s.%s" % (t, c))))
+    # The guard counts exactly the columns the DROP COLUMN steps below would drop.
+    checks = tuple(RowCheck(t, c, p, when="%s and %s" % (n.column_exists(t, c), _column_owned(n, t, c, unknown)))
                    for t, c, p in _droppable_columns() if p)
     steps.append(Step("", row_checks=checks, guard=DATA_LOSS, refuse=(
         "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: ")))
@@ -332,15 +333,10 @@ def downgrade_steps(n: Names):
         steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index),
                           when="%s and %s" % (n.table_exists(index), created("index", index)),
                           table=table, lock=ACCESS_EXCLUSIVE))
-    added = {(a[0], a[1]) for a in ADDED}
     for table, column, _ in _droppable_columns():
-        name = "%s.%s" % (table, column)
-        owned = n.recorded("column", name, "created")
-        if (table, column) in added:  # adopted before the record existed: these are what the baseline adds
-            owned = created("column", name)
         steps.append(Step("ALTER TABLE %s DROP COLUMN IF EXISTS %s" % (n.table(table), quote(column)),
-                          when="%s and %s" % (n.column_exists(table, column), owned), table=table,
-                          lock=ACCESS_EXCLUSIVE))
+                          when="%s and %s" % (n.column_exists(table, column), _column_owned(n, table, column, unknown)),
+                          table=table, lock=ACCESS_EXCLUSIVE))
     for table, renames in RENAMES.items():
         for old, new in renames:
             steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(new), quote(old)),
@@ -350,6 +346,15 @@ def downgrade_steps(n: Names):
                               table=table, lock=ACCESS_EXCLUSIVE))
     steps.append(Step("DROP TABLE IF EXISTS %s" % n.record_table()))
     return steps
+
+
+def _column_owned(n: Names, table: str, column: str, unknown: str) -> str:
+    """SQL: the downgrade drops this column. Recorded as created; or, on a store
+    adopted before the record existed (`unknown`), a column the baseline adds."""
+    recorded = n.recorded("column", "%s.%s" % (table, column), "created")
+    if (table, column) in {(a[0], a[1]) for a in ADDED}:
+        return "(%s or %s)" % (recorded, unknown)
+    return recorded
 
 
 def _unknown_origin_guard(n: Names, unknown: str) -> Step:
