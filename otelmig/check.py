@@ -135,7 +135,7 @@ def probe(conninfo, schema: str, wait: float = 0.0) -> DbState:
     try:
         return read_state(conn, schema)
     finally:
-        conn.close()
+        db.close(conn)
 
 
 def _attempt_timeout(conninfo, remaining: float, wait: float) -> Optional[float]:

@@ -157,11 +157,31 @@ def _connect_one(conninfo, timeout: Optional[float], probe: bool, purpose: str, 
         conn.autocommit = True  # what _prepare runs must leave no transaction open
         if refuse_transaction_pooling:  # before any SET that a pooler would hand to its next client
             _refuse_transaction_pooling(conn, conninfo, timeout)
-        _prepare(conn, purpose, wait)
+        try:
+            _prepare(conn, purpose, wait)
+        except _ClosedAtBegin:
+            # PgBouncer's statement pooling closes a client that opens a
+            # transaction: then a probe's statements run one by one, with the
+            # role's settings. A real outage fails again here (exit 3).
+            return _connect_one(conninfo, timeout, probe, session.BARE, False)
         if not probe:
             conn._usock.settimeout(None)
         return conn
     raise connect_error(last_error, conninfo) from None
+
+
+class _ClosedAtBegin(Exception):
+    """The connection was closed as a probe opened its transaction."""
+
+
+def close(conn) -> None:
+    """End whatever transaction is open (a probe's), then close. A pooler
+    drops, instead of reusing, a server connection whose client left inside
+    a transaction: every `check` behind PgBouncer would cost it one."""
+    with contextlib.suppress(Exception):
+        conn.rollback()
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 # libpq's target_session_attrs checks, on a fresh session.
@@ -200,6 +220,8 @@ def _prepare(conn, purpose: str, wait: Optional[float]) -> None:
     except BaseException as exc:
         with contextlib.suppress(Exception):
             conn.close()
+        if purpose == session.PROBE and _is_connection_lost(exc):
+            raise _ClosedAtBegin() from None
         translated = translate(exc)
         if translated is not None and translated is not exc:
             raise translated from None

@@ -49,8 +49,7 @@ def plan(settings, out, err) -> int:
         pending = [_plan_revision(conn, cursor, settings.schema, script, first=(number == 0))
                    for number, script in enumerate(scripts)]
     finally:
-        conn.rollback()
-        conn.close()
+        db.close(conn)
     status = ExitStatus.PENDING if pending else ExitStatus.OK
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": state.revision,
                "head": HEAD_REVISION, "pending": pending}

@@ -230,7 +230,7 @@ def verify(settings, out, err, strict: bool = False) -> int:
         state = read_state(conn, settings.schema)
         report = compare(settings.schema, read_catalog(conn, settings.schema))
     finally:
-        conn.close()
+        db.close(conn)
     status, message = _verdict(settings, state, report, strict)
     return _emit(settings, out, err, status, state, report, message, started)
 
