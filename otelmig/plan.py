@@ -14,10 +14,12 @@ from otelmig.ddl import Names, has_rows
 from otelmig.errors import ExitStatus
 from otelmig.migrate import revisions_between
 
-# reltuples is -1 until the table was first analyzed; the statistics system's
-# live-row count is there from the first insert.
+# reltuples is -1 until the table was first analyzed (0 with relpages 0 before
+# PostgreSQL 14); the statistics system's live-row count is there from the first insert.
 _TABLE_STATS_SQL = """
-select case when c.reltuples >= 0 then c.reltuples::bigint else s.n_live_tup end, pg_total_relation_size(c.oid)
+select case when c.reltuples > 0 or (c.reltuples = 0 and c.relpages > 0) then c.reltuples::bigint
+            else s.n_live_tup end,
+       pg_total_relation_size(c.oid)
 from pg_class c left join pg_stat_all_tables s on s.relid = c.oid
 where c.oid = to_regclass(%s)
 """

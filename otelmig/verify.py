@@ -12,9 +12,13 @@ from otelmig._version import HEAD_REVISION
 from otelmig.check import assess, read_state
 from otelmig.errors import ExitStatus, PendingError
 
+# Nullable: 18 also sets attnotnull for a NOT NULL ... NOT VALID constraint (kept in
+# pg_constraint, contype 'n'), which existing rows were never checked against.
 _COLUMNS_SQL = """
 select c.relname::text, c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
-       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
+       not a.attnotnull or exists (select 1 from pg_constraint k where k.conrelid = c.oid and k.contype = 'n'
+                                   and not k.convalidated and k.conkey[1] = a.attnum),
+       pg_get_expr(d.adbin, d.adrelid), a.attidentity::text
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
