@@ -36,6 +36,10 @@ if [ -z "$pg" ]; then
     exec .venv/bin/python -m pytest "${pytest_args[@]}"
 fi
 
+if [ -n "${OTELMIG_TEST_URL:-}" ]; then
+    echo "test.sh: --pg starts its own servers; unset OTELMIG_TEST_URL" >&2
+    exit 2
+fi
 read -r -a majors <<< "$(.venv/bin/python tools/pgbin.py names "$pg")"
 .venv/bin/python tools/pgbin.py fetch "${majors[@]}" >/dev/null  # downloads are not part of any major's time
 summary=()
