@@ -200,7 +200,7 @@ def _unpack(artifact: str, tree: str, pin: Pin):
         for member in tgz.getmembers():
             if member.name.startswith("/") or ".." in member.name.split("/") or not (member.isfile() or member.isdir()):
                 raise PgBinError("unexpected entry in %s: %s" % (artifact, member.name))
-        tgz.extractall(tree)
+        tgz.extractall(tree, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     # The npm package stores its shared-library symlinks in a JSON file; its own script recreates them.
     package = os.path.join(tree, "package")
     proc = subprocess.run(["node", "scripts/hydrate-symlinks.js"], cwd=package, capture_output=True, text=True)
