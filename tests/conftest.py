@@ -98,7 +98,18 @@ def db_url(server):
     name = "t_" + uuid.uuid4().hex[:12]
     sql(server.admin_url, "CREATE DATABASE %s" % name)
     yield server.url(name)
-    sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    drop_database(server.admin_url, name)
+
+
+def drop_database(admin_url: str, name: str):
+    try:
+        sql(admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    except pg8000.dbapi.DatabaseError as error:
+        if "42601" not in str(error):
+            raise
+        # PostgreSQL 12 (kept only to test that otelmig refuses it) has no WITH (FORCE).
+        sql(admin_url, "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,))
+        sql(admin_url, "DROP DATABASE IF EXISTS %s" % name)
 
 
 def load_legacy(url: str, schema: str = "otel", traces: int = 0, spans_per_trace: int = 5, seed: int = 7):
