@@ -39,8 +39,10 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, ssl_files=None):
-        self.bindir = bindir()
+    def __init__(self, ssl_files=None, pg: str = None):
+        """pg: a tools/pgbin.py name (e.g. "12" to test the refusal of an old server);
+        default the selected one (OTELMIG_TEST_PG)."""
+        self.bindir = pgbin.bindir(pg) if pg else bindir()
         self.root = tempfile.mkdtemp(prefix="otelmig-pg-")
         self.data = os.path.join(self.root, "data")
         self.port = free_port()
