@@ -14,11 +14,13 @@ from otelmig.ddl import Catalog, Names, decide
 from otelmig.errors import ExitStatus
 from otelmig.migrate import revisions_between
 
-# reltuples is -1 until the table was first analyzed; the statistics system's
-# live-row count is there from the first insert. A partitioned table holds no
-# rows itself: its partitions' (pg_partition_tree, every level) are summed.
+# reltuples is -1 until the table was first analyzed (0 with relpages 0 before
+# PostgreSQL 14); the statistics system's live-row count is there from the
+# first insert. A partitioned table holds no rows itself: its partitions'
+# (pg_partition_tree, every level) are summed.
 _TABLE_STATS_SQL = """
-select sum(case when c.reltuples >= 0 then c.reltuples::bigint else s.n_live_tup end)::bigint,
+select sum(case when c.reltuples > 0 or (c.reltuples = 0 and c.relpages > 0) then c.reltuples::bigint
+                else s.n_live_tup end)::bigint,
        coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint, count(*)
 from pg_class c left join pg_stat_all_tables s on s.relid = c.oid
 where c.relkind not in ('p', 'I')

@@ -12,9 +12,13 @@ from otelmig._version import HEAD_REVISION
 from otelmig.check import assess, read_state
 from otelmig.errors import ExitStatus, PendingError
 
+# Nullable: 18 also sets attnotnull for a NOT NULL ... NOT VALID constraint (kept in
+# pg_constraint, contype 'n'), which existing rows were never checked against.
 _COLUMNS_SQL = """
 select c.relname::text, c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
-       not a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity::text,
+       not a.attnotnull or exists (select 1 from pg_constraint nn where nn.conrelid = c.oid and nn.contype = 'n'
+                                   and not nn.convalidated and nn.conkey[1] = a.attnum),
+       pg_get_expr(d.adbin, d.adrelid), a.attidentity::text,
        pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE'),
        coalesce((select array_agg(pa.attname::text order by k.n)
                  from pg_partitioned_table pt

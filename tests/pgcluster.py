@@ -1,25 +1,35 @@
 """A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temp dir,
 a free port, SCRAM passwords. The server refuses to run as root, so as root we
-run it as the `postgres` OS user."""
+run it as the `postgres` OS user. OTELMIG_TEST_PG picks the major (see
+selected()); tools/pgbin.py fetches and caches its binaries."""
 
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import pgbin  # noqa: E402
+
+
+TEST_PG_ENV = "OTELMIG_TEST_PG"
+
+
+def selected() -> str:
+    """Which PostgreSQL the tests run on: OTELMIG_TEST_PG names one of tools/pgbin.py's pins
+    (13, 14, 15, 16, 17, 18, 18-minimal); unset, the default (Debian's 15)."""
+    return os.environ.get(TEST_PG_ENV, "").strip() or pgbin.DEFAULT
+
 
 def bindir() -> str:
-    found = shutil.which("pg_config")
-    if found:
-        return subprocess.check_output([found, "--bindir"], text=True).strip()
-    for version in ("17", "16", "15", "14"):
-        path = "/usr/lib/postgresql/%s/bin" % version
-        if os.path.exists(os.path.join(path, "initdb")):
-            return path
-    raise RuntimeError("no PostgreSQL server binaries (initdb) found; apt-get install -y postgresql")
+    try:
+        return pgbin.bindir(selected())
+    except pgbin.PgBinError as error:
+        raise RuntimeError("%s=%s: %s" % (TEST_PG_ENV, selected(), error)) from None
 
 
 def free_port() -> int:
@@ -29,8 +39,10 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, ssl_files=None):
-        self.bindir = bindir()
+    def __init__(self, ssl_files=None, pg: str = None):
+        """pg: a tools/pgbin.py name (e.g. "12" to test the refusal of an old server);
+        default the selected one (OTELMIG_TEST_PG)."""
+        self.bindir = pgbin.bindir(pg) if pg else bindir()
         self.root = tempfile.mkdtemp(prefix="otelmig-pg-")
         self.data = os.path.join(self.root, "data")
         self.port = free_port()
@@ -61,6 +73,14 @@ class Cluster:
         self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.root, "log"),
                   "-w", "-t", "60", "start")
         return self
+
+    def log(self) -> str:
+        """The server's log so far ('' before the first start)."""
+        try:
+            with open(os.path.join(self.root, "log"), errors="replace") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ""
 
     def reload(self):
         self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "reload")

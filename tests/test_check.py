@@ -61,6 +61,7 @@ def test_wait_does_not_retry_a_wrong_password(server):
     assert result.code == 3 and time.monotonic() - started < 2
 
 
+@pytest.mark.db  # starts its own cluster
 def test_wait_sees_a_server_that_comes_up():
     late = Cluster()
     url = late.url("postgres")
