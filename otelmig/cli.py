@@ -196,7 +196,8 @@ def _run(argv, env, out, err, run: Invocation) -> int:
         return 0
     if not args.command:
         raise UsageError("no command given; see `%s --help`" % PROG)
-    from otelmig import settings as settings_mod
+    from otelmig import db, settings as settings_mod
+    db.use_c_pbkdf2()  # this process is ours (init_db() inside a worker leaves scramp alone)
     # The schema first: a failure further on (a bad URL) still reports it in JSON and Prometheus.
     run.schema = settings_mod.resolve_schema(args, env)
     offline = getattr(args, "sql", False)

@@ -74,6 +74,14 @@ class Cluster:
                   "-w", "-t", "60", "start")
         return self
 
+    @property
+    def major(self) -> int:
+        """The server build's major version (from `postgres --version`)."""
+        import re
+        out = subprocess.run([os.path.join(self.bindir, "postgres"), "--version"], capture_output=True,
+                             text=True).stdout
+        return int(re.search(r"\(PostgreSQL\)\s+(\d+)", out).group(1))
+
     def log(self) -> str:
         """The server's log so far ('' before the first start)."""
         try:

@@ -72,3 +72,33 @@ def test_plan_estimates_rows_of_a_table_never_analyzed(db_url):
     assert result.code == 5, result.err
     estimates = {s["rows_estimate"] for s in result.json()["pending"][0]["statements"] if s["table"] == "otel.spans"}
     assert estimates == {100}, result.out
+
+
+@pytest.fixture(scope="module")
+def postgres_12():
+    """A real PostgreSQL 12 (tools/pgbin.py pins one for this test only), with the legacy store."""
+    from pgcluster import Cluster
+    cluster = Cluster(pg="12").start()
+    try:
+        url = cluster.url("postgres")
+        load_legacy(url, traces=10)
+        yield url
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("command", [("check",), ("verify",), ("plan",), ("upgrade",), ("stamp", "head"),
+                                     ("downgrade", "base")])
+def test_a_server_older_than_13_is_refused_before_anything_changes(postgres_12, command):
+    before = sql(postgres_12, "select c.relname::text, a.attname::text from pg_attribute a "
+                              "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
+                              "where n.nspname = 'otel' and a.attnum > 0 order by 1, 2")
+    result = run_cli(*command, url=postgres_12)
+    assert result.code == 8, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "PostgreSQL 12" in lines[0] and "13 or newer" in lines[0], result.err
+    assert "Traceback" not in result.err
+    assert sql(postgres_12, "select c.relname::text, a.attname::text from pg_attribute a "
+                            "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
+                            "where n.nspname = 'otel' and a.attnum > 0 order by 1, 2") == before
+    assert sql(postgres_12, "select count(*) from pg_namespace where nspname = 'otel'") == [[1]]

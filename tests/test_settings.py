@@ -129,3 +129,24 @@ def test_fast_pbkdf2_equals_scramps_own():
             password, salt = os.urandom(12), os.urandom(16)
             assert _pbkdf2(hash_factory, password, salt, iterations) == \
                 scramp.utils.hi(hash_factory, password, salt, iterations)
+
+
+def test_init_db_leaves_the_host_processs_scramp_alone(db_url):
+    """init_db() runs inside the worker: it must not patch a library for the
+    whole process (only the command line, which owns its process, does)."""
+    code = ("import scramp.core\n"
+            "before = scramp.core.hi\n"
+            "import otelmig, otelmig.db\n"
+            "try:\n"
+            "    otelmig.init_db(url=%r)\n"
+            "except otelmig.SchemaNotReady as exc:\n"
+            "    assert exc.exit_code == 4, exc\n"
+            "assert scramp.core.hi is before, 'scramp patched'\n"
+            "from otelmig.cli import main\n"
+            "import io\n"
+            "main(['check', '--url', %r], env={}, out=io.StringIO(), err=io.StringIO())\n"
+            "assert scramp.core.hi is not before, 'the command line should use hashlib'\n" % (db_url, db_url))
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
