@@ -24,8 +24,8 @@ export PGPASSWORD=$password
 psql_() { psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }
 step() { echo; echo "\$ $*"; set +e; "$@"; echo "(exit $?)"; set -e; }
 
-echo "== the old worker's layout (tests/fixtures/legacy_schema.sql), 2,000 traces, 10,000 spans"
-psql_ -f tests/fixtures/legacy_schema.sql
+echo "== the old worker's layout (docs/legacy_schema.sql), 2,000 traces, 10,000 spans"
+psql_ -f docs/legacy_schema.sql
 psql_ -c "insert into otel.traces (trace_id, service_name, start_ts, span_count)
           select md5(g::text), 'svc-' || g % 20, now() - g * interval '1 s', 5 from generate_series(1, 2000) g;
           insert into otel.spans (trace_id, span_id, name, service_name, start_ts, status, attributes)

@@ -8,7 +8,7 @@ Run by hand, not in CI, from the repository root (builds dist/otelmig.pyz if mis
 
 It starts a throwaway PostgreSQL cluster (tests/pgcluster.py plus BENCH_CONF of
 bench/common.py; 127.0.0.1 only; always stopped), fills database `legacy_src`
-with the legacy layout (tests/fixtures/legacy_schema.sql) and SPANS generated
+with the legacy layout (docs/legacy_schema.sql) and SPANS generated
 server-side (traces of 5-20 spans, JSON attributes, 20 services; VACUUM
 ANALYZE, CHECKPOINT), and then runs PAIRS rounds. Each round makes fresh
 copies (CREATE DATABASE ... TEMPLATE legacy_src STRATEGY FILE_COPY) and runs,

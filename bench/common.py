@@ -9,7 +9,7 @@ Not used by the tests or CI. What lives here:
   - a throwaway PostgreSQL cluster (tests/pgcluster.py) with bench settings;
   - run_measured(): one child process, its wall time and its own peak RSS
     (os.wait4 gives the rusage of exactly that child);
-  - generate_legacy(): the legacy layout (tests/fixtures/legacy_schema.sql) filled
+  - generate_legacy(): the legacy layout (docs/legacy_schema.sql) filled
     server-side with realistic spans: traces of 5-20 spans, JSON attributes,
     20 services.
 Everything talks to 127.0.0.1 only.
@@ -28,7 +28,7 @@ import urllib.parse
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYZ = os.path.join(REPO, "dist", "otelmig.pyz")
-LEGACY_SQL = os.path.join(REPO, "tests", "fixtures", "legacy_schema.sql")
+LEGACY_SQL = os.path.join(REPO, "docs", "legacy_schema.sql")
 BASE_PYTHON_ENV = "OTELMIG_BENCH_BASE_PYTHON"
 
 # Settings of the bench cluster, on top of what tests/pgcluster.py writes
@@ -277,7 +277,7 @@ def trace_id(g: int) -> str:
 
 
 def load_legacy_schema(cursor, schema: str = "otel") -> None:
-    """tests/fixtures/legacy_schema.sql, as tests/conftest.py load_legacy() runs it."""
+    """docs/legacy_schema.sql, as tests/conftest.py load_legacy() runs it."""
     with open(LEGACY_SQL) as handle:
         ddl = handle.read().replace("otel.", "%s." % schema).replace("SCHEMA IF NOT EXISTS otel",
                                                                       "SCHEMA IF NOT EXISTS %s" % schema)

@@ -26,7 +26,7 @@ from pgcluster import Cluster, bindir, selected  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYZ = os.path.join(REPO, "dist", "otelmig.pyz")
-LEGACY_SQL = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_schema.sql")
+LEGACY_SQL = os.path.join(REPO, "docs", "legacy_schema.sql")  # the tests load exactly the documented layout
 TEST_URL_ENV = "OTELMIG_TEST_URL"
 
 
