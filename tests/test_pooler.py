@@ -264,7 +264,7 @@ def test_concurrent_upgrades_through_session_pooling_all_succeed(bouncers, db_ur
 
 
 SERVER_DEFAULTS_SQL = ("select current_setting('lock_timeout'), current_setting('maintenance_work_mem'), "
-                       "current_setting('client_connection_check_interval'), current_setting('search_path'), "
+                       "current_setting('client_connection_check_interval', true), current_setting('search_path'), "
                        "current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout'), "
                        "current_setting('default_transaction_read_only'), "
                        "(select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid())")
