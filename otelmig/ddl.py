@@ -20,6 +20,8 @@ an interruption skips what is already done.
 """
 
 import contextlib
+import os
+import signal
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from otelmig.db import quote_ident, quote_literal
@@ -278,5 +280,28 @@ class OnlineRunner:
                 self._execute(planned.sql)
 
     def _execute(self, sql: str) -> None:
-        self.log("  " + sql)
+        # -v: one statement per line indented by two, its further lines by six,
+        # so a reader (tests/test_revision_kit.py) can tell statements apart.
+        self.log("  " + sql.replace("\n", "\n      "))
         self.execute(sql)
+        crash_point_for_tests()
+
+
+# TEST-ONLY hook for the revision kit (tests/test_revision_kit.py): with
+# OTELMIG_TEST_CRASH_AFTER_STATEMENT=k in the environment, the process kills
+# itself with SIGKILL right after the k-th statement the runner executed
+# (counted over the whole process, inside the revision's transaction or
+# outside it), so the kit can show that a rerun converges after a crash at
+# every step boundary. Inert when the variable is unset (the only cost is one
+# environment lookup per statement); never set it outside the tests.
+CRASH_AFTER_ENV = "OTELMIG_TEST_CRASH_AFTER_STATEMENT"
+_statements_executed = [0]
+
+
+def crash_point_for_tests() -> None:
+    crash_after = os.environ.get(CRASH_AFTER_ENV)
+    if not crash_after:
+        return
+    _statements_executed[0] += 1
+    if _statements_executed[0] == int(crash_after):
+        os.kill(os.getpid(), signal.SIGKILL)
