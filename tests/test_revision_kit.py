@@ -22,6 +22,7 @@ not pytest. Each run gets its own database, copied from a prepared template
 (CREATE DATABASE ... TEMPLATE), which is fast.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -34,10 +35,11 @@ from typing import Dict, List, NamedTuple, Optional
 
 import pytest
 
-from conftest import REPO, catalog_snapshot, load_legacy, sql
-from otelmig import revisions
-from otelmig.ddl import CRASH_AFTER_ENV
-from otelmig.settings import resolve_conninfo
+from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
+from otelmig import offline, revisions
+from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, DATA_LOSS, Names, OnlineRunner, RowCheck, Step
+from otelmig.errors import RefusedError
+from otelmig.settings import Settings, resolve_conninfo
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "revision_kit")
 TRACES = 200           # a few hundred traces, five spans each: indexes are built CONCURRENTLY
@@ -523,3 +525,98 @@ def test_the_kit_fails_a_downgrade_that_leaves_its_column(broken_kit):
     with pytest.raises(KitFailure, match=r"downgrade of kit000000002 after its upgrade: the catalog differs.*"
                                          r"kit_leftover"):
         check_up_down_up(broken_kit, "kit000000002")
+
+
+# --- the offline script decides each kind of step as the online runner does ------------
+
+def kinds_of_steps(n):
+    """name -> (a step, allow_data_loss): each kind of Step, its condition holding or not.
+    The schema holds kit_rows (x int) with one row, and the empty kit_empty (x int)."""
+    rows, empty = n.table("kit_rows"), n.table("kit_empty")
+    rows_check = RowCheck("kit_rows", "x", "x is not null", when=n.column_exists("kit_rows", "x"))
+    empty_check = RowCheck("kit_empty", "x", "x is not null", when=n.column_exists("kit_empty", "x"))
+    absent_check = RowCheck("kit_rows", "gone", "gone is not null", when=n.column_exists("kit_rows", "gone"))
+    return {
+        "statement, no condition": (Step("ALTER TABLE %s ADD COLUMN a int" % rows), False),
+        "statement, condition holds": (Step("ALTER TABLE %s ADD COLUMN b int" % rows, when="true"), False),
+        "statement, condition fails": (Step("ALTER TABLE %s ADD COLUMN c int" % rows, when="false"), False),
+        "concurrent build, table with rows": (Step("CREATE INDEX %sIF NOT EXISTS ix_kit_rows ON %s (x)"
+                                                   % (CONCURRENTLY, rows), table="kit_rows", concurrent=True), False),
+        "concurrent build, condition fails": (Step("CREATE INDEX %sIF NOT EXISTS ix_kit_no ON %s (x)"
+                                                   % (CONCURRENTLY, rows), when="false", concurrent=True), False),
+        "refusal, no condition": (Step("", refuse="kit stop: ", detail="'the detail'"), False),
+        "refusal, condition holds": (Step("", refuse="kit stop", when="true"), False),
+        "refusal, condition fails": (Step("", refuse="kit stop", when="false"), False),
+        "row checks find rows": (Step("", refuse="kit data: ", row_checks=(rows_check, empty_check)), False),
+        "row checks find none": (Step("", refuse="kit data: ", row_checks=(empty_check, absent_check)), False),
+        "row checks, condition fails": (Step("", refuse="kit data: ", when="false", row_checks=(rows_check,)),
+                                        False),
+        "row checks with a detail": (Step("", refuse="kit data: ", detail="'counted: '",
+                                          row_checks=(rows_check,)), False),
+        "data-loss refusal lifted": (Step("", refuse="kit data: ", guard=DATA_LOSS, row_checks=(rows_check,)),
+                                     True),
+        "data-loss refusal not lifted": (Step("", refuse="kit data: ", guard=DATA_LOSS, row_checks=(rows_check,)),
+                                         False),
+    }
+
+
+KINDS = sorted(kinds_of_steps(Names(SCHEMA)))
+
+
+def store_for_kinds(url: str) -> None:
+    for statement in ("CREATE SCHEMA %s" % SCHEMA, "CREATE TABLE %s.kit_rows (x int)" % SCHEMA,
+                      "CREATE TABLE %s.kit_empty (x int)" % SCHEMA, "INSERT INTO %s.kit_rows VALUES (1)" % SCHEMA):
+        sql(url, statement)
+
+
+def run_online(url: str, step, allow_data_loss: bool):
+    """The online runner on a plain connection: the refusal it raises, or None."""
+    conn = connect(url, autocommit=True)
+    cursor = conn.cursor()
+
+    def scalar(statement):
+        cursor.execute(statement)
+        return cursor.fetchone()[0]
+
+    def rows(statement):
+        cursor.execute(statement)
+        return cursor.fetchall()
+    runner = OnlineRunner(exec_scalar=scalar, exec_rows=rows, execute=cursor.execute,
+                          outside=contextlib.nullcontext, names=Names(SCHEMA), allow_data_loss=allow_data_loss)
+    try:
+        runner.run([step])
+        return None
+    except RefusedError as exc:
+        return exc.message
+    finally:
+        conn.close()
+
+
+def run_offline(url: str, step, allow_data_loss: bool, tmp_dir: str):
+    """offline.py's rendering of the step, applied with psql: the refusal it raised, or None."""
+    path = os.path.join(tmp_dir, "step.sql")
+    with open(path, "w") as handle:
+        handle.write(offline.render_steps([step], Settings(conninfo=None), Names(SCHEMA), allow_data_loss))
+    applied = psql_file(url, path)
+    if applied.returncode == 0:
+        return None
+    raised = re.search(r"ERROR:  (.*)", applied.stderr)
+    assert raised, applied.stderr
+    return raised.group(1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_offline_decides_each_kind_of_step_as_online(server, kind, tmp_path):
+    """The same step, decided by the online runner (ddl.decide) and rendered by
+    offline.py and run by psql, on twin databases: the same refusal (or none)
+    and the same catalog afterwards."""
+    kit = new_kit(REPO, server)
+    try:
+        online, script = new_database(kit), new_database(kit)
+        for url in (online, script):
+            store_for_kinds(url)
+        step, allow_data_loss = kinds_of_steps(Names(SCHEMA))[kind]
+        assert run_offline(script, step, allow_data_loss, str(tmp_path)) == run_online(online, step, allow_data_loss)
+        assert catalog_snapshot(script, SCHEMA) == catalog_snapshot(online, SCHEMA)
+    finally:
+        drop_databases(kit)
