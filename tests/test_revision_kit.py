@@ -422,10 +422,14 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
     expected = state(kit, reference)
     for k in range(1, count + 1):
         url = store_at(kit, start_at)
-        crashed = command(kit, url, target, crash_after=k)
+        crashed = command(kit, url, target, "-v", crash_after=k)
         if crashed.returncode != -signal.SIGKILL:
             raise KitFailure("%s of %s with %s=%d: expected to be killed, exit %d: %s"
                              % (direction, revision, CRASH_AFTER_ENV, k, crashed.returncode, crashed.stderr.strip()))
+        logged = len(re.findall(r"^  \S", crashed.stderr, re.M))
+        if logged != k:  # the hook counts what the runner executes, and kills right after statement k
+            raise KitFailure("%s of %s with %s=%d: killed after %d statement(s)"
+                             % (direction, revision, CRASH_AFTER_ENV, k, logged))
         what = "%s of %s killed after statement %d of %d (%s), then rerun" % (
             direction, revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
         must(command(kit, url, target), what)
