@@ -124,7 +124,7 @@ def downgrade(kit: Kit, url: str, target: Optional[str], *extra, **kwargs) -> su
 
 def executed_statements(stderr: str) -> Dict[str, List[str]]:
     """The statements `-v` logged, by revision. The runner logs each statement
-    as a line indented by two spaces, its further lines indented by four more;
+    as a line indented by two spaces, its further lines indented by six;
     each revision ends with an `applied REV` / `reverted REV` line."""
     by_revision, pending, current = {}, [], None
     for line in stderr.splitlines():
