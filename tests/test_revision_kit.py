@@ -60,10 +60,11 @@ class Kit(NamedTuple):
     server: object   # conftest.Server
     databases: list  # created here, dropped at the end
     templates: dict  # revision (None: base) -> template database name
+    found: dict      # "columns": (table, column) of the legacy store as found
 
 
 def new_kit(root: str, server) -> Kit:
-    return Kit(root, server, [], {})
+    return Kit(root, server, [], {}, {})
 
 
 # --- the revisions --------------------------------------------------------------
@@ -210,9 +211,11 @@ class State(NamedTuple):
 def stamped_columns(kit: Kit, catalog: dict) -> set:
     """(table, column) with a time- or random-valued default that the legacy
     store as found did not have (its own were filled when it was loaded)."""
-    found = {(c[0], c[1]) for c in catalog_snapshot(kit.server.url(template_at(kit, None)), SCHEMA)["columns"]}
+    if "columns" not in kit.found:
+        found = catalog_snapshot(kit.server.url(template_at(kit, None)), SCHEMA)["columns"]
+        kit.found["columns"] = {(c[0], c[1]) for c in found}
     return {(c[0], c[1]) for c in catalog["columns"]
-            if c[4] and STAMPED_DEFAULT.search(c[4]) and (c[0], c[1]) not in found}
+            if c[4] and STAMPED_DEFAULT.search(c[4]) and (c[0], c[1]) not in kit.found["columns"]}
 
 
 VERSION_TABLE_OBJECTS = ("alembic_version", "alembic_version_pkc")
@@ -224,11 +227,21 @@ def without_version_table(catalog: dict) -> dict:
     return {kind: [row for row in rows if row[0] not in VERSION_TABLE_OBJECTS] for kind, rows in catalog.items()}
 
 
+def more_catalog(url: str) -> dict:
+    """What conftest.catalog_snapshot leaves out: every relation with its kind, and the constraints."""
+    relations = sql(url, """select c.relname, c.relkind::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                            where n.nspname = %s order by 1""", (SCHEMA,))
+    constraints = sql(url, """select c.relname, k.conname, pg_get_constraintdef(k.oid) from pg_constraint k
+                              join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+                              where n.nspname = %s order by 1, 2""", (SCHEMA,))
+    return {"relations": [tuple(r) for r in relations], "constraints": [tuple(r) for r in constraints]}
+
+
 def state(kit: Kit, url: str) -> State:
     """Catalog, version row and every row of every table. Columns a run added
     with a time-valued default (created_at, recorded_at) are left out of the
     rows: two runs fill them differently."""
-    catalog = without_version_table(catalog_snapshot(url, SCHEMA))
+    catalog = without_version_table(dict(catalog_snapshot(url, SCHEMA), **more_catalog(url)))
     skip = stamped_columns(kit, catalog)
     rows = {}
     for table in tables(url):
