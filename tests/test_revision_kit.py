@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from typing import Dict, List, NamedTuple, Optional
 import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
+from pgcluster import bindir
 from otelmig import offline, revisions
 from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, DATA_LOSS, Names, OnlineRunner, RowCheck, Step
 from otelmig.errors import RefusedError
@@ -361,8 +363,6 @@ def check_up_down_up(kit: Kit, revision: str) -> None:
 
 
 def psql_file(url: str, path: str) -> subprocess.CompletedProcess:
-    from pgcluster import bindir
-    import shutil
     info = resolve_conninfo(url, {})
     psql = shutil.which("psql") or os.path.join(bindir(), "psql")
     return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
