@@ -20,6 +20,9 @@ an interruption skips what is already done.
 """
 
 import contextlib
+import enum
+import os
+import signal
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from otelmig.db import quote_ident, quote_literal
@@ -82,6 +85,22 @@ class Decision(NamedTuple):
     lifted: bool = False           # a refusal that --allow-data-loss lifted
 
 
+class StepKind(enum.Enum):
+    """What a step is, whichever mode runs it: decide() evaluates each kind
+    against the live catalog, offline.py renders each kind as SQL."""
+    STATEMENT = "statement"          # one statement (concurrent: outside the transaction)
+    PER_PARTITION = "per partition"  # for_each: one statement per partition the catalog lists
+    REFUSAL = "refusal"              # stop (exit 8) when `when` holds (and a row check finds rows)
+    LIFTED = "lifted refusal"        # a data-loss refusal that --allow-data-loss lifts: nothing stops
+
+
+def kind_of(step: "Step", allow_data_loss: bool = False) -> StepKind:
+    """The one classification of a step; a refusal wins over everything else."""
+    if step.refuse:
+        return StepKind.LIFTED if step.guard == DATA_LOSS and allow_data_loss else StepKind.REFUSAL
+    return StepKind.PER_PARTITION if step.for_each else StepKind.STATEMENT
+
+
 class Catalog(NamedTuple):
     """How a mode asks the database: scalar(sql) -> first value, rows(sql) -> all rows."""
     scalar: Callable
@@ -89,12 +108,14 @@ class Catalog(NamedTuple):
 
 
 def decide(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool = False) -> Decision:
-    """The one decision, made the same way online and in plan (offline renders the same SQL)."""
+    """The one decision, made the same way online and in plan; offline.py renders each
+    kind_of(step) as SQL that decides the same (tests/test_revision_kit.py runs both)."""
     if step.when is not None and not ask.scalar("select " + step.when):
         return Decision([])
-    if step.refuse:
-        return _decide_refusal(step, names, ask, allow_data_loss)
-    if step.for_each:
+    kind = kind_of(step, allow_data_loss)
+    if kind in (StepKind.REFUSAL, StepKind.LIFTED):
+        return _decide_refusal(step, names, ask, lifted=kind is StepKind.LIFTED)
+    if kind is StepKind.PER_PARTITION:
         statements = []
         for partition, index_name, index, display in ask.rows(step.for_each):
             concurrently = bool(step.concurrent and has_rows_in(ask.scalar, partition))
@@ -108,7 +129,7 @@ def decide(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool = Fal
     return Decision([Planned(step.statement(concurrently), concurrently, qualified, display)])
 
 
-def _decide_refusal(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool) -> Decision:
+def _decide_refusal(step: Step, names: "Names", ask: Catalog, lifted: bool) -> Decision:
     detail = ask.scalar("select " + step.detail) if step.detail else ""
     if step.row_checks:
         found = [(check, rows_matching(ask.scalar, names, check)) for check in step.row_checks]
@@ -116,7 +137,7 @@ def _decide_refusal(step: Step, names: "Names", ask: Catalog, allow_data_loss: b
                             for check, count in found if count)
         if not detail:
             return Decision([])
-    if step.guard == DATA_LOSS and allow_data_loss:
+    if lifted:
         return Decision([], step.refuse + (detail or ""), lifted=True)
     return Decision([], step.refuse + (detail or ""))
 
@@ -278,5 +299,28 @@ class OnlineRunner:
                 self._execute(planned.sql)
 
     def _execute(self, sql: str) -> None:
-        self.log("  " + sql)
+        # -v: one statement per line indented by two, its further lines by six,
+        # so a reader (tests/test_revision_kit.py) can tell statements apart.
+        self.log("  " + sql.replace("\n", "\n      "))
         self.execute(sql)
+        crash_point_for_tests()
+
+
+# TEST-ONLY hook for the revision kit (tests/test_revision_kit.py): with
+# OTELMIG_TEST_CRASH_AFTER_STATEMENT=k in the environment, the process kills
+# itself with SIGKILL right after the k-th statement the runner executed
+# (counted over the whole process, inside the revision's transaction or
+# outside it), so the kit can show that a rerun converges after a crash at
+# every step boundary. Inert when the variable is unset (the only cost is one
+# environment lookup per statement); never set it outside the tests.
+CRASH_AFTER_ENV = "OTELMIG_TEST_CRASH_AFTER_STATEMENT"
+_statements_executed = [0]
+
+
+def crash_point_for_tests() -> None:
+    crash_after = os.environ.get(CRASH_AFTER_ENV)
+    if not crash_after:
+        return
+    _statements_executed[0] += 1
+    if _statements_executed[0] == int(crash_after):
+        os.kill(os.getpid(), signal.SIGKILL)

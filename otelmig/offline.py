@@ -10,7 +10,7 @@ for `psql -v ON_ERROR_STOP=1 -f`.
 
 from otelmig import db
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
-from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Names, RowCheck, Step
+from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Names, RowCheck, Step, StepKind, kind_of
 from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
 from otelmig.migrate import lock_timeout_ms, resolve_revision, revisions_between
@@ -33,7 +33,7 @@ def upgrade_sql(settings, out, revision: str = "head") -> int:
     out.write(_guards(names, newer))
     for script in scripts:
         out.write("\n-- revision %s: %s\n" % (script.revision, _first_line(script.doc)))
-        out.write(_render(script.module.upgrade_steps(names), settings, names, allow_data_loss=False))
+        out.write(render_steps(script.module.upgrade_steps(names), settings, names, allow_data_loss=False))
         out.write(_set_version(names, script.revision))
     return 0
 
@@ -47,7 +47,7 @@ def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -
     out.write(_guards(names, []))
     for script in scripts:
         out.write("\n-- revert revision %s: %s\n" % (script.revision, _first_line(script.doc)))
-        out.write(_render(script.module.downgrade_steps(names), settings, names, allow_data_loss))
+        out.write(render_steps(script.module.downgrade_steps(names), settings, names, allow_data_loss))
         out.write(_set_version(names, script.down_revision))
     return 0
 
@@ -96,25 +96,28 @@ def _guards(names: Names, newer_known) -> str:
     return lock + version
 
 
-def _render(steps, settings, names: Names, allow_data_loss: bool) -> str:
+def render_steps(steps, settings, names: Names, allow_data_loss: bool) -> str:
+    """The steps as a psql script: each classified by ddl.kind_of, as decide() does online."""
     parts, in_transaction, unbounded = [], False, False
     for step in steps:
-        if step.refuse and step.guard == "data_loss" and allow_data_loss:
+        kind = kind_of(step, allow_data_loss)
+        if kind is StepKind.LIFTED:
             continue
-        if step.concurrent and in_transaction:
+        outside = step.concurrent and kind is not StepKind.REFUSAL
+        if outside and in_transaction:
             parts.append("COMMIT;\n")
             in_transaction = False
-        if step.concurrent and not unbounded:
+        if outside and not unbounded:
             # Concurrent builds queue no reader or writer; they wait for older transactions.
             parts.append("SET lock_timeout = 0;\n")
             unbounded = True
-        if not step.concurrent and unbounded:
+        if not outside and unbounded:
             parts.append(_set_lock_timeout(settings) + "\n")
             unbounded = False
-        if not step.concurrent and not in_transaction:
+        if not outside and not in_transaction:
             parts.append("BEGIN;\n")
             in_transaction = True
-        parts.append(_render_step(step, names))
+        parts.append(_render_step(step, kind, names))
     if in_transaction:
         parts.append("COMMIT;\n")
     if unbounded:
@@ -122,21 +125,18 @@ def _render(steps, settings, names: Names, allow_data_loss: bool) -> str:
     return "".join(parts)
 
 
-def _render_step(step: Step, names: Names) -> str:
-    if step.for_each:
+def _render_step(step: Step, kind: StepKind, names: Names) -> str:
+    """Online, a concurrent step runs CONCURRENTLY when its table holds rows;
+    a script cannot know, and CONCURRENTLY is right on an empty table too."""
+    if kind is StepKind.REFUSAL:
+        return _render_refusal(step, names)
+    if kind is StepKind.PER_PARTITION:
         return _render_for_each(step)
+    statement = step.statement(concurrently=step.concurrent)
     if step.concurrent:
-        statement = step.statement(concurrently=True)
         if step.when is None:
             return statement + ";\n"
         return "SELECT %s WHERE %s\n\\gexec\n" % (db.quote_literal(statement), step.when)
-    if step.row_checks:
-        return _render_row_checks(step, names)
-    if step.refuse:
-        detail = "SELECT %s INTO detail;\n    " % step.detail if step.detail else ""
-        return ("DO %s\nDECLARE detail text := '';\nBEGIN\n  IF %s THEN\n    %sRAISE EXCEPTION '%%', %s || detail;\n"
-                "  END IF;\nEND\n%s;\n" % (DOLLAR, step.when, detail, db.quote_literal(step.refuse), DOLLAR))
-    statement = step.statement(concurrently=False)
     if step.when is None:
         return statement + ";\n"
     return ("DO %s\nBEGIN\n  IF %s THEN\n    EXECUTE %s;\n  END IF;\nEND\n%s;\n"
@@ -153,13 +153,21 @@ def _render_for_each(step: Step) -> str:
             % (filled, step.for_each, step.when or "true"))
 
 
-def _render_row_checks(step: Step, names: Names) -> str:
-    """The data guard: each column is read through EXECUTE, parsed only when it exists."""
-    lines = ["DO %s" % DOLLAR, "DECLARE found bigint; detail text := '';", "BEGIN"]
+def _render_refusal(step: Step, names: Names) -> str:
+    """ddl._decide_refusal in PL/pgSQL: when `when` holds, the message is the
+    refusal, its detail and the row checks' counts; with row checks it stops
+    only when that is not empty. Each checked column is read through EXECUTE,
+    parsed only when it exists."""
+    lines = ["DO %s" % DOLLAR, "DECLARE found bigint; detail text := ''; counts text := '';", "BEGIN",
+             "  IF %s THEN" % (step.when or "true")]
+    if step.detail:
+        lines.append("    SELECT coalesce((%s)::text, '') INTO detail;" % step.detail)
     for check in step.row_checks:
-        lines += _render_row_check(check, names)
-    lines += ["  IF detail <> '' THEN", "    RAISE EXCEPTION '%%', %s || detail;" % db.quote_literal(step.refuse),
-              "  END IF;", "END", "%s;" % DOLLAR]
+        lines += ["  " + line for line in _render_row_check(check, names)]
+    holds = "detail || counts <> ''" if step.row_checks else "true"
+    lines += ["    IF %s THEN" % holds,
+              "      RAISE EXCEPTION '%%', %s || detail || counts;" % db.quote_literal(step.refuse),
+              "    END IF;", "  END IF;", "END", "%s;" % DOLLAR]
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +180,7 @@ def _render_row_check(check: RowCheck, names: Names) -> list:
             "    EXECUTE %s INTO found;" % db.quote_literal(exists),
             "    IF found > 0 THEN",
             "      EXECUTE %s INTO found;" % db.quote_literal(count),
-            "      detail := concat_ws(', ', nullif(detail, ''), found || %s);" % db.quote_literal(label),
+            "      counts := concat_ws(', ', nullif(counts, ''), found || %s);" % db.quote_literal(label),
             "    END IF;",
             "  END IF;"]
 
