@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from otelmig import db, interrupt, output, progress, session
 from otelmig.revisions import HEAD_REVISION
-from otelmig.check import ensure_known, read_state
+from otelmig.state import ensure_known, read_state
 from otelmig.errors import ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError, UsageError
 from otelmig.lock import MigrationLock
 
@@ -403,7 +403,7 @@ def history(settings, out, err) -> int:
 
 def _current_or_none(settings, err) -> Optional[str]:
     """history marks the current revision when the database answers quickly."""
-    from otelmig.check import probe
+    from otelmig.state import probe
     import dataclasses
 
     quick = dataclasses.replace(settings.conninfo, connect_timeout=min(settings.conninfo.connect_timeout or 3.0, 3.0))

@@ -9,7 +9,7 @@ current row estimate and size.
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.check import ensure_known, read_state
+from otelmig.state import ensure_known, read_state
 from otelmig.ddl import Catalog, Names, decide
 from otelmig.errors import ExitStatus
 from otelmig.migrate import revisions_between
