@@ -1,4 +1,4 @@
-"""check, current and init_db: the fast probe.
+"""check and current: the fast probe (init_db is otelmig.api's).
 
 This module is on the hot path of every container start, so it imports pg8000
 and otelmig's own small modules only: never Alembic, Mako or SQLAlchemy
@@ -6,9 +6,6 @@ and otelmig's own small modules only: never Alembic, Mako or SQLAlchemy
 build time (otelmig/_version.py); the state and its verdict are otelmig.state's.
 """
 
-from typing import Optional
-
-from otelmig import db
 from otelmig._version import HEAD_REVISION
 from otelmig.output import emit
 from otelmig.state import assess, ensure_known, probe
@@ -39,30 +36,3 @@ def current(settings, out, err) -> int:
         text = "%s: %s%s" % (settings.schema, state.revision, " (head)" if is_head else " (behind head %s)" % HEAD_REVISION)
     emit(settings, out, payload, text)
     return 0
-
-
-class SchemaNotReady(RuntimeError):
-    """Raised by init_db(); exit_code is the one `otelmig check` would return."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def init_db(url: Optional[str] = None, schema: Optional[str] = None) -> None:
-    """The worker's fail-fast start-up check: validates, never creates or alters."""
-    import os
-    from otelmig import settings as settings_mod
-    from otelmig.redact import redact
-
-    try:
-        schema_name = settings_mod.validate_schema(
-            schema or os.environ.get(settings_mod.ENV_SCHEMA, settings_mod.DEFAULT_SCHEMA))
-        conninfo = settings_mod.resolve_conninfo(url, os.environ)
-        error = assess(probe(conninfo, schema_name))
-    except Exception as exc:  # the worker gets our error type, never a driver's
-        error = db.translate(exc)
-        if error is None:
-            raise
-    if error:
-        raise SchemaNotReady(redact(error.message), int(error.exit_status))
