@@ -546,7 +546,7 @@ def test_adoption_matrix(server, database, other_owner, key):
 
 def test_baseline_columns_are_the_head_contract():
     """The baseline freezes the columns it converges on; while it is the head they are schema.py's."""
-    from otelmig.migrate import script_directory
+    from otelmig.scripts import script_directory
     from otelmig.settings import Settings
 
     baseline = script_directory(Settings(conninfo=None)).get_revision("163d8f446eb9").module

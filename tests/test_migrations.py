@@ -5,7 +5,7 @@ import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
 from otelmig import schema as contract
-from otelmig.migrate import script_directory
+from otelmig.scripts import script_directory
 from otelmig.settings import Settings
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
