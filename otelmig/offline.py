@@ -10,7 +10,7 @@ for `psql -v ON_ERROR_STOP=1 -f`.
 
 from otelmig import db
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
-from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Names, RowCheck, Step
+from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Guard, Names, RowCheck, Step
 from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
 from otelmig.scripts import lock_timeout_ms, resolve_revision, revisions_between
@@ -99,7 +99,7 @@ def _guards(names: Names, newer_known) -> str:
 def _render(steps, settings, names: Names, allow_data_loss: bool) -> str:
     parts, in_transaction, unbounded = [], False, False
     for step in steps:
-        if step.refuse and step.guard == "data_loss" and allow_data_loss:
+        if step.refuse and step.guard == Guard.DATA_LOSS and allow_data_loss:
             continue
         if step.concurrent and in_transaction:
             parts.append("COMMIT;\n")
