@@ -32,7 +32,6 @@ PARTITION_INDEX = "{partition_index}"  # for_each: our index on that partition, 
 PARTITION_INDEX_NAME = "{partition_index_name}"  # for_each: its name alone (CREATE INDEX takes no schema)
 
 
-
 class _Word(str, enum.Enum):
     """A str enum that renders as its value everywhere (%s, format, f-strings,
     JSON), on every Python: `plan` prints and serialises these fields as-is."""
