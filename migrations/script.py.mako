@@ -5,8 +5,9 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
 Write the revision as Steps (otelmig/ddl.py): each with the catalog condition
-under which it applies and the lock it takes, so that online runs, `--sql` and
-`plan` make the same decisions. If it changes the head contract, update
+under which it applies, the lock it takes (ddl.Lock), what it does to the table
+(ddl.Effect) and, for a refusal, the flag that lifts it (ddl.Guard), so that
+online runs, `--sql` and `plan` make the same decisions. If it changes the head contract, update
 otelmig/schema.py and docs/schema.md. Nothing else: otelmig/revisions.py reads
 the new head from this file's `revision` and `down_revision` lines (keep each
 on one line, as written here).

@@ -89,7 +89,7 @@ def _one_line(error: OtelmigError) -> str:
 def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None):
     """(connection, schema) for env.py, under the migration lock; see the module doc."""
     from otelmig.lock import MigrationLock
-    from otelmig.migrate import engine_for
+    from otelmig.scripts import engine_for
 
     with failures_as_command_errors():
         schema = validate_schema(attributes.get("schema") or env.get(ENV_SCHEMA, DEFAULT_SCHEMA))

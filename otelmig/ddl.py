@@ -33,12 +33,41 @@ PARTITION = "{partition}"            # for_each: the partition, schema-qualified
 PARTITION_INDEX = "{partition_index}"  # for_each: our index on that partition, schema-qualified and quoted
 PARTITION_INDEX_NAME = "{partition_index_name}"  # for_each: its name alone (CREATE INDEX takes no schema)
 
-# What a step does to its table, for `plan` and the README.
-CATALOG_ONLY = "catalog only"
-SCANS = "scans the table"
-WRITES_ROWS = "writes rows"
-BUILDS_INDEX = "builds an index"
-DATA_LOSS = "data_loss"  # a guard lifted by --allow-data-loss
+
+class _Word(str, enum.Enum):
+    """A str enum that renders as its value everywhere (%s, format, f-strings,
+    JSON), on every Python: `plan` prints and serialises these fields as-is."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Lock(_Word):
+    """The table lock a step takes, as PostgreSQL names it (NONE: it takes none)."""
+    NONE = ""
+    ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+    SHARE = "SHARE"
+    SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+    SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
+    ROW_EXCLUSIVE = "ROW EXCLUSIVE"
+
+
+class Effect(_Word):
+    """What a step does to its table, for `plan` and the README."""
+    CATALOG_ONLY = "catalog only"
+    SCANS = "scans the table"
+    REWRITES = "rewrites the table"
+    WRITES_ROWS = "writes rows"
+    BUILDS_INDEX = "builds an index"
+
+
+class Guard(_Word):
+    """Which flag, if any, lifts a refusal."""
+    NONE = ""
+    DATA_LOSS = "data_loss"  # lifted by --allow-data-loss
 
 
 class RowCheck(NamedTuple):
@@ -53,21 +82,21 @@ class Step(NamedTuple):
     sql: str                      # may hold {concurrently}, and with for_each {partition}, {partition_index}
     when: Optional[str] = None    # SQL boolean; None: always
     table: Optional[str] = None   # the table it locks, unqualified
-    lock: str = ""                # the lock it takes on `table`
-    effect: str = CATALOG_ONLY
+    lock: Lock = Lock.NONE        # the lock it takes on `table`
+    effect: Effect = Effect.CATALOG_ONLY
     concurrent: bool = False      # index DDL: CONCURRENTLY, outside the transaction, when the table has rows
     refuse: Optional[str] = None  # a guard: when `when` holds, refuse (exit 8) with this message + detail
     detail: Optional[str] = None  # SQL text expression appended to the refusal message
-    guard: str = ""               # DATA_LOSS: lifted by --allow-data-loss
+    guard: Guard = Guard.NONE     # Guard.DATA_LOSS: lifted by --allow-data-loss
     row_checks: Tuple[RowCheck, ...] = ()  # a refusal that holds when any check finds rows
     for_each: Optional[str] = None  # SQL returning (partition, index name, qualified index, display): one statement each
 
     def statement(self, concurrently: bool) -> str:
         return self.sql.replace(CONCURRENTLY, "CONCURRENTLY " if concurrently else "")
 
-    def lock_taken(self, concurrently: bool) -> str:
+    def lock_taken(self, concurrently: bool) -> Lock:
         if self.concurrent and concurrently:
-            return "SHARE UPDATE EXCLUSIVE"
+            return Lock.SHARE_UPDATE_EXCLUSIVE
         return self.lock
 
 
@@ -97,7 +126,7 @@ class StepKind(enum.Enum):
 def kind_of(step: "Step", allow_data_loss: bool = False) -> StepKind:
     """The one classification of a step; a refusal wins over everything else."""
     if step.refuse:
-        return StepKind.LIFTED if step.guard == DATA_LOSS and allow_data_loss else StepKind.REFUSAL
+        return StepKind.LIFTED if step.guard == Guard.DATA_LOSS and allow_data_loss else StepKind.REFUSAL
     return StepKind.PER_PARTITION if step.for_each else StepKind.STATEMENT
 
 

@@ -6,16 +6,17 @@ built in code and handed an open connection; the URL never enters it.
 
 import contextlib
 import functools
-import os
 import random
 import time
 from typing import List, Optional
 
 from otelmig import db, interrupt, output, progress, session
 from otelmig.revisions import HEAD_REVISION
-from otelmig.check import ensure_known, read_state
+from otelmig.state import ensure_known, read_state
 from otelmig.errors import ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError, UsageError
 from otelmig.lock import MigrationLock
+from otelmig.scripts import (alembic_config, engine_for, lock_timeout_ms, resolve_revision, revisions_between,
+                             script_directory)
 
 # Lock waits. While an ALTER waits for its lock, every reader and writer of
 # that table queues behind it, for as long as the attempt lasts. So attempts
@@ -30,104 +31,6 @@ LOCK_TIMEOUT_GROWTH = 1.1    # each later attempt waits this much longer, up to 
 LOCK_BUDGET_FACTOR = 6       # give up (exit 9) after this many times --lock-timeout
 RETRY_PAUSE = (0.005, 0.03)  # seconds between attempts, jittered
 MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
-
-
-def migrations_dir() -> str:
-    # The directory otelmig.revisions read the head from, so both always agree.
-    from otelmig.revisions import versions_dir
-    return os.path.dirname(versions_dir())
-
-
-def alembic_config(settings, connection=None, **attributes):
-    from alembic.config import Config
-
-    config = Config()
-    # configparser interpolates '%': escape it in the one value we set.
-    config.set_main_option("script_location", migrations_dir().replace("%", "%%"))
-    config.attributes.update(schema=settings.schema, **attributes)
-    if connection is not None:  # env.py runs on it; without one only the scripts are read
-        config.attributes["connection"] = connection
-    return config
-
-
-def script_directory(settings):
-    from alembic.script import ScriptDirectory
-    return ScriptDirectory.from_config(alembic_config(settings))
-
-
-def engine_for(conninfo):
-    import logging
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    # SQLAlchemy logs a traceback when closing a connection the server already
-    # ended (after SIGTERM, or a cut connection); our one line says it all.
-    for name in ("sqlalchemy", "alembic"):
-        logger = logging.getLogger(name)
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-
-    return sqlalchemy.create_engine("postgresql+pg8000://", poolclass=NullPool,
-                                    creator=lambda: db.connect(conninfo, autocommit=False,
-                                                               purpose=session.MIGRATION))
-
-
-def resolve_revision(settings, target: str, current: Optional[str]) -> Optional[str]:
-    """A concrete revision id (None for base) or UsageError (exit 2)."""
-    from alembic.script.revision import ResolutionError, RevisionError
-    from alembic.util import CommandError
-
-    scripts = script_directory(settings)
-    if target == "base":
-        return None
-    if target.startswith("-") or target.startswith("+"):
-        return _relative(scripts, target, current)
-    try:
-        return scripts.get_revision(target).revision
-    except (ResolutionError, RevisionError, CommandError, AttributeError):
-        raise UsageError("unknown revision %r: see `otelmig history` for the revisions this build knows" % target) from None
-
-
-def _relative(scripts, target: str, current: Optional[str]) -> Optional[str]:
-    """-N from current: the Nth revision below it in Alembic's own walk of the
-    history (so a merge revision, with two down revisions, walks too)."""
-    try:
-        steps = int(target)
-    except ValueError:
-        raise UsageError("invalid relative revision %r: use -N or +N" % target) from None
-    if steps >= 0:
-        raise UsageError("relative upgrade %r is not supported: name the revision or use head" % target)
-    if current is None:
-        raise NotInitialisedError("nothing to roll back: the schema has no recorded revision")
-    below = _walk_down(scripts, current)[1:]  # current itself comes first
-    if -steps > len(below) + 1:
-        raise UsageError("cannot go back %d revision(s) from %s: only %d exist below it"
-                         % (-steps, current, _depth(scripts, current)))
-    return below[-steps - 1].revision if -steps <= len(below) else None  # one past the oldest: base
-
-
-def _walk_down(scripts, upper: str, lower: Optional[str] = None) -> list:
-    """Revision scripts from upper (included) down to lower (excluded; None: base),
-    newest first, as Alembic's revision map orders them."""
-    from alembic.script.revision import RangeNotAncestorError
-
-    try:
-        return list(scripts.iterate_revisions(upper, lower or "base"))
-    except RangeNotAncestorError:
-        raise UsageError("revision %s is not below %s in the history: see `otelmig history`"
-                         % (lower, upper)) from None
-
-
-def revisions_between(settings, lower: Optional[str], upper: Optional[str]) -> list:
-    """The revision scripts above `lower` up to and including `upper`, oldest first."""
-    if upper is None or upper == lower:
-        return []
-    return list(reversed(_walk_down(script_directory(settings), upper, lower)))
-
-
-def _depth(scripts, revision: Optional[str]) -> int:
-    """How many revisions are at or below `revision`."""
-    return 0 if revision is None else len(_walk_down(scripts, revision))
 
 
 @contextlib.contextmanager
@@ -189,10 +92,6 @@ def _refuse_read_only(connection) -> None:
         raise RefusedError("the database is read-only for this session: default_transaction_read_only is on "
                            "(set by %s); nothing was changed: run as a role that may write, or set it off there"
                            % _READ_ONLY_SOURCES.get(source, source))
-
-
-def lock_timeout_ms(settings) -> int:
-    return max(1, int(settings.lock_timeout * 1000))  # 0 would mean "wait forever"
 
 
 def _final_revision(connection, schema: str) -> Optional[str]:
@@ -403,7 +302,7 @@ def history(settings, out, err) -> int:
 
 def _current_or_none(settings, err) -> Optional[str]:
     """history marks the current revision when the database answers quickly."""
-    from otelmig.check import probe
+    from otelmig.state import probe
     import dataclasses
 
     quick = dataclasses.replace(settings.conninfo, connect_timeout=min(settings.conninfo.connect_timeout or 3.0, 3.0))

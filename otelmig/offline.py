@@ -13,7 +13,7 @@ from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
 from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Names, RowCheck, Step, StepKind, kind_of
 from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
-from otelmig.migrate import lock_timeout_ms, resolve_revision, revisions_between
+from otelmig.scripts import lock_timeout_ms, resolve_revision, revisions_between
 from otelmig.schema import VERSION_TABLE
 
 DOLLAR = "$otelmig$"

@@ -9,10 +9,10 @@ current row estimate and size.
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.check import ensure_known, read_state
+from otelmig.state import ensure_known, read_state
 from otelmig.ddl import Catalog, Names, decide
 from otelmig.errors import ExitStatus
-from otelmig.migrate import revisions_between
+from otelmig.scripts import revisions_between
 
 # reltuples is -1 until the table was first analyzed (0 with relpages 0 before
 # PostgreSQL 14); the statistics system's live-row count is there from the

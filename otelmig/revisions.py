@@ -8,7 +8,7 @@ script's `revision = "..."` and `down_revision = ...` lines (the form
 `alembic revision` writes) with a regular expression, at import. That costs
 well under a millisecond per script, the same in a checkout
 (`pip install -e .`) and in the pyz. Walking history for a command
-(rollback, plan, --sql) uses Alembic's own revision map (otelmig/migrate.py);
+(rollback, plan, --sql) uses Alembic's own revision map (otelmig/scripts.py);
 tests/test_authors.py proves the two agree.
 """
 

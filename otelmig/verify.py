@@ -9,7 +9,7 @@ from typing import Dict, List, NamedTuple
 
 from otelmig import db, output, schema as contract
 from otelmig._version import HEAD_REVISION
-from otelmig.check import assess, read_state
+from otelmig.state import assess, read_state
 from otelmig.errors import ExitStatus, PendingError
 
 # Nullable: 18 also sets attnotnull for a NOT NULL ... NOT VALID constraint (kept in

@@ -448,7 +448,7 @@ def test_stamped_but_never_migrated_store_is_adopted(db_url, version_schema):
 
 def test_check_reads_the_head_columns_in_one_query(db_url):
     """The column check is folded into read_state's first query: still two round trips."""
-    from otelmig import check as check_mod
+    from otelmig import state as state_mod
 
     assert run_cli("upgrade", url=db_url).code == 0
     conn = connect(db_url)
@@ -462,7 +462,7 @@ def test_check_reads_the_head_columns_in_one_query(db_url):
         return cursor
     conn.cursor = counting_cursor
     try:
-        state = check_mod.read_state(conn, "otel")
+        state = state_mod.read_state(conn, "otel")
     finally:
         conn.close()
     assert state.missing_columns == () and len(executed) == 2
@@ -546,7 +546,7 @@ def test_adoption_matrix(server, database, other_owner, key):
 
 def test_baseline_columns_are_the_head_contract():
     """The baseline freezes the columns it converges on; while it is the head they are schema.py's."""
-    from otelmig.migrate import script_directory
+    from otelmig.scripts import script_directory
     from otelmig.settings import Settings
 
     baseline = script_directory(Settings(conninfo=None)).get_revision("163d8f446eb9").module

@@ -405,30 +405,30 @@ def test_a_broken_script_is_named(tmp_path, text, problem):
 def test_history_walks_through_a_merge(tmp_path, monkeypatch):
     """rollback, plan and --sql walk Alembic's revision map: a merge revision
     (two down revisions) must not break them."""
-    from otelmig import migrate
+    from otelmig import scripts
 
     root = tmp_path / "migrations"
-    shutil.copytree(migrate.migrations_dir(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(scripts.migrations_dir(), root, ignore=shutil.ignore_patterns("__pycache__"))
     for name, text in {"b1_left.py": revision_file("bbbb0000000b", HEAD_REVISION),
                        "b2_right.py": revision_file("aaaa0000000a", HEAD_REVISION),
                        "m_merge.py": revision_file("cccc0000000c", ("bbbb0000000b", "aaaa0000000a")),
                        "d_after.py": revision_file("dddd0000000d", "cccc0000000c")}.items():
         (root / "versions" / name).write_text(text)
-    monkeypatch.setattr(migrate, "migrations_dir", lambda: str(root))
+    monkeypatch.setattr(scripts, "migrations_dir", lambda: str(root))
     settings = settings_mod.Settings(conninfo=None)
 
-    chain = [s.revision for s in migrate.revisions_between(settings, None, "dddd0000000d")]
+    chain = [s.revision for s in scripts.revisions_between(settings, None, "dddd0000000d")]
     assert chain[:len(KNOWN_REVISIONS)] == list(KNOWN_REVISIONS)
     assert sorted(chain[len(KNOWN_REVISIONS):-2]) == ["aaaa0000000a", "bbbb0000000b"]
     assert chain[-2:] == ["cccc0000000c", "dddd0000000d"]
-    assert [s.revision for s in migrate.revisions_between(settings, "cccc0000000c", "dddd0000000d")] \
+    assert [s.revision for s in scripts.revisions_between(settings, "cccc0000000c", "dddd0000000d")] \
         == ["dddd0000000d"]
-    assert migrate.resolve_revision(settings, "-1", "dddd0000000d") == "cccc0000000c"
-    assert migrate.resolve_revision(settings, "-2", "dddd0000000d") in ("aaaa0000000a", "bbbb0000000b")
+    assert scripts.resolve_revision(settings, "-1", "dddd0000000d") == "cccc0000000c"
+    assert scripts.resolve_revision(settings, "-2", "dddd0000000d") in ("aaaa0000000a", "bbbb0000000b")
     depth = len(KNOWN_REVISIONS) + 4
-    assert migrate.resolve_revision(settings, "-%d" % depth, "dddd0000000d") is None  # back to base
+    assert scripts.resolve_revision(settings, "-%d" % depth, "dddd0000000d") is None  # back to base
     with pytest.raises(Exception, match="only %d exist below it" % depth):
-        migrate.resolve_revision(settings, "-%d" % (depth + 1), "dddd0000000d")
+        scripts.resolve_revision(settings, "-%d" % (depth + 1), "dddd0000000d")
 
 
 # --- the README's lines, as a newcomer runs them -------------------------------------

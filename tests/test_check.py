@@ -15,7 +15,7 @@ from otelmig.revisions import HEAD_REVISION
 
 
 def test_check_does_not_import_alembic_mako_or_sqlalchemy():
-    code = ("import sys, otelmig.cli, otelmig.check, otelmig.settings, otelmig.db; "
+    code = ("import sys, otelmig, otelmig.api, otelmig.cli, otelmig.check, otelmig.state, otelmig.settings, otelmig.db; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'sqlalchemy')))")
     out = subprocess.check_output([sys.executable, "-c", code], cwd=REPO, text=True)
     assert out.strip() == "[]"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import otelmig.check
+import otelmig.state
 from conftest import catalog_snapshot, load_legacy, run_cli, sql
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
@@ -43,8 +43,8 @@ def test_not_initialised_is_4(db_url):
 def test_pending_is_5(db_url, monkeypatch):
     assert run_cli("upgrade", url=db_url).code == 0
     # A newer build knows a revision after ours: this database is behind it.
-    monkeypatch.setattr(otelmig.check, "HEAD_REVISION", "aaaaaaaaaaaa")
-    monkeypatch.setattr(otelmig.check, "KNOWN_REVISIONS", KNOWN_REVISIONS + ("aaaaaaaaaaaa",))
+    monkeypatch.setattr(otelmig.state, "HEAD_REVISION", "aaaaaaaaaaaa")
+    monkeypatch.setattr(otelmig.state, "KNOWN_REVISIONS", KNOWN_REVISIONS + ("aaaaaaaaaaaa",))
     result = run_cli("check", "--format", "json", url=db_url)
     assert result.code == 5
     assert result.json()["database_revision"] == HEAD_REVISION

@@ -475,7 +475,7 @@ def test_each_server_error_is_one_line_with_its_exit_code(db_url, scenario, code
 
 def test_a_failed_long_statement_is_named_by_its_start_only(db_url):
     """SQLAlchemy puts the whole statement in its error; our line keeps its start."""
-    from otelmig.migrate import engine_for
+    from otelmig.scripts import engine_for
     engine = engine_for(settings_mod.resolve_conninfo(db_url, {}))
     statement = "select pg_sleep(5) /* %s */" % ("a long comment " * 400)
     with engine.connect() as connection:

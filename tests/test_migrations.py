@@ -5,9 +5,9 @@ import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
 from otelmig import schema as contract
-from otelmig.migrate import script_directory
+from otelmig.scripts import script_directory
 from otelmig.settings import Settings
-from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
+from otelmig.revisions import HEAD_REVISION
 
 TRACE_COLUMNS_LEGACY = ["trace_id", "service_name", "root_span_name", "start_ts", "end_ts", "duration_ms",
                         "span_count", "environment", "tenant_id", "ingest_source", "ingested_at"]

@@ -359,7 +359,8 @@ def test_sigterm_during_check_wait_is_prompt():
 
 @pytest.mark.parametrize("configured, expected", [(None, "256MB"), ("1GB", "1GB")])
 def test_index_builds_get_memory_but_never_less(server, db_url, configured, expected):
-    from otelmig.migrate import _prepare_session, engine_for
+    from otelmig.migrate import _prepare_session
+    from otelmig.scripts import engine_for
     from otelmig.settings import Settings, resolve_conninfo
     if configured:
         sql(server.admin_url, "alter database %s set maintenance_work_mem = '%s'"

@@ -39,7 +39,7 @@ import pytest
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
 from pgcluster import bindir
 from otelmig import offline, revisions
-from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, DATA_LOSS, Names, OnlineRunner, RowCheck, Step
+from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Guard, Names, OnlineRunner, RowCheck, Step
 from otelmig.errors import RefusedError
 from otelmig.settings import Settings, resolve_conninfo
 
@@ -549,7 +549,7 @@ def test_the_kit_fails_a_downgrade_that_leaves_its_column(broken_kit):
 def kinds_of_steps(n):
     """name -> (a step, allow_data_loss): each kind of Step, its condition holding or not.
     The schema holds kit_rows (x int) with one row, and the empty kit_empty (x int)."""
-    rows, empty = n.table("kit_rows"), n.table("kit_empty")
+    rows = n.table("kit_rows")
     rows_check = RowCheck("kit_rows", "x", "x is not null", when=n.column_exists("kit_rows", "x"))
     empty_check = RowCheck("kit_empty", "x", "x is not null", when=n.column_exists("kit_empty", "x"))
     absent_check = RowCheck("kit_rows", "gone", "gone is not null", when=n.column_exists("kit_rows", "gone"))
@@ -570,9 +570,9 @@ def kinds_of_steps(n):
                                         False),
         "row checks with a detail": (Step("", refuse="kit data: ", detail="'counted: '",
                                           row_checks=(rows_check,)), False),
-        "data-loss refusal lifted": (Step("", refuse="kit data: ", guard=DATA_LOSS, row_checks=(rows_check,)),
+        "data-loss refusal lifted": (Step("", refuse="kit data: ", guard=Guard.DATA_LOSS, row_checks=(rows_check,)),
                                      True),
-        "data-loss refusal not lifted": (Step("", refuse="kit data: ", guard=DATA_LOSS, row_checks=(rows_check,)),
+        "data-loss refusal not lifted": (Step("", refuse="kit data: ", guard=Guard.DATA_LOSS, row_checks=(rows_check,)),
                                          False),
     }
 

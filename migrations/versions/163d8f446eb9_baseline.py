@@ -21,8 +21,8 @@ Create Date: 2026-11-25
 from typing import NamedTuple, Optional
 
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import (BUILDS_INDEX, CONCURRENTLY, DATA_LOSS, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME,
-                         SCANS, WRITES_ROWS, Names, RowCheck, Step)
+from otelmig.ddl import (CONCURRENTLY, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Effect, Guard, Lock, Names,
+                         RowCheck, Step)
 from otelmig import migration_api
 from otelmig.schema import RECORD_TABLE
 
@@ -31,7 +31,6 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
 EMPTY_JSON = "'{}'::jsonb"
 
 TRACES_DDL = """CREATE TABLE {traces} (
@@ -209,7 +208,7 @@ def _rename_steps(n: Names, table: str, renames):
         rename = "%s and not %s" % (n.column_exists(table, old), n.column_exists(table, new))
         steps.append(Step(n.record(revision, [("column", "%s.%s" % (table, new), "renamed")]), when=rename))
         steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(old), quote(new)),
-                          when=rename, table=table, lock=ACCESS_EXCLUSIVE))
+                          when=rename, table=table, lock=Lock.ACCESS_EXCLUSIVE))
     return steps
 
 
@@ -224,17 +223,17 @@ def _added_column_steps(n: Names, table: str):
         steps.append(Step(n.record(revision, [("column", name, "found")]), when=exists))
         steps.append(Step(n.record(revision, [("column", name, "created")]), when=missing))
         steps.append(Step("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s" % (n.table(table), quote(column), spec),
-                          when=missing, table=table, lock=ACCESS_EXCLUSIVE))
+                          when=missing, table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if not_null:
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s" % (n.table(table), quote(column), default),
                               when="%s and not %s" % (exists, n.column_default_is(table, column, default)),
-                              table=table, lock=ACCESS_EXCLUSIVE))
+                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
             steps.append(Step("UPDATE %s SET %s = DEFAULT WHERE %s IS NULL" % (n.table(table), quote(column), quote(column)),
-                              when=n.column_nullable(table, column), table=table, lock="ROW EXCLUSIVE",
-                              effect=WRITES_ROWS))
+                              when=n.column_nullable(table, column), table=table, lock=Lock.ROW_EXCLUSIVE,
+                              effect=Effect.WRITES_ROWS))
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL" % (n.table(table), quote(column)),
-                              when=n.column_nullable(table, column), table=table, lock=ACCESS_EXCLUSIVE,
-                              effect=SCANS))
+                              when=n.column_nullable(table, column), table=table, lock=Lock.ACCESS_EXCLUSIVE,
+                              effect=Effect.SCANS))
     return steps
 
 
@@ -256,19 +255,19 @@ def _converge_column_steps(n: Names, table: str):
             steps.append(Step(n.record(revision, [("column", name, "created")]), when=missing))
             steps.append(Step("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s"
                               % (n.table(table), quote(column.name), column.type), when=missing,
-                              table=table, lock=ACCESS_EXCLUSIVE))
+                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if column.nullable:
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL" % (n.table(table), quote(column.name)),
-                              when=n.column_not_null(table, column.name), table=table, lock=ACCESS_EXCLUSIVE))
+                              when=n.column_not_null(table, column.name), table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if column.default and not (column.name in added and not column.nullable):  # those: _added_column_steps
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s"
                               % (n.table(table), quote(column.name), column.default),
                               when="%s and not %s" % (exists, n.column_default_is(table, column.name, column.default)),
-                              table=table, lock=ACCESS_EXCLUSIVE))
+                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
         elif not column.default:
             steps.append(Step("ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT" % (n.table(table), quote(column.name)),
                               when="%s and %s" % (exists, n.column_has_default(table, column.name)),
-                              table=table, lock=ACCESS_EXCLUSIVE))
+                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
     return steps
 
 
@@ -285,21 +284,21 @@ def _index_steps(n: Names, index: str, table: str, keys: str):
              when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
         Step(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
         Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
-             when=n.index_invalid(index), table=table, lock=ACCESS_EXCLUSIVE, concurrent=True),
+             when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
         Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote(index), n.table(table), keys),
              when="%s and not %s" % (missing_or_invalid, partitioned),
-             table=table, lock="SHARE", effect=BUILDS_INDEX, concurrent=True),
+             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
         Step("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote(index), n.table(table), keys),
-             when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock="SHARE"),
+             when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE),
         Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
              when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
-             table=table, lock=ACCESS_EXCLUSIVE, concurrent=True),
+             table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
         Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
              when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
-             table=table, lock="SHARE", effect=BUILDS_INDEX, concurrent=True),
+             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
         Step("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
              when=partitioned, for_each=n.partitions_without(table, index, "any"),
-             table=table, lock=ACCESS_EXCLUSIVE),
+             table=table, lock=Lock.ACCESS_EXCLUSIVE),
     ]
 
 
@@ -317,7 +316,7 @@ def _droppable_columns():
 def downgrade_steps(n: Names):
     # Lock out writers first, so that no row gains data between the check and the drop.
     steps = [Step("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
-                  table=table, lock="SHARE ROW EXCLUSIVE") for table in ("traces", "spans")]
+                  table=table, lock=Lock.SHARE_ROW_EXCLUSIVE) for table in ("traces", "spans")]
     # The conditions below read the record: make sure it exists (it is dropped at the end).
     steps.append(Step(RECORD_DDL.format(record=n.record_table()),
                       when="%s is null" % n.regclass(RECORD_TABLE)))
@@ -327,23 +326,23 @@ def downgrade_steps(n: Names):
     # The guard counts exactly the columns the DROP COLUMN steps below would drop.
     checks = tuple(RowCheck(t, c, p, when="%s and %s" % (n.column_exists(t, c), _column_owned(n, t, c, unknown)))
                    for t, c, p in _droppable_columns() if p)
-    steps.append(Step("", row_checks=checks, guard=DATA_LOSS, refuse=(
+    steps.append(Step("", row_checks=checks, guard=Guard.DATA_LOSS, refuse=(
         "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: ")))
     for index, table, _ in INDEXES:
         steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index),
                           when="%s and %s" % (n.table_exists(index), created("index", index)),
-                          table=table, lock=ACCESS_EXCLUSIVE))
+                          table=table, lock=Lock.ACCESS_EXCLUSIVE))
     for table, column, _ in _droppable_columns():
         steps.append(Step("ALTER TABLE %s DROP COLUMN IF EXISTS %s" % (n.table(table), quote(column)),
                           when="%s and %s" % (n.column_exists(table, column), _column_owned(n, table, column, unknown)),
-                          table=table, lock=ACCESS_EXCLUSIVE))
+                          table=table, lock=Lock.ACCESS_EXCLUSIVE))
     for table, renames in RENAMES.items():
         for old, new in renames:
             steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(new), quote(old)),
                               when="%s and not %s and (%s or %s)" % (
                                   n.column_exists(table, new), n.column_exists(table, old),
                                   n.recorded("column", "%s.%s" % (table, new), "renamed"), unknown),
-                              table=table, lock=ACCESS_EXCLUSIVE))
+                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
     steps.append(Step("DROP TABLE IF EXISTS %s" % n.record_table()))
     return steps
 
@@ -365,7 +364,7 @@ def _unknown_origin_guard(n: Names, unknown: str) -> Step:
     objects += ["case when %s then %s end" % (n.table_exists(i), quote_literal("index %s.%s" % (n.schema, i)))
                 for i, *_ in INDEXES]
     listed = "concat_ws(', ', %s)" % ", ".join(objects)
-    return Step("", when="%s and %s <> ''" % (unknown, listed), guard=DATA_LOSS, detail=listed, refuse=(
+    return Step("", when="%s and %s <> ''" % (unknown, listed), guard=Guard.DATA_LOSS, detail=listed, refuse=(
         "schema %s was adopted without a record of what it held before (an older otelmig), so the downgrade "
         "cannot tell the operator's objects from its own; drop or keep them by hand, or rerun with "
         "--allow-data-loss to drop them all: " % n.schema))
