@@ -19,8 +19,8 @@ import otelmig
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from otelmig import db, pooler, settings as settings_mod
 from otelmig._version import HEAD_REVISION
+from helpers import verify_ok, wait_for
 from pgbouncer import PgBouncer, scram_secrets
-from test_migrations import verify_ok
 
 REFUSED = 8
 MIGRATIONS = [("upgrade",), ("downgrade", "base"), ("rollback",), ("stamp", "head")]
@@ -82,16 +82,6 @@ def warm(pooled_url: str, servers: int) -> None:
 
 def advisory_locks(direct_url: str) -> list:
     return sql(direct_url, "select pid, objid from pg_locks where locktype = 'advisory'")
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("%s did not happen within %ss" % (what, timeout))
 
 
 def spawn(*args, env):
@@ -305,8 +295,8 @@ def test_interrupted_upgrade_through_session_pooling_leaves_no_lock(bouncers, db
     holder.cursor().execute("select count(*) from otel.spans")
     try:
         proc = spawn("upgrade", "--lock-timeout", "30", env={"POSTGRES_URL": pooled})
-        wait_until(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                                       "and query ilike 'ALTER TABLE%%'")[0][0], 30, "the upgrade's ALTER waiting")
+        wait_for(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                                     "and query ilike 'ALTER TABLE%%'")[0][0], "the upgrade's ALTER waiting")
         lock_holder = advisory_locks(db_url)
         assert len(lock_holder) == 1  # the migration lock, on a pooled server connection
         proc.send_signal(sig)
@@ -315,7 +305,7 @@ def test_interrupted_upgrade_through_session_pooling_leaves_no_lock(bouncers, db
         holder.rollback()
         holder.close()
     assert code == (-9 if sig == signal.SIGKILL else 143), proc.stderr.read()
-    wait_until(lambda: advisory_locks(db_url) == [], 30, "the migration lock's release")
+    wait_for(lambda: advisory_locks(db_url) == [], "the migration lock's release")
     # The lock's server connection went back to the pool, reset by PgBouncer
     # (DISCARD ALL releases advisory locks), not closed.
     (lock_pid, _), = lock_holder
