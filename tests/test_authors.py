@@ -121,9 +121,13 @@ def assert_no_secret(url, *texts):
             assert secret not in text
 
 
+# Alembic's exit status for a FAILED line (docs/cli.md): sys.exit(-1).
+ALEMBIC_FAILED = 255
+
+
 def assert_one_failed_line(proc):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode != 0
+    assert proc.returncode == ALEMBIC_FAILED, proc.returncode
     assert len(lines) == 1 and lines[0].startswith("FAILED: "), proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]
@@ -170,7 +174,7 @@ def hold_migration_lock(url, schema="otel"):
 def test_plain_alembic_refuses_while_otelmig_holds_the_lock(checkout, db_url):
     with hold_migration_lock(db_url):
         proc = alembic(checkout, db_url, "upgrade", "head", OTELMIG_LOCK_WAIT="1")
-    assert proc.returncode != 0
+    assert proc.returncode == ALEMBIC_FAILED, proc.returncode
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED: ")]
     assert len(failed) == 1 and "another otelmig is migrating schema otel" in failed[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr

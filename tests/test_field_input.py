@@ -131,6 +131,7 @@ import threading  # noqa: E402
 import urllib.parse  # noqa: E402
 
 from conftest import run_cli, sql  # noqa: E402
+from helpers import one_line  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 ROLE = "field_pw_role"
@@ -623,7 +624,7 @@ def test_no_password_for_md5_and_cleartext_methods(primary_and_standby, tmp_path
         url = "postgresql://%s@127.0.0.1:%d/postgres?sslmode=disable" % (role, relay.port)
         result = run_cli("check", "--wait", "30", url=url, env={"PGPASSFILE": str(tmp_path / "none")})
         assert result.code == 3 and "asks for a password" in result.err and "PGPASSWORD" in result.err, result
-        assert len(result.err.strip().splitlines()) == 1
+        assert one_line(result.err)
         assert relay.accepted == 1, relay.accepted
         good = run_cli("check", url=url, env={"PGPASSWORD": "Zqvw/Kxjb"})
         # the method itself works with a password: logged in (what check then finds depends on the database)
