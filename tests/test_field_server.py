@@ -19,8 +19,8 @@ import pg8000.dbapi
 import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
-from helpers import (SPAN_COLUMNS_LEGACY, head_names, hold_access_share, one_line, spawn, upgrade_blocked_on_spans,
-                     verify_ok, wait_for)
+from helpers import (DEADLINE_SECONDS, SPAN_COLUMNS_LEGACY, head_names, hold_access_share, one_line, spawn,
+                     upgrade_blocked_on_spans, verify_ok, wait_for)
 
 from otelmig import db, session, settings as settings_mod
 from otelmig.errors import ExitStatus
@@ -480,7 +480,7 @@ def test_cancelled_migration_is_3_then_a_rerun_completes(db_url):
     with upgrade_blocked_on_spans(db_url) as proc:
         sql(db_url, "select pg_cancel_backend(pid) from pg_stat_activity where wait_event_type = 'Lock' "
                     "and query ilike 'ALTER TABLE%%'")
-        code = proc.wait(30)
+        code = proc.wait(DEADLINE_SECONDS)
         err = proc.stderr.read()
     assert code == 3, err
     assert one_line(err) and "cancel" in err and "SQLSTATE 57014" in err and "ALTER TABLE" in err
@@ -497,7 +497,7 @@ def test_verbose_prints_the_failed_statement_whole(db_url):
         wait_for(lambda: (migrator_lock_on_spans(db_url) or (0, True))[1] is False, "the ALTER to wait on spans")
         sql(db_url, "select pg_cancel_backend(pid) from pg_locks where relation = 'otel.spans'::regclass "
                     "and not granted")
-        code = proc.wait(30)
+        code = proc.wait(DEADLINE_SECONDS)
         err = proc.stderr.read()
     finally:
         holder.rollback()
@@ -578,7 +578,7 @@ def bouncer(server):
         yield port
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(DEADLINE_SECONDS)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -19,7 +19,7 @@ import otelmig
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from otelmig import db, pooler, settings as settings_mod
 from otelmig._version import HEAD_REVISION
-from helpers import verify_ok, wait_for
+from helpers import DEADLINE_SECONDS, verify_ok, wait_for
 from pgbouncer import PgBouncer, scram_secrets
 
 REFUSED = 8
@@ -300,7 +300,7 @@ def test_interrupted_upgrade_through_session_pooling_leaves_no_lock(bouncers, db
         lock_holder = advisory_locks(db_url)
         assert len(lock_holder) == 1  # the migration lock, on a pooled server connection
         proc.send_signal(sig)
-        code = proc.wait(30)
+        code = proc.wait(DEADLINE_SECONDS)
     finally:
         holder.rollback()
         holder.close()
