@@ -169,7 +169,7 @@ def test_data_loss_guard_refuses_then_allows(db_url):
                 "(select trace_id from otel.traces order by trace_id limit 3)")
     before = catalog_snapshot(db_url)
     refused = run_cli("rollback", url=db_url)
-    assert refused.code == 8
+    assert refused.code == 8 and one_line(refused.err), refused
     assert "7 rows in otel.spans.status_message" in refused.err
     assert "3 rows in otel.traces.resource_attributes" in refused.err
     assert "--allow-data-loss" in refused.err

@@ -97,7 +97,7 @@ def test_extras_pass_unless_strict(head_url):
 def test_legacy_database_is_4_and_recognised(db_url):
     load_legacy(db_url, traces=5)
     result = run_cli("verify", url=db_url)
-    assert result.code == 4
+    assert result.code == 4 and one_line(result.err), result
     assert "legacy" in result.err and "upgrade" in result.err
 
 
