@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_pyz
+from otelmig.revisions import HEAD_REVISION
 
 # --- SHIV_ROOT that cannot be written (the pyz launcher) --------------------
 
@@ -94,7 +95,7 @@ def test_shiv_root_read_only_but_already_unpacked_still_starts(pyz, tmp_path):
     proc = _run_pyz_as(pyz, _pyz_env(SHIV_ROOT=root, HOME=tmp_path),
                        ("unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(root)))
     assert proc.returncode == 0, proc.stderr
-    assert "163d8f446eb9" in proc.stdout
+    assert HEAD_REVISION in proc.stdout
 
 
 def test_shiv_root_parent_not_enterable_as_nobody(pyz):
@@ -131,7 +132,7 @@ import threading  # noqa: E402
 import urllib.parse  # noqa: E402
 
 from conftest import run_cli, sql  # noqa: E402
-from helpers import one_line  # noqa: E402
+from helpers import one_line, wait_for  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 ROLE = "field_pw_role"
@@ -438,16 +439,6 @@ def test_unreachable_is_still_retried_by_wait(server):
 
 # --- item 10: multi-host URLs (libpq's host list, target_session_attrs) -----
 
-def _wait_for(condition, seconds=60.0):
-    import time
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _pg_basebackup_for(cluster):
     """The server build's own pg_basebackup, else one on PATH no older than the server."""
     own = os.path.join(cluster.bindir, "pg_basebackup")
@@ -583,16 +574,16 @@ def test_multi_host_migrations_land_on_the_read_write_host(primary_and_standby):
     url = multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (s, p))  # the standby first, no attrs
     result = run_cli("upgrade", url=url)
     assert result.code == 0, result
-    assert sql(primary.url(), "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
-    assert _wait_for(lambda: sql(standby.url(), "select to_regclass('otel.alembic_version') is not null")
-                     == [[True]])
+    assert sql(primary.url(), "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
+    wait_for(lambda: sql(standby.url(), "select to_regclass('otel.alembic_version') is not null") == [[True]],
+             "the standby to replay the upgrade")
     assert run_cli("check", url=url).code == 0  # the probe reads the standby: replicated, ready
     for attrs in ("read-only", "standby", "prefer-standby"):
         result = run_cli("rollback", url=url + "?target_session_attrs=" + attrs)
         assert result.code == 2 and one_line(result.err) and "cannot migrate" in result.err, (attrs, result)
     result = run_cli("rollback", url=multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (s, unused_port())))
     assert result.code == 3 and one_line(result.err) and "read-only" in result.err and "read-write" in result.err, result
-    assert sql(primary.url(), "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert sql(primary.url(), "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
     assert run_cli("rollback", url=url).code == 0
     assert sql(primary.url(), "select count(*) from otel.alembic_version") == [[0]]
 
