@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import pg8000.dbapi
 import pytest
 
 from conftest import catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
@@ -182,7 +183,7 @@ def test_failed_concurrent_build_is_repaired(db_url):
     # Duplicate span ids make a UNIQUE concurrent build fail and leave an INVALID index
     # under one of our names, exactly what an interrupted CREATE INDEX CONCURRENTLY leaves.
     sql(db_url, "update otel.spans set span_id = 'dup' where id <= 2")
-    with pytest.raises(Exception):
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="23505"):  # unique_violation
         sql(db_url, "create unique index concurrently ix_spans_span_id on otel.spans (span_id)")
     assert sql(db_url, "select indisvalid from pg_index where indexrelid = 'otel.ix_spans_span_id'::regclass") \
         == [[False]]
