@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 
 import pg8000.dbapi
 import pytest
@@ -60,17 +61,37 @@ def through(bouncer, url: str) -> str:
     return bouncer.url(info.database, info.user, info.password)
 
 
+# One statement (statement pooling allows no transaction) that returns once
+# `servers` server connections have run it (a backend shows its last statement,
+# active or idle): it waits while the others are still running, so the pooler
+# must open that many (or after 60 s; the test then fails on what it checks).
+# A fixed pg_sleep overlapped only if no thread stalled longer than the sleep.
+WARM_STATEMENT = """DO $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '60 seconds';
+BEGIN
+    LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN clock_timestamp() > deadline OR (SELECT count(*) FROM pg_stat_activity
+                  WHERE query LIKE '%otelmig-warm-{tag}%') >= {servers};
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END $$ /* otelmig-warm-{tag} */"""
+
+
 def warm(pooled_url: str, servers: int) -> None:
     """Make the pooler open up to `servers` server connections to this database
     (clients busy at once), so a round-robin pool has somewhere else to move a
-    transaction. Autocommit statements: statement pooling allows no transaction."""
-    barrier = threading.Barrier(servers)
+    transaction."""
+    statement = WARM_STATEMENT.format(tag=uuid.uuid4().hex, servers=servers)
+    # Nobody disconnects before all have run it: in session pooling a disconnect
+    # resets the server connection (DISCARD ALL), which then shows another statement.
+    all_done = threading.Barrier(servers)
 
     def busy():
         conn = connect(pooled_url)
         try:
-            barrier.wait(30)
-            conn.cursor().execute("select pg_sleep(0.3)")
+            conn.cursor().execute(statement)
+            all_done.wait(DEADLINE_SECONDS)
         finally:
             conn.close()
     threads = [threading.Thread(target=busy) for _ in range(servers)]
