@@ -9,6 +9,7 @@ server are marked `db` (pytest -m db): ./test.sh --pg N re-runs just those.
 import io
 import json
 import os
+import pathlib
 import random
 import subprocess
 import sys
@@ -43,7 +44,7 @@ class Server(NamedTuple):
 
 # A test using one of these talks to a PostgreSQL server; it gets the `db` marker.
 # Tests that start a Cluster themselves carry @pytest.mark.db explicitly.
-DB_FIXTURES = frozenset({"server", "db_url", "tls_cluster"})
+DB_FIXTURES = frozenset({"server", "db_url", "new_database", "tls_cluster"})
 
 
 def pytest_collection_modifyitems(items):
@@ -99,6 +100,22 @@ def db_url(server):
     sql(server.admin_url, "CREATE DATABASE %s" % name)
     yield server.url(name)
     drop_database(server.admin_url, name)
+
+
+@pytest.fixture
+def new_database(server):
+    """More fresh databases on demand (new_database() -> url), each under a unique
+    name (tests may run side by side on one server), all dropped afterwards."""
+    made = []
+
+    def make() -> str:
+        name = "t_" + uuid.uuid4().hex[:12]
+        sql(server.admin_url, "CREATE DATABASE %s" % name)
+        made.append(name)
+        return server.url(name)
+    yield make
+    for name in made:
+        drop_database(server.admin_url, name)
 
 
 def drop_database(admin_url: str, name: str):
@@ -174,11 +191,12 @@ def run_cli(*args, env=None, url=None) -> Result:
 
 
 @pytest.fixture(scope="session")
-def pyz():
-    """The built dist/otelmig.pyz (the test script builds it before pytest)."""
+def pyz() -> pathlib.Path:
+    """The built dist/otelmig.pyz (./test.sh builds it before pytest; built here
+    only when missing). The one pyz fixture: every module that runs the pyz uses it."""
     if not os.path.exists(PYZ):
         subprocess.run([os.path.join(REPO, "build.sh")], check=True, cwd=REPO)
-    return PYZ
+    return pathlib.Path(PYZ)
 
 
 def run_pyz(pyz_path, *args, url=None, env=None, python=None, timeout=120) -> Result:

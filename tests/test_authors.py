@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 import uuid
 
@@ -21,6 +20,7 @@ import pytest
 from pytest_alembic.tests import test_single_head_revision, test_up_down_consistency, test_upgrade  # noqa: F401
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql
+from helpers import error_line, wait_for
 from otelmig import revisions, settings as settings_mod
 from otelmig.lock import MigrationLock
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
@@ -66,13 +66,6 @@ def start_alembic(checkout, url, log_path, *args, **extra):
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     log.close()
     return proc
-
-
-def poll(condition, what):
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "gave up waiting for " + what
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -121,9 +114,13 @@ def assert_no_secret(url, *texts):
             assert secret not in text
 
 
+# Alembic's exit status for a FAILED line (docs/cli.md): sys.exit(-1).
+ALEMBIC_FAILED = 255
+
+
 def assert_one_failed_line(proc):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode != 0
+    assert proc.returncode == ALEMBIC_FAILED, proc.returncode
     assert len(lines) == 1 and lines[0].startswith("FAILED: "), proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]
@@ -170,7 +167,7 @@ def hold_migration_lock(url, schema="otel"):
 def test_plain_alembic_refuses_while_otelmig_holds_the_lock(checkout, db_url):
     with hold_migration_lock(db_url):
         proc = alembic(checkout, db_url, "upgrade", "head", OTELMIG_LOCK_WAIT="1")
-    assert proc.returncode != 0
+    assert proc.returncode == ALEMBIC_FAILED, proc.returncode
     failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED: ")]
     assert len(failed) == 1 and "another otelmig is migrating schema otel" in failed[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -182,7 +179,8 @@ def test_plain_alembic_waits_for_otelmig(checkout, db_url, tmp_path):
     with hold_migration_lock(db_url):
         proc = start_alembic(checkout, db_url, log, "upgrade", "head")
         try:
-            poll(lambda: "waiting for the migration lock on schema otel" in log.read_text(), "alembic to wait")
+            wait_for(lambda: "waiting for the migration lock on schema otel" in log.read_text(), "alembic to wait",
+                     DEADLINE)
             assert sql(db_url, "select to_regnamespace('otel')") == [[None]]
         except BaseException:
             proc.kill()
@@ -201,11 +199,12 @@ def test_otelmig_waits_for_plain_alembic(checkout, db_url, tmp_path):
     log = tmp_path / "alembic.log"
     proc = start_alembic(checkout, db_url, log, "upgrade", "head")
     try:
-        poll(lambda: sql(db_url, "select count(*) from pg_stat_activity where datname = current_database() "
-                                 "and wait_event_type = 'Lock'") != [[0]], "alembic to queue behind the reader")
+        wait_for(lambda: sql(db_url, "select count(*) from pg_stat_activity where datname = current_database() "
+                                     "and wait_event_type = 'Lock'") != [[0]], "alembic to queue behind the reader",
+                 DEADLINE)
         busy = run_cli("upgrade", "--lock-wait", "1", url=db_url)
         assert busy.code == 9, busy.err
-        assert "another otelmig is migrating schema otel" in busy.err
+        assert "another otelmig is migrating schema otel" in error_line(busy.err), busy.err
     finally:
         blocker.rollback()
         blocker.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_pyz
+from otelmig.revisions import HEAD_REVISION
 
 # --- SHIV_ROOT that cannot be written (the pyz launcher) --------------------
 
@@ -94,7 +95,7 @@ def test_shiv_root_read_only_but_already_unpacked_still_starts(pyz, tmp_path):
     proc = _run_pyz_as(pyz, _pyz_env(SHIV_ROOT=root, HOME=tmp_path),
                        ("unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(root)))
     assert proc.returncode == 0, proc.stderr
-    assert "163d8f446eb9" in proc.stdout
+    assert HEAD_REVISION in proc.stdout
 
 
 def test_shiv_root_parent_not_enterable_as_nobody(pyz):
@@ -131,6 +132,7 @@ import threading  # noqa: E402
 import urllib.parse  # noqa: E402
 
 from conftest import run_cli, sql  # noqa: E402
+from helpers import one_line, wait_for  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 ROLE = "field_pw_role"
@@ -258,7 +260,7 @@ def test_reserved_characters_from_every_password_source(pw_role, tmp_path, where
     if where != "PGPASSWORD":
         set_password(password + "X")  # the source now holds the wrong one
     result = run_cli("check", "--format", "json", url=url, env=wrong)
-    assert result.code == 3 and "login refused" in result.err
+    assert result.code == 3 and one_line(result.err) and "login refused" in result.err
     assert not leaks(password, result.out + result.err)
 
 
@@ -413,7 +415,7 @@ def test_pgpass_readable_by_others_is_named(proxy, pw_role, tmp_path):
     os.chmod(pgpass, 0o644)
     url = "postgresql://%s@127.0.0.1:%d/%s?sslmode=disable" % (ROLE, proxy.port, database)
     result = run_cli("check", "--format", "json", url=url, env={"PGPASSFILE": str(pgpass)})
-    assert result.code == 3 and "chmod 0600" in result.json()["message"], result
+    assert result.code == 3 and one_line(result.err) and "chmod 0600" in result.json()["message"], result
     assert "Zqvw" not in result.out + result.err
 
 
@@ -422,7 +424,7 @@ def test_wrong_password_is_not_retried_by_wait(proxy, pw_role):
     set_password("Zqvw/Kxjb")
     url = "postgresql://%s:nope@127.0.0.1:%d/%s?sslmode=disable" % (ROLE, proxy.port, database)
     result = run_cli("check", "--wait", "30", url=url)
-    assert result.code == 3 and "login refused" in result.err, result
+    assert result.code == 3 and one_line(result.err) and "login refused" in result.err, result
     assert proxy.accepted == 1, proxy.accepted
 
 
@@ -431,21 +433,11 @@ def test_unreachable_is_still_retried_by_wait(server):
     import time
     started = time.monotonic()
     result = run_cli("check", "--wait", "1.5", url="postgresql://u:p@127.0.0.1:%d/d?sslmode=disable" % unused_port())
-    assert result.code == 3 and "connection refused" in result.err
+    assert result.code == 3 and one_line(result.err) and "connection refused" in result.err
     assert time.monotonic() - started >= 1.5  # it waited out --wait (a lower bound only: no timing window)
 
 
 # --- item 10: multi-host URLs (libpq's host list, target_session_attrs) -----
-
-def _wait_for(condition, seconds=60.0):
-    import time
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
 
 def _pg_basebackup_for(cluster):
     """The server build's own pg_basebackup, else one on PATH no older than the server."""
@@ -564,7 +556,7 @@ def test_multi_host_ports_lists():
     assert resolve_conninfo("postgresql://u@/d?host=a,b&port=7000", {}).host_list == (("a", 7000), ("b", 7000))
     assert resolve_conninfo(None, {"PGHOST": "a,b,c", "PGPORT": "1,2,3"}).host_list == (("a", 1), ("b", 2), ("c", 3))
     result = run_cli("check", url="postgresql://u@a,b,c/d?port=1,2")
-    assert result.code == 2 and "3 hosts" in result.err
+    assert result.code == 2 and one_line(result.err) and "3 hosts" in result.err
     assert resolve_conninfo(None, {"PGHOST": "a,b", "PGTARGETSESSIONATTRS": "standby"}).target_session_attrs \
         == "standby"
     assert resolve_conninfo("postgresql://a,b/d", {"PGTARGETSESSIONATTRS": "primary"}).target_session_attrs \
@@ -572,7 +564,7 @@ def test_multi_host_ports_lists():
     assert resolve_conninfo("postgresql://a,b/d", {}, writes=True).target_session_attrs == "read-write"
     assert resolve_conninfo("postgresql://a/d", {}, writes=True).target_session_attrs == "any"
     result = run_cli("check", url="postgresql://u@a,b/d?target_session_attrs=read-mostly")
-    assert result.code == 2 and "invalid target_session_attrs" in result.err
+    assert result.code == 2 and one_line(result.err) and "invalid target_session_attrs" in result.err
 
 
 def test_multi_host_migrations_land_on_the_read_write_host(primary_and_standby):
@@ -582,16 +574,16 @@ def test_multi_host_migrations_land_on_the_read_write_host(primary_and_standby):
     url = multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (s, p))  # the standby first, no attrs
     result = run_cli("upgrade", url=url)
     assert result.code == 0, result
-    assert sql(primary.url(), "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
-    assert _wait_for(lambda: sql(standby.url(), "select to_regclass('otel.alembic_version') is not null")
-                     == [[True]])
+    assert sql(primary.url(), "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
+    wait_for(lambda: sql(standby.url(), "select to_regclass('otel.alembic_version') is not null") == [[True]],
+             "the standby to replay the upgrade")
     assert run_cli("check", url=url).code == 0  # the probe reads the standby: replicated, ready
     for attrs in ("read-only", "standby", "prefer-standby"):
         result = run_cli("rollback", url=url + "?target_session_attrs=" + attrs)
-        assert result.code == 2 and "cannot migrate" in result.err, (attrs, result)
+        assert result.code == 2 and one_line(result.err) and "cannot migrate" in result.err, (attrs, result)
     result = run_cli("rollback", url=multi_url(primary, "127.0.0.1:%d,127.0.0.1:%d" % (s, unused_port())))
-    assert result.code == 3 and "read-only" in result.err and "read-write" in result.err, result
-    assert sql(primary.url(), "select version_num from otel.alembic_version") == [["163d8f446eb9"]]
+    assert result.code == 3 and one_line(result.err) and "read-only" in result.err and "read-write" in result.err, result
+    assert sql(primary.url(), "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
     assert run_cli("rollback", url=url).code == 0
     assert sql(primary.url(), "select count(*) from otel.alembic_version") == [[0]]
 
@@ -605,7 +597,7 @@ def test_pg_hba_reject_is_not_retried_and_stops_the_host_list(primary_and_standb
         url = "postgresql://hba_rejected:Zqvw/Kxjb@127.0.0.1:%d,127.0.0.1:%d/postgres?sslmode=disable" % (
             relay.port, standby.port)
         result = run_cli("check", "--wait", "30", url=url)
-        assert result.code == 3 and "pg_hba.conf" in result.err, result
+        assert result.code == 3 and one_line(result.err) and "pg_hba.conf" in result.err, result
         assert relay.accepted == 1, relay.accepted
         assert "Zqvw" not in result.out + result.err
     finally:
@@ -622,8 +614,8 @@ def test_no_password_for_md5_and_cleartext_methods(primary_and_standby, tmp_path
     try:
         url = "postgresql://%s@127.0.0.1:%d/postgres?sslmode=disable" % (role, relay.port)
         result = run_cli("check", "--wait", "30", url=url, env={"PGPASSFILE": str(tmp_path / "none")})
-        assert result.code == 3 and "asks for a password" in result.err and "PGPASSWORD" in result.err, result
-        assert len(result.err.strip().splitlines()) == 1
+        assert result.code == 3 and one_line(result.err) and "asks for a password" in result.err and "PGPASSWORD" in result.err, result
+        assert one_line(result.err)
         assert relay.accepted == 1, relay.accepted
         good = run_cli("check", url=url, env={"PGPASSWORD": "Zqvw/Kxjb"})
         # the method itself works with a password: logged in (what check then finds depends on the database)
@@ -676,7 +668,7 @@ def test_no_host_with_the_wanted_attrs_is_waited_for(primary_and_standby):
         url = multi_url(primary, "127.0.0.1:%d" % relay.port, "?target_session_attrs=read-write&sslmode=disable")
         started = time.monotonic()
         result = run_cli("check", "--wait", "1.5", url=url)
-        assert result.code == 3 and "is read-only (target_session_attrs=read-write)" in result.err, result
+        assert result.code == 3 and one_line(result.err) and "is read-only (target_session_attrs=read-write)" in result.err, result
         assert time.monotonic() - started >= 1.5 and relay.accepted >= 2, relay.accepted
     finally:
         relay.close()

@@ -19,8 +19,8 @@ import pg8000.dbapi
 import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
-from test_migrations import SPAN_COLUMNS_LEGACY, head_names, verify_ok
-from test_production import hold_access_share, spawn, upgrade_blocked_on_spans
+from helpers import (DEADLINE_SECONDS, SPAN_COLUMNS_LEGACY, head_names, hold_access_share, one_line, spawn,
+                     upgrade_blocked_on_spans, verify_ok, wait_for)
 
 from otelmig import db, session, settings as settings_mod
 from otelmig.errors import ExitStatus
@@ -61,20 +61,6 @@ def load_owned_legacy(db_url: str, role: str, traces: int = 2000):
 
 def server_major(url: str) -> int:
     return int(sql(url, "show server_version_num")[0][0]) // 10000
-
-
-def one_line(text: str) -> bool:
-    return len(text.strip().splitlines()) == 1 and "Traceback" not in text
-
-
-def poll(condition, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for " + what)
 
 
 # ------------------------------------------ role and database settings (item 3)
@@ -293,11 +279,11 @@ def freeze_holding_spans(url, proc):
     first, its transaction was rolled back: continue it and try again.)"""
     for _ in range(30):
         holder = hold_access_share(url)
-        poll(lambda: (migrator_lock_on_spans(url) or (0, True))[1] is False, 60, "the ALTER to wait on spans")
+        wait_for(lambda: (migrator_lock_on_spans(url) or (0, True))[1] is False, "the ALTER to wait on spans")
         os.kill(proc.pid, signal.SIGSTOP)
         holder.rollback()
         holder.close()
-        state = poll(lambda: _settled(url), 30, "the stopped migrator's backend to settle")
+        state = wait_for(lambda: _settled(url), "the stopped migrator's backend to settle")
         if state == "holding":
             return
         os.kill(proc.pid, signal.SIGCONT)
@@ -370,8 +356,8 @@ def idle_in_transaction(url):
     cursor.execute("set idle_in_transaction_session_timeout = '50ms'")
     cursor.execute("select pg_backend_pid()")
     pid = cursor.fetchone()[0]
-    poll(lambda: sql(url, "select count(*) from pg_stat_activity where pid = %s", (pid,)) == [[0]], 30,
-         "the idle session to end")
+    wait_for(lambda: sql(url, "select count(*) from pg_stat_activity where pid = %s", (pid,)) == [[0]],
+             "the idle session to end")
     cursor.execute("select 1")
 
 
@@ -409,8 +395,8 @@ def deadlock(url):
             errors.append(exc)
     thread = threading.Thread(target=a_waits)
     thread.start()
-    poll(lambda: sql(url, "select count(*) from pg_locks where not granted and locktype = 'transactionid'")
-         != [[0]], 30, "a to wait")
+    wait_for(lambda: sql(url, "select count(*) from pg_locks where not granted and locktype = 'transactionid'")
+             != [[0]], "a to wait")
     try:
         b.cursor().execute("update t set id = id where id = 1")
     except pg8000.dbapi.DatabaseError as exc:
@@ -467,6 +453,7 @@ def test_each_server_error_is_one_line_with_its_exit_code(db_url, scenario, code
     assert db.sqlstate(exc) == code
     error = db.translate(exc)
     assert error is not None and error.exit_status == status, error
+    assert one_line(error.message), error.message
     if code:
         assert "SQLSTATE %s" % code in error.message
     for word in words:
@@ -493,7 +480,7 @@ def test_cancelled_migration_is_3_then_a_rerun_completes(db_url):
     with upgrade_blocked_on_spans(db_url) as proc:
         sql(db_url, "select pg_cancel_backend(pid) from pg_stat_activity where wait_event_type = 'Lock' "
                     "and query ilike 'ALTER TABLE%%'")
-        code = proc.wait(30)
+        code = proc.wait(DEADLINE_SECONDS)
         err = proc.stderr.read()
     assert code == 3, err
     assert one_line(err) and "cancel" in err and "SQLSTATE 57014" in err and "ALTER TABLE" in err
@@ -507,10 +494,10 @@ def test_verbose_prints_the_failed_statement_whole(db_url):
     holder = hold_access_share(db_url)
     try:
         proc = spawn(db_url, "upgrade", "-v", "--lock-timeout", "30")
-        poll(lambda: (migrator_lock_on_spans(db_url) or (0, True))[1] is False, 60, "the ALTER to wait on spans")
+        wait_for(lambda: (migrator_lock_on_spans(db_url) or (0, True))[1] is False, "the ALTER to wait on spans")
         sql(db_url, "select pg_cancel_backend(pid) from pg_locks where relation = 'otel.spans'::regclass "
                     "and not granted")
-        code = proc.wait(30)
+        code = proc.wait(DEADLINE_SECONDS)
         err = proc.stderr.read()
     finally:
         holder.rollback()
@@ -587,11 +574,11 @@ def bouncer(server):
     proc = subprocess.Popen(prefix + [PGBOUNCER, os.path.join(root, "pgbouncer.ini")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        poll(lambda: _listening(port), 30, "pgbouncer to listen")
+        wait_for(lambda: _listening(port), "pgbouncer to listen")
         yield port
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(DEADLINE_SECONDS)
         shutil.rmtree(root, ignore_errors=True)
 
 

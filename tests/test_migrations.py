@@ -4,37 +4,11 @@ converges, keeps every row, and round-trips, on a real PostgreSQL."""
 import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
+from helpers import SPAN_COLUMNS_LEGACY, TRACE_COLUMNS_LEGACY, head_names, one_line, shape, verify_ok
 from otelmig import schema as contract
 from otelmig.scripts import script_directory
 from otelmig.settings import Settings
 from otelmig.revisions import HEAD_REVISION
-
-TRACE_COLUMNS_LEGACY = ["trace_id", "service_name", "root_span_name", "start_ts", "end_ts", "duration_ms",
-                        "span_count", "environment", "tenant_id", "ingest_source", "ingested_at"]
-SPAN_COLUMNS_LEGACY = ["id", "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "start_ts",
-                       "end_ts", "duration_ms", "status", "attributes::text", "environment", "tenant_id"]
-RENAMED = {"start_ts": "start_time", "end_ts": "end_time", "status": "status_code",
-           "attributes::text": "span_attributes::text"}
-
-
-def head_names(columns):
-    return [RENAMED.get(c, c) for c in columns]
-
-
-def verify_ok(url, schema="otel"):
-    result = run_cli("verify", "--format", "json", "--schema", schema, url=url)
-    assert result.code == 0, result.out + result.err
-    assert result.json()["problems"] == []
-    return result.json()
-
-
-def shape(url, schema="otel"):
-    """Columns (name, type, nullability, default) and indexes, order-free."""
-    snap = catalog_snapshot(url, schema)
-    columns = sorted((t, c, ty, nn, (d or "").replace('"%s".' % schema, "").replace("%s." % schema, ""))
-                     for t, c, ty, nn, d in snap["columns"])
-    return {"columns": [c for c in columns if not c[0].startswith("alembic_version")],
-            "indexes": sorted(i for i in snap["indexes"] if not i[0].startswith("alembic_version"))}
 
 
 def test_single_head():
@@ -68,20 +42,13 @@ def test_legacy_adoption_keeps_every_row(db_url):
         == [[0]]
 
 
-def test_fresh_and_adopted_end_in_the_same_schema(server, db_url):
-    run_cli("upgrade", url=db_url)
+def test_fresh_and_adopted_end_in_the_same_schema(new_database, db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
     fresh = shape(db_url)
-    other = server.url(db_url.rsplit("/", 1)[1])  # same server, second database below
-    name = "t_adopt_same"
-    sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    sql(server.admin_url, "CREATE DATABASE %s" % name)
-    try:
-        adopted_url = other.rsplit("/", 1)[0] + "/" + name
-        load_legacy(adopted_url, traces=50)
-        assert run_cli("upgrade", url=adopted_url).code == 0
-        assert shape(adopted_url) == fresh
-    finally:
-        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    adopted_url = new_database()
+    load_legacy(adopted_url, traces=50)
+    assert run_cli("upgrade", url=adopted_url).code == 0
+    assert shape(adopted_url) == fresh
 
 
 HALF_WAY = {
@@ -127,7 +94,7 @@ def test_both_old_and_new_column_is_refused_and_changes_nothing(db_url):
     result = run_cli("upgrade", url=db_url)
     assert result.code == 8
     assert "has both start_ts and start_time" in result.err
-    assert len(result.err.strip().splitlines()) == 1 or "Traceback" not in result.err
+    assert one_line(result.err), result.err
     assert catalog_snapshot(db_url) == before
 
 
@@ -202,7 +169,7 @@ def test_data_loss_guard_refuses_then_allows(db_url):
                 "(select trace_id from otel.traces order by trace_id limit 3)")
     before = catalog_snapshot(db_url)
     refused = run_cli("rollback", url=db_url)
-    assert refused.code == 8
+    assert refused.code == 8 and one_line(refused.err), refused
     assert "7 rows in otel.spans.status_message" in refused.err
     assert "3 rows in otel.traces.resource_attributes" in refused.err
     assert "--allow-data-loss" in refused.err

@@ -1,35 +1,11 @@
 """upgrade --sql applied with psql reaches the same head as online; plan
 names the right statements and locks and writes nothing."""
 
-import os
-import shutil
-import subprocess
-
 import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
-from otelmig.settings import resolve_conninfo
-from pgcluster import bindir
-from test_migrations import SPAN_COLUMNS_LEGACY, head_names, verify_ok
+from helpers import PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, psql_file, verify_ok, wait_for, write_sql
 from otelmig.revisions import HEAD_REVISION
-
-
-def psql_file(url: str, path: str) -> subprocess.CompletedProcess:
-    info = resolve_conninfo(url, {})
-    psql = shutil.which("psql") or os.path.join(bindir(), "psql")
-    env = dict(os.environ, PGPASSWORD=info.password)
-    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
-                           "-U", info.user, "-d", info.database, "-f", path],
-                          env=env, capture_output=True, text=True)
-
-
-def write_sql(tmp_path, *args) -> str:
-    result = run_cli(*args, env={"POSTGRES_URL": "postgresql://nobody:never@127.0.0.1:1/none"})
-    assert result.code == 0, result.err
-    assert "never" not in result.out
-    path = tmp_path / "review.sql"
-    path.write_text(result.out)
-    return str(path)
 
 
 def test_sql_needs_no_database(tmp_path):
@@ -64,18 +40,12 @@ def test_sql_script_applied_with_psql_reaches_head(tmp_path, db_url, state):
         assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == legacy_rows
 
 
-def test_sql_script_is_the_same_schema_as_online(tmp_path, server, db_url):
+def test_sql_script_is_the_same_schema_as_online(tmp_path, new_database, db_url):
     assert psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql")).returncode == 0
     offline = catalog_snapshot(db_url)
-    name = "t_online_twin"
-    sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    sql(server.admin_url, "CREATE DATABASE %s" % name)
-    try:
-        twin = server.url(name)
-        assert run_cli("upgrade", url=twin).code == 0
-        assert catalog_snapshot(twin) == offline
-    finally:
-        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    twin = new_database()
+    assert run_cli("upgrade", url=twin).code == 0
+    assert catalog_snapshot(twin) == offline
 
 
 def test_downgrade_sql_guards_data_and_round_trips(tmp_path, db_url):
@@ -83,7 +53,7 @@ def test_downgrade_sql_guards_data_and_round_trips(tmp_path, db_url):
     assert run_cli("upgrade", url=db_url).code == 0
     sql(db_url, "update otel.spans set status_message = 'x' where id = 1")
     refused = psql_file(db_url, write_sql(tmp_path, "rollback", "--sql"))
-    assert refused.returncode != 0 and "1 rows in otel.spans.status_message" in refused.stderr
+    assert refused.returncode == PSQL_SCRIPT_ERROR and "1 rows in otel.spans.status_message" in refused.stderr
     assert run_cli("check", url=db_url).code == 0  # nothing changed
     allowed = psql_file(db_url, write_sql(tmp_path, "downgrade", "base", "--sql", "--allow-data-loss"))
     assert allowed.returncode == 0, allowed.stderr
@@ -96,7 +66,7 @@ def test_sql_script_refuses_a_newer_database(tmp_path, db_url):
     sql(db_url, "update otel.alembic_version set version_num = 'ffffffffffff'")
     before = catalog_snapshot(db_url)
     result = psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql"))
-    assert result.returncode != 0 and "newer otelmig" in result.stderr
+    assert result.returncode == PSQL_SCRIPT_ERROR and "newer otelmig" in result.stderr
     assert catalog_snapshot(db_url) == before
 
 
@@ -166,7 +136,7 @@ def test_sql_script_waits_for_no_other_otelmig(tmp_path, db_url):
     holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
     try:
         result = psql_file(db_url, write_sql(tmp_path, "upgrade", "--sql"))
-        assert result.returncode != 0 and "another otelmig is migrating schema otel" in result.stderr
+        assert result.returncode == PSQL_SCRIPT_ERROR and "another otelmig is migrating schema otel" in result.stderr
         assert sql(db_url, "select count(*) from pg_namespace where nspname = 'otel'") == [[0]]
     finally:
         holder.close()
@@ -174,11 +144,8 @@ def test_sql_script_waits_for_no_other_otelmig(tmp_path, db_url):
 
 def wait_for_live_row_counts(url):
     """The loading session reports its inserts to the statistics system as it exits."""
-    import time
-    for _ in range(100):
-        if sql(url, "select n_live_tup from pg_stat_all_tables where relid = 'otel.spans'::regclass")[0][0]:
-            return
-        time.sleep(0.05)
+    wait_for(lambda: sql(url, "select n_live_tup from pg_stat_all_tables where relid = 'otel.spans'::regclass")[0][0],
+             "the statistics system to count the loaded spans")
 
 
 def test_plan_at_head_is_0(db_url):

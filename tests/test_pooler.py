@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 
 import pg8000.dbapi
 import pytest
@@ -19,8 +20,8 @@ import otelmig
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from otelmig import db, pooler, settings as settings_mod
 from otelmig._version import HEAD_REVISION
+from helpers import DEADLINE_SECONDS, verify_ok, wait_for
 from pgbouncer import PgBouncer, scram_secrets
-from test_migrations import verify_ok
 
 REFUSED = 8
 MIGRATIONS = [("upgrade",), ("downgrade", "base"), ("rollback",), ("stamp", "head")]
@@ -60,17 +61,37 @@ def through(bouncer, url: str) -> str:
     return bouncer.url(info.database, info.user, info.password)
 
 
+# One statement (statement pooling allows no transaction) that returns once
+# `servers` server connections have run it (a backend shows its last statement,
+# active or idle): it waits while the others are still running, so the pooler
+# must open that many (or after 60 s; the test then fails on what it checks).
+# A fixed pg_sleep overlapped only if no thread stalled longer than the sleep.
+WARM_STATEMENT = """DO $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '60 seconds';
+BEGIN
+    LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN clock_timestamp() > deadline OR (SELECT count(*) FROM pg_stat_activity
+                  WHERE query LIKE '%otelmig-warm-{tag}%') >= {servers};
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END $$ /* otelmig-warm-{tag} */"""
+
+
 def warm(pooled_url: str, servers: int) -> None:
     """Make the pooler open up to `servers` server connections to this database
     (clients busy at once), so a round-robin pool has somewhere else to move a
-    transaction. Autocommit statements: statement pooling allows no transaction."""
-    barrier = threading.Barrier(servers)
+    transaction."""
+    statement = WARM_STATEMENT.format(tag=uuid.uuid4().hex, servers=servers)
+    # Nobody disconnects before all have run it: in session pooling a disconnect
+    # resets the server connection (DISCARD ALL), which then shows another statement.
+    all_done = threading.Barrier(servers)
 
     def busy():
         conn = connect(pooled_url)
         try:
-            barrier.wait(30)
-            conn.cursor().execute("select pg_sleep(0.3)")
+            conn.cursor().execute(statement)
+            all_done.wait(DEADLINE_SECONDS)
         finally:
             conn.close()
     threads = [threading.Thread(target=busy) for _ in range(servers)]
@@ -82,16 +103,6 @@ def warm(pooled_url: str, servers: int) -> None:
 
 def advisory_locks(direct_url: str) -> list:
     return sql(direct_url, "select pid, objid from pg_locks where locktype = 'advisory'")
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("%s did not happen within %ss" % (what, timeout))
 
 
 def spawn(*args, env):
@@ -305,17 +316,17 @@ def test_interrupted_upgrade_through_session_pooling_leaves_no_lock(bouncers, db
     holder.cursor().execute("select count(*) from otel.spans")
     try:
         proc = spawn("upgrade", "--lock-timeout", "30", env={"POSTGRES_URL": pooled})
-        wait_until(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                                       "and query ilike 'ALTER TABLE%%'")[0][0], 30, "the upgrade's ALTER waiting")
+        wait_for(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                                     "and query ilike 'ALTER TABLE%%'")[0][0], "the upgrade's ALTER waiting")
         lock_holder = advisory_locks(db_url)
         assert len(lock_holder) == 1  # the migration lock, on a pooled server connection
         proc.send_signal(sig)
-        code = proc.wait(30)
+        code = proc.wait(DEADLINE_SECONDS)
     finally:
         holder.rollback()
         holder.close()
     assert code == (-9 if sig == signal.SIGKILL else 143), proc.stderr.read()
-    wait_until(lambda: advisory_locks(db_url) == [], 30, "the migration lock's release")
+    wait_for(lambda: advisory_locks(db_url) == [], "the migration lock's release")
     # The lock's server connection went back to the pool, reset by PgBouncer
     # (DISCARD ALL releases advisory locks), not closed.
     (lock_pid, _), = lock_holder

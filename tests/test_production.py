@@ -2,25 +2,18 @@
 interruptions, failed concurrent builds."""
 
 import contextlib
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 
+import pg8000.dbapi
 import pytest
 
-from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
-from test_migrations import SPAN_COLUMNS_LEGACY, head_names, verify_ok
+from conftest import catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
+from helpers import (DEADLINE_SECONDS, SPAN_COLUMNS_LEGACY, error_line, head_names, hold_access_share, one_line,
+                     spawn, upgrade_blocked_on_spans, verify_ok, wait_for_statement, wait_for_waiting_alter)
 from otelmig.revisions import HEAD_REVISION
-
-
-def spawn(url, *args, env=None):
-    environ = dict(os.environ, POSTGRES_URL=url, **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "otelmig"] + list(args), cwd=REPO, env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("legacy_traces", [0, 8000])
@@ -44,12 +37,14 @@ def test_two_schemas_do_not_wait_on_each_other(db_url):
     from otelmig.lock import lock_keys
     holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
     try:
-        started = time.monotonic()
-        assert run_cli("upgrade", "--schema", "otel_b", url=db_url).code == 0
-        assert time.monotonic() - started < 5
+        # otel's lock is held throughout: had otel_b's upgrade needed it, it would
+        # have given up after --lock-wait with 9 (no clock to read, no window to miss).
+        other = run_cli("upgrade", "--schema", "otel_b", url=db_url, env={"OTELMIG_LOCK_WAIT": "1"})
+        assert other.code == 0, other.err
         busy = run_cli("upgrade", url=db_url, env={"OTELMIG_LOCK_WAIT": "1"})
         assert busy.code == 9
-        assert "pid" in busy.err and "application_name" in busy.err
+        line = error_line(busy.err)
+        assert "pid" in line and "application_name" in line, busy.err
         assert sql(db_url, "select to_regclass('otel.traces')") == [[None]]
     finally:
         holder.close()
@@ -91,32 +86,24 @@ def test_lock_budget_exhausted_is_9_with_nothing_changed(db_url, monkeypatch):
     before = catalog_snapshot(db_url)
     holder = connect(db_url, autocommit=False)
     holder.cursor().execute("select count(*) from otel.spans")
+    # Only a safety net: should the budget not stop the upgrade, the reader ends
+    # after this long, the upgrade then finishes (exit 0) and the test fails
+    # instead of hanging. A 0.9 s budget never comes near it.
+    release = threading.Timer(DEADLINE_SECONDS, holder.rollback)
+    release.start()
     try:
         import otelmig.migrate
         monkeypatch.setattr(otelmig.migrate, "LOCK_BUDGET_FACTOR", 3)
-        started = time.monotonic()
         result = run_cli("upgrade", "--lock-timeout", "0.3", url=db_url)
-        assert time.monotonic() - started < 3
     finally:
+        release.cancel()
+        release.join()
         holder.rollback()
         holder.close()
     assert result.code == 9, result
+    assert "could not get a table lock in time" in error_line(result.err), result.err
     assert catalog_snapshot(db_url) == before
     assert sql(db_url, "select to_regclass('otel.alembic_version')") == [[None]]
-
-
-@contextlib.contextmanager
-def upgrade_blocked_on_spans(url):
-    """An `upgrade` subprocess whose rename of spans waits behind a reader's open
-    transaction; the reader ends when the block does."""
-    holder = hold_access_share(url)
-    try:
-        proc = spawn(url, "upgrade", "--lock-timeout", "30")
-        wait_for_waiting_alter(url)
-        yield proc
-    finally:
-        holder.rollback()
-        holder.close()
 
 
 def test_sigterm_rolls_back_releases_and_exits_143(db_url):
@@ -124,10 +111,10 @@ def test_sigterm_rolls_back_releases_and_exits_143(db_url):
     before = catalog_snapshot(db_url)
     with upgrade_blocked_on_spans(db_url) as proc:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
+        code = proc.wait(DEADLINE_SECONDS)
         err = proc.stderr.read()
     assert code == 143, err
-    assert len(err.strip().splitlines()) == 1 and "SIGTERM" in err and "Traceback" not in err
+    assert one_line(err) and "SIGTERM" in err, err
     assert catalog_snapshot(db_url) == before
     assert sql(db_url, "select count(*) from pg_locks where locktype = 'advisory'") == [[0]]
     assert run_cli("upgrade", url=db_url).code == 0
@@ -137,38 +124,8 @@ def test_sigint_exits_130(db_url):
     load_legacy(db_url, traces=10)
     with upgrade_blocked_on_spans(db_url) as proc:
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(20)
+        code = proc.wait(DEADLINE_SECONDS)
     assert code == 130 and "SIGINT" in proc.stderr.read()
-
-
-def wait_for_statement(url, pattern, timeout):
-    """True once a statement like pattern is running for otelmig, False at the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = sql(url, "select count(*) from pg_stat_activity where application_name = 'otelmig' "
-                        "and state = 'active' and query ilike %s", (pattern,))
-        if rows[0][0]:
-            return True
-        time.sleep(0.005)
-    return False
-
-
-def wait_for_waiting_alter(url, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = sql(url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                        "and query ilike 'ALTER TABLE%%'")
-        if rows[0][0]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the upgrade never waited for its lock")
-
-
-def hold_access_share(url):
-    """An open transaction that has read spans: a rename of spans must wait for it."""
-    holder = connect(url, autocommit=False)
-    holder.cursor().execute("select count(*) from otel.spans")
-    return holder
 
 
 def hold_old_snapshot(url):
@@ -194,11 +151,11 @@ def test_sigkill_at_random_moments_then_rerun(db_url):
         holder = hold(db_url) if hold else None
         proc = spawn(db_url, "upgrade", "--lock-timeout", "30")
         if statement:
-            assert wait_for_statement(db_url, statement, timeout=30), statement
+            wait_for_statement(db_url, statement)
         else:
             time.sleep(rng.uniform(0.3, 0.8))
         proc.kill()
-        proc.wait(10)
+        proc.wait(DEADLINE_SECONDS)
         if holder:
             holder.rollback()
             holder.close()
@@ -213,10 +170,10 @@ def test_connection_cut_is_3_and_rerun_succeeds(db_url):
     with upgrade_blocked_on_spans(db_url) as proc:
         sql(db_url, "select pg_terminate_backend(pid) from pg_stat_activity where wait_event_type = 'Lock' "
                     "and query ilike 'ALTER TABLE%%'")
-        code = proc.wait(20)
+        code = proc.wait(DEADLINE_SECONDS)
         err = proc.stderr.read()
     assert code == 3, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert one_line(err), err
     assert run_cli("upgrade", url=db_url).code == 0
     verify_ok(db_url)
 
@@ -226,7 +183,7 @@ def test_failed_concurrent_build_is_repaired(db_url):
     # Duplicate span ids make a UNIQUE concurrent build fail and leave an INVALID index
     # under one of our names, exactly what an interrupted CREATE INDEX CONCURRENTLY leaves.
     sql(db_url, "update otel.spans set span_id = 'dup' where id <= 2")
-    with pytest.raises(Exception):
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="23505"):  # unique_violation
         sql(db_url, "create unique index concurrently ix_spans_span_id on otel.spans (span_id)")
     assert sql(db_url, "select indisvalid from pg_index where indexrelid = 'otel.ix_spans_span_id'::regclass") \
         == [[False]]
@@ -328,7 +285,7 @@ def test_concurrent_build_outwaits_an_old_snapshot(db_url):
     holder.cursor().execute("begin isolation level repeatable read")
     holder.cursor().execute("select count(*) from public.unrelated")
     proc = spawn(db_url, "upgrade", "--lock-timeout", "0.5")
-    assert wait_for_statement(db_url, "CREATE INDEX CONCURRENTLY%%", timeout=20)
+    wait_for_statement(db_url, "CREATE INDEX CONCURRENTLY%%")
     time.sleep(2.0)
     holder.rollback()
     holder.close()
@@ -344,15 +301,24 @@ def test_sigterm_during_check_wait_is_prompt():
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
+    silent.settimeout(DEADLINE_SECONDS)
     try:
-        url = "postgresql://u@127.0.0.1:%d/d?connect_timeout=5" % silent.getsockname()[1]
-        proc = spawn(url, "check", "--wait", "30")
-        time.sleep(1.5)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 143
-        assert time.monotonic() - started < 2
-        assert "SIGTERM" in proc.stderr.read()
+        # Each attempt would sit out a 120 s connect timeout, the whole wait 300 s:
+        # ending within the 60 s below is "at once" by a wide margin either way.
+        url = "postgresql://u@127.0.0.1:%d/d?connect_timeout=120" % silent.getsockname()[1]
+        proc = spawn(url, "check", "--wait", "300")
+        try:
+            accepted, _ = silent.accept()  # otelmig is connecting: its handler is installed by now
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(DEADLINE_SECONDS)
+            err = proc.stderr.read()
+            accepted.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == 143, err
+        assert one_line(err) and "SIGTERM" in err, err
     finally:
         silent.close()
 

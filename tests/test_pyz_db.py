@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import load_legacy, run_pyz, table_rows
-from test_migrations import SPAN_COLUMNS_LEGACY, head_names
+from helpers import SPAN_COLUMNS_LEGACY, head_names
 
 PYENV = os.path.join(os.path.expanduser("~"), ".pyenv", "versions")
 

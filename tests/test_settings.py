@@ -6,6 +6,7 @@ import stat
 import pytest
 
 from conftest import run_cli
+from helpers import one_line
 from otelmig import redact
 from otelmig.errors import UsageError
 from otelmig.settings import resolve_conninfo, validate_schema
@@ -99,7 +100,7 @@ def test_redactor_masks_registered_and_url_passwords():
     (["upgrade", "--schema", "Bad"], "invalid schema name"),
     (["check", "--wait", "soon"], "--wait must be a number"),
     (["upgrade", "--lock-timeout", "x"], "--lock-timeout must be a number"),
-    (["rollback", "-3"], ""),
+    (["rollback", "-3"], "rollback takes a positive number of revisions, not -3"),
     (["rollback", "zero"], "rollback takes a number"),
     (["current", "--format", "prometheus"], "prometheus is for verify only"),
     ([], "no command given"),
@@ -114,9 +115,9 @@ def test_usage_errors_exit_2_with_one_line(args, fragment):
 
 def test_env_lock_timeout_and_schema_are_validated():
     result = run_cli("current", url="postgresql://u@127.0.0.1:1/d", env={"OTELMIG_LOCK_TIMEOUT": "-1"})
-    assert result.code == 2
+    assert result.code == 2 and one_line(result.err) and "--lock-timeout must be between" in result.err, result
     result = run_cli("current", url="postgresql://u@127.0.0.1:1/d", env={"OTEL_DB_SCHEMA": "x;y"})
-    assert result.code == 2 and "invalid schema name" in result.err
+    assert result.code == 2 and one_line(result.err) and "invalid schema name" in result.err, result
 
 
 def test_fast_pbkdf2_equals_scramps_own():

@@ -2,10 +2,12 @@
 
 import re
 import time
+import uuid
 
 import pytest
 
 from conftest import load_legacy, run_cli, sql
+from helpers import one_line
 from otelmig import schema as contract
 
 
@@ -45,7 +47,7 @@ def test_each_drift_kind_is_reported(head_url, statements, kind, obj):
     assert payload["ok"] is False
     assert {"kind": kind, "object": obj} in [{"kind": p["kind"], "object": p["object"]} for p in payload["problems"]]
     assert all(p["detail"] for p in payload["problems"])
-    assert len(result.err.strip().splitlines()) == 1
+    assert one_line(result.err)
 
 
 def test_clean_database_passes_in_every_format(head_url):
@@ -95,7 +97,7 @@ def test_extras_pass_unless_strict(head_url):
 def test_legacy_database_is_4_and_recognised(db_url):
     load_legacy(db_url, traces=5)
     result = run_cli("verify", url=db_url)
-    assert result.code == 4
+    assert result.code == 4 and one_line(result.err), result
     assert "legacy" in result.err and "upgrade" in result.err
 
 
@@ -116,16 +118,17 @@ def test_unreachable_is_3():
 
 
 def test_verify_works_with_a_read_only_role(server, head_url):
-    sql(head_url, "create role otel_ro login password 'ro-pw'")
-    sql(head_url, "grant usage on schema otel to otel_ro")
-    sql(head_url, "grant select on all tables in schema otel to otel_ro")
+    role = "otel_ro_" + uuid.uuid4().hex[:10]  # roles are cluster-wide: no name another run could hold
+    sql(head_url, "create role %s login password 'ro-pw'" % role)
     try:
-        url = server.url(head_url.rsplit("/", 1)[1], user="otel_ro", password="ro-pw")
+        sql(head_url, "grant usage on schema otel to %s" % role)
+        sql(head_url, "grant select on all tables in schema otel to %s" % role)
+        url = server.url(head_url.rsplit("/", 1)[1], user=role, password="ro-pw")
         assert run_cli("verify", url=url).code == 0
         assert run_cli("check", url=url).code == 0
     finally:
-        sql(head_url, "drop owned by otel_ro")
-        sql(server.admin_url, "drop role otel_ro")
+        sql(head_url, "drop owned by %s" % role)
+        sql(server.admin_url, "drop role %s" % role)
 
 
 def test_contract_names_every_index_of_spec():
