@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Dict, List, NamedTuple, Optional
 import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
-from pgcluster import bindir
+from helpers import psql_file
 from otelmig import offline, revisions
 from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Guard, Names, OnlineRunner, RowCheck, Step
 from otelmig.errors import RefusedError
@@ -360,14 +359,6 @@ def check_up_down_up(kit: Kit, revision: str) -> None:
     assert_same(start, state(kit, url), "downgrade of %s after its upgrade" % revision)
     must(upgrade(kit, url, revision), "second upgrade to %s" % revision)
     assert_same(up, state(kit, url), "upgrade, downgrade, upgrade of %s" % revision)
-
-
-def psql_file(url: str, path: str) -> subprocess.CompletedProcess:
-    info = resolve_conninfo(url, {})
-    psql = shutil.which("psql") or os.path.join(bindir(), "psql")
-    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
-                           "-U", info.user, "-d", info.database, "-f", path],
-                          env=dict(os.environ, PGPASSWORD=info.password), capture_output=True, text=True)
 
 
 def check_offline_matches_online(kit: Kit, revision: str, tmp_dir: str) -> None:
