@@ -241,6 +241,10 @@ def test_every_migration_command_refuses_through_transaction_pooling(bouncers, d
     result = run_cli("upgrade", "--format", "json", url=pooled)
     assert result.code == REFUSED
     assert result.json()["exit_code"] == REFUSED and result.json()["pooling"] == "transaction"
+    # The check runs before any session setting: none reached the pool's server connections.
+    expected = sql(db_url, SERVER_DEFAULTS_SQL)[0]
+    for _ in range(2 * size):
+        assert sql(pooled, SERVER_DEFAULTS_SQL)[0] == expected
 
 
 def test_concurrent_upgrades_through_transaction_pooling_all_refuse(bouncers, db_url):
