@@ -108,3 +108,25 @@ LEGACY_ONLY_COLUMNS = {
     "traces": ("start_ts", "end_ts"),
     "spans": ("start_ts", "end_ts", "status", "attributes"),
 }
+
+# Revision 2 (time-partitioned spans): the layout it converts otel.spans to
+# and `otelmig maintain` keeps. One partition per UTC day, named by the day it
+# holds; the table that held the rows before the conversion becomes the
+# partition for everything before the cutoff (a UTC midnight); a DEFAULT
+# partition takes any row no other partition does, so no insert is rejected.
+
+
+class Partitioning(NamedTuple):
+    table: str = "spans"
+    key: str = "start_time"           # RANGE partition key (timestamptz)
+    history: str = "spans_history"    # FOR VALUES FROM (MINVALUE) TO (cutoff)
+    default: str = "spans_default"    # DEFAULT
+    day_prefix: str = "spans_p"       # spans_pYYYYMMDD: FROM (day 00:00 UTC) TO (next day 00:00 UTC)
+    ahead_days: int = 7               # upgrade and maintain keep partitions for today and this many days ahead
+
+    def day_partition(self, day) -> str:
+        """The partition for a datetime.date."""
+        return "%s%s" % (self.day_prefix, day.strftime("%Y%m%d"))
+
+
+SPANS_PARTITIONING = Partitioning()
