@@ -14,7 +14,7 @@ the new head from this file's `revision` and `down_revision` lines (keep each
 on one line, as written here).
 """
 
-from otelmig.ddl import Concurrent, Names, Refusal, Statement  # noqa: F401  (the step types)
+from otelmig.ddl import Concurrent, SchemaSQL, Refusal, Statement  # noqa: F401  (the step types)
 from otelmig import migration_api
 
 revision = ${repr(up_revision)}
@@ -23,11 +23,11 @@ branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 
 
-def upgrade_steps(n: Names):
+def upgrade_steps(n: SchemaSQL):
     return []
 
 
-def downgrade_steps(n: Names):
+def downgrade_steps(n: SchemaSQL):
     return []
 
 

@@ -168,7 +168,7 @@ class Catalog(NamedTuple):
     rows: Callable
 
 
-def decide(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool = False) -> Decision:
+def decide(step: Step, names: "SchemaSQL", ask: Catalog, allow_data_loss: bool = False) -> Decision:
     """The one decision, made the same way online and in plan; offline.py renders
     each type of step as SQL that decides the same (tests/test_revision_kit.py runs both)."""
     if step.when is not None and not ask.scalar("select " + step.when):
@@ -189,7 +189,7 @@ def decide(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool = Fal
     return Decision([Planned(sql_of(step, concurrently), concurrently, qualified, display)])
 
 
-def _decide_refusal(step: Refusal, names: "Names", ask: Catalog, lifted: bool) -> Decision:
+def _decide_refusal(step: Refusal, names: "SchemaSQL", ask: Catalog, lifted: bool) -> Decision:
     detail = ask.scalar("select " + step.detail) if step.detail else ""
     if step.row_checks:
         found = [(check, rows_matching(ask.scalar, names, check)) for check in step.row_checks]
@@ -204,7 +204,7 @@ def fill_partition(sql: str, partition: str, index_name: str, index: str) -> str
     return sql.replace(PARTITION_INDEX_NAME, index_name).replace(PARTITION_INDEX, index).replace(PARTITION, partition)
 
 
-def rows_matching(scalar: Callable, names: "Names", check: RowCheck) -> int:
+def rows_matching(scalar: Callable, names: "SchemaSQL", check: RowCheck) -> int:
     """Rows where check.predicate holds; 0 when check.when does not (the column may be absent).
     Stops at the first row unless there is one: counting then names the amount."""
     if not scalar("select " + check.when):
@@ -229,8 +229,9 @@ RECORD_DDL = """CREATE TABLE IF NOT EXISTS {record} (
 )"""
 
 
-class Names:
-    """Builds SQL text for one target schema: names (always quoted) and catalog conditions."""
+class SchemaSQL:
+    """SQL text for one target schema: its objects' names (always quoted), the
+    catalog conditions steps are written with, and the record's statements."""
 
     def __init__(self, schema: str):
         from otelmig.settings import validate_schema
@@ -338,7 +339,7 @@ class Names:
 
 # -- step builders revisions share --
 
-def index_steps(n: "Names", revision: str, index: str, table: str, keys: str):
+def index_steps(n: "SchemaSQL", revision: str, index: str, table: str, keys: str):
     """A plain table: build concurrently (when it has rows). A partitioned one:
     the index ON ONLY the parent (catalog only), then one built on each leaf
     partition (concurrently when it has rows) and attached; the parent index is
@@ -380,7 +381,7 @@ class OnlineRunner:
     wraps a concurrent index build (progress on stderr).
     """
 
-    def __init__(self, exec_scalar: Callable, execute: Callable, outside: Callable, names: Names,
+    def __init__(self, exec_scalar: Callable, execute: Callable, outside: Callable, names: SchemaSQL,
                  allow_data_loss: bool = False, log: Callable = lambda line: None,
                  watch: Callable = contextlib.nullcontext, exec_rows: Optional[Callable] = None):
         self.ask = Catalog(exec_scalar, exec_rows or (lambda sql: []))

@@ -10,7 +10,7 @@ for `psql -v ON_ERROR_STOP=1 -f`.
 
 from otelmig import db
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
-from otelmig.ddl import (PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Concurrent, Names, PerPartition, Refusal,
+from otelmig.ddl import (PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Concurrent, SchemaSQL, PerPartition, Refusal,
                          RowCheck, Step, is_lifted, runs_outside, sql_of)
 from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
@@ -29,7 +29,7 @@ def upgrade_sql(settings, out, revision: str = "head") -> int:
                          % (revision, revision))
     scripts = revisions_between(settings, None, target)
     newer = [s.revision for s in revisions_between(settings, target, HEAD_REVISION)]
-    names = Names(settings.schema)
+    names = SchemaSQL(settings.schema)
     out.write(_header(settings, "upgrade to %s" % target, scripts))
     out.write(_guards(names, newer))
     for script in scripts:
@@ -43,7 +43,7 @@ def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -
     """Offline there is no current revision to read: the script starts from the head."""
     target = resolve_revision(settings, revision, HEAD_REVISION)
     scripts = list(reversed(revisions_between(settings, target, HEAD_REVISION)))
-    names = Names(settings.schema)
+    names = SchemaSQL(settings.schema)
     out.write(_header(settings, "downgrade from %s to %s" % (HEAD_REVISION, target or "base"), scripts))
     out.write(_guards(names, []))
     for script in scripts:
@@ -77,7 +77,7 @@ def _set_lock_timeout(settings) -> str:
     return "SET lock_timeout = '%dms';" % lock_timeout_ms(settings)
 
 
-def _guards(names: Names, newer_known) -> str:
+def _guards(names: SchemaSQL, newer_known) -> str:
     """Stop before changing anything: another otelmig at work, or a database
     at a revision this script would rewind (unknown, or newer than its target)."""
     keys = lock_keys(names.schema)
@@ -97,7 +97,7 @@ def _guards(names: Names, newer_known) -> str:
     return lock + version
 
 
-def render_steps(steps, settings, names: Names, allow_data_loss: bool) -> str:
+def render_steps(steps, settings, names: SchemaSQL, allow_data_loss: bool) -> str:
     """The steps as a psql script: each type rendered as SQL that decides as ddl.decide() does online."""
     parts, in_transaction, unbounded = [], False, False
     for step in steps:
@@ -125,7 +125,7 @@ def render_steps(steps, settings, names: Names, allow_data_loss: bool) -> str:
     return "".join(parts)
 
 
-def _render_step(step: Step, names: Names) -> str:
+def _render_step(step: Step, names: SchemaSQL) -> str:
     """Online, a concurrent step runs CONCURRENTLY when its table holds rows;
     a script cannot know, and CONCURRENTLY is right on an empty table too."""
     if isinstance(step, Refusal):
@@ -154,7 +154,7 @@ def _render_for_each(step: PerPartition) -> str:
             % (filled, step.for_each, step.when or "true"))
 
 
-def _render_refusal(step: Refusal, names: Names) -> str:
+def _render_refusal(step: Refusal, names: SchemaSQL) -> str:
     """ddl._decide_refusal in PL/pgSQL: when `when` holds, the message is the
     refusal, its detail and the row checks' counts; with row checks it stops
     only when that is not empty. Each checked column is read through EXECUTE,
@@ -172,7 +172,7 @@ def _render_refusal(step: Refusal, names: Names) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_row_check(check: RowCheck, names: Names) -> list:
+def _render_row_check(check: RowCheck, names: SchemaSQL) -> list:
     table = names.table(check.table)
     exists = "select count(*) from (select 1 from %s where %s limit 1) first_row" % (table, check.predicate)
     count = "select count(*) from %s where %s" % (table, check.predicate)
@@ -186,7 +186,7 @@ def _render_row_check(check: RowCheck, names: Names) -> list:
             "  END IF;"]
 
 
-def _set_version(names: Names, revision) -> str:
+def _set_version(names: SchemaSQL, revision) -> str:
     table = names.table(VERSION_TABLE)
     lines = ["BEGIN;",
              "CREATE TABLE IF NOT EXISTS %s (version_num VARCHAR(32) NOT NULL, "

@@ -10,7 +10,7 @@ current row estimate and size.
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
 from otelmig.state import ensure_known, read_state
-from otelmig.ddl import Catalog, Names, Refusal, decide, lock_taken, runs_outside, sql_of
+from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
 from otelmig.errors import ExitStatus
 from otelmig.scripts import revisions_between
 
@@ -63,7 +63,7 @@ def plan(settings, out, err) -> int:
 
 
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
-    names = Names(schema)
+    names = SchemaSQL(schema)
 
     def scalar(sql):
         cursor.execute(sql)
@@ -98,7 +98,7 @@ def _outline_revision(schema: str, script) -> dict:
     statements = [{"sql": sql_of(step, runs_outside(step)), "lock": lock_taken(step, runs_outside(step)) or "none",
                    "effect": step.effect, "outside_transaction": runs_outside(step),
                    "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None}
-                  for step in script.module.upgrade_steps(Names(schema)) if not isinstance(step, Refusal)]
+                  for step in script.module.upgrade_steps(SchemaSQL(schema)) if not isinstance(step, Refusal)]
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
             "decided": False}
 

@@ -38,7 +38,7 @@ import pytest
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
 from helpers import psql_file
 from otelmig import offline, revisions
-from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Concurrent, Guard, Names, OnlineRunner, Refusal, RowCheck, Statement
+from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Concurrent, Guard, SchemaSQL, OnlineRunner, Refusal, RowCheck, Statement
 from otelmig.errors import RefusedError
 from otelmig.schema import OWN_TABLES
 from otelmig.settings import Settings, resolve_conninfo
@@ -571,7 +571,7 @@ def kinds_of_steps(n):
     }
 
 
-KINDS = sorted(kinds_of_steps(Names(SCHEMA)))
+KINDS = sorted(kinds_of_steps(SchemaSQL(SCHEMA)))
 
 
 def store_for_kinds(url: str) -> None:
@@ -593,7 +593,7 @@ def run_online(url: str, step, allow_data_loss: bool):
         cursor.execute(statement)
         return cursor.fetchall()
     runner = OnlineRunner(exec_scalar=scalar, exec_rows=rows, execute=cursor.execute,
-                          outside=contextlib.nullcontext, names=Names(SCHEMA), allow_data_loss=allow_data_loss)
+                          outside=contextlib.nullcontext, names=SchemaSQL(SCHEMA), allow_data_loss=allow_data_loss)
     try:
         runner.run([step])
         return None
@@ -607,7 +607,7 @@ def run_offline(url: str, step, allow_data_loss: bool, tmp_dir: str):
     """offline.py's rendering of the step, applied with psql: the refusal it raised, or None."""
     path = os.path.join(tmp_dir, "step.sql")
     with open(path, "w") as handle:
-        handle.write(offline.render_steps([step], Settings(conninfo=None), Names(SCHEMA), allow_data_loss))
+        handle.write(offline.render_steps([step], Settings(conninfo=None), SchemaSQL(SCHEMA), allow_data_loss))
     applied = psql_file(url, path)
     if applied.returncode == 0:
         return None
@@ -626,7 +626,7 @@ def test_offline_decides_each_kind_of_step_as_online(server, kind, tmp_path):
         online, script = new_database(kit), new_database(kit)
         for url in (online, script):
             store_for_kinds(url)
-        step, allow_data_loss = kinds_of_steps(Names(SCHEMA))[kind]
+        step, allow_data_loss = kinds_of_steps(SchemaSQL(SCHEMA))[kind]
         assert run_offline(script, step, allow_data_loss, str(tmp_path)) == run_online(online, step, allow_data_loss)
         assert catalog_snapshot(script, SCHEMA) == catalog_snapshot(online, SCHEMA)
     finally:

@@ -21,7 +21,7 @@ Create Date: 2026-11-25
 from typing import NamedTuple, Optional
 
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import Effect, Guard, Lock, Names, Refusal, RowCheck, Statement, index_steps
+from otelmig.ddl import Effect, Guard, Lock, SchemaSQL, Refusal, RowCheck, Statement, index_steps
 from otelmig import migration_api
 from otelmig.schema import RECORD_TABLE
 
@@ -153,7 +153,7 @@ def _rename_targets(table: str):
     return {new for _, new in RENAMES.get(table, ())}
 
 
-def upgrade_steps(n: Names):
+def upgrade_steps(n: SchemaSQL):
     record = n.record_table()
     first = [Statement("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
              Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
@@ -180,7 +180,7 @@ def upgrade_steps(n: Names):
     return first + _records_first(n, steps)
 
 
-def _records_first(n: Names, steps):
+def _records_first(n: SchemaSQL, steps):
     """The record steps describe the store as found (what is missing, what is
     there), so they can all run first, in the same transaction as what they
     describe; then the window in which the renames hold ACCESS EXCLUSIVE (up to
@@ -191,7 +191,7 @@ def _records_first(n: Names, steps):
             + [step for step, record in zip(steps, is_record) if not record])
 
 
-def _rename_steps(n: Names, table: str, renames):
+def _rename_steps(n: SchemaSQL, table: str, renames):
     steps = []
     for old, new in renames:
         both = "%s and %s" % (n.column_exists(table, old), n.column_exists(table, new))
@@ -205,7 +205,7 @@ def _rename_steps(n: Names, table: str, renames):
     return steps
 
 
-def _added_column_steps(n: Names, table: str):
+def _added_column_steps(n: SchemaSQL, table: str):
     """Add what is missing; record what was there; converge a column someone added by hand half way."""
     steps = []
     for _, column, sqltype, not_null, default in _added(table):
@@ -230,7 +230,7 @@ def _added_column_steps(n: Names, table: str):
     return steps
 
 
-def _converge_column_steps(n: Names, table: str):
+def _converge_column_steps(n: SchemaSQL, table: str):
     """Catalog-only repairs towards the contract (otelmig.compat refuses, before
     any step, what these cannot repair): a nullable column the operator dropped
     is re-added (empty, which is the truth), NOT NULL is dropped where the
@@ -275,7 +275,7 @@ def _droppable_columns():
                 yield table, column, DATA_PREDICATES.get((table, column), default_predicate)
 
 
-def downgrade_steps(n: Names):
+def downgrade_steps(n: SchemaSQL):
     # Lock out writers first, so that no row gains data between the check and the drop.
     steps = [Statement("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
                        table=table, lock=Lock.SHARE_ROW_EXCLUSIVE) for table in ("traces", "spans")]
@@ -309,7 +309,7 @@ def downgrade_steps(n: Names):
     return steps
 
 
-def _column_owned(n: Names, table: str, column: str, unknown: str) -> str:
+def _column_owned(n: SchemaSQL, table: str, column: str, unknown: str) -> str:
     """SQL: the downgrade drops this column. Recorded as created; or, on a store
     adopted before the record existed (`unknown`), a column the baseline adds."""
     recorded = n.recorded("column", "%s.%s" % (table, column), "created")
@@ -318,7 +318,7 @@ def _column_owned(n: Names, table: str, column: str, unknown: str) -> str:
     return recorded
 
 
-def _unknown_origin_guard(n: Names, unknown: str) -> Refusal:
+def _unknown_origin_guard(n: SchemaSQL, unknown: str) -> Refusal:
     """A store adopted before otelmig kept its record: whether the operator had
     these objects before cannot be known, so the downgrade does not guess."""
     objects = ["case when %s then %s end" % (n.column_exists(t, c), quote_literal("column %s.%s.%s" % (n.schema, t, c)))

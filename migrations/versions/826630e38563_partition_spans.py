@@ -35,7 +35,7 @@ Create Date: 2026-11-26
 
 from otelmig import migration_api
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import Concurrent, Effect, Lock, Names, Refusal, Statement, index_steps
+from otelmig.ddl import Concurrent, Effect, Lock, SchemaSQL, Refusal, Statement, index_steps
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
 
 revision = "826630e38563"
@@ -60,7 +60,7 @@ def _utc_midnight(expression: str) -> str:
 class Layout:
     """The SQL names and catalog conditions of this conversion for one schema."""
 
-    def __init__(self, n: Names):
+    def __init__(self, n: SchemaSQL):
         self.n = n
         self.spans = n.table("spans")
         self.history = n.table(LAYOUT.history)
@@ -96,7 +96,7 @@ class Layout:
                 "from services where services.name is not null" % {"spans": self.spans})
 
 
-def upgrade_steps(n: Names):
+def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
              _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
@@ -114,7 +114,7 @@ def upgrade_steps(n: Names):
     return steps
 
 
-def _identity_refusal(n: Names, layout: Layout) -> Refusal:
+def _identity_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     identity = ("exists (select 1 from pg_attribute where attrelid = %s and attname = 'id' and attidentity <> '')"
                 % n.regclass("spans"))
     return Refusal(when="%s and %s" % (layout.plain_spans, identity), table="spans", message=(
@@ -123,7 +123,7 @@ def _identity_refusal(n: Names, layout: Layout) -> Refusal:
         % (n.schema, revision)))
 
 
-def _not_carried_refusal(n: Names, layout: Layout) -> Refusal:
+def _not_carried_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     """What the new partitioned table would not have: refuse, naming each, rather than convert without it."""
     spans = n.regclass("spans")
     found = "concat_ws('; ', %s)" % ", ".join([
@@ -142,7 +142,7 @@ def _not_carried_refusal(n: Names, layout: Layout) -> Refusal:
         "remove it (recreate it on the partitioned %s.spans after the upgrade), then rerun: " % (n.schema, n.schema)))
 
 
-def _owner_refusal(n: Names, layout: Layout) -> Refusal:
+def _owner_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     """The new table must be owned as spans is (its id sequence must be owned
     by the table's owner), and PostgreSQL gives a table to a role only if that
     role may create in the schema."""
@@ -155,7 +155,7 @@ def _owner_refusal(n: Names, layout: Layout) -> Refusal:
                     % (n.schema, n.schema, quote(n.schema))))
 
 
-def _history_key_steps(n: Names, layout: Layout):
+def _history_key_steps(n: SchemaSQL, layout: Layout):
     """The unique index the new primary key needs on the table that becomes
     the history partition: the one scan that cannot be avoided, concurrently."""
     index = HISTORY_PKEY
@@ -170,7 +170,7 @@ def _history_key_steps(n: Names, layout: Layout):
     ]
 
 
-def _cutoff_step(n: Names, layout: Layout) -> Statement:
+def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
     cutoff = "%s + interval '%d days'" % (_utc_midnight("greatest(now(), newest)"), MARGIN_DAYS)
     add = ("ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %%L) NOT VALID"
            % (layout.spans, quote(CUTOFF_CHECK)))
@@ -188,7 +188,7 @@ def _cutoff_step(n: Names, layout: Layout) -> Statement:
                      label="the cutoff from the newest row (read through an index), CHECK (start_time < cutoff) NOT VALID")
 
 
-def _prepare_step(n: Names, layout: Layout) -> Statement:
+def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The new partitioned table beside spans, empty, with its partitions and indexes (catalog only)."""
     p = layout.parent
     create_day = ("CREATE TABLE %%I.%%I PARTITION OF %s FOR VALUES FROM (%%L) TO (%%L)" % p)
@@ -231,7 +231,7 @@ def _indexes_of(table_regclass: str, without=()) -> str:
             "ORDER BY 1" % (table_regclass, skip))
 
 
-def _same_owner_and_grants(n: Names, layout: Layout) -> list:
+def _same_owner_and_grants(n: SchemaSQL, layout: Layout) -> list:
     """The new table and its partitions get spans's owner and its table
     privileges (the worker's INSERT and SELECT), so nothing changes for them."""
     return [
@@ -249,7 +249,7 @@ def _same_owner_and_grants(n: Names, layout: Layout) -> list:
         "  END LOOP;"]
 
 
-def _switch_step(n: Names, layout: Layout) -> Statement:
+def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
     """One transaction: the old table becomes the history partition of the new spans."""
     spans, history, p = layout.spans, layout.history, layout.parent
     attach = "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (MINVALUE) TO (%%L)" % (spans, history)
@@ -283,7 +283,7 @@ def _switch_step(n: Names, layout: Layout) -> Statement:
                       "(cutoff) without a scan, sequence owned by the new spans" % LAYOUT.history)
 
 
-def _rename_indexes(n: Names, table_regclass: str, new_name: str, without=()) -> list:
+def _rename_indexes(n: SchemaSQL, table_regclass: str, new_name: str, without=()) -> list:
     """PL/pgSQL: rename each index of the table (but its primary key) to the SQL expression new_name over ix.name."""
     return ["  FOR ix IN %s LOOP" % _indexes_of(table_regclass, without),
             "    EXECUTE format('ALTER INDEX %%I.%%I RENAME TO %%I', %s, ix.name, left(%s, 63));"
@@ -291,7 +291,7 @@ def _rename_indexes(n: Names, table_regclass: str, new_name: str, without=()) ->
             "  END LOOP;"]
 
 
-def downgrade_steps(n: Names):
+def downgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     index, table, _ = TRACES_START_TIME
     steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
@@ -315,7 +315,7 @@ def downgrade_steps(n: Names):
     return steps
 
 
-def _history_table_step(n: Names, layout: Layout) -> Statement:
+def _history_table_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The history partition may be gone (maintain dropped it when it left the
     window): then an empty plain table takes its place, with its indexes."""
     lines = ["DO $history$", "DECLARE ix record;", "BEGIN",
@@ -329,7 +329,7 @@ def _history_table_step(n: Names, layout: Layout) -> Statement:
     return Statement("\n".join(lines), when="%s and %s is null" % (layout.converted, n.regclass(LAYOUT.history)))
 
 
-def _switch_back_step(n: Names, layout: Layout) -> Statement:
+def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
     """One transaction: the history table becomes the plain otel.spans again."""
     spans, history = layout.spans, layout.history
     is_partition = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
@@ -362,7 +362,7 @@ def _switch_back_step(n: Names, layout: Layout) -> Statement:
     return Statement("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
 
 
-def _drop_emptied_parent_step(n: Names, layout: Layout) -> Statement:
+def _drop_emptied_parent_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The partitioned table the rows were moved out of, with its partitions; never one that holds a row."""
     sql = "\n".join([
         "DO $drop$",
@@ -377,7 +377,7 @@ def _drop_emptied_parent_step(n: Names, layout: Layout) -> Statement:
     return Statement(sql, when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE)
 
 
-def _move_rows_step(n: Names, layout: Layout) -> Concurrent:
+def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
     """Rows of the later partitions back into otel.spans, BATCH_ROWS per
     transaction (COMMIT inside DO: it runs outside the revision's transaction
     when there are rows), so no long transaction holds them and a rerun goes on
