@@ -97,7 +97,8 @@ def _outline_revision(schema: str, script) -> dict:
     each decided by its catalog condition when the revision runs."""
     statements = [{"sql": sql_of(step, runs_outside(step)), "lock": lock_taken(step, runs_outside(step)) or "none",
                    "effect": step.effect, "outside_transaction": runs_outside(step),
-                   "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None}
+                   "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None,
+                   **({"label": step.label} if step.label else {})}
                   for step in script.module.upgrade_steps(SchemaSQL(schema)) if not isinstance(step, Refusal)]
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
             "decided": False}
@@ -141,7 +142,8 @@ def _text(schema: str, revision, pending) -> str:
             if entry.get("refuse"):
                 lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
                 continue
-            shown = "DO: " + entry["label"] if entry.get("label") else " ".join(entry["sql"].split())
+            words = entry["sql"].split()
+            shown = "%s: %s" % (words[0], entry["label"]) if entry.get("label") else " ".join(words)
             first = ("* " if entry.get("conditional") else "") + shown
             lines.append("  %2d. %s" % (number, first if len(first) <= 110 else first[:107] + "..."))
             lines.append("      lock: %s; %s%s%s" % (entry["lock"], entry["effect"],
