@@ -108,53 +108,58 @@ def _sql(args, settings, out, err) -> int:
     return offline.downgrade_sql(settings, out, target, args.allow_data_loss)
 
 
-def _check(args, settings, out, err) -> int:
+def _check(args, settings, err):
     from otelmig import check
     from otelmig.settings import parse_seconds
-    return check.check(settings, out, err, parse_seconds(args.wait, "--wait", allow_zero=True))
+    return check.check(settings, err, parse_seconds(args.wait, "--wait", allow_zero=True))
 
 
-def _current(args, settings, out, err) -> int:
+def _current(args, settings, err):
     from otelmig import check
-    return check.current(settings, out, err)
+    return check.current(settings, err)
 
 
-def _verify(args, settings, out, err) -> int:
+def _verify(args, settings, err):
     from otelmig import verify
-    return verify.verify(settings, out, err, args.strict)
+    return verify.verify(settings, err, args.strict)
 
 
-def _plan(args, settings, out, err) -> int:
+def _plan(args, settings, err):
     from otelmig import plan
-    return plan.plan(settings, out, err)
+    return plan.plan(settings, err)
 
 
-def _migrate(args, settings, out, err) -> int:
+def _migrate(args, settings, err):
     from otelmig import migrate
     name = args.command
     if name == "upgrade":
-        return migrate.upgrade(settings, out, err, args.revision)
+        return migrate.upgrade(settings, err, args.revision)
     if name == "downgrade":
-        return migrate.downgrade(settings, out, err, args.revision, args.allow_data_loss)
+        return migrate.downgrade(settings, err, args.revision, args.allow_data_loss)
     if name == "rollback":
-        return migrate.downgrade(settings, out, err, "-%d" % _parse_steps(args.steps), args.allow_data_loss)
+        return migrate.downgrade(settings, err, "-%d" % _parse_steps(args.steps), args.allow_data_loss)
     if name == "stamp":
-        return migrate.stamp(settings, out, err, args.revision)
+        return migrate.stamp(settings, err, args.revision)
     if name == "history":
-        return migrate.history(settings, out, err)
-    return migrate.heads(settings, out, err)
+        return migrate.history(settings, err)
+    return migrate.heads(settings, err)
 
 
 # Each command's module is imported only when it runs: `check` stays light.
+# A command returns an output.Result, which dispatch prints.
 HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan}
+# The module of each command: its FAILURE_FIELDS (and failure_prometheus) shape
+# a failed run's JSON (and Prometheus) output, so _fail knows no command's fields.
+COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan"}
 
 
 def dispatch(args, settings, out, err) -> int:
     if settings.output_format == "prometheus" and args.command != "verify":
         raise UsageError("--format prometheus is for verify only")
     if getattr(args, "sql", False):
-        return _sql(args, settings, out, err)
-    return HANDLERS.get(args.command, _migrate)(args, settings, out, err)
+        return _sql(args, settings, out, err)  # a script streamed to out, not a result
+    from otelmig.output import print_result
+    return print_result(settings, out, err, args.command, HANDLERS.get(args.command, _migrate)(args, settings, err))
 
 
 class Invocation:
@@ -225,16 +230,20 @@ def _fail(out, err, run: Invocation, error, show_traceback: bool) -> int:
         import traceback
         err.write(traceback.format_exc())
     message = " ".join(error.message.split())
+    module = _command_module(run.command)
     if run.output_format == "json":
-        payload = {"exit_code": status, "schema": run.schema, "message": message}
-        if run.command in ("check", "current", "verify", "plan"):
-            payload.update(head=HEAD_REVISION, database_revision=None)
-        if run.command == "verify":
-            payload.update(ok=False, problems=[], extras=[])
+        payload = dict(getattr(module, "FAILURE_FIELDS", {}))
+        payload.update(exit_code=status, schema=run.schema, message=message)
         payload.update(getattr(error, "details", {}))
         out.write(json.dumps(payload, sort_keys=True) + "\n")
-    elif run.output_format == "prometheus" and run.schema:
-        from otelmig.verify import prometheus_text
-        out.write(prometheus_text(run.schema, status, [], []))
+    elif run.output_format == "prometheus" and run.schema and hasattr(module, "failure_prometheus"):
+        out.write(module.failure_prometheus(run.schema, status))
     err.write("%s: %s\n" % (PROG, message))
     return status
+
+
+def _command_module(command):
+    """The module of a command that has one in COMMAND_MODULES, imported if it was not yet."""
+    import importlib
+    name = COMMAND_MODULES.get(command or "")
+    return importlib.import_module("otelmig." + name) if name else None

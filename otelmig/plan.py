@@ -41,7 +41,11 @@ def _read_only_connection(conninfo):
     return conn
 
 
-def plan(settings, out, err) -> int:
+# The JSON fields of a failed plan (cli adds exit_code, schema, message).
+FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
+
+
+def plan(settings, err) -> output.Result:
     conn = _read_only_connection(settings.conninfo)
     try:
         cursor = conn.cursor()
@@ -58,8 +62,7 @@ def plan(settings, out, err) -> int:
     status = ExitStatus.PENDING if pending else ExitStatus.OK
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": state.revision,
                "head": HEAD_REVISION, "pending": pending}
-    output.emit(settings, out, payload, _text(settings.schema, state.revision, pending))
-    return int(status)
+    return output.Result(int(status), payload, _text(settings.schema, state.revision, pending))
 
 
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:

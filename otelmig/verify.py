@@ -237,7 +237,15 @@ def _compare_indexes(schema: str, indexes, relations, wanted) -> List[Problem]:
     return problems
 
 
-def verify(settings, out, err, strict: bool = False) -> int:
+# The JSON fields of a failed verify (cli adds exit_code, schema, message).
+FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None, "ok": False, "problems": [], "extras": []}
+
+
+def failure_prometheus(schema: str, status) -> str:
+    return prometheus_text(schema, status, [], [])
+
+
+def verify(settings, err, strict: bool = False) -> output.Result:
     started = time.monotonic()
     conn = db.connect(settings.conninfo, probe=True)
     try:
@@ -246,7 +254,7 @@ def verify(settings, out, err, strict: bool = False) -> int:
     finally:
         db.close(conn)
     status, message = _verdict(settings, state, report, strict)
-    return _emit(settings, out, err, status, state, report, message, started)
+    return _result(settings, status, state, report, message, started)
 
 
 def _verdict(settings, state, report: Report, strict: bool):
@@ -275,7 +283,7 @@ def _verdict(settings, state, report: Report, strict: bool):
     return ExitStatus.OK, ""
 
 
-def _emit(settings, out, err, status, state, report, message, started) -> int:
+def _result(settings, status, state, report, message, started) -> output.Result:
     problems, extras = report.problems, report.extras
     payload = {"exit_code": int(status), "schema": settings.schema, "ok": status == ExitStatus.OK,
                "head": HEAD_REVISION, "database_revision": state.revision,
@@ -283,13 +291,8 @@ def _emit(settings, out, err, status, state, report, message, started) -> int:
                "seconds": round(time.monotonic() - started, 4)}
     if message:
         payload["message"] = message
-    if settings.output_format == "prometheus":
-        out.write(prometheus_text(settings.schema, status, problems, extras))
-    else:
-        output.emit(settings, out, payload, _text(settings.schema, status, problems, extras))
-    if message:
-        err.write("verify: %s\n" % message)
-    return int(status)
+    return output.Result(int(status), payload, _text(settings.schema, status, problems, extras),
+                         prometheus_text(settings.schema, status, problems, extras), message)
 
 
 def _text(schema: str, status, problems, extras) -> str:
