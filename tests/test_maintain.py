@@ -13,6 +13,7 @@ import partition_layout as layout
 from conftest import catalog_snapshot, connect, run_cli, run_pyz, sql
 from helpers import error_line, one_line, spawn, wait_for
 from otelmig._version import HEAD_REVISION
+from otelmig.lock import lock_keys
 
 DAY = datetime.timedelta(days=1)
 
@@ -168,6 +169,8 @@ def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
 def test_a_pending_concurrent_detach_is_finalized(db_url):
     """Without a DEFAULT partition maintain detaches CONCURRENTLY; a run killed
     while that waits leaves the partition 'detach pending': the rerun finalizes it."""
+    if sql(db_url, "select current_setting('server_version_num')::int")[0][0] < 140000:
+        pytest.skip("DETACH ... CONCURRENTLY is PostgreSQL 14+; on 13 maintain detaches plainly")
     today = layout.build(db_url, cutoff_offset=-20, ahead=7, default=False)
     old = layout.day_name(today - 18 * DAY)
     holder = connect(db_url, autocommit=False)  # an old snapshot the detach must wait for
@@ -226,12 +229,21 @@ def test_dry_run_lists_and_changes_nothing(db_url):
 
 def test_two_runs_at_once_both_succeed_and_create_each_partition_once(db_url):
     today = layout.build(db_url, cutoff_offset=-1, ahead=0)
-    procs = [spawn(db_url, "maintain", "--ahead", "12", "--format", "json") for _ in range(2)]
+    # Both start while another otelmig holds the migration lock, so they run at once once it is free.
+    holder = connect(db_url)
+    holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
+    try:
+        procs = [spawn(db_url, "maintain", "--ahead", "12", "--format", "json") for _ in range(2)]
+        wait_for(lambda: sql(db_url, "select count(*) >= 2 from pg_stat_activity where datname = current_database() "
+                                     "and query like 'select pg_try_advisory_lock%%'")[0][0],
+                 "both runs to wait for the migration lock")
+    finally:
+        holder.close()
     outputs = [proc.communicate(timeout=300) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     created = [json.loads(out)["created"] for out, _ in outputs]
     assert sorted(created[0] + created[1]) == sorted(day_names(today + DAY, today + 12 * DAY))
-    assert all("Traceback" not in err for _, err in outputs)
+    assert all("Traceback" not in err and "waiting for the migration lock" in err for _, err in outputs)
     assert day_names(today - DAY, today + 12 * DAY) <= set(layout.partitions(db_url))
 
 
