@@ -32,7 +32,7 @@ from typing import List, NamedTuple, Optional
 
 from otelmig import db, output, partitions
 from otelmig._version import HEAD_REVISION
-from otelmig.errors import ExitStatus, OtelmigError, UsageError
+from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
 from otelmig.schema import SPANS_PARTITIONING
 from otelmig.state import assess, read_state
 
@@ -42,6 +42,12 @@ _DURATION = re.compile(r"([0-9]{1,6})([hdw])")
 _UNIT_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 DAY = datetime.timedelta(days=1)
 DEPENDENT_OBJECTS = "2BP01"  # a view or a foreign key still needs the table: DROP refused
+
+
+def lock_budget(settings) -> float:
+    """Seconds of lock waits a step may take in all: upgrade's budget."""
+    from otelmig.migrate import LOCK_BUDGET_FACTOR
+    return LOCK_BUDGET_FACTOR * settings.lock_timeout
 
 
 def parse_retain(text: Optional[str]) -> Optional[datetime.timedelta]:
@@ -234,8 +240,8 @@ class _Runner:
         return self.run(query, "reading the partitions")
 
     def run(self, action, what: str, outside_transaction: bool = False):
-        from otelmig.migrate import FIRST_LOCK_TIMEOUT, LOCK_BUDGET_FACTOR, LOCK_TIMEOUT_GROWTH, RETRY_PAUSE
-        deadline = time.monotonic() + LOCK_BUDGET_FACTOR * self.settings.lock_timeout
+        from otelmig.migrate import FIRST_LOCK_TIMEOUT, LOCK_TIMEOUT_GROWTH, RETRY_PAUSE
+        deadline = time.monotonic() + lock_budget(self.settings)
         attempt = 0
         while True:
             wait = min(self.settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
@@ -243,14 +249,23 @@ class _Runner:
             try:
                 return self._once(action, outside_transaction)
             except Exception as exc:
-                if not db.is_conflict(exc) or time.monotonic() >= deadline:
+                if not db.is_conflict(exc):
                     raise
+                if time.monotonic() >= deadline:
+                    raise self._busy(what, exc) from None
                 reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
             pause = random.uniform(*RETRY_PAUSE)
             self.say("%s: a table is busy (%s); retrying in %.2fs" % (what, reason, pause),
                      level=0 if attempt % 20 == 0 else 1)
             time.sleep(pause)
             attempt += 1
+
+    def _busy(self, what: str, exc: BaseException) -> BusyError:
+        return BusyError("maintain stopped while %s: %s for %gs (6 x --lock-timeout): %s; that step was rolled "
+                         "back, the steps before it stay done; rerun later (it does only what is left) or raise "
+                         "--lock-timeout" % (what, "a table stayed locked" if db.is_lock_timeout(exc)
+                                             else "a conflict persisted", lock_budget(self.settings),
+                                             db.server_message(exc)))
 
     def _once(self, action, outside_transaction: bool):
         self.conn.autocommit = outside_transaction

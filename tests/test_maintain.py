@@ -343,7 +343,8 @@ def test_a_lock_held_on_spans_is_exit_9_and_nothing_changes(db_url):
         holder.rollback()
         holder.close()
     assert result.code == 9, result
-    assert "lock" in error_line(result.err)
+    line = error_line(result.err)
+    assert "stayed locked" in line and "--lock-timeout" in line
     assert set(layout.partitions(db_url)) == before
 
 
