@@ -422,10 +422,16 @@ def _dropping(runner: _Runner, name: str, action) -> Optional[str]:
     except Exception as exc:
         if db.sqlstate(exc) != DEPENDENT_OBJECTS:
             raise
-        return "kept %s: %s (drop what depends on it, then rerun)" % (name, db.server_message(exc))
+        return "kept %s: %s (%s; drop or change that, then rerun)" % (name, db.server_message(exc), _detail(exc))
     if refusal is None:
         runner.say("dropped %s" % name, level=1)
     return refusal
+
+
+def _detail(exc: BaseException) -> str:
+    """The server's DETAIL (for 2BP01: which objects depend on the table)."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return " ".join((fields.get("D") or "other objects depend on it").split())
 
 
 def _sequence_owned(conn, layout, name: str) -> Optional[str]:

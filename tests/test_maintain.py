@@ -154,6 +154,30 @@ def test_old_traces_are_deleted_in_batches(db_url):
     assert len(batches) == 3, result.err  # 5000 + 5000 + 2001, each its own transaction
 
 
+def test_a_partition_a_view_depends_on_is_kept_and_named(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    kept = layout.day_name(today - 16 * DAY)
+    sql(db_url, "create view public.audit as select * from otel.%s" % kept)
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    payload = json_of(result)
+    assert kept not in payload["dropped"] and layout.day_name(today - 17 * DAY) in payload["dropped"]
+    assert kept in layout.partitions(db_url)
+    line = error_line(result.err)
+    assert kept in line and "audit" in line
+
+
+def test_a_history_that_owns_the_id_sequence_is_kept(db_url):
+    layout.build(db_url, cutoff_offset=-20, ahead=7)
+    sql(db_url, "alter sequence otel.spans_id_seq owned by otel.spans_history.id")
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    assert "spans_history" not in json_of(result)["dropped"]
+    assert "spans_history" in layout.partitions(db_url)
+    assert "OWNED BY otel.spans.id" in error_line(result.err)
+    layout.insert_spans(db_url, ["now()"])  # the id default still works
+
+
 # -- a half-done run converges -------------------------------------------------------
 
 def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
