@@ -102,7 +102,8 @@ def decide(layout: partitions.Layout, now: datetime.datetime, ahead_days: int,
         drop = [p.name for p in ours if p.upper is not None and p.upper <= window_start and not p.detach_pending]
         old = [p.name for p in ours if p.detach_pending and p.upper is not None and p.upper <= window_start]
         drop_detached = old + [name for name in layout.standalone_days
-                               if _day_end(partitions.day_of(name, spec)) <= window_start]
+                               if partitions.day_of(name, spec) is not None
+                               and _day_end(partitions.day_of(name, spec)) <= window_start]
     return Decision(create, drop, finalize, drop_detached, conflicts, window_start)
 
 

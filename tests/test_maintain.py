@@ -178,6 +178,20 @@ def test_a_history_that_owns_the_id_sequence_is_kept(db_url):
     layout.insert_spans(db_url, ["now()"])  # the id default still works
 
 
+def test_tables_named_like_day_partitions_do_not_confuse_it(db_url):
+    """A standalone table whose name is no real day, and one in the way of a coming day."""
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    sql(db_url, "create table otel.spans_p20261399 (x int)")
+    blocker = layout.day_name(today + 4 * DAY)
+    sql(db_url, "create table otel.%s (x int)" % blocker)
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    payload = json_of(result)
+    assert blocker not in payload["created"] and layout.day_name(today + 5 * DAY) in payload["created"]
+    assert blocker in error_line(result.err)
+    assert sql(db_url, "select to_regclass('otel.spans_p20261399') is not null")[0][0]
+
+
 # -- a half-done run converges -------------------------------------------------------
 
 def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
