@@ -75,6 +75,22 @@ def test_ahead_sets_how_many_days_and_the_new_partitions_carry_the_indexes(db_ur
     assert indexes == 4  # the primary key's and the three contract indexes, attached
 
 
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata", "Pacific/Chatham"])
+def test_the_sessions_time_zone_changes_nothing(db_url, zone):
+    """pg_get_expr prints bounds in the session's TimeZone; days stay UTC days."""
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    database = db_url.rsplit("/", 1)[1]
+    sql(db_url, "alter database %s set timezone = '%s'" % (database, zone))
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert set(payload["created"]) == day_names(today + 3 * DAY, today + 7 * DAY)
+    assert set(payload["dropped"]) == day_names(today - 20 * DAY, today - 15 * DAY) | {"spans_history"}
+    assert payload["newest_bound"] == "%sT00:00:00Z" % (today + 8 * DAY)
+    verify = run_cli("verify", "--format", "json", url=db_url)
+    assert verify.code == 0 and verify.json()["problems"] == [], verify.out
+
+
 # -- rows in the DEFAULT partition ------------------------------------------------
 
 def test_rows_in_the_default_partition_move_into_the_new_day(db_url):
