@@ -23,6 +23,7 @@ is not at the head or whose spans is not in the partitioned layout
 All decisions use the server's clock (now()), never this machine's.
 """
 
+import contextlib
 import datetime
 import json
 import random
@@ -277,7 +278,8 @@ class _Runner:
             return result
         except BaseException:
             if not outside_transaction:
-                self.conn.rollback()
+                with contextlib.suppress(Exception):  # a backend ended by SIGTERM's cleanup has nothing to roll back
+                    self.conn.rollback()
             raise
         finally:
             self.conn.autocommit = False

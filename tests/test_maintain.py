@@ -5,6 +5,7 @@ Real PostgreSQL throughout; the layout is tests/partition_layout.py's."""
 import datetime
 import json
 import re
+import signal
 import threading
 
 import pytest
@@ -400,6 +401,28 @@ def test_a_lock_held_on_spans_is_exit_9_and_nothing_changes(db_url):
     line = error_line(result.err)
     assert "stayed locked" in line and "--lock-timeout" in line
     assert set(layout.partitions(db_url)) == before
+
+
+def test_sigterm_while_creating_rolls_back_and_exits_143(db_url):
+    today = layout.build(db_url, cutoff_offset=-1, ahead=2)
+    before = set(layout.partitions(db_url))
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("lock table otel.spans_default in access share mode")
+    holder.cursor().execute("select count(*) from otel.spans_default")
+    try:
+        proc = spawn(db_url, "maintain", "--lock-timeout", "30")
+        wait_for(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                                     "and query like 'LOCK TABLE%%spans_default%%'")[0][0],
+                 "maintain to wait for the DEFAULT partition")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert proc.returncode == 143, err
+    assert one_line(err) and "SIGTERM" in err
+    assert set(layout.partitions(db_url)) == before
+    assert sql(db_url, "select to_regclass('otel.%s') is null" % layout.day_name(today + 3 * DAY))[0][0]
 
 
 # -- verify and plan know the partitions ------------------------------------------------
