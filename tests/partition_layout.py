@@ -1,11 +1,11 @@
 """The time-partitioned spans layout of revision 2 (otelmig.schema.SPANS_PARTITIONING),
 built by plain SQL over a baseline store, for the maintain tests.
 
-Revision 2's own conversion puts the history cutoff a few days in the future;
-retention tests need day partitions (and rows) in the past, so this builds the
-same layout with any cutoff: `upgrade <baseline>`, this SQL, then `stamp head`
-(a no-op while the baseline is the head; over revision 2 it records the head
-on a layout equal to the one revision 2 produces).
+Revision 2's own conversion (`upgrade`, used where the cutoff does not
+matter) puts the history cutoff two days in the future; retention tests need
+day partitions (and rows) in the past, so this builds the same layout with any
+cutoff: `upgrade <baseline>`, this SQL, then `stamp head` (the head recorded
+over the layout revision 2 produces, as if the conversion had run weeks ago).
 """
 
 import datetime

@@ -11,9 +11,8 @@ import threading
 import pytest
 
 import partition_layout as layout
-from conftest import catalog_snapshot, connect, run_cli, run_pyz, sql
+from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from helpers import error_line, one_line, spawn, wait_for
-from otelmig._version import HEAD_REVISION
 from otelmig.lock import lock_keys
 
 DAY = datetime.timedelta(days=1)
@@ -41,6 +40,54 @@ def parse_prometheus(text):
         assert match, line
         metrics[match.group(1)] = float(match.group(2))
     return metrics
+
+
+def upgraded(url, legacy_traces: int = 0):
+    """A store converted by revision 2 itself (`upgrade`); the server's today."""
+    if legacy_traces:
+        load_legacy(url, traces=legacy_traces)
+    result = run_cli("upgrade", url=url)
+    assert result.code == 0, result.err
+    return layout.server_today(url)
+
+
+# -- after a real upgrade ---------------------------------------------------------
+
+def test_after_the_upgrade_maintain_has_nothing_to_do_and_then_keeps_days_ahead(db_url):
+    today = upgraded(db_url)
+    first = run_cli("maintain", "--format", "json", url=db_url)
+    assert first.code == 0, first.err
+    assert json_of(first)["created"] == [] and json_of(first)["dropped"] == []
+    further = run_cli("maintain", "--ahead", "10", "--format", "json", url=db_url)
+    assert further.code == 0, further.err
+    assert set(json_of(further)["created"]) == day_names(today + 8 * DAY, today + 10 * DAY)
+    assert run_cli("verify", url=db_url).code == 0
+
+
+def test_after_the_upgrade_a_row_in_default_moves_into_its_new_day(db_url):
+    today = upgraded(db_url)
+    layout.insert_spans(db_url, ["now() + interval '9 days'", "now()"])
+    assert count(db_url, "otel.spans_default") == 1
+    result = run_cli("maintain", "--ahead", "10", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert json_of(result)["moved_from_default"] == 1 and json_of(result)["default_rows"] == 0
+    where = dict((span, part) for part, span in layout.partition_of_rows(db_url))
+    assert where["s0"] == "otel." + layout.day_name(today + 9 * DAY)
+    assert count(db_url, "otel.spans") == 2
+
+
+def test_after_the_upgrade_history_is_kept_whole_and_old_traces_go(db_url):
+    """The conversion's cutoff is two days ahead: every legacy row (2026-01-01)
+    stays until the cutoff leaves the window; their traces go at once."""
+    upgraded(db_url, legacy_traces=50)
+    spans_before = count(db_url, "otel.spans")
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert payload["dropped"] == [] and payload["trace_rows_deleted"] == 50
+    assert count(db_url, "otel.spans") == spans_before == 250
+    assert count(db_url, "otel.traces") == 0
+    assert run_cli("verify", url=db_url).code == 0
 
 
 # -- creating ahead ---------------------------------------------------------------
@@ -283,7 +330,7 @@ def test_dry_run_lists_and_changes_nothing(db_url):
 
 
 def test_two_runs_at_once_both_succeed_and_create_each_partition_once(db_url):
-    today = layout.build(db_url, cutoff_offset=-1, ahead=0)
+    today = upgraded(db_url)
     # Both start while another otelmig holds the migration lock, so they run at once once it is free.
     holder = connect(db_url)
     holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
@@ -297,9 +344,9 @@ def test_two_runs_at_once_both_succeed_and_create_each_partition_once(db_url):
     outputs = [proc.communicate(timeout=300) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     created = [json.loads(out)["created"] for out, _ in outputs]
-    assert sorted(created[0] + created[1]) == sorted(day_names(today + DAY, today + 12 * DAY))
+    assert sorted(created[0] + created[1]) == sorted(day_names(today + 8 * DAY, today + 12 * DAY))
     assert all("Traceback" not in err and "waiting for the migration lock" in err for _, err in outputs)
-    assert day_names(today - DAY, today + 12 * DAY) <= set(layout.partitions(db_url))
+    assert day_names(today + 3 * DAY, today + 12 * DAY) <= set(layout.partitions(db_url))
 
 
 def test_text_output_names_what_was_done(db_url):
@@ -328,11 +375,14 @@ def test_prometheus_output(db_url):
     assert metrics["otelmig_maintain_oldest_bound_timestamp_seconds" + label] == oldest
 
 
-def test_the_pyz_maintains(db_url, pyz):
-    today = layout.build(db_url, cutoff_offset=-1, ahead=3)
-    result = run_pyz(pyz, "maintain", "--format", "json", url=db_url)
+def test_the_pyz_upgrades_and_maintains(db_url, pyz):
+    assert run_pyz(pyz, "upgrade", url=db_url).code == 0
+    today = layout.server_today(db_url)
+    result = run_pyz(pyz, "maintain", "--ahead", "9", "--retain", "30d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
-    assert set(json.loads(result.out)["created"]) == day_names(today + 4 * DAY, today + 7 * DAY)
+    assert set(json.loads(result.out)["created"]) == day_names(today + 8 * DAY, today + 9 * DAY)
+    bad = run_pyz(pyz, "maintain", "--retain", "10x", url=db_url)
+    assert bad.code == 2 and one_line(bad.err)
 
 
 # -- exit codes -------------------------------------------------------------------------
@@ -368,19 +418,33 @@ def test_refuses_a_revision_it_does_not_know(db_url):
     assert catalog_snapshot(db_url) == before
 
 
-def test_refuses_a_store_whose_spans_is_not_partitioned(db_url):
+def test_refuses_a_store_stamped_at_the_head_over_a_plain_spans(db_url):
     assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
     assert run_cli("stamp", "head", url=db_url).code == 0  # at the head, but spans is a plain table
     before = catalog_snapshot(db_url)
     result = run_cli("maintain", "--retain", "1d", url=db_url)
+    assert result.code == 4, result
+    assert one_line(result.err) and "partitions of table spans" in result.err and "upgrade" in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+def test_refuses_a_spans_partitioned_another_way(db_url):
+    assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
+    for statement in ("alter table otel.spans rename to spans_old",
+                      "create table otel.spans (like otel.spans_old including defaults) partition by range (created_at)",
+                      "create table otel.spans_all partition of otel.spans default"):
+        sql(db_url, statement)
+    assert run_cli("stamp", "head", url=db_url).code == 0
+    before = catalog_snapshot(db_url)
+    result = run_cli("maintain", "--retain", "1d", "--format", "json", url=db_url)
     assert result.code == 7, result
-    assert one_line(result.err) and "not partitioned" in result.err and "verify" in result.err
+    line = error_line(result.err)
+    assert "RANGE (created_at)" in line and "RANGE (start_time)" in line and "verify" in line
+    assert json_of(result)["exit_code"] == 7
     assert catalog_snapshot(db_url) == before
 
 
 def test_refuses_a_store_behind_the_head(db_url):
-    if HEAD_REVISION == layout.BASELINE:
-        pytest.skip("the baseline is the head: no store can be behind it")  # not counted as a pass
     assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
     result = run_cli("maintain", url=db_url)
     assert result.code == 5, result
@@ -456,11 +520,12 @@ def test_verify_reports_a_partition_without_its_index(db_url):
 
 
 def test_plan_says_what_maintain_would_create(db_url):
-    today = layout.build(db_url, cutoff_offset=-1, ahead=5)
+    today = upgraded(db_url)
+    sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))
     before = catalog_snapshot(db_url)
     result = run_cli("plan", "--format", "json", url=db_url)
     assert result.code == 0, result.err
-    assert set(json_of(result)["maintain"]["create"]) == day_names(today + 6 * DAY, today + 7 * DAY)
+    assert json_of(result)["maintain"]["create"] == [layout.day_name(today + 7 * DAY)]
     text = run_cli("plan", url=db_url).out
     assert "maintain would create %s" % layout.day_name(today + 7 * DAY) in text
     assert catalog_snapshot(db_url) == before
