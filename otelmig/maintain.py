@@ -302,8 +302,9 @@ class _Runner:
 def _carry_out(runner: _Runner, layout: partitions.Layout, decision: Decision) -> Outcome:
     created, moved = [], 0
     columns = runner.read(lambda: _columns(runner.conn, layout)) if decision.create else []
+    owner = runner.read(lambda: _other_owner(runner.conn, layout)) if decision.create else None
     for new in decision.create:
-        count = runner.run(lambda: _create(runner, layout, new, columns), "creating %s" % new.name)
+        count = runner.run(lambda: _create(runner, layout, new, columns, owner), "creating %s" % new.name)
         created.append(new.name)
         moved += count
         runner.say("created %s%s" % (new.name, " (moved %d row(s) from the default partition)" % count
@@ -330,11 +331,22 @@ def _columns(conn, layout) -> List[str]:
     return [row[0] for row in cursor.fetchall()]
 
 
+def _other_owner(conn, layout) -> Optional[str]:
+    """The owner of spans when it is not the role running maintain (a member of
+    it): new partitions get it, as revision 2's did, so that whoever owns spans
+    can later drop them."""
+    cursor = conn.cursor()
+    cursor.execute("select pg_get_userbyid(relowner)::text, current_user::text from pg_class "
+                   "where oid = to_regclass(%s)", (_qualified(layout, layout.partitioning.table),))
+    owner, me = cursor.fetchone()
+    return None if owner == me else owner
+
+
 def _qualified(layout, name: str) -> str:
     return "%s.%s" % (db.quote_ident(layout.schema), db.quote_ident(name))
 
 
-def _create(runner: _Runner, layout, new: NewPartition, columns: List[str]) -> int:
+def _create(runner: _Runner, layout, new: NewPartition, columns: List[str], owner: Optional[str]) -> int:
     """One transaction: lock DEFAULT (so no row of the range lands there meanwhile),
     make the table with a CHECK of its range, move DEFAULT's rows of the range
     into it, attach it (the CHECK spares the scan), drop the CHECK. Returns
@@ -346,6 +358,8 @@ def _create(runner: _Runner, layout, new: NewPartition, columns: List[str]) -> i
         runner.execute("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE" % _qualified(layout, layout.default.name))
     runner.execute("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)" % (table, parent))
     runner.execute("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s)" % (table, check, _range_sql(layout, new)))
+    if owner is not None:
+        runner.execute("ALTER TABLE %s OWNER TO %s" % (table, db.quote_ident(owner)))
     moved = 0
     if layout.default is not None:
         names = ", ".join(db.quote_ident(c) for c in columns)

@@ -139,6 +139,24 @@ def test_the_sessions_time_zone_changes_nothing(db_url, zone):
     assert verify.code == 0 and verify.json()["problems"] == [], verify.out
 
 
+def test_new_partitions_belong_to_the_owner_of_spans(db_url):
+    """As revision 2's partitions do: whoever runs maintain, a later downgrade or
+    maintain by the owner of spans may drop them."""
+    today = upgraded(db_url)
+    role = "owner_" + db_url.rsplit("/", 1)[1]
+    sql(db_url, "create role %s" % role)
+    try:
+        sql(db_url, "alter table otel.spans owner to %s" % role)
+        result = run_cli("maintain", "--ahead", "8", "--format", "json", url=db_url)
+        assert result.code == 0, result.err
+        owner = sql(db_url, "select pg_get_userbyid(relowner)::text from pg_class where oid = to_regclass(%s)",
+                    ("otel." + layout.day_name(today + 8 * DAY),))[0][0]
+        assert owner == role
+    finally:
+        sql(db_url, "reassign owned by %s to current_user" % role)
+        sql(db_url, "drop role %s" % role)
+
+
 # -- rows in the DEFAULT partition ------------------------------------------------
 
 def test_rows_in_the_default_partition_move_into_the_new_day(db_url):
