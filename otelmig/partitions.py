@@ -217,6 +217,20 @@ def default_has_rows(conn, layout: Layout) -> bool:
     return bool(cursor.fetchone()[0])
 
 
+def adopted_as_found(conn, schema: str, partitioning: Partitioning = SPANS_PARTITIONING) -> bool:
+    """Whether revision 2 found spans partitioned by the operator and left it as it
+    was (recorded 'found' in otelmig's record table): then the operator keeps its
+    partitions, and verify does not ask for otelmig's days ahead or DEFAULT."""
+    from otelmig.schema import RECORD_TABLE
+    cursor = conn.cursor()
+    cursor.execute("select to_regclass(%s) is not null", ("%s.%s" % (db.quote_ident(schema), RECORD_TABLE),))
+    if not cursor.fetchone()[0]:
+        return False
+    cursor.execute("select exists (select 1 from %s.%s where object_kind = 'partitioning' and object_name = %%s "
+                   "and origin = 'found')" % (db.quote_ident(schema), RECORD_TABLE), (partitioning.table,))
+    return bool(cursor.fetchone()[0])
+
+
 # Partitions that lack one of the parent's indexes (an index created ON ONLY the
 # parent and never attached to this partition, or an invalid one).
 _UNINDEXED_SQL = """

@@ -256,7 +256,9 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     """A partitioned spans (otelmig.schema.SPANS_PARTITIONING): partitions for
     today and the coming days, no gaps, a DEFAULT partition, every parent index
     attached and valid on every partition (problems); rows in the DEFAULT
-    partition (a note). Partitions carry the parent's columns by construction."""
+    partition (a note). Partitions carry the parent's columns by construction.
+    A layout the operator made, which revision 2 adopted as found, is checked
+    for gaps and unfinished detaches only: its partitions are the operator's."""
     from otelmig import partitions
     from otelmig.maintain import decide
 
@@ -265,15 +267,15 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
         return report
     spans = "%s.%s" % (schema, layout.partitioning.table)
     fix = "run `otelmig.pyz maintain`"
+    if partitions.adopted_as_found(conn, schema, layout.partitioning):
+        return Report(report.problems + _gap_problems(spans, layout) + _pending_problems(schema, layout, fix),
+                      report.extras, report.legacy)
     decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
     problems = [Problem("missing_partition", "%s.%s" % (schema, new.name), "no partition holds %s to %s (today "
                         "and the next %d days need one; meanwhile rows go to the DEFAULT partition): %s"
                         % (new.lower, new.upper, layout.partitioning.ahead_days, fix)) for new in decision.create]
     problems += [Problem("missing_partition", spans, conflict) for conflict in decision.conflicts]
-    problems += [Problem("partition_gap", spans, "no partition holds %s to %s: rows there go to the DEFAULT "
-                         "partition" % gap) for gap in layout.gaps()]
-    problems += [Problem("partition_detach_pending", "%s.%s" % (schema, p.name), "a DETACH ... CONCURRENTLY did "
-                         "not finish: %s (it finalizes it)" % fix) for p in layout.ranged if p.detach_pending]
+    problems += _gap_problems(spans, layout) + _pending_problems(schema, layout, fix)
     problems += [Problem("partition_index_missing", "%s.%s" % (schema, part), "lacks index %s of %s (never "
                          "attached, or invalid): create it on the partition and ALTER INDEX %s.%s ATTACH PARTITION "
                          "it" % (index, spans, schema, index))
@@ -288,6 +290,16 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
                               "the DEFAULT partition holds rows no day partition covers; `otelmig.pyz maintain` "
                               "moves those of the coming days into their partitions and reports the rest"))
     return Report(report.problems + problems, report.extras + extras, report.legacy)
+
+
+def _gap_problems(spans: str, layout) -> List[Problem]:
+    return [Problem("partition_gap", spans, "no partition holds %s to %s: rows there go to the DEFAULT partition, "
+                    "or are rejected without one" % gap) for gap in layout.gaps()]
+
+
+def _pending_problems(schema: str, layout, fix: str) -> List[Problem]:
+    return [Problem("partition_detach_pending", "%s.%s" % (schema, p.name), "a DETACH ... CONCURRENTLY did not "
+                    "finish: %s (it finalizes it)" % fix) for p in layout.ranged if p.detach_pending]
 
 
 def _verdict(settings, state, report: Report, strict: bool):

@@ -524,6 +524,19 @@ def test_verify_reports_missing_days_gaps_and_default_rows(db_url):
     assert "default_partition_rows" in {e["kind"] for e in payload["extras"]}
 
 
+def test_verify_leaves_an_operators_own_layout_its_days_but_not_its_gaps(db_url):
+    """Revision 2 adopts a spans the operator partitioned as found: its partitions are the operator's."""
+    today = layout.build(db_url, cutoff_offset=-3, ahead=7)
+    sql(db_url, "insert into otel.otelmig_objects (revision, object_kind, object_name, origin) "
+                "values ('826630e38563', 'partitioning', 'spans', 'found')")
+    sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))
+    sql(db_url, "drop table otel.spans_default")
+    assert run_cli("verify", url=db_url).code == 0
+    sql(db_url, "drop table otel.%s" % layout.day_name(today))
+    payload = json_of(run_cli("verify", "--format", "json", url=db_url))
+    assert [p["kind"] for p in payload["problems"]] == ["partition_gap"]
+
+
 def test_verify_reports_a_partition_without_its_index(db_url):
     today = layout.build(db_url, cutoff_offset=-1, ahead=7)
     sql(db_url, "drop index otel.ix_spans_span_id")
