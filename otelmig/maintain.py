@@ -156,7 +156,7 @@ def maintain(settings, out, err, ahead: Optional[str] = None, retain: Optional[s
         raw = connection.connection.dbapi_connection
         runner = _Runner(settings, err, raw)
         layout = runner.read(lambda: partitions.read_layout(raw, settings.schema))
-        _refuse_unless_partitioned(layout)
+        runner.read(lambda: _refuse_unless_partitioned(raw, layout))
         now = runner.read(lambda: partitions.server_now(raw))
         decision = decide(layout, now, ahead_days, window)
         outcome = _carry_out(runner, layout, decision)
@@ -175,11 +175,18 @@ def _refuse_unless_ready(state) -> None:
         raise error
 
 
-def _refuse_unless_partitioned(layout: partitions.Layout) -> None:
+def _refuse_unless_partitioned(conn, layout: partitions.Layout) -> None:
     problem = layout.problem()
     if problem:
         raise OtelmigError("maintain changes nothing here: %s; see `otelmig.pyz verify`, and `otelmig.pyz upgrade` "
                            "to convert it" % problem, ExitStatus.DRIFT)
+    # Day partitions beside the operator's own (pg_partman's monthly ones, say)
+    # would collide with the next one it makes: those stay the operator's.
+    if partitions.adopted_as_found(conn, layout.schema, layout.partitioning):
+        raise OtelmigError("maintain changes nothing here: %s.%s was partitioned by the operator before otelmig "
+                           "adopted it (recorded as found), so its partitions are the operator's: keep managing "
+                           "them as before, and do not run maintain on this store"
+                           % (layout.schema, layout.partitioning.table), ExitStatus.DRIFT)
 
 
 def _dry_run(settings, out, err, ahead_days, window, retain_text) -> int:
@@ -189,7 +196,7 @@ def _dry_run(settings, out, err, ahead_days, window, retain_text) -> int:
         state = read_state(conn, settings.schema)
         _refuse_unless_ready(state)
         layout = partitions.read_layout(conn, settings.schema)
-        _refuse_unless_partitioned(layout)
+        _refuse_unless_partitioned(conn, layout)
         decision = decide(layout, partitions.server_now(conn), ahead_days, window)
         in_default = partitions.default_rows(conn, layout)
         moving = sum(_default_rows_in(conn, layout, new) for new in decision.create)

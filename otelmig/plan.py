@@ -74,8 +74,8 @@ def maintain_preview(conn, schema: str):
     from otelmig.maintain import decide
 
     layout = partitions.read_layout(conn, schema)
-    if not layout.partitioned or layout.problem():
-        return None
+    if not layout.partitioned or layout.problem() or partitions.adopted_as_found(conn, schema):
+        return None  # maintain would refuse: nothing of its to show
     decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
     return {"create": [new.name for new in decision.create], "finalize": decision.finalize,
             "conflicts": decision.conflicts, "ahead_days": layout.partitioning.ahead_days,

@@ -462,6 +462,20 @@ def test_refuses_a_spans_partitioned_another_way(db_url):
     assert catalog_snapshot(db_url) == before
 
 
+def test_refuses_a_spans_the_operator_partitioned_before_otelmig(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    sql(db_url, "insert into otel.otelmig_objects (revision, object_kind, object_name, origin) "
+                "values ('826630e38563', 'partitioning', 'spans', 'found')")
+    before = catalog_snapshot(db_url)
+    for args in (["--retain", "14d"], ["--dry-run"]):
+        result = run_cli("maintain", *args, url=db_url)
+        assert result.code == 7, result
+        assert "operator" in error_line(result.err)
+    assert catalog_snapshot(db_url) == before
+    assert "maintain" not in json_of(run_cli("plan", "--format", "json", url=db_url))
+    assert layout.day_name(today + 2 * DAY) in layout.partitions(db_url)
+
+
 def test_refuses_a_store_behind_the_head(db_url):
     assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
     result = run_cli("maintain", url=db_url)
