@@ -90,6 +90,7 @@ class Step(NamedTuple):
     guard: Guard = Guard.NONE     # Guard.DATA_LOSS: lifted by --allow-data-loss
     row_checks: Tuple[RowCheck, ...] = ()  # a refusal that holds when any check finds rows
     for_each: Optional[str] = None  # SQL returning (partition, index name, qualified index, display): one statement each
+    label: Optional[str] = None   # what a long statement (a DO block) does, for people: plan's text shows it
 
     def statement(self, concurrently: bool) -> str:
         return self.sql.replace(CONCURRENTLY, "CONCURRENTLY " if concurrently else "")

@@ -115,6 +115,8 @@ def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
         for planned in decision.statements:
             entry = {"sql": planned.sql, "table": planned.display, "lock": step.lock_taken(planned.concurrently)
                      or "none", "effect": step.effect, "outside_transaction": planned.concurrently}
+            if step.label:
+                entry["label"] = step.label
             if planned.table:
                 entry.update(zip(("rows_estimate", "size_bytes"), _table_stats(cursor, planned.table)))
             statements.append(entry)
@@ -170,7 +172,8 @@ def _text(schema: str, revision, pending) -> str:
             if entry.get("refuse"):
                 lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
                 continue
-            first = ("* " if entry.get("conditional") else "") + " ".join(entry["sql"].split())
+            shown = "DO: " + entry["label"] if entry.get("label") else " ".join(entry["sql"].split())
+            first = ("* " if entry.get("conditional") else "") + shown
             lines.append("  %2d. %s" % (number, first if len(first) <= 110 else first[:107] + "..."))
             lines.append("      lock: %s; %s%s%s" % (entry["lock"], entry["effect"],
                                                    "; outside a transaction" if entry["outside_transaction"] else "",

@@ -184,7 +184,8 @@ def _cutoff_step(n: Names, layout: Layout) -> Step:
         "END",
         "$cutoff$"])
     return Step(sql, when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
-                table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+                table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                label="the cutoff from the newest row (read through an index), CHECK (start_time < cutoff) NOT VALID")
 
 
 def _prepare_step(n: Names, layout: Layout) -> Step:
@@ -216,7 +217,9 @@ def _prepare_step(n: Names, layout: Layout) -> Step:
     ] + _same_owner_and_grants(n, layout) + [
         "END",
         "$prepare$"]
-    return Step("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)))
+    return Step("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)),
+                label="the empty partitioned %s: spans's columns, indexes, owner and grants; DEFAULT and day "
+                      "partitions from the cutoff to today + %d" % (NEW_PARENT, AHEAD_DAYS))
 
 
 def _indexes_of(table_regclass: str, without=()) -> str:
@@ -275,7 +278,9 @@ def _switch_step(n: Names, layout: Layout) -> Step:
         "  END IF;",
         "END",
         "$switch$"]
-    return Step("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+    return Step("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                label="switch: renames, primary key (id, start_time), spans becomes %s attached FROM (MINVALUE) TO "
+                      "(cutoff) without a scan, sequence owned by the new spans" % LAYOUT.history)
 
 
 def _rename_indexes(n: Names, table_regclass: str, new_name: str, without=()) -> list:
