@@ -34,7 +34,7 @@ def _global_options(parser, suppress: bool) -> None:
     parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
                         help="longest wait for another otelmig's migration lock (default 600)")
     parser.add_argument("--format", default=default("text"), choices=("text", "json", "prometheus"),
-                        help="output format (prometheus: verify only)")
+                        help="output format (prometheus: verify and maintain)")
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")
     parser.add_argument("-q", "--quiet", action="count", default=default(0), help="less on stderr")
     parser.add_argument("--traceback", action="store_true", default=default(False),
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--wait", default="0", metavar="SECONDS", help="retry an unreachable database this long")
     cmd = add("verify", "compare the live schema with the head contract")
     cmd.add_argument("--strict", action="store_true", help="operator extras count as drift")
+    cmd = add("maintain", "create spans' day partitions ahead; with --retain, drop those older than the window")
+    cmd.add_argument("--ahead", default=None, metavar="DAYS", help="partitions for today and this many days ahead "
+                     "(default 7)")
+    cmd.add_argument("--retain", default=None, metavar="DURATION",
+                     help="drop partitions and delete traces wholly older than this (e.g. 14d, 36h, 2w)")
+    cmd.add_argument("--dry-run", action="store_true", help="list what it would create and drop; change nothing")
     return parser
 
 
@@ -129,6 +135,11 @@ def _plan(args, settings, err):
     return plan.plan(settings, err)
 
 
+def _maintain(args, settings, err):
+    from otelmig import maintain
+    return maintain.maintain(settings, err, args.ahead, args.retain, args.dry_run)
+
+
 def _migrate(args, settings, err):
     from otelmig import migrate
     name = args.command
@@ -147,19 +158,21 @@ def _migrate(args, settings, err):
 
 # Each command's module is imported only when it runs: `check` stays light.
 # A command returns an output.Result, which dispatch prints.
-HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan}
+HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan, "maintain": _maintain}
 # The module of each command: its FAILURE_FIELDS (and failure_prometheus) shape
 # a failed run's JSON (and Prometheus) output, so _fail knows no command's fields.
-COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan"}
+COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan", "maintain": "maintain"}
+PROMETHEUS_COMMANDS = ("verify", "maintain")
 
 
 def dispatch(args, settings, out, err) -> int:
-    if settings.output_format == "prometheus" and args.command != "verify":
-        raise UsageError("--format prometheus is for verify only")
+    if settings.output_format == "prometheus" and args.command not in PROMETHEUS_COMMANDS:
+        raise UsageError("--format prometheus is for %s only" % " and ".join(PROMETHEUS_COMMANDS))
     if getattr(args, "sql", False):
         return _sql(args, settings, out, err)  # a script streamed to out, not a result
     from otelmig.output import print_result
-    return print_result(settings, out, err, args.command, HANDLERS.get(args.command, _migrate)(args, settings, err))
+    result = HANDLERS.get(args.command, _migrate)(args, settings, err)
+    return print_result(settings, out, err, "%s: %s" % (PROG, args.command), result)
 
 
 class Invocation:

@@ -19,13 +19,14 @@ class Result(NamedTuple):
     message: str = ""
 
 
-def print_result(settings, out, err, command: str, result: Result) -> int:
+def print_result(settings, out, err, prefix: str, result: Result) -> int:
+    """The result on stdout in the chosen format; its message on stderr after `prefix: `."""
     if settings.output_format == "prometheus" and result.prometheus is not None:
         out.write(result.prometheus)
     else:
         emit(settings, out, result.payload, result.text)
     if result.message:
-        err.write("%s: %s\n" % (command, result.message))
+        err.write("%s: %s\n" % (prefix, result.message))
     return int(result.status)
 
 

@@ -57,12 +57,43 @@ def plan(settings, err) -> output.Result:
         pending = [_plan_revision(conn, cursor, settings.schema, script, first=True) if number == 0
                    else _outline_revision(settings.schema, script)
                    for number, script in enumerate(scripts)]
+        maintenance = None if pending else maintain_preview(conn, settings.schema)
     finally:
         db.close(conn)
     status = ExitStatus.PENDING if pending else ExitStatus.OK
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": state.revision,
                "head": HEAD_REVISION, "pending": pending}
-    return output.Result(int(status), payload, _text(settings.schema, state.revision, pending))
+    text = _text(settings.schema, state.revision, pending)
+    if maintenance is not None:
+        payload["maintain"] = maintenance
+        text += "\n" + _maintain_text(maintenance)
+    return output.Result(int(status), payload, text)
+
+
+def maintain_preview(conn, schema: str):
+    """What `otelmig maintain` (default --ahead, no --retain) would do now, when
+    spans is partitioned; None when it is not. Reads the catalog only."""
+    from otelmig import partitions
+    from otelmig.maintain import decide
+
+    layout = partitions.read_layout(conn, schema)
+    if not layout.partitioned or layout.problem() or partitions.adopted_as_found(conn, schema):
+        return None  # maintain would refuse: nothing of its to show
+    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
+    return {"create": [new.name for new in decision.create], "finalize": decision.finalize,
+            "conflicts": decision.conflicts, "ahead_days": layout.partitioning.ahead_days,
+            "partitions": len(layout.partitions)}
+
+
+def _maintain_text(preview: dict) -> str:
+    lines = ["maintain (today and %d days ahead; drops only with --retain, see `otelmig.pyz maintain --retain "
+             "DURATION --dry-run`):" % preview["ahead_days"]]
+    lines += ["  maintain would create %s" % name for name in preview["create"]]
+    lines += ["  maintain would finish detaching %s" % name for name in preview["finalize"]]
+    lines += ["  maintain cannot: %s" % conflict for conflict in preview["conflicts"]]
+    if len(lines) == 1:
+        lines.append("  nothing to create: the partitions of the coming days exist")
+    return "\n".join(lines)
 
 
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
