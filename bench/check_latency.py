@@ -13,7 +13,7 @@ the legacy layout with that many generated spans, adopted with `otelmig.pyz upgr
 A private venv with the pins of requirements.lock (bench/common.py:
 bench_venv) runs `alembic current` from a minimal Alembic project made in a
 temp dir: alembic.ini, an env.py with version_table_schema = "otel" that reads
-its URL from BENCH_ALEMBIC_URL, and one stub revision 163d8f446eb9 (no
+its URL from BENCH_ALEMBIC_URL, and a stub of each bundled revision (no
 imports), so Alembic reads the same version table as otelmig.
 
 Then, after one warm-up run of each (which unpacks the pyz into a private
@@ -48,7 +48,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import log  # noqa: E402
 
-HEAD = "163d8f446eb9"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from otelmig import revisions  # noqa: E402  (no Alembic: reads the revision scripts' id lines)
+
+PARENTS = revisions.read_scripts(revisions.versions_dir())
+HEAD = revisions.load()[0]
 ALEMBIC_INI = """[alembic]
 script_location = %(here)s/migrations
 """
@@ -64,9 +68,9 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
 '''
-ALEMBIC_STUB = '''"""stub of the baseline: same revision id, no imports"""
-revision = "%s"
-down_revision = None
+ALEMBIC_STUB = '''"""stub of a bundled revision: same ids, no imports"""
+revision = %r
+down_revision = %r
 branch_labels = None
 depends_on = None
 
@@ -77,7 +81,7 @@ def upgrade():
 
 def downgrade():
     pass
-''' % HEAD
+'''
 
 
 # `check` with two dependency costs removed, to size what fixing them would
@@ -105,8 +109,9 @@ def make_alembic_project(root: str) -> str:
         handle.write(ALEMBIC_INI)
     with open(os.path.join(root, "migrations", "env.py"), "w") as handle:
         handle.write(ALEMBIC_ENV)
-    with open(os.path.join(root, "migrations", "versions", "%s_baseline_stub.py" % HEAD), "w") as handle:
-        handle.write(ALEMBIC_STUB)
+    for revision, down in PARENTS.items():  # the same history as otelmig's, so Alembic finds the head
+        with open(os.path.join(root, "migrations", "versions", "%s_stub.py" % revision), "w") as handle:
+            handle.write(ALEMBIC_STUB % (revision, down[0] if len(down) == 1 else (tuple(down) or None)))
     return os.path.join(root, "alembic.ini")
 
 
