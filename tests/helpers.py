@@ -7,6 +7,7 @@ in conftest.py; this module holds plain functions and constants only.
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,29 @@ def error_line(err: str) -> str:
     errors = [line for line in err.splitlines() if line.startswith("otelmig: ")]
     assert len(errors) == 1 and err.strip().endswith(errors[0]), err
     return errors[0]
+
+
+def run_all(url, statements):
+    """Run each statement in one connection (autocommit: each its own transaction)."""
+    conn = connect(url)
+    try:
+        cursor = conn.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+def parse_prometheus(text):
+    """{'metric{label="value"}': number} of a Prometheus text exposition; every line must parse."""
+    metrics = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        match = re.fullmatch(r'([a-z_]+\{[a-z_]+="[^"]*"\}) (-?[0-9.e+]+)', line)
+        assert match, line
+        metrics[match.group(1)] = float(match.group(2))
+    return metrics
 
 
 def wait_for(condition, what: str, timeout: float = DEADLINE_SECONDS, interval: float = 0.05):

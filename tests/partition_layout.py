@@ -10,7 +10,8 @@ over the layout revision 2 produces, as if the conversion had run weeks ago).
 
 import datetime
 
-from conftest import connect, run_cli, sql
+from conftest import run_cli, sql
+from helpers import run_all
 
 BASELINE = "163d8f446eb9"
 UTC_MIDNIGHT = "%s 00:00:00+00"
@@ -44,7 +45,7 @@ def build(url, cutoff_offset: int = -3, ahead: int = 7, default: bool = True, sc
     if default:
         statements.append("CREATE TABLE {s}.spans_default PARTITION OF {s}.spans DEFAULT".format(s=schema))
     statements.append("CREATE INDEX ix_traces_start_time ON {s}.traces (start_time)".format(s=schema))
-    _run(url, statements)
+    run_all(url, statements)
     result = run_cli("stamp", "head", "--schema", schema, url=url)
     assert result.code == 0, result.err
     return today
@@ -75,16 +76,6 @@ def create_day_sql(schema: str, day: datetime.date) -> str:
     return "CREATE TABLE {s}.{n} PARTITION OF {s}.spans FOR VALUES FROM ('{a}') TO ('{b}')".format(
         s=schema, n=day_name(day), a=UTC_MIDNIGHT % day.isoformat(),
         b=UTC_MIDNIGHT % (day + datetime.timedelta(days=1)).isoformat())
-
-
-def _run(url, statements):
-    conn = connect(url)
-    try:
-        cursor = conn.cursor()
-        for statement in statements:
-            cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 def insert_spans(url, start_times, schema: str = "otel"):

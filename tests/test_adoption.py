@@ -11,22 +11,11 @@ import pytest
 from adoption_stores import (ADOPTED, ADOPT, REFUSE, group_store_sql, groups, readme_section, readme_table,
                              unique_name)
 from conftest import catalog_snapshot, connect, insert_legacy_rows, load_legacy, run_cli, sql, table_rows
-from helpers import (BASELINE, PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, one_line, psql_file,
+from helpers import (BASELINE, PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, one_line, psql_file, run_all,
                      shape as layout, verify_ok, write_sql)
-from otelmig import schema as contract
 from otelmig._version import HEAD_REVISION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_all(url, statements):
-    conn = connect(url)
-    try:
-        cursor = conn.cursor()
-        for statement in statements:
-            cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 def columns_of(url, table, schema="otel"):

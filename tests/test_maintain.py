@@ -4,7 +4,6 @@ Real PostgreSQL throughout; the layout is tests/partition_layout.py's."""
 
 import datetime
 import json
-import re
 import signal
 import threading
 
@@ -12,7 +11,7 @@ import pytest
 
 import partition_layout as layout
 from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
-from helpers import error_line, one_line, spawn, wait_for
+from helpers import error_line, one_line, parse_prometheus, spawn, wait_for
 from otelmig.lock import lock_keys
 
 DAY = datetime.timedelta(days=1)
@@ -29,17 +28,6 @@ def json_of(result):
 
 def count(url, table):
     return sql(url, "select count(*) from %s" % table)[0][0]
-
-
-def parse_prometheus(text):
-    metrics = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        match = re.fullmatch(r'([a-z_]+\{[a-z_]+="[^"]*"\}) (-?[0-9.e+]+)', line)
-        assert match, line
-        metrics[match.group(1)] = float(match.group(2))
-    return metrics
 
 
 def upgraded(url, legacy_traces: int = 0):

@@ -1,13 +1,12 @@
 """verify: each kind of drift on a real database, extras, and the outputs."""
 
-import re
 import time
 import uuid
 
 import pytest
 
 from conftest import load_legacy, run_cli, sql
-from helpers import one_line
+from helpers import one_line, parse_prometheus
 from otelmig import schema as contract
 
 
@@ -58,17 +57,6 @@ def test_clean_database_passes_in_every_format(head_url):
     assert metrics['otelmig_verify_ok{schema="otel"}'] == 1
     assert metrics['otelmig_verify_problems{schema="otel"}'] == 0
     assert abs(metrics['otelmig_verify_timestamp_seconds{schema="otel"}'] - time.time()) < 60
-
-
-def parse_prometheus(text):
-    metrics = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        match = re.fullmatch(r'([a-z_]+\{[a-z_]+="[^"]*"\}) (-?[0-9.e+]+)', line)
-        assert match, line
-        metrics[match.group(1)] = float(match.group(2))
-    return metrics
 
 
 def test_prometheus_reports_drift(head_url):

@@ -218,7 +218,7 @@ def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
         "$prepare$"]
     return Statement("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)),
                      label="the empty partitioned %s: spans's columns, indexes, owner and grants; DEFAULT and day "
-                      "partitions from the cutoff to today + %d" % (NEW_PARENT, AHEAD_DAYS))
+                           "partitions from the cutoff to today + %d" % (NEW_PARENT, AHEAD_DAYS))
 
 
 def _indexes_of(table_regclass: str, without=()) -> str:
@@ -272,14 +272,20 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  ALTER TABLE %s RENAME TO spans;" % p,
         "  EXECUTE format(%s, cutoff);" % quote_literal(attach),
         "  ALTER TABLE %s DROP CONSTRAINT %s;" % (history, quote(CUTOFF_CHECK)),
-        "  IF id_sequence IS NOT NULL THEN",
-        "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % spans.replace("'", "''"),
-        "  END IF;",
+    ] + _sequence_owned_by(spans) + [
         "END",
         "$switch$"]
     return Statement("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
                      label="switch: renames, primary key (id, start_time), spans becomes %s attached FROM (MINVALUE) TO "
-                      "(cutoff) without a scan, sequence owned by the new spans" % LAYOUT.history)
+                           "(cutoff) without a scan, sequence owned by the new spans" % LAYOUT.history)
+
+
+def _sequence_owned_by(spans: str) -> list:
+    """PL/pgSQL: the id sequence (id_sequence, read before the renames) owned by spans.id, so that
+    dropping the other table (maintain's retention, the downgrade's drop) never takes it along."""
+    return ["  IF id_sequence IS NOT NULL THEN",
+            "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % spans.replace("'", "''"),
+            "  END IF;"]
 
 
 def _rename_indexes(n: SchemaSQL, table_regclass: str, new_name: str, without=()) -> list:
@@ -353,9 +359,7 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
                              without=(HISTORY_ID_KEY,))
     lines += [
         "  ALTER TABLE %s ADD CONSTRAINT spans_pkey PRIMARY KEY USING INDEX %s;" % (spans, quote(HISTORY_ID_KEY)),
-        "  IF id_sequence IS NOT NULL THEN",
-        "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % spans.replace("'", "''"),
-        "  END IF;",
+    ] + _sequence_owned_by(spans) + [
         "END",
         "$switch_back$"]
     return Statement("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
