@@ -230,6 +230,7 @@ def snapshot(cluster, database, edge: str) -> dict:
 
 def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
     before = snapshot(cluster, database, edge)
+    server_log = adopt.ServerLog(cluster)
     writer_rows = "select count(*) from otel.spans where span_id like 'w%'"
     present_before = common.sql(cluster, database, writer_rows)[0][0]  # an earlier writer's, on the same copy
     common.sql(cluster, database, "CHECKPOINT")
@@ -242,6 +243,7 @@ def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
         thread.start()
     time.sleep(args.pre_seconds)
     lsn_before = common.sql(cluster, database, "select pg_current_wal_lsn()::text")[0][0]
+    server_log.mark()
     op_start = time.perf_counter() - origin
     try:
         result = common.run_measured(argv, env=env, timeout=args.timeout, check=False)
@@ -265,6 +267,9 @@ def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
         "wall": result.wall, "out": result.out[-6000:], "psql_times": [float(t) / 1e3 for t in
                                                                       re.findall(r"^Time: ([\d.]+) ms", result.out, re.M)],
         "wal_bytes": wal, "before": before, "after": after,
+        # Every statement of otelmig's session (log_min_duration_statement = 0 on the maintain copy).
+        "otelmig_statements_s": sum(ms for app, ms, _ in adopt.parse_log(server_log.since_mark())["durations"]
+                                    if app.startswith("otelmig")) / 1e3,
         "writer": {"n": len(during), "worst_ms": max(during) * 1e3 if during else float("nan"),
                    "p99_ms": common.percentile(during, 99) * 1e3, "median_ms": common.median(during) * 1e3},
         "writer_attempted": len(writer.samples), "writer_present": present,
@@ -363,6 +368,7 @@ def main():
                         argv, env = (["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", script],
                                      common.psql_env(cluster, db))
                     else:
+                        common.sql(cluster, "postgres", "ALTER DATABASE %s SET log_min_duration_statement = 0" % db)
                         argv, env = ([python, pyz, "maintain", "--retain", retain, "--format", "json"],
                                      common.pyz_env(cluster, db, shiv_root))
                     results[key] = run_under_writer(cluster, db, argv, env, args, edge)
@@ -450,6 +456,9 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
     print("| server time of the statements (psql \\timing, summed) | %s | %s | %s |" % tuple(
         cell(col(k, lambda x: sum(x["psql_times"])), "%.3f s") if all(r["results"][k]["psql_times"] for r in rounds)
         else "-" for k in ("maintain", "delete", "vacuum")))
+    if not stand_in_maintain:
+        print("| otelmig's statements, server time (log_min_duration_statement = 0, summed) | %s | | |"
+              % cell(col("maintain", lambda x: x["otelmig_statements_s"]), "%.3f s"))
     print("| DELETE FROM otel.spans alone (psql \\timing) | | %s | |" % cell(delete_spans, "%.3f s"))
     speedup = [r["results"]["delete"]["wall"] / r["results"]["maintain"]["wall"] for r in rounds]
     speedup_spans = [d / r["results"]["maintain"]["wall"] for d, r in zip(delete_spans, rounds)]
