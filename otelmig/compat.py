@@ -43,16 +43,17 @@ class Conflict(NamedTuple):
 
 
 def adoption_conflicts(catalog: LiveCatalog, schema: str, renames: Dict[str, Tuple[Tuple[str, str], ...]],
-                       added: Set[Tuple[str, str]]) -> List[Conflict]:
+                       added: Set[Tuple[str, str]], wanted: contract.Contract) -> List[Conflict]:
+    """`wanted`: the contract the adopting revision converges on (its own, frozen)."""
     projected, found_as = _after_renames(catalog, renames)
     both = _both_names(catalog, schema, renames)
-    report = compare(schema, projected)
+    report = compare(schema, projected, wanted)
     # An INVALID index (a failed build) serves no query and enforces nothing: it is rebuilt, whatever its shape.
     rebuilt = {"%s.%s" % (schema, i.name) for i in catalog.indexes.values() if not i.valid}
     conflicts = [c for c in both.values()]
-    conflicts += [c for c in (_conflict(schema, p, found_as, added) for p in report.problems
+    conflicts += [c for c in (_conflict(schema, p, found_as, added, wanted.tables) for p in report.problems
                               if p.object not in both and p.object not in rebuilt) if c]
-    for table in contract.TABLES:
+    for table in wanted.tables:
         relation = catalog.details.get(table.name)
         if relation is not None and not relation.ours_to_alter:
             conflicts.append(Conflict("%s.%s" % (schema, table.name), "owned by role %s, which the migrating role "
@@ -103,12 +104,12 @@ def _rename_keys(index: LiveIndex, mapping) -> LiveIndex:
     return index._replace(keys=tuple(keys))
 
 
-def _conflict(schema: str, problem, found_as, added):
+def _conflict(schema: str, problem, found_as, added, tables):
     kind = problem.kind
     if kind in ("missing_table", "missing_index", "invalid_index"):
         return None  # created or rebuilt
     if kind in ("missing_primary_key", "wrong_primary_key"):
-        table = next(t for t in contract.TABLES if "%s.%s" % (schema, t.primary_key) == problem.object)
+        table = next(t for t in tables if "%s.%s" % (schema, t.primary_key) == problem.object)
         return Conflict("%s.%s" % (schema, table.name), "primary key: " + problem.detail,
                         "give %s.%s the primary key %s (%s), then rerun"
                         % (schema, table.name, table.primary_key, ", ".join(table.primary_key_columns)))
@@ -117,7 +118,7 @@ def _conflict(schema: str, problem, found_as, added):
         return Conflict(name, "an index of another shape has the contract's name: " + problem.detail,
                         "rename yours (ALTER INDEX %s RENAME TO another name) or drop it, then rerun" % name)
     table_name, column_name = problem.object.split(".")[-2:]
-    table = next(t for t in contract.TABLES if t.name == table_name)
+    table = next(t for t in tables if t.name == table_name)
     column = table.column(column_name)
     found = "%s.%s.%s" % (schema, table_name, found_as.get((table_name, column_name), column_name))
     qualified = "%s.%s" % (schema, table_name)

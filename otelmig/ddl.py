@@ -190,6 +190,16 @@ def has_rows_in(scalar: Callable, qualified_table: str) -> bool:
     return bool(scalar("select exists (select 1 from %s limit 1)" % qualified_table))
 
 
+RECORD_DDL = """CREATE TABLE IF NOT EXISTS {record} (
+    object_kind text NOT NULL,
+    object_name text NOT NULL,
+    origin      text NOT NULL CHECK (origin IN ('created', 'found', 'renamed', 'recorded')),
+    revision    text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (object_kind, object_name)
+)"""
+
+
 class Names:
     """Builds SQL text for one target schema: names (always quoted) and catalog conditions."""
 
@@ -253,6 +263,11 @@ class Names:
         return ("exists (select 1 from %s where object_kind = %s and object_name = %s and origin = %s)"
                 % (self.record_table(), quote_literal(kind), quote_literal(name), quote_literal(origin)))
 
+    def create_record_table(self) -> str:
+        """The record table (schema.RECORD_TABLE): every revision may be the first
+        to need it (a store adopted before it existed), so each creates it if missing."""
+        return RECORD_DDL.format(record=self.record_table())
+
     def record_kept(self) -> str:
         """SQL: this store's adoption was recorded from its start (the marker row)."""
         return self.recorded("store", self.schema, "recorded")
@@ -290,6 +305,39 @@ class Names:
     @staticmethod
     def _partition_index_name(index: str) -> str:
         return "left(pc.relname || '_' || %s, 63)" % quote_literal(index)
+
+
+# -- step builders revisions share --
+
+def index_steps(n: "Names", revision: str, index: str, table: str, keys: str):
+    """A plain table: build concurrently (when it has rows). A partitioned one:
+    the index ON ONLY the parent (catalog only), then one built on each leaf
+    partition (concurrently when it has rows) and attached; the parent index is
+    valid once every partition has one attached."""
+    partitioned = n.is_partitioned(table)
+    missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
+    return [
+        # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
+        Step(n.record(revision, [("index", index, "found")]),
+             when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
+        Step(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
+        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
+             when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
+        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote_ident(index), n.table(table), keys),
+             when="%s and not %s" % (missing_or_invalid, partitioned),
+             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        Step("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote_ident(index), n.table(table), keys),
+             when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE),
+        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
+             when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
+             table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
+        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
+             when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
+             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        Step("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
+             when=partitioned, for_each=n.partitions_without(table, index, "any"),
+             table=table, lock=Lock.ACCESS_EXCLUSIVE),
+    ]
 
 
 class OnlineRunner:

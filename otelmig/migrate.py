@@ -211,15 +211,17 @@ def _preflight(settings, connection, pending) -> None:
 
 
 def _contract_check(settings):
-    """Run by migration_api after the head's last step, before its version row is written."""
-    def check(driver_conn) -> None:
+    """Run by migration_api after a revision's last step, before its version row
+    is written: wanted is its frozen contract, or None for the head's."""
+    def check(driver_conn, revision, wanted) -> None:
+        from otelmig.schema import HEAD
         from otelmig.verify import compare, read_catalog
-        problems = compare(settings.schema, read_catalog(driver_conn, settings.schema)).problems
+        problems = compare(settings.schema, read_catalog(driver_conn, settings.schema), wanted or HEAD).problems
         if problems:
-            raise OtelmigError("schema %s does not hold the head contract after the upgrade, so the head was not "
+            raise OtelmigError("schema %s does not hold the contract of revision %s after its upgrade, so it was not "
                                "recorded: %s; see `otelmig.pyz verify`"
-                               % (settings.schema, "; ".join("%s %s: %s" % (p.kind, p.object, p.detail)
-                                                             for p in problems)),
+                               % (settings.schema, revision, "; ".join("%s %s: %s" % (p.kind, p.object, p.detail)
+                                                                       for p in problems)),
                                ExitStatus.DRIFT, details={"problems": [p.as_dict() for p in problems]})
     return check
 

@@ -60,10 +60,16 @@ def run(steps_for) -> None:
 
 
 def _check_the_head(attrs, steps_for, bind) -> None:
-    """After the head revision's last upgrade step, before Alembic writes its
-    version row: the CLI's contract check (raising leaves no version row)."""
+    """After a revision's last upgrade step, before Alembic writes its version
+    row: the CLI's contract check (raising leaves no version row). The head is
+    checked against otelmig/schema.py; an earlier revision against the
+    contract it declares frozen (frozen_contract()), if it does."""
     check = attrs.get("check_head_contract")
     if check is None or steps_for.__name__ != "upgrade_steps":
         return
-    if steps_for.__globals__.get("revision") == attrs.get("head"):
-        check(bind.connection.dbapi_connection)
+    module = steps_for.__globals__
+    revision = module.get("revision")
+    if revision == attrs.get("head"):
+        check(bind.connection.dbapi_connection, revision, None)
+    elif "frozen_contract" in module:
+        check(bind.connection.dbapi_connection, revision, module["frozen_contract"]())

@@ -48,7 +48,10 @@ def plan(settings, out, err) -> int:
         state = read_state(conn, settings.schema)
         ensure_known(state)
         scripts = revisions_between(settings, state.effective_revision, HEAD_REVISION)
-        pending = [_plan_revision(conn, cursor, settings.schema, script, first=(number == 0))
+        # Only the first pending revision sees the catalog it will run on; the
+        # conditions of the later ones depend on what the earlier ones do.
+        pending = [_plan_revision(conn, cursor, settings.schema, script, first=True) if number == 0
+                   else _outline_revision(settings.schema, script)
                    for number, script in enumerate(scripts)]
     finally:
         db.close(conn)
@@ -87,6 +90,17 @@ def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements}
 
 
+def _outline_revision(schema: str, script) -> dict:
+    """A revision after the first pending one: every statement it may run,
+    each decided by its catalog condition when the revision runs."""
+    statements = [{"sql": step.statement(concurrently=step.concurrent), "lock": step.lock_taken(step.concurrent)
+                   or "none", "effect": step.effect, "outside_transaction": step.concurrent,
+                   "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None}
+                  for step in script.module.upgrade_steps(Names(schema)) if not step.refuse]
+    return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
+            "decided": False}
+
+
 def _preflight_entries(conn, schema: str, script) -> list:
     """The compatibility conflicts `upgrade` would refuse before its first step (otelmig.compat)."""
     from otelmig.verify import read_catalog
@@ -114,6 +128,8 @@ def _text(schema: str, revision, pending) -> str:
     for rev in pending:
         lines.append("")
         lines.append("revision %s: %s" % (rev["revision"], rev["doc"].splitlines()[0] if rev["doc"] else ""))
+        if rev.get("decided") is False:
+            lines.append("  (after the revisions above; a statement marked * runs only if its condition holds then)")
         for number, entry in enumerate(rev["statements"], 1):
             where = ""
             if "rows_estimate" in entry:
@@ -123,7 +139,7 @@ def _text(schema: str, revision, pending) -> str:
             if entry.get("refuse"):
                 lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
                 continue
-            first = " ".join(entry["sql"].split())
+            first = ("* " if entry.get("conditional") else "") + " ".join(entry["sql"].split())
             lines.append("  %2d. %s" % (number, first if len(first) <= 110 else first[:107] + "..."))
             lines.append("      lock: %s; %s%s%s" % (entry["lock"], entry["effect"],
                                                    "; outside a transaction" if entry["outside_transaction"] else "",

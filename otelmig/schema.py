@@ -32,6 +32,7 @@ class Table(NamedTuple):
     columns: Tuple[Column, ...]
     primary_key: str
     primary_key_columns: Tuple[str, ...]
+    partitioned_by: Tuple[str, ...] = ()  # RANGE partition key columns; () for a plain table
 
     def column(self, name: str) -> Optional[Column]:
         return next((c for c in self.columns if c.name == name), None)
@@ -78,16 +79,27 @@ SPANS = Table("spans", (
     Column("environment", TEXT, True),
     Column("tenant_id", TEXT, True),
     Column("created_at", TIMESTAMPTZ, False, "now()"),
-), "spans_pkey", ("id",))
+), "spans_pkey", ("id", "start_time"), ("start_time",))
 
 TABLES = (TRACES, SPANS)
 
 INDEXES = (
     Index("ix_traces_service_start_time", "traces", ("service_name", "start_time DESC")),
+    Index("ix_traces_start_time", "traces", ("start_time",)),  # retention deletes old traces by it
     Index("ix_spans_trace_id", "spans", ("trace_id",)),
     Index("ix_spans_span_id", "spans", ("span_id",)),
     Index("ix_spans_service_start_time", "spans", ("service_name", "start_time DESC")),
 )
+
+
+
+class Contract(NamedTuple):
+    """A schema's tables and indexes: verify and adoption compare a catalog with one."""
+    tables: Tuple[Table, ...]
+    indexes: Tuple[Index, ...]
+
+
+HEAD = Contract(TABLES, INDEXES)
 
 VERSION_TABLE = "alembic_version"
 

@@ -27,10 +27,14 @@ select n.oid is not null,
                       join pg_class c on c.relnamespace = n.oid and c.relname::text = w.t and c.relkind in ('r', 'p')
                       where not exists (select 1 from pg_attribute a where a.attrelid = c.oid
                                         and a.attname::text = w.c and a.attnum > 0 and not a.attisdropped)
+                      order by 1), '{}'),
+       coalesce(array(select c.relname::text from pg_class c
+                      where c.relnamespace = n.oid and c.relkind = 'r' and c.relname::text = any(%s::text[])
                       order by 1), '{}')
 from (select 1) one left join pg_namespace n on n.nspname = %s
 """
 _HEAD_COLUMNS = [(t.name, c.name) for t in contract.TABLES for c in t.columns]
+_PARTITIONED = [t.name for t in contract.TABLES if t.partitioned_by]
 
 
 class DbState(NamedTuple):
@@ -40,6 +44,7 @@ class DbState(NamedTuple):
     revision: Optional[str]               # None when there is no row, or several
     missing_columns: Tuple[str, ...] = ()  # head columns an existing table lacks, "table.column"
     version_rows: Tuple[str, ...] = ()     # every row of the version table
+    unpartitioned: Tuple[str, ...] = ()    # tables the head partitions, found plain
 
     @property
     def has_version_table(self) -> bool:
@@ -52,7 +57,8 @@ class DbState(NamedTuple):
     @property
     def unmigrated_at_head(self) -> bool:
         """Recorded at the head over a layout that is not the head's (stamped, never migrated)."""
-        return self.revision == HEAD_REVISION and bool(self.missing_tables or self.missing_columns)
+        return self.revision == HEAD_REVISION and bool(self.missing_tables or self.missing_columns
+                                                       or self.unpartitioned)
 
     @property
     def effective_revision(self) -> Optional[str]:
@@ -64,14 +70,16 @@ def read_state(conn, schema: str) -> DbState:
     """Schema, tables, missing head columns and revision in two round trips, reading nothing else."""
     cursor = conn.cursor()
     wanted = [t.name for t in contract.TABLES] + [contract.VERSION_TABLE]
-    cursor.execute(_STATE_SQL, (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS], schema))
-    schema_exists, tables, missing_columns = cursor.fetchone()
+    cursor.execute(_STATE_SQL, (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS], _PARTITIONED,
+                                schema))
+    schema_exists, tables, missing_columns, unpartitioned = cursor.fetchone()
     rows: Tuple[str, ...] = ()
     if contract.VERSION_TABLE in tables:
         cursor.execute("select version_num from %s.%s order by 1" % (db.quote_ident(schema), contract.VERSION_TABLE))
         rows = tuple(row[0] for row in cursor.fetchall())
     revision = rows[0] if len(rows) == 1 else None
-    return DbState(schema, bool(schema_exists), tuple(tables), revision, tuple(missing_columns or ()), rows)
+    return DbState(schema, bool(schema_exists), tuple(tables), revision, tuple(missing_columns or ()), rows,
+                   tuple(unpartitioned or ()))
 
 
 def assess(state: DbState) -> Optional[OtelmigError]:
@@ -94,8 +102,9 @@ def assess(state: DbState) -> Optional[OtelmigError]:
     if state.revision != HEAD_REVISION:
         return PendingError("schema %s is at %s, behind the head %s: %s"
                             % (s, state.revision, HEAD_REVISION, UPGRADE_HINT))
-    if state.missing_tables or state.missing_columns:
-        missing = ["table " + t for t in state.missing_tables] + ["column " + c for c in state.missing_columns]
+    if state.unmigrated_at_head:
+        missing = (["table " + t for t in state.missing_tables] + ["column " + c for c in state.missing_columns]
+                   + ["partitions of table " + t for t in state.unpartitioned])
         return NotInitialisedError(
             "schema %s is recorded at the head but lacks %s%s (stamped over a layout that was never migrated?): "
             "%s to adopt it" % (s, ", ".join(missing[:6]), ", ..." if len(missing) > 6 else "", UPGRADE_HINT))

@@ -117,11 +117,12 @@ def read_catalog(conn, schema: str) -> LiveCatalog:
     return LiveCatalog(relations, kinds, indexes, details)
 
 
-def compare(schema: str, catalog: LiveCatalog) -> Report:
+def compare(schema: str, catalog: LiveCatalog, wanted: contract.Contract = contract.HEAD) -> Report:
+    """The catalog against a contract: the head's, or a revision's frozen one (adoption)."""
     relations, kinds, indexes = catalog.relations, catalog.kinds, catalog.indexes
     problems: List[Problem] = []
     extras: List[Problem] = []
-    for table in contract.TABLES:
+    for table in wanted.tables:
         live = relations.get(table.name) if kinds.get(table.name) in ("r", "p") else None
         name = "%s.%s" % (schema, table.name)
         if live is None:
@@ -131,14 +132,15 @@ def compare(schema: str, catalog: LiveCatalog) -> Report:
         extras += [Problem("extra_column", "%s.%s" % (name, c), "column %s (%s) is not in the contract" % (c, col.type))
                    for c, col in live.items() if table.column(c) is None]
         key = catalog.details[table.name].partition_key if table.name in catalog.details else ()
+        problems += _compare_partitioning(name, table, kinds.get(table.name), key)
         pk_problems, pk_notes = _compare_primary_key(schema, table, indexes, key)
         problems += pk_problems
         extras += pk_notes
-    problems += _compare_indexes(schema, indexes, relations)
-    expected_tables = {t.name for t in contract.TABLES} | set(contract.OWN_TABLES)
+    problems += _compare_indexes(schema, indexes, relations, wanted.indexes)
+    expected_tables = {t.name for t in wanted.tables} | set(contract.OWN_TABLES)
     extras += [Problem("extra_relation", "%s.%s" % (schema, name), "%s is not in the contract" % _kind(kinds[name]))
                for name in sorted(relations) if name not in expected_tables]
-    wanted_indexes = {i.name for i in contract.INDEXES} | {t.primary_key for t in contract.TABLES}
+    wanted_indexes = {i.name for i in wanted.indexes} | {t.primary_key for t in wanted.tables}
     extras += [Problem("extra_index", "%s.%s" % (schema, i.name), "index on %s (%s) is not in the contract"
                        % (i.table, ", ".join(i.keys)))
                for i in indexes.values() if i.name not in wanted_indexes and i.table not in contract.OWN_TABLES]
@@ -168,6 +170,14 @@ def _compare_columns(name: str, table: contract.Table, live) -> List[Problem]:
             problems.append(Problem("wrong_default", obj, "expected %s, found %s"
                                     % (column.default or "no default", found.default or "no default")))
     return problems
+
+
+def _compare_partitioning(name: str, table: contract.Table, kind, key) -> List[Problem]:
+    if not table.partitioned_by or (kind == "p" and tuple(key) == table.partitioned_by):
+        return []
+    found = "partitioned by (%s)" % ", ".join(key) if kind == "p" else "a plain table"
+    return [Problem("not_partitioned", name, "expected partitioned by range (%s), found %s: run `otelmig.pyz upgrade`"
+                    % (", ".join(table.partitioned_by), found))]
 
 
 def _null(nullable: bool) -> str:
@@ -203,9 +213,9 @@ def _compare_primary_key(schema: str, table: contract.Table, indexes, partition_
                     % (table.primary_key, ", ".join(wanted), found.constraint, ", ".join(found.keys)))], []
 
 
-def _compare_indexes(schema: str, indexes, relations) -> List[Problem]:
+def _compare_indexes(schema: str, indexes, relations, wanted) -> List[Problem]:
     problems = []
-    for index in contract.INDEXES:
+    for index in wanted:
         obj = "%s.%s" % (schema, index.name)
         found = indexes.get(index.name)
         if found is None:
@@ -247,6 +257,8 @@ def _verdict(settings, state, report: Report, strict: bool):
             return error.exit_status, ("schema %s holds the legacy runtime layout (start_ts, status, attributes, "
                                        "no migrations recorded): run `otelmig.pyz upgrade` to adopt it"
                                        % settings.schema)
+        if state.unpartitioned:  # recorded at the head over the layout before it (stamped)
+            return error.exit_status, error.message
         if state.revision is not None:  # at head, a table is missing: that is drift
             error = None
         else:

@@ -15,6 +15,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from otelmig import schema as contract  # noqa: E402
+from otelmig.revisions import KNOWN_REVISIONS  # noqa: E402
+
+
+def _adopted_contract() -> contract.Contract:
+    """The matrix is the baseline's adoption rules: stores are shaped after
+    what the baseline converges on (its frozen contract), not the head's."""
+    import importlib.util
+    from otelmig.revisions import versions_dir
+    path = next(os.path.join(versions_dir(), name) for name in os.listdir(versions_dir())
+                if name.startswith(KNOWN_REVISIONS[0] + "_"))
+    spec = importlib.util.spec_from_file_location("baseline_revision", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.frozen_contract()
+
+
+ADOPTED = _adopted_contract()
 
 ADOPT, CONVERGE, REFUSE, NA = "adopt", "converge", "refuse", "n/a"
 
@@ -73,11 +90,11 @@ def index_outcome(shape: str) -> str:
 
 def matrix() -> List[Case]:
     cases = []
-    for table in contract.TABLES:
+    for table in ADOPTED.tables:
         for column in table.columns:
             for shape in COLUMN_SHAPES:
                 cases.append(Case("column", table.name, column.name, shape, column_outcome(table, column, shape)))
-    for index in contract.INDEXES:
+    for index in ADOPTED.indexes:
         for shape in INDEX_SHAPES:
             cases.append(Case("index", index.table, index.name, shape, index_outcome(shape)))
     return cases
@@ -129,7 +146,7 @@ def head_shaped_ddl(schema: str = "otel") -> List[str]:
     """The contract's tables with no index and no version row: every head-named
     column pre-exists (an operator who created the store by hand)."""
     statements = ["CREATE SCHEMA IF NOT EXISTS %s" % schema]
-    for table in contract.TABLES:
+    for table in ADOPTED.tables:
         columns = []
         for column in table.columns:
             if column.default == contract.SEQUENCE_DEFAULT:
@@ -193,16 +210,16 @@ def group_store_sql(kind: str, shape: str, cases: List[Case], schema: str = "ote
     statements = head_shaped_ddl(schema)
     names = {c.name for c in cases}
     if kind == "column":
-        for table in contract.TABLES:
+        for table in ADOPTED.tables:
             for column in table.columns:
                 if column.name in names and any(c.table == table.name and c.name == column.name for c in cases):
                     statements += column_shape_sql(table, column, shape, schema)
     else:
-        for index in contract.INDEXES:
+        for index in ADOPTED.indexes:
             if index.name in names:
                 statements += index_shape_sql(index, shape, schema)
     if shape == "holding data":
-        statements += [sample_row(t, schema) for t in contract.TABLES]
+        statements += [sample_row(t, schema) for t in ADOPTED.tables]
     return statements
 
 

@@ -220,7 +220,7 @@ def catalog_snapshot(url: str, schema: str = "otel") -> dict:
                pg_get_expr(d.adbin, d.adrelid)
         from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
         left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
-        where n.nspname = %s and a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'v', 'i')
+        where n.nspname = %s and a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'i', 'I')
         order by 1, 2""", (schema,))
     indexes = sql(url, "select indexname, indexdef from pg_indexes where schemaname = %s order by 1", (schema,))
     return {"columns": [tuple(r) for r in columns], "indexes": [tuple(r) for r in indexes]}

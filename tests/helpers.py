@@ -13,8 +13,13 @@ import sys
 import time
 
 from conftest import REPO, catalog_snapshot, connect, run_cli, sql
+from otelmig.revisions import KNOWN_REVISIONS
 from otelmig.settings import resolve_conninfo
 from pgcluster import bindir
+
+# The first revision: it creates or adopts the store. Tests of adoption and
+# of its downgrade stop there, so a rollback undoes exactly it.
+BASELINE = KNOWN_REVISIONS[0]
 
 # A loaded 2-core machine can stall a process for seconds: a wait for a
 # condition gives up only after this long (it returns as soon as it holds).

@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from adoption_stores import (ADOPT, REFUSE, group_store_sql, groups, readme_section, readme_table,
+from adoption_stores import (ADOPTED, ADOPT, REFUSE, group_store_sql, groups, readme_section, readme_table,
                              unique_name)
 from conftest import catalog_snapshot, connect, insert_legacy_rows, load_legacy, run_cli, sql, table_rows
-from helpers import (PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, one_line, psql_file, shape as layout,
-                     verify_ok, write_sql)
+from helpers import (BASELINE, PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, one_line, psql_file,
+                     shape as layout, verify_ok, write_sql)
 from otelmig import schema as contract
 from otelmig._version import HEAD_REVISION
 
@@ -58,7 +58,7 @@ def test_rollback_keeps_what_the_operator_had_before_adoption(db_url):
     history = sql(db_url, "select id, created_at from otel.spans order by id")
     assert run_cli("upgrade", url=db_url).code == 0
     verify_ok(db_url)
-    result = run_cli("rollback", url=db_url)
+    result = run_cli("downgrade", "base", url=db_url)
     assert result.code == 0, result.err
     assert sql(db_url, "select id, created_at from otel.spans order by id") == history
     assert index_exists(db_url, "ix_spans_span_id")
@@ -72,7 +72,7 @@ def test_rollback_keeps_what_the_operator_had_before_adoption(db_url):
 
 def test_rollback_of_a_fresh_store_returns_to_the_legacy_layout(db_url, new_database):
     assert run_cli("upgrade", url=db_url).code == 0
-    assert run_cli("rollback", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
     legacy = new_database()
     load_legacy(legacy)
     assert layout(db_url) == layout(legacy)
@@ -86,10 +86,10 @@ def forget_the_record(url):
 def test_store_adopted_without_a_record_refuses_rollback_naming_the_objects(db_url):
     load_legacy(db_url, traces=20)
     operator_additions(db_url)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     forget_the_record(db_url)
     before = catalog_snapshot(db_url)
-    result = run_cli("rollback", url=db_url)
+    result = run_cli("downgrade", "base", url=db_url)
     assert result.code == 8, result.err
     assert one_line(result.err)
     for name in ("otel.spans.created_at", "otel.traces.resource_attributes", "otel.ix_spans_span_id",
@@ -97,8 +97,8 @@ def test_store_adopted_without_a_record_refuses_rollback_naming_the_objects(db_u
         assert name in result.err
     assert "--allow-data-loss" in result.err
     assert catalog_snapshot(db_url) == before
-    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
-    result = run_cli("rollback", "--allow-data-loss", url=db_url)
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[BASELINE]]
+    result = run_cli("downgrade", "base", "--allow-data-loss", url=db_url)
     assert result.code == 0, result.err
     assert "created_at" not in columns_of(db_url, "spans") and not index_exists(db_url, "ix_spans_span_id")
 
@@ -120,9 +120,9 @@ def test_downgrade_of_a_stamped_legacy_store_drops_nothing_and_names_no_worker_c
 
 def test_store_without_a_record_guard_names_only_columns_the_downgrade_drops(db_url):
     load_legacy(db_url, traces=20)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     forget_the_record(db_url)
-    result = run_cli("rollback", url=db_url)
+    result = run_cli("downgrade", "base", url=db_url)
     assert result.code == 8
     for worker_column in ("root_span_name", "duration_ms", "parent_span_id", "tenant_id"):
         assert worker_column not in result.err, result.err
@@ -130,9 +130,9 @@ def test_store_without_a_record_guard_names_only_columns_the_downgrade_drops(db_
 
 def test_rollback_data_guard_still_counts_rows_of_created_columns(db_url):
     load_legacy(db_url, traces=10)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     sql(db_url, "update otel.spans set status_message = 'boom' where id <= 3")
-    result = run_cli("rollback", url=db_url)
+    result = run_cli("downgrade", "base", url=db_url)
     assert result.code == 8 and one_line(result.err) and "3 rows in otel.spans.status_message" in result.err
 
 
@@ -154,7 +154,7 @@ def test_sql_scripts_keep_what_the_operator_had(tmp_path, db_url):
 
 def test_sql_downgrade_refuses_a_store_without_a_record(tmp_path, db_url):
     load_legacy(db_url, traces=5)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     forget_the_record(db_url)
     down = psql_file(db_url, write_sql(tmp_path, "downgrade", "base", "--sql"))
     assert down.returncode == PSQL_SCRIPT_ERROR and "without a record" in down.stderr
@@ -179,7 +179,7 @@ def test_data_guard_works_without_query_to_xml(server, db_url, tmp_path):
     """A server built without libxml cannot run query_to_xml; a role that may
     not execute it sees the same thing, on any server. Online and in --sql."""
     load_legacy(db_url, traces=10)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     role, password = unique_name("noxml"), "no-xml-pw"
     sql(db_url, "create role %s login password '%s'" % (role, password))
     sql(db_url, "revoke execute on function query_to_xml(text, boolean, boolean, text) from public")
@@ -191,13 +191,13 @@ def test_data_guard_works_without_query_to_xml(server, db_url, tmp_path):
         sql(db_url, "alter sequence otel.spans_id_seq owner to %s" % role)
         url = server.url(db_url.rsplit("/", 1)[1], user=role, password=password)
         sql(db_url, "update otel.spans set status_message = 'x' where id = 1")
-        result = run_cli("rollback", url=url)
+        result = run_cli("downgrade", "base", url=url)
         assert result.code == 8 and one_line(result.err) and "1 rows in otel.spans.status_message" in result.err, result.err
         script = psql_file(url, write_sql(tmp_path, "downgrade", "base", "--sql"))
         assert script.returncode == PSQL_SCRIPT_ERROR, script.stderr
         assert "1 rows in otel.spans.status_message" in script.stderr, script.stderr
         sql(db_url, "update otel.spans set status_message = null")
-        result = run_cli("rollback", url=url)
+        result = run_cli("downgrade", "base", url=url)
         assert result.code == 0, result.err
     finally:
         sql(db_url, "grant execute on function query_to_xml(text, boolean, boolean, text) to public")
@@ -253,7 +253,7 @@ def test_partitioned_spans_is_adopted_with_every_row(db_url):
     assert result.code == 0, result.err
     assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == before
     report = verify_ok(db_url)
-    assert [e["kind"] for e in report["extras"]] == ["partitioned_primary_key"]
+    assert report["extras"] == []  # partitioned by start_time with the key (id, start_time): the head's own
     for index in ("ix_spans_trace_id", "ix_spans_span_id", "ix_spans_service_start_time"):
         relkind, valid, attached = sql(db_url, """
             select c.relkind::text, x.indisvalid, (select count(*) from pg_inherits where inhparent = c.oid)
@@ -263,7 +263,7 @@ def test_partitioned_spans_is_adopted_with_every_row(db_url):
     assert sql(db_url, "select count(*) from otel.spans where created_at is null") == [[0]]
     assert run_cli("check", url=db_url).code == 0
     # and back: the indexes the upgrade created go, every row stays
-    assert run_cli("rollback", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
     assert table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY) == before
     assert not index_exists(db_url, "ix_spans_trace_id")
 
@@ -370,7 +370,7 @@ def test_a_dropped_nullable_column_is_added_back(db_url):
     sql(db_url, "alter table otel.spans drop column kind")
     assert run_cli("upgrade", url=db_url).code == 0
     verify_ok(db_url)
-    assert run_cli("rollback", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
     assert "kind" not in columns_of(db_url, "spans")  # it was not there before: the rollback took it away
 
 
@@ -393,7 +393,8 @@ def test_a_member_of_the_owning_role_adopts(server, db_url, other_owner):
     name = db_url.rsplit("/", 1)[1]
     run_all(db_url, ["alter table otel.%s owner to %s" % (t, owner) for t in ("traces", "spans")]
             + ["alter sequence otel.spans_id_seq owner to %s" % owner,
-               "alter schema otel owner to %s" % migrator, "grant create on database %s to %s" % (name, migrator)])
+               "alter schema otel owner to %s" % migrator, "grant create on database %s to %s" % (name, migrator),
+               "grant create on schema otel to %s" % owner])  # revision 2: partitions owned as spans is
     url = server.url(name, user=migrator, password=password)
     try:
         refused = run_cli("upgrade", url=url)
@@ -512,12 +513,13 @@ def test_adoption_matrix(server, new_database, other_owner, key):
     if shape == "owned by another role":
         owner, migrator, password = other_owner
         name = url.rsplit("/", 1)[1]
-        run_all(url, ["alter table otel.%s owner to %s" % (t.name, owner) for t in contract.TABLES]
-                + ["alter schema otel owner to %s" % migrator, "grant create on database %s to %s" % (name, migrator)])
+        run_all(url, ["alter table otel.%s owner to %s" % (t.name, owner) for t in ADOPTED.tables]
+                + ["alter schema otel owner to %s" % migrator, "grant create on database %s to %s" % (name, migrator),
+                   "grant create on schema otel to %s" % owner])
         run_url = server.url(name, user=migrator, password=password)
     before = catalog_snapshot(url)
     found = layout(url)
-    rows = {t.name: sql(url, "select * from otel.%s order by 1" % t.name) for t in contract.TABLES}
+    rows = {t.name: sql(url, "select * from otel.%s order by 1" % t.name) for t in ADOPTED.tables}
     result = run_cli("upgrade", url=run_url)
     try:
         if outcome == REFUSE:
@@ -526,26 +528,27 @@ def test_adoption_matrix(server, new_database, other_owner, key):
             return
         assert result.code == 0, result.err
         verify_ok(url)
-        assert {t.name: sql(url, "select * from otel.%s order by 1" % t.name) for t in contract.TABLES} == rows
-        if outcome == ADOPT:  # found, so kept: the rollback returns exactly to what was found
-            assert run_cli("rollback", url=run_url).code == 0
+        assert {t.name: sql(url, "select * from otel.%s order by 1" % t.name) for t in ADOPTED.tables} == rows
+        if outcome == ADOPT:  # found, so kept: the downgrade returns exactly to what was found
+            assert run_cli("downgrade", "base", url=run_url).code == 0
             assert layout(url) == found
     finally:
         if shape == "owned by another role":
             run_all(url, ["drop owned by %s cascade" % r for r in other_owner[:2]])
 
 
-def test_baseline_columns_are_the_head_contract():
-    """The baseline freezes the columns it converges on; while it is the head they are schema.py's."""
-    from otelmig.scripts import script_directory
-    from otelmig.settings import Settings
+def test_baseline_converges_on_its_frozen_contract(db_url):
+    """The baseline's frozen contract (what adoption compares with) is what its upgrade produces."""
+    from otelmig.verify import compare, read_catalog
 
-    baseline = script_directory(Settings(conninfo=None)).get_revision("163d8f446eb9").module
-    if HEAD_REVISION != "163d8f446eb9":
-        pytest.skip("a later revision is the head: the baseline's columns are history")
-    assert {t: list(cols) for t, cols in baseline.COLUMNS.items()} == {
-        t.name: [(c.name, c.type, c.nullable, c.default) for c in t.columns
-                 if c.default != contract.SEQUENCE_DEFAULT] for t in contract.TABLES}
+    load_legacy(db_url, traces=5)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    conn = connect(db_url)
+    try:
+        report = compare("otel", read_catalog(conn, "otel"), ADOPTED)
+    finally:
+        conn.close()
+    assert report.problems == [] and report.extras == []
 
 
 def test_readme_shows_the_matrix():

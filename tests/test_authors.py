@@ -20,7 +20,7 @@ import pytest
 from pytest_alembic.tests import test_single_head_revision, test_up_down_consistency, test_upgrade  # noqa: F401
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, sql
-from helpers import error_line, wait_for
+from helpers import BASELINE, error_line, wait_for
 from otelmig import revisions, settings as settings_mod
 from otelmig.lock import MigrationLock
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
@@ -217,7 +217,7 @@ def test_otelmig_waits_for_plain_alembic(checkout, db_url, tmp_path):
 
 def test_plain_alembic_keeps_the_data_loss_guard(checkout, db_url):
     load_legacy(db_url, traces=10)
-    assert alembic(checkout, db_url, "upgrade", "head").returncode == 0
+    assert alembic(checkout, db_url, "upgrade", BASELINE).returncode == 0  # the guard is the baseline's
     sql(db_url, "update otel.spans set status_message = 'boom' where id = 1")
     before = state(db_url)
 

@@ -4,7 +4,7 @@ converges, keeps every row, and round-trips, on a real PostgreSQL."""
 import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
-from helpers import SPAN_COLUMNS_LEGACY, TRACE_COLUMNS_LEGACY, head_names, one_line, shape, verify_ok
+from helpers import BASELINE, SPAN_COLUMNS_LEGACY, TRACE_COLUMNS_LEGACY, head_names, one_line, shape, verify_ok
 from otelmig import schema as contract
 from otelmig.scripts import script_directory
 from otelmig.settings import Settings
@@ -143,10 +143,10 @@ def test_rollback_and_upgrade_round_trip_keeps_rows(db_url):
     load_legacy(db_url, traces=1000)
     legacy_shape = shape(db_url)
     spans_before = table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     result = run_cli("rollback", url=db_url)
     assert result.code == 0, result.err
-    assert "reverted %s" % HEAD_REVISION in result.err
+    assert "reverted %s" % BASELINE in result.err
     assert shape(db_url) == legacy_shape  # the legacy layout, exactly
     assert table_rows(db_url, "otel", "spans", SPAN_COLUMNS_LEGACY) == spans_before
     assert run_cli("upgrade", url=db_url).code == 0
@@ -163,7 +163,7 @@ def test_downgrade_never_drops_a_table(db_url):
 
 def test_data_loss_guard_refuses_then_allows(db_url):
     load_legacy(db_url, traces=30)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     sql(db_url, "update otel.spans set status_message = 'boom' where id <= 7")
     sql(db_url, "update otel.traces set resource_attributes = '{\"k\": 1}' where trace_id in "
                 "(select trace_id from otel.traces order by trace_id limit 3)")
@@ -174,7 +174,7 @@ def test_data_loss_guard_refuses_then_allows(db_url):
     assert "3 rows in otel.traces.resource_attributes" in refused.err
     assert "--allow-data-loss" in refused.err
     assert catalog_snapshot(db_url) == before
-    assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[BASELINE]]
     allowed = run_cli("rollback", "--allow-data-loss", url=db_url)
     assert allowed.code == 0, allowed.err
     assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]

@@ -4,7 +4,8 @@ names the right statements and locks and writes nothing."""
 import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
-from helpers import PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, psql_file, verify_ok, wait_for, write_sql
+from helpers import (BASELINE, PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, psql_file, verify_ok, wait_for,
+                     write_sql)
 from otelmig.revisions import HEAD_REVISION
 
 
@@ -50,11 +51,13 @@ def test_sql_script_is_the_same_schema_as_online(tmp_path, new_database, db_url)
 
 def test_downgrade_sql_guards_data_and_round_trips(tmp_path, db_url):
     load_legacy(db_url, traces=50)
-    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     sql(db_url, "update otel.spans set status_message = 'x' where id = 1")
-    refused = psql_file(db_url, write_sql(tmp_path, "rollback", "--sql"))
+    before = catalog_snapshot(db_url)
+    refused = psql_file(db_url, write_sql(tmp_path, "downgrade", "base", "--sql"))
     assert refused.returncode == PSQL_SCRIPT_ERROR and "1 rows in otel.spans.status_message" in refused.stderr
-    assert run_cli("check", url=db_url).code == 0  # nothing changed
+    assert catalog_snapshot(db_url) == before  # nothing changed
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[BASELINE]]
     allowed = psql_file(db_url, write_sql(tmp_path, "downgrade", "base", "--sql", "--allow-data-loss"))
     assert allowed.returncode == 0, allowed.stderr
     assert run_cli("verify", url=db_url).code == 4  # legacy again

@@ -40,6 +40,7 @@ from helpers import psql_file
 from otelmig import offline, revisions
 from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Guard, Names, OnlineRunner, RowCheck, Step
 from otelmig.errors import RefusedError
+from otelmig.schema import OWN_TABLES
 from otelmig.settings import Settings, resolve_conninfo
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "revision_kit")
@@ -317,6 +318,8 @@ def assert_rows_kept(before: Dict[str, dict], url: str, what: str) -> None:
         order = [old["columns"][n] for n in sorted(old["columns"])]
         wanted = sorted(tuple(row[order.index(c)] for c in old_names) for row in old["rows"])
         found = sorted(_row_values(url, table, new_names))
+        if table in OWN_TABLES and not set(wanted) - set(found):
+            continue  # otelmig's own bookkeeping: a revision adds to it (the state check compares it whole)
         if len(found) != len(old["rows"]) or found != wanted:
             raise KitFailure("%s: rows of %s.%s changed: %s" % (what, SCHEMA, table, _difference(wanted, found)))
 

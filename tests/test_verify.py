@@ -133,4 +133,5 @@ def test_verify_works_with_a_read_only_role(server, head_url):
 
 def test_contract_names_every_index_of_spec():
     assert {i.name for i in contract.INDEXES} == {
-        "ix_traces_service_start_time", "ix_spans_trace_id", "ix_spans_span_id", "ix_spans_service_start_time"}
+        "ix_traces_service_start_time", "ix_traces_start_time", "ix_spans_trace_id", "ix_spans_span_id",
+        "ix_spans_service_start_time"}

@@ -21,8 +21,7 @@ Create Date: 2026-11-25
 from typing import NamedTuple, Optional
 
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import (CONCURRENTLY, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Effect, Guard, Lock, Names,
-                         RowCheck, Step)
+from otelmig.ddl import Effect, Guard, Lock, Names, RowCheck, Step, index_steps
 from otelmig import migration_api
 from otelmig.schema import RECORD_TABLE
 
@@ -107,6 +106,7 @@ COLUMNS = {
     ),
 }
 
+PRIMARY_KEYS = {"traces": "trace_id", "spans": "id"}
 # Legacy column -> head column, by table.
 RENAMES = {
     "traces": (("start_ts", "start_time"), ("end_ts", "end_time")),
@@ -136,14 +136,6 @@ DATA_PREDICATES = {
     ("spans", "created_at"): None,
 }
 
-RECORD_DDL = """CREATE TABLE IF NOT EXISTS {record} (
-    object_kind text NOT NULL,
-    object_name text NOT NULL,
-    origin      text NOT NULL CHECK (origin IN ('created', 'found', 'renamed', 'recorded')),
-    revision    text NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (object_kind, object_name)
-)"""
 
 
 class _Column(NamedTuple):
@@ -164,7 +156,7 @@ def _rename_targets(table: str):
 def upgrade_steps(n: Names):
     record = n.record_table()
     first = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
-             Step(RECORD_DDL.format(record=record), when="%s is null" % n.regclass(RECORD_TABLE)),
+             Step(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
              # The marker: from here on, every object this creates is recorded before it is created.
              Step(n.record(revision, [("store", n.schema, "recorded")]))]
     steps = []
@@ -179,7 +171,7 @@ def upgrade_steps(n: Names):
         steps += _rename_steps(n, table, RENAMES[table])
         steps += _added_column_steps(n, table)
     for index, table, keys in INDEXES:
-        steps += _index_steps(n, index, table, keys)
+        steps += index_steps(n, revision, index, table, keys)
     # Last: rarely needed, catalog-only repairs, each checked with one query;
     # after the first concurrent build has committed, so the renames' ACCESS
     # EXCLUSIVE locks are not held while they are checked.
@@ -271,37 +263,6 @@ def _converge_column_steps(n: Names, table: str):
     return steps
 
 
-def _index_steps(n: Names, index: str, table: str, keys: str):
-    """A plain table: build concurrently (when it has rows). A partitioned one:
-    the index ON ONLY the parent (catalog only), then one built on each leaf
-    partition (concurrently when it has rows) and attached; the parent index is
-    valid once every partition has one attached."""
-    partitioned = n.is_partitioned(table)
-    missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
-    return [
-        # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
-        Step(n.record(revision, [("index", index, "found")]),
-             when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
-        Step(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
-        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
-             when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
-        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote(index), n.table(table), keys),
-             when="%s and not %s" % (missing_or_invalid, partitioned),
-             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
-        Step("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote(index), n.table(table), keys),
-             when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE),
-        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
-             when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
-             table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
-        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
-             when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
-             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
-        Step("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
-             when=partitioned, for_each=n.partitions_without(table, index, "any"),
-             table=table, lock=Lock.ACCESS_EXCLUSIVE),
-    ]
-
-
 def _droppable_columns():
     """(table, column, data predicate) for every contract column an upgrade may
     have created: those the head adds and nullable ones it re-added."""
@@ -318,7 +279,7 @@ def downgrade_steps(n: Names):
     steps = [Step("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
                   table=table, lock=Lock.SHARE_ROW_EXCLUSIVE) for table in ("traces", "spans")]
     # The conditions below read the record: make sure it exists (it is dropped at the end).
-    steps.append(Step(RECORD_DDL.format(record=n.record_table()),
+    steps.append(Step(n.create_record_table(),
                       when="%s is null" % n.regclass(RECORD_TABLE)))
     unknown = "not %s" % n.record_kept()
     steps.append(_unknown_origin_guard(n, unknown))
@@ -370,10 +331,23 @@ def _unknown_origin_guard(n: Names, unknown: str) -> Step:
         "--allow-data-loss to drop them all: " % n.schema))
 
 
+def frozen_contract():
+    """What this revision converges on, as otelmig.schema declares a contract
+    (the head's may differ: a later revision changes it, never this)."""
+    from otelmig import schema
+    tables = tuple(schema.Table(table, tuple(schema.Column(*column) for column in columns), table + "_pkey",
+                                (PRIMARY_KEYS[table],))
+                   for table, columns in COLUMNS.items())
+    spans_id = schema.Column("id", "bigint", False, schema.SEQUENCE_DEFAULT)
+    tables = tuple(t._replace(columns=(spans_id,) + t.columns) if t.name == "spans" else t for t in tables)
+    indexes = tuple(schema.Index(index, table, tuple(keys.split(", "))) for index, table, keys in INDEXES)
+    return schema.Contract(tables, indexes)
+
+
 def preflight(catalog, schema: str):
     """Conflicts that make what this would adopt incompatible (see otelmig.compat); run before any step."""
     from otelmig.compat import adoption_conflicts
-    return adoption_conflicts(catalog, schema, RENAMES, {(a[0], a[1]) for a in ADDED})
+    return adoption_conflicts(catalog, schema, RENAMES, {(a[0], a[1]) for a in ADDED}, frozen_contract())
 
 
 def upgrade():

@@ -1,0 +1,411 @@
+"""Time-partitioned spans: convert otel.spans to daily range partitions in place.
+
+No row is copied. The table that holds the spans becomes the partition for
+everything before a cutoff (otel.spans_history, FROM (MINVALUE) TO (cutoff));
+a new partitioned otel.spans gets one partition per UTC day from the cutoff up
+to today + 7 days, and a DEFAULT partition for any other row, so no insert is
+ever rejected after the switch. `otelmig maintain` keeps days ahead and drops
+whole days that left the retention window.
+
+Every scan of the big table runs before the switch, under locks writers do
+not wait for: the unique index (id, start_time) the new primary key needs
+(CREATE INDEX CONCURRENTLY) and the validation of CHECK (start_time < cutoff),
+which lets ATTACH PARTITION skip its own scan. Adding that constraint takes
+ACCESS EXCLUSIVE for a moment: the cutoff is chosen under it, from the newest
+row (read through ix_spans_service_start_time, one index probe per service),
+as the UTC midnight at least a day after both that row and now. The switch
+(renames, primary key, attach, sequence ownership) is one short transaction
+under the lock budget, with the version row.
+
+A spans table that is partitioned already (the operator's layout) is left as
+it is, and recorded as found; the downgrade leaves it too.
+
+The downgrade detaches the history partition and makes it otel.spans again
+(its indexes get their contract names back, the primary key is (id) again),
+then moves the rows of the later partitions into it in batches of 10000, each
+committed, and drops the empty partitioned table. Until the move ends, rows of
+the later partitions are not visible in otel.spans (they are in
+otel.spans_partitioned); a crash or interruption leaves them there, and a rerun
+moves the rest.
+
+Revision ID: 826630e38563
+Revises: 163d8f446eb9
+Create Date: 2026-11-26
+"""
+
+from otelmig import migration_api
+from otelmig.db import quote_ident as quote, quote_literal
+from otelmig.ddl import Effect, Lock, Names, Step, index_steps
+from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
+
+revision = "826630e38563"
+down_revision = "163d8f446eb9"
+branch_labels = None
+depends_on = None
+
+AHEAD_DAYS = 7                       # day partitions created up to today + this
+MARGIN_DAYS = 2                      # cutoff: this many UTC midnights after max(now, newest row)
+BATCH_ROWS = 10000                   # rows moved per transaction by the downgrade
+NEW_PARENT = "spans_partitioned"     # the partitioned table before the switch (and after the downgrade's)
+CUTOFF_CHECK = "spans_history_range"  # CHECK (start_time < cutoff) on the table to attach
+HISTORY_PKEY = "spans_history_pkey"  # unique (id, start_time) built before the switch, its PK after
+HISTORY_ID_KEY = "spans_history_id_key"  # unique (id) the downgrade builds for the restored primary key
+TRACES_START_TIME = ("ix_traces_start_time", "traces", "start_time")
+
+
+def _utc_midnight(expression: str) -> str:
+    return "(date_trunc('day', (%s) at time zone 'UTC') at time zone 'UTC')" % expression
+
+
+class Layout:
+    """The SQL names and catalog conditions of this conversion for one schema."""
+
+    def __init__(self, n: Names):
+        self.n = n
+        self.spans = n.table("spans")
+        self.history = n.table(LAYOUT.history)
+        self.parent = n.table(NEW_PARENT)
+        self.plain_spans = "exists (select 1 from pg_class where oid = %s and relkind = 'r')" % n.regclass("spans")
+        # Converted by this revision: so recorded; or, with the record lost, our history partition is there.
+        history_attached = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
+                            % (n.regclass(LAYOUT.history), n.regclass("spans")))
+        self.converted = "(%s and (%s or (not %s and %s)))" % (
+            n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created"),
+            n.recorded("partitioning", "spans", "found"), history_attached)
+
+    def check_on(self, table: str, validated=None) -> str:
+        state = "" if validated is None else " and %sconvalidated" % ("" if validated else "not ")
+        return ("exists (select 1 from pg_constraint where conrelid = %s and conname = %s%s)"
+                % (self.n.regclass(table), quote_literal(CUTOFF_CHECK), state))
+
+    def cutoff_of(self, table: str) -> str:
+        """SQL: the cutoff as the CHECK constraint on `table` holds it."""
+        return ("(select substring(pg_get_constraintdef(oid) from '''([^'']*)''')::timestamptz "
+                "from pg_constraint where conrelid = %s and conname = %s)"
+                % (self.n.regclass(table), quote_literal(CUTOFF_CHECK)))
+
+    def newest_start_time(self) -> str:
+        """SQL: max(start_time) of spans without reading the table: a loose scan
+        over ix_spans_service_start_time (one probe per service), so it is
+        quick under the ACCESS EXCLUSIVE lock the cutoff is chosen under."""
+        return ("with recursive services(name) as ("
+                "(select service_name from %(spans)s order by service_name limit 1) union all "
+                "select (select s.service_name from %(spans)s s where s.service_name > services.name "
+                "order by s.service_name limit 1) from services where services.name is not null) "
+                "select max((select max(t.start_time) from %(spans)s t where t.service_name = services.name)) "
+                "from services where services.name is not null" % {"spans": self.spans})
+
+
+def upgrade_steps(n: Names):
+    layout = Layout(n)
+    steps = [Step(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+             _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
+             Step(n.record(revision, [("partitioning", "spans", "found")]),
+                  when="%s and not %s" % (n.is_partitioned("spans"),
+                                          n.recorded("partitioning", "spans", "created")))]
+    steps += index_steps(n, revision, *TRACES_START_TIME)
+    steps += _history_key_steps(n, layout)
+    steps.append(_cutoff_step(n, layout))
+    steps.append(Step("ALTER TABLE %s VALIDATE CONSTRAINT %s" % (layout.spans, quote(CUTOFF_CHECK)),
+                      when="%s and not %s" % (layout.plain_spans, layout.check_on("spans", validated=True)),
+                      table="spans", lock=Lock.SHARE_UPDATE_EXCLUSIVE, effect=Effect.SCANS, concurrent=True))
+    steps.append(_prepare_step(n, layout))
+    steps.append(_switch_step(n, layout))
+    return steps
+
+
+def _identity_refusal(n: Names, layout: Layout) -> Step:
+    identity = ("exists (select 1 from pg_attribute where attrelid = %s and attname = 'id' and attidentity <> '')"
+                % n.regclass("spans"))
+    return Step("", when="%s and %s" % (layout.plain_spans, identity), table="spans", refuse=(
+        "%s.spans.id is an identity column; revision %s moves the id sequence to the partitioned table and "
+        "needs it as a sequence default (bigserial, as the contract has it): change the column back, then rerun"
+        % (n.schema, revision)))
+
+
+def _not_carried_refusal(n: Names, layout: Layout) -> Step:
+    """What the new partitioned table would not have: refuse, naming each, rather than convert without it."""
+    spans = n.regclass("spans")
+    found = "concat_ws('; ', %s)" % ", ".join([
+        "(select 'foreign keys referencing it: ' || string_agg(conrelid::regclass::text || ' (' || conname || ')', ', ') "
+        "from pg_constraint where contype = 'f' and confrelid = %s)" % spans,
+        "(select 'unique indexes besides the primary key: ' || string_agg(c.relname, ', ') from pg_index x "
+        "join pg_class c on c.oid = x.indexrelid where x.indrelid = %s and x.indisunique and not x.indisprimary "
+        "and c.relname <> %s)" % (spans, quote_literal(HISTORY_PKEY)),
+        "(select 'triggers: ' || string_agg(tgname, ', ') from pg_trigger where tgrelid = %s and not tgisinternal)"
+        % spans,
+        "(select 'row level security' from pg_class where oid = %s and relrowsecurity)" % spans,
+        "(select 'publications: ' || string_agg(p.pubname, ', ') from pg_publication_rel r "
+        "join pg_publication p on p.oid = r.prpubid where r.prrelid = %s)" % spans])
+    return Step("", when="%s and %s <> ''" % (layout.plain_spans, found), table="spans", detail=found, refuse=(
+        "%s.spans has what its conversion to time partitions would not carry over to the partitioned table; "
+        "remove it (recreate it on the partitioned %s.spans after the upgrade), then rerun: " % (n.schema, n.schema)))
+
+
+def _owner_refusal(n: Names, layout: Layout) -> Step:
+    """The new table must be owned as spans is (its id sequence must be owned
+    by the table's owner), and PostgreSQL gives a table to a role only if that
+    role may create in the schema."""
+    owner = "(select relowner from pg_class where oid = %s)" % n.regclass("spans")
+    return Step("", when="%s and not has_schema_privilege(%s, %s, 'CREATE')"
+                % (layout.plain_spans, owner, quote_literal(n.schema)), table="spans",
+                detail="quote_ident(pg_get_userbyid(%s))" % owner, refuse=(
+                    "the partitioned %s.spans must be owned by the owner of the table it replaces, and that role "
+                    "may not create in schema %s: GRANT CREATE ON SCHEMA %s TO it, then rerun; the role: "
+                    % (n.schema, n.schema, quote(n.schema))))
+
+
+def _history_key_steps(n: Names, layout: Layout):
+    """The unique index the new primary key needs on the table that becomes
+    the history partition: the one scan that cannot be avoided, concurrently."""
+    index = HISTORY_PKEY
+    missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
+    return [
+        Step("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
+             when="%s and %s" % (layout.plain_spans, n.index_invalid(index)),
+             table="spans", lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
+        Step("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id, start_time)" % (quote(index), layout.spans),
+             when="%s and %s" % (layout.plain_spans, missing_or_invalid),
+             table="spans", lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+    ]
+
+
+def _cutoff_step(n: Names, layout: Layout) -> Step:
+    cutoff = "%s + interval '%d days'" % (_utc_midnight("greatest(now(), newest)"), MARGIN_DAYS)
+    add = ("ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %%L) NOT VALID"
+           % (layout.spans, quote(CUTOFF_CHECK)))
+    sql = "\n".join([
+        "DO $cutoff$",
+        "DECLARE newest timestamptz;",
+        "BEGIN",
+        "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % layout.spans,
+        "  newest := (%s);" % layout.newest_start_time(),
+        "  EXECUTE format(%s, %s);" % (quote_literal(add), cutoff),
+        "END",
+        "$cutoff$"])
+    return Step(sql, when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
+                table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+
+
+def _prepare_step(n: Names, layout: Layout) -> Step:
+    """The new partitioned table beside spans, empty, with its partitions and indexes (catalog only)."""
+    p = layout.parent
+    create_day = ("CREATE TABLE %%I.%%I PARTITION OF %s FOR VALUES FROM (%%L) TO (%%L)" % p)
+    day_name = "%s || to_char(day at time zone 'UTC', 'YYYYMMDD')" % quote_literal(LAYOUT.day_prefix)
+    lines = [
+        "DO $prepare$",
+        "DECLARE day timestamptz := %s; ix record; part regclass; owner_name text; g record;"
+        % layout.cutoff_of("spans"),
+        "BEGIN",
+        "  CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING GENERATED) "
+        "PARTITION BY RANGE (start_time);" % (p, layout.spans),
+        "  ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (id, start_time);" % (p, quote(NEW_PARENT + "_pkey")),
+    ]
+    # Every index of spans, the operator's too, on the new table (the unique ones were refused).
+    lines += [
+        "  FOR ix IN %s LOOP" % _indexes_of(n.regclass("spans")),
+        "    EXECUTE format('CREATE INDEX %%I ON %s', left(%s || ix.name, 63)) || ix.body;"
+        % (p.replace("'", "''"), quote_literal(NEW_PARENT + "_")),
+        "  END LOOP;",
+        "  CREATE TABLE %s PARTITION OF %s DEFAULT;" % (n.table(LAYOUT.default), p),
+        "  WHILE day <= %s + interval '%d days' LOOP" % (_utc_midnight("now()"), AHEAD_DAYS),
+        "    EXECUTE format(%s, %s, %s, day, day + interval '1 day');"
+        % (quote_literal(create_day), quote_literal(n.schema), day_name),
+        "    day := day + interval '1 day';",
+        "  END LOOP;",
+    ] + _same_owner_and_grants(n, layout) + [
+        "END",
+        "$prepare$"]
+    return Step("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)))
+
+
+def _indexes_of(table_regclass: str, without=()) -> str:
+    """SQL: (name, body) of the table's indexes but its primary key and `without`;
+    body is its definition from USING on (method, keys, INCLUDE, WHERE)."""
+    skip = "".join(" and c.relname <> %s" % quote_literal(name) for name in (HISTORY_PKEY,) + tuple(without))
+    return ("SELECT c.relname::text AS name, substring(pg_get_indexdef(x.indexrelid) from ' USING .*$') AS body "
+            "FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid WHERE x.indrelid = %s AND NOT x.indisprimary%s "
+            "ORDER BY 1" % (table_regclass, skip))
+
+
+def _same_owner_and_grants(n: Names, layout: Layout) -> list:
+    """The new table and its partitions get spans's owner and its table
+    privileges (the worker's INSERT and SELECT), so nothing changes for them."""
+    return [
+        "  owner_name := (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s);" % n.regclass("spans"),
+        "  FOR part IN SELECT %s UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = %s LOOP"
+        % (n.regclass(NEW_PARENT), n.regclass(NEW_PARENT)),
+        "    EXECUTE format('ALTER TABLE %s OWNER TO %I', part, owner_name);",
+        "  END LOOP;",
+        "  FOR g IN SELECT a.privilege_type, a.is_grantable, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+        "ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee",
+        "           FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = %s AND a.grantee <> c.relowner LOOP"
+        % n.regclass("spans"),
+        "    EXECUTE format('GRANT %%s ON %s TO %%s', g.privilege_type, g.grantee)" % layout.parent.replace("'", "''"),
+        "      || CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END;",
+        "  END LOOP;"]
+
+
+def _switch_step(n: Names, layout: Layout) -> Step:
+    """One transaction: the old table becomes the history partition of the new spans."""
+    spans, history, p = layout.spans, layout.history, layout.parent
+    attach = "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (MINVALUE) TO (%%L)" % (spans, history)
+    lines = [
+        "DO $switch$",
+        "DECLARE cutoff timestamptz := %s; id_sequence text; ix record;" % layout.cutoff_of("spans"),
+        "BEGIN",
+        "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
+        "  %s;" % n.record(revision, [("partitioning", "spans", "created")]),
+        "  id_sequence := pg_get_serial_sequence(%s, 'id');" % quote_literal(spans),
+    ]
+    lines += _rename_indexes(n, n.regclass("spans"), "'%s_' || ix.name" % LAYOUT.history)
+    lines += [
+        "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS spans_pkey;" % spans,
+        "  ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY USING INDEX %s;" % (spans, quote(HISTORY_PKEY), quote(HISTORY_PKEY)),
+        "  ALTER TABLE %s RENAME TO %s;" % (spans, quote(LAYOUT.history)),
+    ]
+    lines += _rename_indexes(n, n.regclass(NEW_PARENT), "substr(ix.name, %d)" % (len(NEW_PARENT) + 2))
+    lines += [
+        "  ALTER TABLE %s RENAME CONSTRAINT %s TO spans_pkey;" % (p, quote(NEW_PARENT + "_pkey")),
+        "  ALTER TABLE %s RENAME TO spans;" % p,
+        "  EXECUTE format(%s, cutoff);" % quote_literal(attach),
+        "  ALTER TABLE %s DROP CONSTRAINT %s;" % (history, quote(CUTOFF_CHECK)),
+        "  IF id_sequence IS NOT NULL THEN",
+        "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % spans.replace("'", "''"),
+        "  END IF;",
+        "END",
+        "$switch$"]
+    return Step("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+
+
+def _rename_indexes(n: Names, table_regclass: str, new_name: str, without=()) -> list:
+    """PL/pgSQL: rename each index of the table (but its primary key) to the SQL expression new_name over ix.name."""
+    return ["  FOR ix IN %s LOOP" % _indexes_of(table_regclass, without),
+            "    EXECUTE format('ALTER INDEX %%I.%%I RENAME TO %%I', %s, ix.name, left(%s, 63));"
+            % (quote_literal(n.schema), new_name),
+            "  END LOOP;"]
+
+
+def downgrade_steps(n: Names):
+    layout = Layout(n)
+    index, table, _ = TRACES_START_TIME
+    steps = [Step(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+             Step("DROP INDEX IF EXISTS %s" % n.table(index),
+                  when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
+                  table=table, lock=Lock.ACCESS_EXCLUSIVE)]
+    steps.append(_history_table_step(n, layout))
+    missing_or_invalid = "(%s is null or %s)" % (n.regclass(HISTORY_ID_KEY), n.index_invalid(HISTORY_ID_KEY))
+    steps += [
+        Step("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
+             when="%s and %s" % (layout.converted, n.index_invalid(HISTORY_ID_KEY)),
+             table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
+        Step("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id)" % (quote(HISTORY_ID_KEY), layout.history),
+             when="%s and %s" % (layout.converted, missing_or_invalid),
+             table=LAYOUT.history, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        _switch_back_step(n, layout),
+        _move_rows_step(n, layout),
+        _drop_emptied_parent_step(n, layout),
+        Step("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision))),
+    ]
+    return steps
+
+
+def _history_table_step(n: Names, layout: Layout) -> Step:
+    """The history partition may be gone (maintain dropped it when it left the
+    window): then an empty plain table takes its place, with its indexes."""
+    lines = ["DO $history$", "DECLARE ix record;", "BEGIN",
+             "  CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING GENERATED);"
+             % (layout.history, layout.spans),
+             "  FOR ix IN %s LOOP" % _indexes_of(n.regclass("spans")),
+             "    EXECUTE format('CREATE INDEX %%I ON %s', left(%s || ix.name, 63)) || ix.body;"
+             % (layout.history.replace("'", "''"), quote_literal(LAYOUT.history + "_")),
+             "  END LOOP;",
+             "END", "$history$"]
+    return Step("\n".join(lines), when="%s and %s is null" % (layout.converted, n.regclass(LAYOUT.history)))
+
+
+def _switch_back_step(n: Names, layout: Layout) -> Step:
+    """One transaction: the history table becomes the plain otel.spans again."""
+    spans, history = layout.spans, layout.history
+    is_partition = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
+                    % (n.regclass(LAYOUT.history), n.regclass("spans")))
+    lines = [
+        "DO $switch_back$",
+        "DECLARE id_sequence text := pg_get_serial_sequence(%s, 'id'); ix record;" % quote_literal(spans),
+        "BEGIN",
+        "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
+        "  IF %s THEN" % is_partition,
+        "    ALTER TABLE %s DETACH PARTITION %s;" % (spans, history),
+        "  END IF;",
+        "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s;" % (history, quote(HISTORY_PKEY)),
+    ]
+    lines += _rename_indexes(n, n.regclass("spans"), "'%s_' || ix.name" % NEW_PARENT)
+    lines += [
+        "  ALTER TABLE %s RENAME CONSTRAINT spans_pkey TO %s;" % (spans, quote(NEW_PARENT + "_pkey")),
+        "  ALTER TABLE %s RENAME TO %s;" % (spans, quote(NEW_PARENT)),
+        "  ALTER TABLE %s RENAME TO spans;" % history,
+    ]
+    lines += _rename_indexes(n, n.regclass("spans"), "substr(ix.name, %d)" % (len(LAYOUT.history) + 2),
+                             without=(HISTORY_ID_KEY,))
+    lines += [
+        "  ALTER TABLE %s ADD CONSTRAINT spans_pkey PRIMARY KEY USING INDEX %s;" % (spans, quote(HISTORY_ID_KEY)),
+        "  IF id_sequence IS NOT NULL THEN",
+        "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % spans.replace("'", "''"),
+        "  END IF;",
+        "END",
+        "$switch_back$"]
+    return Step("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+
+
+def _drop_emptied_parent_step(n: Names, layout: Layout) -> Step:
+    """The partitioned table the rows were moved out of, with its partitions; never one that holds a row."""
+    sql = "\n".join([
+        "DO $drop$",
+        "BEGIN",
+        "  IF EXISTS (SELECT 1 FROM %s) THEN" % layout.parent,
+        "    RAISE EXCEPTION 'otelmig: %s still holds rows: rerun the downgrade to move them';"
+        % layout.parent.replace("'", "''"),
+        "  END IF;",
+        "  DROP TABLE %s;" % layout.parent,
+        "END",
+        "$drop$"])
+    return Step(sql, when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE)
+
+
+def _move_rows_step(n: Names, layout: Layout) -> Step:
+    """Rows of the later partitions back into otel.spans, BATCH_ROWS per
+    transaction (COMMIT inside DO: it runs outside the revision's transaction
+    when there are rows), so no long transaction holds them and a rerun goes on
+    where an interrupted run stopped."""
+    move = ("WITH moved AS (DELETE FROM %%1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %%1$s LIMIT %d)) "
+            "RETURNING %%2$s) INSERT INTO %s (%%2$s) SELECT %%2$s FROM moved" % (BATCH_ROWS, layout.spans))
+    lines = [
+        "DO $move$",
+        "DECLARE partitions regclass[]; part regclass; moved bigint; total bigint := 0; columns text;",
+        "BEGIN",
+        "  SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
+        "    WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass("spans"),
+        "  SELECT array_agg(inhrelid::regclass ORDER BY inhrelid) INTO partitions FROM pg_inherits",
+        "    WHERE inhparent = %s;" % n.regclass(NEW_PARENT),
+        "  FOREACH part IN ARRAY coalesce(partitions, '{}') LOOP",
+        "    LOOP",
+        "      EXECUTE format(%s, part, columns);" % quote_literal(move),
+        "      GET DIAGNOSTICS moved = ROW_COUNT;",
+        "      EXIT WHEN moved = 0;",
+        "      total := total + moved;",
+        "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % layout.spans.replace("'", "''"),
+        "      COMMIT;",
+        "    END LOOP;",
+        "  END LOOP;",
+        "END",
+        "$move$"]
+    return Step("\n".join(lines), when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT,
+                lock=Lock.ROW_EXCLUSIVE, effect=Effect.WRITES_ROWS, concurrent=True)
+
+
+def upgrade():
+    migration_api.run(upgrade_steps)
+
+
+def downgrade():
+    migration_api.run(downgrade_steps)
