@@ -157,6 +157,8 @@ def run_ours(cluster, database, argv, env, args, traces, seed, column) -> dict:
         log("FAILED: %s" % out["failed"])
     out.update(load_figures(writer, reader, monitor, up_start, up_end))
     out.update(rows_after(cluster, database, writer))
+    # otelmig's fixed cost: the same command again, with nothing left to do.
+    out["noop_wall"] = common.run_measured(argv, env=env, timeout=600).wall if result.code == 0 else float("nan")
     out["layout"] = common.sql(cluster, database, """
         select (select relkind::text from pg_class where oid = 'otel.spans'::regclass),
                (select count(*) from pg_inherits where inhparent = 'otel.spans'::regclass),
@@ -335,6 +337,7 @@ def report(args, pyz, head, stand_in, operation, version, data, statements, roun
     row("reader: median read during", [x["reader"]["median_ms"] for x in ours], "%.1f ms")
     row("reader: reads during", [x["reader"]["n"] for x in ours], "%d")
     row("reader: failed reads", [x["reader_failed"] for x in ours], "%d", "0", lambda v: max(v) == 0)
+    row("otelmig's fixed cost: the same upgrade again, nothing to do", [x["noop_wall"] for x in ours], "%.2f s")
     row("otelmig upgrade peak RSS", [x["rss_mib"] for x in ours], "%.1f MiB")
     print()
     for i, x in enumerate(ours):
