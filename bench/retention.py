@@ -264,10 +264,12 @@ def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
     during = [s[1] for s in writer.samples if op_start <= s[0] < op_end]
     present = common.sql(cluster, database, writer_rows)[0][0] - present_before
     return {
-        "wall": result.wall, "out": result.out[-6000:], "psql_times": [float(t) / 1e3 for t in
+        "wall": result.wall, "out": result.out[-6000:], "err": result.err[-6000:], "psql_times": [float(t) / 1e3 for t in
                                                                       re.findall(r"^Time: ([\d.]+) ms", result.out, re.M)],
         "wal_bytes": wal, "before": before, "after": after,
         # Every statement of otelmig's session (log_min_duration_statement = 0 on the maintain copy).
+        "otelmig_statements": [(ms, text) for app, ms, text in adopt.parse_log(server_log.since_mark())["durations"]
+                               if app.startswith("otelmig")],
         "otelmig_statements_s": sum(ms for app, ms, _ in adopt.parse_log(server_log.since_mark())["durations"]
                                     if app.startswith("otelmig")) / 1e3,
         "writer": {"n": len(during), "worst_ms": max(during) * 1e3 if during else float("nan"),
@@ -374,6 +376,9 @@ def main():
                     results[key] = run_under_writer(cluster, db, argv, env, args, edge)
                     results[key]["argv"] = " ".join("python3" if a == python else a for a in argv)
                     log("round %d: %s took %.2fs" % (i + 1, key, results[key]["wall"]))
+                    if key == "maintain" and not stand_in_maintain:
+                        # Its fixed cost: the same command again, with nothing left to drop.
+                        results[key]["noop_wall"] = common.run_measured(argv, env=env).wall
                     if key == "delete":
                         # What the DELETE leaves to do: VACUUM (index cleanup, free space), same writer.
                         results["vacuum"] = run_under_writer(
@@ -457,6 +462,8 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
         cell(col(k, lambda x: sum(x["psql_times"])), "%.3f s") if all(r["results"][k]["psql_times"] for r in rounds)
         else "-" for k in ("maintain", "delete", "vacuum")))
     if not stand_in_maintain:
+        print("| otelmig maintain again, nothing to do (its fixed cost) | %s | | |"
+              % cell(col("maintain", lambda x: x["noop_wall"]), "%.3f s"))
         print("| otelmig's statements, server time (log_min_duration_statement = 0, summed) | %s | | |"
               % cell(col("maintain", lambda x: x["otelmig_statements_s"]), "%.3f s"))
     print("| DELETE FROM otel.spans alone (psql \\timing) | | %s | |" % cell(delete_spans, "%.3f s"))
@@ -477,7 +484,17 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
                                                             "yes" if max(worst) <= 250 else "**NO**"))
     lost = [x["writer_lost"] for r in rounds for x in r["results"].values()]
     print("| no insert lost (any operation) | %d | %s |" % (max(lost), "yes" if max(lost) == 0 else "**NO**"))
-    print("\n### what maintain printed (last round)\n\n```\n%s\n```" % rounds[-1]["results"]["maintain"]["out"].strip())
+    last = rounds[-1]["results"]["maintain"]
+    print("\n### what maintain printed (last round)\n\n```\n%s\n```" % last["out"].strip())
+    if last["err"].strip():
+        print("\nstderr:\n\n```\n%s\n```" % last["err"].strip())
+    if not stand_in_maintain:
+        statements = rounds[-1]["results"]["maintain"]["otelmig_statements"]
+        print("\n### maintain's statements over 5 ms (server log, last round; %d statements, %.3f s in all)\n"
+              % (len(statements), sum(ms for ms, _ in statements) / 1e3))
+        for ms, text in statements:
+            if ms > 5:
+                print("- %.0f ms: `%s`" % (ms, text[:120]))
     for key in ("maintain", "delete", "vacuum"):
         print("\n### %s: the slowest inserts (> %d ms)\n" % (key, adopt.STALL_MS))
         for i, r in enumerate(rounds):
