@@ -245,10 +245,12 @@ def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
     lsn_before = common.sql(cluster, database, "select pg_current_wal_lsn()::text")[0][0]
     server_log.mark()
     op_start = time.perf_counter() - origin
+    epoch_start = time.time()
     try:
         result = common.run_measured(argv, env=env, timeout=args.timeout, check=False)
     finally:
         op_end = time.perf_counter() - origin
+        epoch_end = time.time()
         wal = common.sql(cluster, database, "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint",
                          (lsn_before,))[0][0]
         time.sleep(args.post_seconds)
@@ -268,10 +270,11 @@ def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
                                                                       re.findall(r"^Time: ([\d.]+) ms", result.out, re.M)],
         "wal_bytes": wal, "before": before, "after": after,
         # Every statement of otelmig's session (log_min_duration_statement = 0 on the maintain copy).
+        "otelmig_timeline": timeline(server_log.since_mark(), epoch_start, epoch_end),
         "otelmig_statements": [(ms, text) for app, ms, text in adopt.parse_log(server_log.since_mark())["durations"]
-                               if app.startswith("otelmig")],
+                               if app == "otelmig"],
         "otelmig_statements_s": sum(ms for app, ms, _ in adopt.parse_log(server_log.since_mark())["durations"]
-                                    if app.startswith("otelmig")) / 1e3,
+                                    if app == "otelmig") / 1e3,
         "writer": {"n": len(during), "worst_ms": max(during) * 1e3 if during else float("nan"),
                    "p99_ms": common.percentile(during, 99) * 1e3, "median_ms": common.median(during) * 1e3},
         "writer_attempted": len(writer.samples), "writer_present": present,
@@ -279,6 +282,28 @@ def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
         "writer_errors": sum(len(s[4]) for s in writer.samples),
         "stalls": adopt.explain_stalls(writer.samples, monitor.samples, op_start),
     }
+
+
+def timeline(log_text: str, epoch_start: float, epoch_end: float) -> dict:
+    """Where otelmig's wall time went, from the server log's timestamps (%m) of its statements:
+    before the first one (start-up, imports, connecting), between the first and the last, after the last;
+    and the largest gaps between one statement's end and the next one's."""
+    ends = []
+    for line in log_text.splitlines():
+        match = re.match(r"^(\S+ \S+) UTC \[\d+\] (\S*): LOG:  duration: ([\d.]+) ms  (?:statement|execute [^:]*): ?(.*)",
+                         line)
+        if match and match.group(2) == "otelmig":
+            at = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            ends.append((at, float(match.group(3)) / 1e3, match.group(4)[:100]))
+    if not ends:
+        return {}
+    starts = [(at - seconds, at, text) for at, seconds, text in ends]
+    gaps = sorted(((b[0] - a[1], b[2]) for a, b in zip(starts, starts[1:])), reverse=True)[:5]
+    return {"before_first_s": starts[0][0] - epoch_start, "first_to_last_s": starts[-1][1] - starts[0][0],
+            "after_last_s": epoch_end - starts[-1][1], "statements": len(starts),
+            "in_statements_s": sum(seconds for _, seconds, _ in ends),
+            "largest_gaps": [(round(g, 3), text) for g, text in gaps]}
 
 
 def stand_in_maintain_script(path, cluster, database, edge) -> None:
@@ -495,6 +520,18 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
         for ms, text in statements:
             if ms > 5:
                 print("- %.0f ms: `%s`" % (ms, text[:120]))
+        print("\n### where maintain's wall time went (server log timestamps; median over rounds)\n")
+        tl = col("maintain", lambda x: x["otelmig_timeline"])
+        if all(tl):
+            print("| before its first statement (start-up, imports, connecting) | %s |\n|---|---:|"
+                  % cell([t["before_first_s"] for t in tl], "%.3f s"))
+            print("| first to last statement | %s |" % cell([t["first_to_last_s"] for t in tl], "%.3f s"))
+            print("| of which inside the server (statements' durations) | %s |"
+                  % cell([t["in_statements_s"] for t in tl], "%.3f s"))
+            print("| after its last statement (exit) | %s |" % cell([t["after_last_s"] for t in tl], "%.3f s"))
+            print("| statements | %s |" % cell([t["statements"] for t in tl], "%d"))
+            print("\nlargest gaps between statements, last round: %s" % "; ".join(
+                "%.0f ms before `%s`" % (g * 1e3, text[:60]) for g, text in tl[-1]["largest_gaps"]))
     for key in ("maintain", "delete", "vacuum"):
         print("\n### %s: the slowest inserts (> %d ms)\n" % (key, adopt.STALL_MS))
         for i, r in enumerate(rounds):
