@@ -8,17 +8,20 @@
 # PostgreSQL in LIST, one cluster per major, one after another: a name from
 # tools/pgbin.py (13, 14, 15, 16, 17, 18, 18-minimal), a comma list, `all` or
 # `others` (all but the default 15). Fails if any of them fails.
-#   ./test.sh --pg 17 -k verify      ./test.sh --pg all -q
+# --pg-jobs N runs N majors at once (default 1).
+#   ./test.sh --pg 17 -k verify      ./test.sh --pg all -q      ./test.sh --pg others --pg-jobs 2
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 
 pg=""
+pg_jobs=1
 pytest_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --pg) pg=${2:?"--pg needs a PostgreSQL: 17, 18-minimal, all, others or a comma list"}; shift 2 ;;
         --pg=*) pg=${1#--pg=}; shift ;;
+        --pg-jobs) pg_jobs=${2:?"--pg-jobs needs a number"}; shift 2 ;;
         *) pytest_args+=("$1"); shift ;;
     esac
 done
@@ -42,21 +45,48 @@ if [ -n "${OTELMIG_TEST_URL:-}" ]; then
 fi
 read -r -a majors <<< "$(.venv/bin/python tools/pgbin.py names "$pg")"
 .venv/bin/python tools/pgbin.py fetch "${majors[@]}" >/dev/null  # downloads are not part of any major's time
-summary=()
-failed=0
-for major in "${majors[@]}"; do
-    echo "=== PostgreSQL $major: database-facing tests ==="
-    log=$(mktemp)
+# One major's run, its output in $logs/$major.log and its summary line in $logs/$major.summary.
+run_major() {
+    local major=$1 log="$logs/$1.log" started rc outcome
     started=$(date +%s)
     set +e
-    OTELMIG_TEST_PG=$major .venv/bin/python -m pytest -m db "${pytest_args[@]}" 2>&1 | tee "$log"
-    rc=${PIPESTATUS[0]}
+    # its own --basetemp: two sessions at once must not share (or clean up) each other's tmp_path
+    OTELMIG_TEST_PG=$major .venv/bin/python -m pytest -m db --basetemp "$logs/$major.tmp" "${pytest_args[@]}" \
+        >"$log" 2>&1
+    rc=$?
     set -e
     outcome=$(grep -E '(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s' "$log" | tail -1 \
         | sed -E 's/^=+ //; s/ =+$//')
-    rm -f "$log"
-    summary+=("PostgreSQL $major: exit $rc, $(( $(date +%s) - started ))s wall, ${outcome:-no pytest summary}")
-    [ "$rc" -eq 0 ] || failed=1
+    echo "PostgreSQL $major: exit $rc, $(( $(date +%s) - started ))s wall, ${outcome:-no pytest summary}" \
+        >"$logs/$major.summary"
+    return "$rc"
+}
+
+# --pg-jobs N (default 1) runs N majors at once, each on its own cluster and
+# port: on 2 cores two sessions overlap one's subprocess start-ups with the
+# other's server work (CI uses 2). Each major's output is printed whole when
+# it ends, in the order they end.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+failed=0
+running=0
+for major in "${majors[@]}"; do
+    if [ "$running" -ge "$pg_jobs" ]; then
+        wait -n || failed=1
+        running=$((running - 1))
+    fi
+    ( rc=0; run_major "$major" || rc=$?
+      echo "=== PostgreSQL $major: database-facing tests ==="; cat "$logs/$major.log"
+      exit "$rc" ) &
+    running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do
+    wait -n || failed=1
+    running=$((running - 1))
+done
+summary=()
+for major in "${majors[@]}"; do
+    summary+=("$(cat "$logs/$major.summary" 2>/dev/null || echo "PostgreSQL $major: no result")")
 done
 echo "=== per major ==="
 printf '%s\n' "${summary[@]}"

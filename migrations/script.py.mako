@@ -4,8 +4,9 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Write the revision as Steps (otelmig/ddl.py): each with the catalog condition
-under which it applies, the lock it takes (ddl.Lock), what it does to the table
+Write the revision as steps (otelmig/ddl.py: Statement, Concurrent,
+PerPartition, Refusal): each with the catalog condition under which it
+applies, the lock it takes (ddl.Lock), what it does to the table
 (ddl.Effect) and, for a refusal, the flag that lifts it (ddl.Guard), so that
 online runs, `--sql` and `plan` make the same decisions. If it changes the head contract, update
 otelmig/schema.py and docs/schema.md. Nothing else: otelmig/revisions.py reads
@@ -13,7 +14,7 @@ the new head from this file's `revision` and `down_revision` lines (keep each
 on one line, as written here).
 """
 
-from otelmig.ddl import Names, Step
+from otelmig.ddl import Concurrent, SchemaSQL, Refusal, Statement  # noqa: F401  (the step types)
 from otelmig import migration_api
 
 revision = ${repr(up_revision)}
@@ -22,11 +23,11 @@ branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 
 
-def upgrade_steps(n: Names):
+def upgrade_steps(n: SchemaSQL):
     return []
 
 
-def downgrade_steps(n: Names):
+def downgrade_steps(n: SchemaSQL):
     return []
 
 

@@ -1,19 +1,22 @@
 """Steps: the unit a revision is written in.
 
-A revision lists its work as Steps: a statement, the catalog condition under
-which it applies (SQL, so the same decision is made online, in the offline
---sql script and in `plan`), and what it costs (lock level, effect). One list
-therefore drives all three modes, and they cannot disagree: `decide` is the
-one place that turns a step and the live catalog into statements to run, a
-refusal, or nothing.
+A revision lists its work as steps of four types: a Statement (in the
+revision's transaction), a Concurrent statement (outside it when its table
+holds rows: index builds, validations, batched moves), a PerPartition
+statement, and a Refusal. Each carries the catalog condition under which it
+applies (SQL, so the same decision is made online, in the offline --sql
+script and in `plan`) and what it costs (Lock, Effect). One list therefore
+drives all three modes, and they cannot disagree: `decide` is the one place
+that turns a step and the live catalog into statements to run, a refusal, or
+nothing; offline.py renders each type as SQL that decides the same.
 
 Conditions are plain catalog SQL. Two things cannot be plain SQL and have
 their own fields, which each mode renders the same way:
-- row_checks: "does a column that may not exist hold data" needs the query
-  text to be parsed only when the column exists (online: two queries; offline:
-  EXECUTE in a DO block). No server feature beyond plpgsql is needed.
-- for_each: a statement per partition of a partitioned table; the partitions
-  are read from the catalog when the step runs (offline: psql's \\gexec).
+- Refusal.row_checks: "does a column that may not exist hold data" needs the
+  query text to be parsed only when the column exists (online: two queries;
+  offline: EXECUTE in a DO block). No server feature beyond plpgsql is needed.
+- PerPartition.for_each: the partitions are read from the catalog when the
+  step runs (offline: psql's \\gexec).
 
 Online, conditions are evaluated just before each step runs, so a rerun after
 an interruption skips what is already done.
@@ -23,7 +26,7 @@ import contextlib
 import enum
 import os
 import signal
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 from otelmig.db import quote_ident, quote_literal
 from otelmig.errors import RefusedError
@@ -78,26 +81,71 @@ class RowCheck(NamedTuple):
     when: str  # SQL boolean: the column exists (and would be dropped)
 
 
-class Step(NamedTuple):
-    sql: str                      # may hold {concurrently}, and with for_each {partition}, {partition_index}
+class Statement(NamedTuple):
+    """One statement, in the revision's transaction, when `when` holds."""
+    sql: str
     when: Optional[str] = None    # SQL boolean; None: always
     table: Optional[str] = None   # the table it locks, unqualified
     lock: Lock = Lock.NONE        # the lock it takes on `table`
     effect: Effect = Effect.CATALOG_ONLY
-    concurrent: bool = False      # index DDL: CONCURRENTLY, outside the transaction, when the table has rows
-    refuse: Optional[str] = None  # a guard: when `when` holds, refuse (exit 8) with this message + detail
-    detail: Optional[str] = None  # SQL text expression appended to the refusal message
+    label: Optional[str] = None   # what a long statement (a DO block) does, for people: plan's text shows it
+
+
+class Concurrent(NamedTuple):
+    """One statement that runs outside the revision's transaction when its
+    table holds rows (CONCURRENTLY where the sql has the placeholder), and in
+    the transaction, plainly, on an empty table: index builds and drops,
+    constraint validation, batched moves that commit as they go."""
+    sql: str                      # may hold {concurrently}
+    when: Optional[str] = None
+    table: Optional[str] = None
+    lock: Lock = Lock.NONE        # the lock it takes when it runs in the transaction
+    effect: Effect = Effect.CATALOG_ONLY
+    label: Optional[str] = None
+
+
+class PerPartition(NamedTuple):
+    """One statement per leaf partition that `for_each` lists when the step runs."""
+    sql: str                      # holds {partition}, {partition_index}, {partition_index_name}, maybe {concurrently}
+    for_each: str                 # SQL returning (partition, index name, qualified index, display)
+    when: Optional[str] = None
+    table: Optional[str] = None
+    lock: Lock = Lock.NONE
+    effect: Effect = Effect.CATALOG_ONLY
+    concurrent: bool = False      # as Concurrent, partition by partition
+    label: Optional[str] = None
+
+
+class Refusal(NamedTuple):
+    """Stop (exit 8) with `message` when `when` holds (and, with row checks,
+    when one finds rows); the detail and the counts are appended."""
+    message: str
+    when: Optional[str] = None
+    table: Optional[str] = None
+    detail: Optional[str] = None  # SQL text expression appended to the message
     guard: Guard = Guard.NONE     # Guard.DATA_LOSS: lifted by --allow-data-loss
-    row_checks: Tuple[RowCheck, ...] = ()  # a refusal that holds when any check finds rows
-    for_each: Optional[str] = None  # SQL returning (partition, index name, qualified index, display): one statement each
+    row_checks: Tuple[RowCheck, ...] = ()
 
-    def statement(self, concurrently: bool) -> str:
-        return self.sql.replace(CONCURRENTLY, "CONCURRENTLY " if concurrently else "")
 
-    def lock_taken(self, concurrently: bool) -> Lock:
-        if self.concurrent and concurrently:
-            return Lock.SHARE_UPDATE_EXCLUSIVE
-        return self.lock
+Step = Union[Statement, Concurrent, PerPartition, Refusal]
+
+
+def runs_outside(step: Step) -> bool:
+    """Whether the step leaves the revision's transaction (when its table holds rows)."""
+    return isinstance(step, Concurrent) or (isinstance(step, PerPartition) and step.concurrent)
+
+
+def sql_of(step: Step, concurrently: bool) -> str:
+    return step.sql.replace(CONCURRENTLY, "CONCURRENTLY " if concurrently else "")
+
+
+def lock_taken(step: Step, concurrently: bool) -> Lock:
+    """A concurrent build or validation takes SHARE UPDATE EXCLUSIVE, whatever it would take in a transaction."""
+    return Lock.SHARE_UPDATE_EXCLUSIVE if concurrently else step.lock
+
+
+def is_lifted(step: Refusal, allow_data_loss: bool) -> bool:
+    return step.guard == Guard.DATA_LOSS and allow_data_loss
 
 
 class Planned(NamedTuple):
@@ -114,51 +162,34 @@ class Decision(NamedTuple):
     lifted: bool = False           # a refusal that --allow-data-loss lifted
 
 
-class StepKind(enum.Enum):
-    """What a step is, whichever mode runs it: decide() evaluates each kind
-    against the live catalog, offline.py renders each kind as SQL."""
-    STATEMENT = "statement"          # one statement (concurrent: outside the transaction)
-    PER_PARTITION = "per partition"  # for_each: one statement per partition the catalog lists
-    REFUSAL = "refusal"              # stop (exit 8) when `when` holds (and a row check finds rows)
-    LIFTED = "lifted refusal"        # a data-loss refusal that --allow-data-loss lifts: nothing stops
-
-
-def kind_of(step: "Step", allow_data_loss: bool = False) -> StepKind:
-    """The one classification of a step; a refusal wins over everything else."""
-    if step.refuse:
-        return StepKind.LIFTED if step.guard == Guard.DATA_LOSS and allow_data_loss else StepKind.REFUSAL
-    return StepKind.PER_PARTITION if step.for_each else StepKind.STATEMENT
-
-
 class Catalog(NamedTuple):
     """How a mode asks the database: scalar(sql) -> first value, rows(sql) -> all rows."""
     scalar: Callable
     rows: Callable
 
 
-def decide(step: Step, names: "Names", ask: Catalog, allow_data_loss: bool = False) -> Decision:
-    """The one decision, made the same way online and in plan; offline.py renders each
-    kind_of(step) as SQL that decides the same (tests/test_revision_kit.py runs both)."""
+def decide(step: Step, names: "SchemaSQL", ask: Catalog, allow_data_loss: bool = False) -> Decision:
+    """The one decision, made the same way online and in plan; offline.py renders
+    each type of step as SQL that decides the same (tests/test_revision_kit.py runs both)."""
     if step.when is not None and not ask.scalar("select " + step.when):
         return Decision([])
-    kind = kind_of(step, allow_data_loss)
-    if kind in (StepKind.REFUSAL, StepKind.LIFTED):
-        return _decide_refusal(step, names, ask, lifted=kind is StepKind.LIFTED)
-    if kind is StepKind.PER_PARTITION:
+    if isinstance(step, Refusal):
+        return _decide_refusal(step, names, ask, lifted=is_lifted(step, allow_data_loss))
+    if isinstance(step, PerPartition):
         statements = []
         for partition, index_name, index, display in ask.rows(step.for_each):
             concurrently = bool(step.concurrent and has_rows_in(ask.scalar, partition))
-            sql = fill_partition(step.statement(concurrently), partition, index_name, index)
+            sql = fill_partition(sql_of(step, concurrently), partition, index_name, index)
             statements.append(Planned(sql, concurrently, partition, display))
         return Decision(statements)
     qualified = names.table(step.table) if step.table else None
-    concurrently = bool(step.concurrent and ask.scalar("select " + names.table_exists(step.table))
+    concurrently = bool(isinstance(step, Concurrent) and ask.scalar("select " + names.table_exists(step.table))
                         and has_rows_in(ask.scalar, qualified))
     display = "%s.%s" % (names.schema, step.table) if step.table else None
-    return Decision([Planned(step.statement(concurrently), concurrently, qualified, display)])
+    return Decision([Planned(sql_of(step, concurrently), concurrently, qualified, display)])
 
 
-def _decide_refusal(step: Step, names: "Names", ask: Catalog, lifted: bool) -> Decision:
+def _decide_refusal(step: Refusal, names: "SchemaSQL", ask: Catalog, lifted: bool) -> Decision:
     detail = ask.scalar("select " + step.detail) if step.detail else ""
     if step.row_checks:
         found = [(check, rows_matching(ask.scalar, names, check)) for check in step.row_checks]
@@ -166,16 +197,14 @@ def _decide_refusal(step: Step, names: "Names", ask: Catalog, lifted: bool) -> D
                             for check, count in found if count)
         if not detail:
             return Decision([])
-    if lifted:
-        return Decision([], step.refuse + (detail or ""), lifted=True)
-    return Decision([], step.refuse + (detail or ""))
+    return Decision([], step.message + (detail or ""), lifted=lifted)
 
 
 def fill_partition(sql: str, partition: str, index_name: str, index: str) -> str:
     return sql.replace(PARTITION_INDEX_NAME, index_name).replace(PARTITION_INDEX, index).replace(PARTITION, partition)
 
 
-def rows_matching(scalar: Callable, names: "Names", check: RowCheck) -> int:
+def rows_matching(scalar: Callable, names: "SchemaSQL", check: RowCheck) -> int:
     """Rows where check.predicate holds; 0 when check.when does not (the column may be absent).
     Stops at the first row unless there is one: counting then names the amount."""
     if not scalar("select " + check.when):
@@ -200,8 +229,9 @@ RECORD_DDL = """CREATE TABLE IF NOT EXISTS {record} (
 )"""
 
 
-class Names:
-    """Builds SQL text for one target schema: names (always quoted) and catalog conditions."""
+class SchemaSQL:
+    """SQL text for one target schema: its objects' names (always quoted), the
+    catalog conditions steps are written with, and the record's statements."""
 
     def __init__(self, schema: str):
         from otelmig.settings import validate_schema
@@ -309,7 +339,7 @@ class Names:
 
 # -- step builders revisions share --
 
-def index_steps(n: "Names", revision: str, index: str, table: str, keys: str):
+def index_steps(n: "SchemaSQL", revision: str, index: str, table: str, keys: str):
     """A plain table: build concurrently (when it has rows). A partitioned one:
     the index ON ONLY the parent (catalog only), then one built on each leaf
     partition (concurrently when it has rows) and attached; the parent index is
@@ -318,25 +348,25 @@ def index_steps(n: "Names", revision: str, index: str, table: str, keys: str):
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
     return [
         # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
-        Step(n.record(revision, [("index", index, "found")]),
-             when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
-        Step(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
-        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
-             when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
-        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote_ident(index), n.table(table), keys),
-             when="%s and not %s" % (missing_or_invalid, partitioned),
-             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
-        Step("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote_ident(index), n.table(table), keys),
-             when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE),
-        Step("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
-             when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
-             table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
-        Step("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
-             when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
-             table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
-        Step("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
-             when=partitioned, for_each=n.partitions_without(table, index, "any"),
-             table=table, lock=Lock.ACCESS_EXCLUSIVE),
+        Statement(n.record(revision, [("index", index, "found")]),
+                  when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
+        Statement(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
+        Concurrent("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
+                   when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE),
+        Concurrent("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote_ident(index), n.table(table), keys),
+                   when="%s and not %s" % (missing_or_invalid, partitioned),
+                   table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+        Statement("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote_ident(index), n.table(table), keys),
+                  when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE),
+        PerPartition("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
+                     when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
+                     table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
+        PerPartition("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
+                     when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
+                     table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        PerPartition("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
+                     when=partitioned, for_each=n.partitions_without(table, index, "any"),
+                     table=table, lock=Lock.ACCESS_EXCLUSIVE),
     ]
 
 
@@ -351,7 +381,7 @@ class OnlineRunner:
     wraps a concurrent index build (progress on stderr).
     """
 
-    def __init__(self, exec_scalar: Callable, execute: Callable, outside: Callable, names: Names,
+    def __init__(self, exec_scalar: Callable, execute: Callable, outside: Callable, names: SchemaSQL,
                  allow_data_loss: bool = False, log: Callable = lambda line: None,
                  watch: Callable = contextlib.nullcontext, exec_rows: Optional[Callable] = None):
         self.ask = Catalog(exec_scalar, exec_rows or (lambda sql: []))

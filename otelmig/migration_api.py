@@ -10,7 +10,7 @@ import os
 
 from alembic import context, op
 
-from otelmig.ddl import Names, OnlineRunner
+from otelmig.ddl import SchemaSQL, OnlineRunner
 from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA
 
 
@@ -44,7 +44,7 @@ def outside_transaction(bind):
 
 def run(steps_for) -> None:
     attrs = context.config.attributes
-    names = Names(attrs.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
+    names = SchemaSQL(attrs.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
     bind = op.get_bind()
     runner = OnlineRunner(
         exec_scalar=lambda sql: bind.exec_driver_sql(sql).scalar(),

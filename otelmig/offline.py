@@ -10,7 +10,8 @@ for `psql -v ON_ERROR_STOP=1 -f`.
 
 from otelmig import db
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
-from otelmig.ddl import PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Names, RowCheck, Step, StepKind, kind_of
+from otelmig.ddl import (PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Concurrent, SchemaSQL, PerPartition, Refusal,
+                         RowCheck, Step, is_lifted, runs_outside, sql_of)
 from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
 from otelmig.scripts import lock_timeout_ms, resolve_revision, revisions_between
@@ -28,7 +29,7 @@ def upgrade_sql(settings, out, revision: str = "head") -> int:
                          % (revision, revision))
     scripts = revisions_between(settings, None, target)
     newer = [s.revision for s in revisions_between(settings, target, HEAD_REVISION)]
-    names = Names(settings.schema)
+    names = SchemaSQL(settings.schema)
     out.write(_header(settings, "upgrade to %s" % target, scripts))
     out.write(_guards(names, newer))
     for script in scripts:
@@ -42,7 +43,7 @@ def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -
     """Offline there is no current revision to read: the script starts from the head."""
     target = resolve_revision(settings, revision, HEAD_REVISION)
     scripts = list(reversed(revisions_between(settings, target, HEAD_REVISION)))
-    names = Names(settings.schema)
+    names = SchemaSQL(settings.schema)
     out.write(_header(settings, "downgrade from %s to %s" % (HEAD_REVISION, target or "base"), scripts))
     out.write(_guards(names, []))
     for script in scripts:
@@ -76,7 +77,7 @@ def _set_lock_timeout(settings) -> str:
     return "SET lock_timeout = '%dms';" % lock_timeout_ms(settings)
 
 
-def _guards(names: Names, newer_known) -> str:
+def _guards(names: SchemaSQL, newer_known) -> str:
     """Stop before changing anything: another otelmig at work, or a database
     at a revision this script would rewind (unknown, or newer than its target)."""
     keys = lock_keys(names.schema)
@@ -96,14 +97,13 @@ def _guards(names: Names, newer_known) -> str:
     return lock + version
 
 
-def render_steps(steps, settings, names: Names, allow_data_loss: bool) -> str:
-    """The steps as a psql script: each classified by ddl.kind_of, as decide() does online."""
+def render_steps(steps, settings, names: SchemaSQL, allow_data_loss: bool) -> str:
+    """The steps as a psql script: each type rendered as SQL that decides as ddl.decide() does online."""
     parts, in_transaction, unbounded = [], False, False
     for step in steps:
-        kind = kind_of(step, allow_data_loss)
-        if kind is StepKind.LIFTED:
+        if isinstance(step, Refusal) and is_lifted(step, allow_data_loss):
             continue
-        outside = step.concurrent and kind is not StepKind.REFUSAL
+        outside = runs_outside(step)
         if outside and in_transaction:
             parts.append("COMMIT;\n")
             in_transaction = False
@@ -117,7 +117,7 @@ def render_steps(steps, settings, names: Names, allow_data_loss: bool) -> str:
         if not outside and not in_transaction:
             parts.append("BEGIN;\n")
             in_transaction = True
-        parts.append(_render_step(step, kind, names))
+        parts.append(_render_step(step, names))
     if in_transaction:
         parts.append("COMMIT;\n")
     if unbounded:
@@ -125,15 +125,16 @@ def render_steps(steps, settings, names: Names, allow_data_loss: bool) -> str:
     return "".join(parts)
 
 
-def _render_step(step: Step, kind: StepKind, names: Names) -> str:
+def _render_step(step: Step, names: SchemaSQL) -> str:
     """Online, a concurrent step runs CONCURRENTLY when its table holds rows;
     a script cannot know, and CONCURRENTLY is right on an empty table too."""
-    if kind is StepKind.REFUSAL:
+    if isinstance(step, Refusal):
         return _render_refusal(step, names)
-    if kind is StepKind.PER_PARTITION:
+    if isinstance(step, PerPartition):
         return _render_for_each(step)
-    statement = step.statement(concurrently=step.concurrent)
-    if step.concurrent:
+    concurrent = isinstance(step, Concurrent)
+    statement = sql_of(step, concurrently=concurrent)
+    if concurrent:
         if step.when is None:
             return statement + ";\n"
         return "SELECT %s WHERE %s\n\\gexec\n" % (db.quote_literal(statement), step.when)
@@ -143,9 +144,9 @@ def _render_step(step: Step, kind: StepKind, names: Names) -> str:
             % (DOLLAR, step.when, db.quote_literal(statement), DOLLAR))
 
 
-def _render_for_each(step: Step) -> str:
+def _render_for_each(step: PerPartition) -> str:
     """One statement per partition the catalog lists when psql gets here (\\gexec runs each row)."""
-    statement = db.quote_literal(step.statement(concurrently=step.concurrent))
+    statement = db.quote_literal(sql_of(step, concurrently=step.concurrent))
     filled = "replace(replace(replace(%s, %s, q.index_name), %s, q.index), %s, q.partition)" % (
         statement, db.quote_literal(PARTITION_INDEX_NAME), db.quote_literal(PARTITION_INDEX),
         db.quote_literal(PARTITION))
@@ -153,7 +154,7 @@ def _render_for_each(step: Step) -> str:
             % (filled, step.for_each, step.when or "true"))
 
 
-def _render_refusal(step: Step, names: Names) -> str:
+def _render_refusal(step: Refusal, names: SchemaSQL) -> str:
     """ddl._decide_refusal in PL/pgSQL: when `when` holds, the message is the
     refusal, its detail and the row checks' counts; with row checks it stops
     only when that is not empty. Each checked column is read through EXECUTE,
@@ -166,12 +167,12 @@ def _render_refusal(step: Step, names: Names) -> str:
         lines += ["  " + line for line in _render_row_check(check, names)]
     holds = "detail || counts <> ''" if step.row_checks else "true"
     lines += ["    IF %s THEN" % holds,
-              "      RAISE EXCEPTION '%%', %s || detail || counts;" % db.quote_literal(step.refuse),
+              "      RAISE EXCEPTION '%%', %s || detail || counts;" % db.quote_literal(step.message),
               "    END IF;", "  END IF;", "END", "%s;" % DOLLAR]
     return "\n".join(lines) + "\n"
 
 
-def _render_row_check(check: RowCheck, names: Names) -> list:
+def _render_row_check(check: RowCheck, names: SchemaSQL) -> list:
     table = names.table(check.table)
     exists = "select count(*) from (select 1 from %s where %s limit 1) first_row" % (table, check.predicate)
     count = "select count(*) from %s where %s" % (table, check.predicate)
@@ -185,7 +186,7 @@ def _render_row_check(check: RowCheck, names: Names) -> list:
             "  END IF;"]
 
 
-def _set_version(names: Names, revision) -> str:
+def _set_version(names: SchemaSQL, revision) -> str:
     table = names.table(VERSION_TABLE)
     lines = ["BEGIN;",
              "CREATE TABLE IF NOT EXISTS %s (version_num VARCHAR(32) NOT NULL, "

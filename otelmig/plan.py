@@ -10,7 +10,7 @@ current row estimate and size.
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
 from otelmig.state import ensure_known, read_state
-from otelmig.ddl import Catalog, Names, decide
+from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
 from otelmig.errors import ExitStatus
 from otelmig.scripts import revisions_between
 
@@ -63,7 +63,7 @@ def plan(settings, out, err) -> int:
 
 
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
-    names = Names(schema)
+    names = SchemaSQL(schema)
 
     def scalar(sql):
         cursor.execute(sql)
@@ -82,8 +82,10 @@ def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
                                "effect": "stops the upgrade (exit 8)", "sql": "", "outside_transaction": False})
             continue
         for planned in decision.statements:
-            entry = {"sql": planned.sql, "table": planned.display, "lock": step.lock_taken(planned.concurrently)
+            entry = {"sql": planned.sql, "table": planned.display, "lock": lock_taken(step, planned.concurrently)
                      or "none", "effect": step.effect, "outside_transaction": planned.concurrently}
+            if step.label:
+                entry["label"] = step.label
             if planned.table:
                 entry.update(zip(("rows_estimate", "size_bytes"), _table_stats(cursor, planned.table)))
             statements.append(entry)
@@ -93,10 +95,10 @@ def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
 def _outline_revision(schema: str, script) -> dict:
     """A revision after the first pending one: every statement it may run,
     each decided by its catalog condition when the revision runs."""
-    statements = [{"sql": step.statement(concurrently=step.concurrent), "lock": step.lock_taken(step.concurrent)
-                   or "none", "effect": step.effect, "outside_transaction": step.concurrent,
+    statements = [{"sql": sql_of(step, runs_outside(step)), "lock": lock_taken(step, runs_outside(step)) or "none",
+                   "effect": step.effect, "outside_transaction": runs_outside(step),
                    "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None}
-                  for step in script.module.upgrade_steps(Names(schema)) if not step.refuse]
+                  for step in script.module.upgrade_steps(SchemaSQL(schema)) if not isinstance(step, Refusal)]
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
             "decided": False}
 
@@ -139,7 +141,8 @@ def _text(schema: str, revision, pending) -> str:
             if entry.get("refuse"):
                 lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
                 continue
-            first = ("* " if entry.get("conditional") else "") + " ".join(entry["sql"].split())
+            shown = "DO: " + entry["label"] if entry.get("label") else " ".join(entry["sql"].split())
+            first = ("* " if entry.get("conditional") else "") + shown
             lines.append("  %2d. %s" % (number, first if len(first) <= 110 else first[:107] + "..."))
             lines.append("      lock: %s; %s%s%s" % (entry["lock"], entry["effect"],
                                                    "; outside a transaction" if entry["outside_transaction"] else "",

@@ -260,3 +260,24 @@ def test_downgrade_moves_every_row_back_even_after_the_history_partition_was_dro
     assert sql(db_url, "select id, span_id from otel.spans order by id") == kept
     assert run_cli("upgrade", url=db_url).code == 0
     verify_ok(db_url)
+
+
+def test_plan_shows_the_conversion_with_its_locks_and_scans(db_url):
+    load_legacy(db_url, traces=200)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    sql(db_url, "analyze otel.spans")
+    text = run_cli("plan", url=db_url)
+    assert text.code == 5
+    lines = text.out.splitlines()
+
+    def lock_of(fragment):
+        at = next(i for i, line in enumerate(lines) if fragment in line)
+        return lines[at + 1]
+
+    assert lock_of("CREATE UNIQUE INDEX CONCURRENTLY").startswith("      lock: SHARE UPDATE EXCLUSIVE; builds an index")
+    assert "~1000 rows" in lock_of("CREATE UNIQUE INDEX CONCURRENTLY")
+    assert lock_of("VALIDATE CONSTRAINT").startswith("      lock: SHARE UPDATE EXCLUSIVE; scans the table")
+    assert lock_of("DO: switch").startswith("      lock: ACCESS EXCLUSIVE; catalog only")
+    statements = run_cli("plan", "--format", "json", url=db_url).json()["pending"][0]["statements"]
+    assert [s["outside_transaction"] for s in statements if "VALIDATE" in s["sql"]] == [True]
+    assert any(s.get("label", "").startswith("switch") and "ATTACH PARTITION" in s["sql"] for s in statements)

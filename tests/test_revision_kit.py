@@ -38,7 +38,7 @@ import pytest
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
 from helpers import psql_file
 from otelmig import offline, revisions
-from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Guard, Names, OnlineRunner, RowCheck, Step
+from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Concurrent, Guard, SchemaSQL, OnlineRunner, Refusal, RowCheck, Statement
 from otelmig.errors import RefusedError
 from otelmig.schema import OWN_TABLES
 from otelmig.settings import Settings, resolve_conninfo
@@ -548,30 +548,30 @@ def kinds_of_steps(n):
     empty_check = RowCheck("kit_empty", "x", "x is not null", when=n.column_exists("kit_empty", "x"))
     absent_check = RowCheck("kit_rows", "gone", "gone is not null", when=n.column_exists("kit_rows", "gone"))
     return {
-        "statement, no condition": (Step("ALTER TABLE %s ADD COLUMN a int" % rows), False),
-        "statement, condition holds": (Step("ALTER TABLE %s ADD COLUMN b int" % rows, when="true"), False),
-        "statement, condition fails": (Step("ALTER TABLE %s ADD COLUMN c int" % rows, when="false"), False),
-        "concurrent build, table with rows": (Step("CREATE INDEX %sIF NOT EXISTS ix_kit_rows ON %s (x)"
-                                                   % (CONCURRENTLY, rows), table="kit_rows", concurrent=True), False),
-        "concurrent build, condition fails": (Step("CREATE INDEX %sIF NOT EXISTS ix_kit_no ON %s (x)"
-                                                   % (CONCURRENTLY, rows), when="false", concurrent=True), False),
-        "refusal, no condition": (Step("", refuse="kit stop: ", detail="'the detail'"), False),
-        "refusal, condition holds": (Step("", refuse="kit stop", when="true"), False),
-        "refusal, condition fails": (Step("", refuse="kit stop", when="false"), False),
-        "row checks find rows": (Step("", refuse="kit data: ", row_checks=(rows_check, empty_check)), False),
-        "row checks find none": (Step("", refuse="kit data: ", row_checks=(empty_check, absent_check)), False),
-        "row checks, condition fails": (Step("", refuse="kit data: ", when="false", row_checks=(rows_check,)),
+        "statement, no condition": (Statement("ALTER TABLE %s ADD COLUMN a int" % rows), False),
+        "statement, condition holds": (Statement("ALTER TABLE %s ADD COLUMN b int" % rows, when="true"), False),
+        "statement, condition fails": (Statement("ALTER TABLE %s ADD COLUMN c int" % rows, when="false"), False),
+        "concurrent build, table with rows": (Concurrent("CREATE INDEX %sIF NOT EXISTS ix_kit_rows ON %s (x)"
+                                                         % (CONCURRENTLY, rows), table="kit_rows"), False),
+        "concurrent build, condition fails": (Concurrent("CREATE INDEX %sIF NOT EXISTS ix_kit_no ON %s (x)"
+                                                         % (CONCURRENTLY, rows), when="false"), False),
+        "refusal, no condition": (Refusal(message="kit stop: ", detail="'the detail'"), False),
+        "refusal, condition holds": (Refusal(message="kit stop", when="true"), False),
+        "refusal, condition fails": (Refusal(message="kit stop", when="false"), False),
+        "row checks find rows": (Refusal(message="kit data: ", row_checks=(rows_check, empty_check)), False),
+        "row checks find none": (Refusal(message="kit data: ", row_checks=(empty_check, absent_check)), False),
+        "row checks, condition fails": (Refusal(message="kit data: ", when="false", row_checks=(rows_check,)),
                                         False),
-        "row checks with a detail": (Step("", refuse="kit data: ", detail="'counted: '",
-                                          row_checks=(rows_check,)), False),
-        "data-loss refusal lifted": (Step("", refuse="kit data: ", guard=Guard.DATA_LOSS, row_checks=(rows_check,)),
+        "row checks with a detail": (Refusal(message="kit data: ", detail="'counted: '",
+                                             row_checks=(rows_check,)), False),
+        "data-loss refusal lifted": (Refusal(message="kit data: ", guard=Guard.DATA_LOSS, row_checks=(rows_check,)),
                                      True),
-        "data-loss refusal not lifted": (Step("", refuse="kit data: ", guard=Guard.DATA_LOSS, row_checks=(rows_check,)),
+        "data-loss refusal not lifted": (Refusal(message="kit data: ", guard=Guard.DATA_LOSS, row_checks=(rows_check,)),
                                          False),
     }
 
 
-KINDS = sorted(kinds_of_steps(Names(SCHEMA)))
+KINDS = sorted(kinds_of_steps(SchemaSQL(SCHEMA)))
 
 
 def store_for_kinds(url: str) -> None:
@@ -593,7 +593,7 @@ def run_online(url: str, step, allow_data_loss: bool):
         cursor.execute(statement)
         return cursor.fetchall()
     runner = OnlineRunner(exec_scalar=scalar, exec_rows=rows, execute=cursor.execute,
-                          outside=contextlib.nullcontext, names=Names(SCHEMA), allow_data_loss=allow_data_loss)
+                          outside=contextlib.nullcontext, names=SchemaSQL(SCHEMA), allow_data_loss=allow_data_loss)
     try:
         runner.run([step])
         return None
@@ -607,7 +607,7 @@ def run_offline(url: str, step, allow_data_loss: bool, tmp_dir: str):
     """offline.py's rendering of the step, applied with psql: the refusal it raised, or None."""
     path = os.path.join(tmp_dir, "step.sql")
     with open(path, "w") as handle:
-        handle.write(offline.render_steps([step], Settings(conninfo=None), Names(SCHEMA), allow_data_loss))
+        handle.write(offline.render_steps([step], Settings(conninfo=None), SchemaSQL(SCHEMA), allow_data_loss))
     applied = psql_file(url, path)
     if applied.returncode == 0:
         return None
@@ -626,7 +626,7 @@ def test_offline_decides_each_kind_of_step_as_online(server, kind, tmp_path):
         online, script = new_database(kit), new_database(kit)
         for url in (online, script):
             store_for_kinds(url)
-        step, allow_data_loss = kinds_of_steps(Names(SCHEMA))[kind]
+        step, allow_data_loss = kinds_of_steps(SchemaSQL(SCHEMA))[kind]
         assert run_offline(script, step, allow_data_loss, str(tmp_path)) == run_online(online, step, allow_data_loss)
         assert catalog_snapshot(script, SCHEMA) == catalog_snapshot(online, SCHEMA)
     finally:

@@ -4,7 +4,7 @@ words PostgreSQL and `plan` have always used: in text, in JSON, on every Python.
 import json
 
 from conftest import load_legacy, run_cli, sql
-from otelmig.ddl import Effect, Guard, Lock, Step
+from otelmig.ddl import Concurrent, Effect, Guard, Lock, Statement, lock_taken
 
 PLAN_REFUSAL_EFFECT = "stops the upgrade (exit 8)"
 
@@ -13,8 +13,9 @@ def test_enum_members_render_as_their_words():
     for member in list(Lock) + list(Effect) + list(Guard):
         assert "%s" % member == "{}".format(member) == str(member) == member.value
         assert json.loads(json.dumps({"field": member})) == {"field": member.value}
-    assert Step("SELECT 1").lock_taken(False) == "" and not Step("SELECT 1").lock_taken(False)
-    assert Step("x", lock=Lock.SHARE, concurrent=True).lock_taken(True) == "SHARE UPDATE EXCLUSIVE"
+    assert lock_taken(Statement("SELECT 1"), False) == "" and not lock_taken(Statement("SELECT 1"), False)
+    assert lock_taken(Concurrent("x", lock=Lock.SHARE), True) == "SHARE UPDATE EXCLUSIVE"
+    assert lock_taken(Concurrent("x", lock=Lock.SHARE), False) == "SHARE"
 
 
 def test_plan_prints_and_serialises_the_words(db_url):

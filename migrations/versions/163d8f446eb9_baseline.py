@@ -21,7 +21,7 @@ Create Date: 2026-11-25
 from typing import NamedTuple, Optional
 
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import Effect, Guard, Lock, Names, RowCheck, Step, index_steps
+from otelmig.ddl import Effect, Guard, Lock, SchemaSQL, Refusal, RowCheck, Statement, index_steps
 from otelmig import migration_api
 from otelmig.schema import RECORD_TABLE
 
@@ -153,12 +153,12 @@ def _rename_targets(table: str):
     return {new for _, new in RENAMES.get(table, ())}
 
 
-def upgrade_steps(n: Names):
+def upgrade_steps(n: SchemaSQL):
     record = n.record_table()
-    first = [Step("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
-             Step(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+    first = [Statement("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
+             Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
              # The marker: from here on, every object this creates is recorded before it is created.
-             Step(n.record(revision, [("store", n.schema, "recorded")]))]
+             Statement(n.record(revision, [("store", n.schema, "recorded")]))]
     steps = []
     for table, ddl in (("traces", TRACES_DDL), ("spans", SPANS_DDL)):
         missing = "%s is null" % n.regclass(table)
@@ -166,8 +166,8 @@ def upgrade_steps(n: Names):
         created = ([("table", table, "created")]
                    + [("column", "%s.%s" % (table, a[1]), "created") for a in _added(table)]
                    + [("column", "%s.%s" % (table, new), "renamed") for new in sorted(_rename_targets(table))])
-        steps.append(Step(n.record(revision, created), when=missing))
-        steps.append(Step(ddl.format(traces=n.table("traces"), spans=n.table("spans")), when=missing))
+        steps.append(Statement(n.record(revision, created), when=missing))
+        steps.append(Statement(ddl.format(traces=n.table("traces"), spans=n.table("spans")), when=missing))
         steps += _rename_steps(n, table, RENAMES[table])
         steps += _added_column_steps(n, table)
     for index, table, keys in INDEXES:
@@ -180,31 +180,32 @@ def upgrade_steps(n: Names):
     return first + _records_first(n, steps)
 
 
-def _records_first(n: Names, steps):
+def _records_first(n: SchemaSQL, steps):
     """The record steps describe the store as found (what is missing, what is
     there), so they can all run first, in the same transaction as what they
     describe; then the window in which the renames hold ACCESS EXCLUSIVE (up to
     the first concurrent index build, which commits) holds no record step."""
-    is_record = [step.sql.startswith("INSERT INTO %s " % n.record_table()) for step in steps]
+    is_record = [isinstance(step, Statement) and step.sql.startswith("INSERT INTO %s " % n.record_table())
+                 for step in steps]
     return ([step for step, record in zip(steps, is_record) if record]
             + [step for step, record in zip(steps, is_record) if not record])
 
 
-def _rename_steps(n: Names, table: str, renames):
+def _rename_steps(n: SchemaSQL, table: str, renames):
     steps = []
     for old, new in renames:
         both = "%s and %s" % (n.column_exists(table, old), n.column_exists(table, new))
-        steps.append(Step("", when=both, table=table, refuse=(
+        steps.append(Refusal(when=both, table=table, message=(
             "%s.%s has both %s and %s: merge them by hand (keep %s), then rerun"
             % (n.schema, table, old, new, new))))
         rename = "%s and not %s" % (n.column_exists(table, old), n.column_exists(table, new))
-        steps.append(Step(n.record(revision, [("column", "%s.%s" % (table, new), "renamed")]), when=rename))
-        steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(old), quote(new)),
-                          when=rename, table=table, lock=Lock.ACCESS_EXCLUSIVE))
+        steps.append(Statement(n.record(revision, [("column", "%s.%s" % (table, new), "renamed")]), when=rename))
+        steps.append(Statement("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(old), quote(new)),
+                               when=rename, table=table, lock=Lock.ACCESS_EXCLUSIVE))
     return steps
 
 
-def _added_column_steps(n: Names, table: str):
+def _added_column_steps(n: SchemaSQL, table: str):
     """Add what is missing; record what was there; converge a column someone added by hand half way."""
     steps = []
     for _, column, sqltype, not_null, default in _added(table):
@@ -212,24 +213,24 @@ def _added_column_steps(n: Names, table: str):
         missing = "%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column))
         name = "%s.%s" % (table, column)
         spec = sqltype + (" NOT NULL" if not_null else "") + (" DEFAULT " + default if default else "")
-        steps.append(Step(n.record(revision, [("column", name, "found")]), when=exists))
-        steps.append(Step(n.record(revision, [("column", name, "created")]), when=missing))
-        steps.append(Step("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s" % (n.table(table), quote(column), spec),
-                          when=missing, table=table, lock=Lock.ACCESS_EXCLUSIVE))
+        steps.append(Statement(n.record(revision, [("column", name, "found")]), when=exists))
+        steps.append(Statement(n.record(revision, [("column", name, "created")]), when=missing))
+        steps.append(Statement("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s" % (n.table(table), quote(column), spec),
+                               when=missing, table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if not_null:
-            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s" % (n.table(table), quote(column), default),
-                              when="%s and not %s" % (exists, n.column_default_is(table, column, default)),
-                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
-            steps.append(Step("UPDATE %s SET %s = DEFAULT WHERE %s IS NULL" % (n.table(table), quote(column), quote(column)),
-                              when=n.column_nullable(table, column), table=table, lock=Lock.ROW_EXCLUSIVE,
-                              effect=Effect.WRITES_ROWS))
-            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL" % (n.table(table), quote(column)),
-                              when=n.column_nullable(table, column), table=table, lock=Lock.ACCESS_EXCLUSIVE,
-                              effect=Effect.SCANS))
+            steps.append(Statement("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s" % (n.table(table), quote(column), default),
+                                   when="%s and not %s" % (exists, n.column_default_is(table, column, default)),
+                                   table=table, lock=Lock.ACCESS_EXCLUSIVE))
+            steps.append(Statement("UPDATE %s SET %s = DEFAULT WHERE %s IS NULL" % (n.table(table), quote(column), quote(column)),
+                                   when=n.column_nullable(table, column), table=table, lock=Lock.ROW_EXCLUSIVE,
+                                   effect=Effect.WRITES_ROWS))
+            steps.append(Statement("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL" % (n.table(table), quote(column)),
+                                   when=n.column_nullable(table, column), table=table, lock=Lock.ACCESS_EXCLUSIVE,
+                                   effect=Effect.SCANS))
     return steps
 
 
-def _converge_column_steps(n: Names, table: str):
+def _converge_column_steps(n: SchemaSQL, table: str):
     """Catalog-only repairs towards the contract (otelmig.compat refuses, before
     any step, what these cannot repair): a nullable column the operator dropped
     is re-added (empty, which is the truth), NOT NULL is dropped where the
@@ -244,22 +245,22 @@ def _converge_column_steps(n: Names, table: str):
             missing = "%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column.name))
             for old in (o for o, new in RENAMES[table] if new == column.name):  # not renamed: it was not there
                 missing += " and not %s" % n.column_exists(table, old)
-            steps.append(Step(n.record(revision, [("column", name, "created")]), when=missing))
-            steps.append(Step("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s"
-                              % (n.table(table), quote(column.name), column.type), when=missing,
-                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
+            steps.append(Statement(n.record(revision, [("column", name, "created")]), when=missing))
+            steps.append(Statement("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s"
+                                   % (n.table(table), quote(column.name), column.type), when=missing,
+                                   table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if column.nullable:
-            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL" % (n.table(table), quote(column.name)),
-                              when=n.column_not_null(table, column.name), table=table, lock=Lock.ACCESS_EXCLUSIVE))
+            steps.append(Statement("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL" % (n.table(table), quote(column.name)),
+                                   when=n.column_not_null(table, column.name), table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if column.default and not (column.name in added and not column.nullable):  # those: _added_column_steps
-            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s"
-                              % (n.table(table), quote(column.name), column.default),
-                              when="%s and not %s" % (exists, n.column_default_is(table, column.name, column.default)),
-                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
+            steps.append(Statement("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s"
+                                   % (n.table(table), quote(column.name), column.default),
+                                   when="%s and not %s" % (exists, n.column_default_is(table, column.name, column.default)),
+                                   table=table, lock=Lock.ACCESS_EXCLUSIVE))
         elif not column.default:
-            steps.append(Step("ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT" % (n.table(table), quote(column.name)),
-                              when="%s and %s" % (exists, n.column_has_default(table, column.name)),
-                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
+            steps.append(Statement("ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT" % (n.table(table), quote(column.name)),
+                                   when="%s and %s" % (exists, n.column_has_default(table, column.name)),
+                                   table=table, lock=Lock.ACCESS_EXCLUSIVE))
     return steps
 
 
@@ -274,41 +275,41 @@ def _droppable_columns():
                 yield table, column, DATA_PREDICATES.get((table, column), default_predicate)
 
 
-def downgrade_steps(n: Names):
+def downgrade_steps(n: SchemaSQL):
     # Lock out writers first, so that no row gains data between the check and the drop.
-    steps = [Step("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
-                  table=table, lock=Lock.SHARE_ROW_EXCLUSIVE) for table in ("traces", "spans")]
+    steps = [Statement("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE" % n.table(table), when=n.table_exists(table),
+                       table=table, lock=Lock.SHARE_ROW_EXCLUSIVE) for table in ("traces", "spans")]
     # The conditions below read the record: make sure it exists (it is dropped at the end).
-    steps.append(Step(n.create_record_table(),
-                      when="%s is null" % n.regclass(RECORD_TABLE)))
+    steps.append(Statement(n.create_record_table(),
+                           when="%s is null" % n.regclass(RECORD_TABLE)))
     unknown = "not %s" % n.record_kept()
     steps.append(_unknown_origin_guard(n, unknown))
     created = lambda kind, name: "(%s or %s)" % (n.recorded(kind, name, "created"), unknown)  # noqa: E731
     # The guard counts exactly the columns the DROP COLUMN steps below would drop.
     checks = tuple(RowCheck(t, c, p, when="%s and %s" % (n.column_exists(t, c), _column_owned(n, t, c, unknown)))
                    for t, c, p in _droppable_columns() if p)
-    steps.append(Step("", row_checks=checks, guard=Guard.DATA_LOSS, refuse=(
+    steps.append(Refusal(row_checks=checks, guard=Guard.DATA_LOSS, message=(
         "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: ")))
     for index, table, _ in INDEXES:
-        steps.append(Step("DROP INDEX IF EXISTS %s" % n.table(index),
-                          when="%s and %s" % (n.table_exists(index), created("index", index)),
-                          table=table, lock=Lock.ACCESS_EXCLUSIVE))
+        steps.append(Statement("DROP INDEX IF EXISTS %s" % n.table(index),
+                               when="%s and %s" % (n.table_exists(index), created("index", index)),
+                               table=table, lock=Lock.ACCESS_EXCLUSIVE))
     for table, column, _ in _droppable_columns():
-        steps.append(Step("ALTER TABLE %s DROP COLUMN IF EXISTS %s" % (n.table(table), quote(column)),
-                          when="%s and %s" % (n.column_exists(table, column), _column_owned(n, table, column, unknown)),
-                          table=table, lock=Lock.ACCESS_EXCLUSIVE))
+        steps.append(Statement("ALTER TABLE %s DROP COLUMN IF EXISTS %s" % (n.table(table), quote(column)),
+                               when="%s and %s" % (n.column_exists(table, column), _column_owned(n, table, column, unknown)),
+                               table=table, lock=Lock.ACCESS_EXCLUSIVE))
     for table, renames in RENAMES.items():
         for old, new in renames:
-            steps.append(Step("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(new), quote(old)),
-                              when="%s and not %s and (%s or %s)" % (
+            steps.append(Statement("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(new), quote(old)),
+                                   when="%s and not %s and (%s or %s)" % (
                                   n.column_exists(table, new), n.column_exists(table, old),
                                   n.recorded("column", "%s.%s" % (table, new), "renamed"), unknown),
-                              table=table, lock=Lock.ACCESS_EXCLUSIVE))
-    steps.append(Step("DROP TABLE IF EXISTS %s" % n.record_table()))
+                                   table=table, lock=Lock.ACCESS_EXCLUSIVE))
+    steps.append(Statement("DROP TABLE IF EXISTS %s" % n.record_table()))
     return steps
 
 
-def _column_owned(n: Names, table: str, column: str, unknown: str) -> str:
+def _column_owned(n: SchemaSQL, table: str, column: str, unknown: str) -> str:
     """SQL: the downgrade drops this column. Recorded as created; or, on a store
     adopted before the record existed (`unknown`), a column the baseline adds."""
     recorded = n.recorded("column", "%s.%s" % (table, column), "created")
@@ -317,7 +318,7 @@ def _column_owned(n: Names, table: str, column: str, unknown: str) -> str:
     return recorded
 
 
-def _unknown_origin_guard(n: Names, unknown: str) -> Step:
+def _unknown_origin_guard(n: SchemaSQL, unknown: str) -> Refusal:
     """A store adopted before otelmig kept its record: whether the operator had
     these objects before cannot be known, so the downgrade does not guess."""
     objects = ["case when %s then %s end" % (n.column_exists(t, c), quote_literal("column %s.%s.%s" % (n.schema, t, c)))
@@ -325,7 +326,7 @@ def _unknown_origin_guard(n: Names, unknown: str) -> Step:
     objects += ["case when %s then %s end" % (n.table_exists(i), quote_literal("index %s.%s" % (n.schema, i)))
                 for i, *_ in INDEXES]
     listed = "concat_ws(', ', %s)" % ", ".join(objects)
-    return Step("", when="%s and %s <> ''" % (unknown, listed), guard=Guard.DATA_LOSS, detail=listed, refuse=(
+    return Refusal(when="%s and %s <> ''" % (unknown, listed), guard=Guard.DATA_LOSS, detail=listed, message=(
         "schema %s was adopted without a record of what it held before (an older otelmig), so the downgrade "
         "cannot tell the operator's objects from its own; drop or keep them by hand, or rerun with "
         "--allow-data-loss to drop them all: " % n.schema))

@@ -35,7 +35,7 @@ Create Date: 2026-11-26
 
 from otelmig import migration_api
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import Effect, Lock, Names, Step, index_steps
+from otelmig.ddl import Concurrent, Effect, Lock, SchemaSQL, Refusal, Statement, index_steps
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
 
 revision = "826630e38563"
@@ -60,7 +60,7 @@ def _utc_midnight(expression: str) -> str:
 class Layout:
     """The SQL names and catalog conditions of this conversion for one schema."""
 
-    def __init__(self, n: Names):
+    def __init__(self, n: SchemaSQL):
         self.n = n
         self.spans = n.table("spans")
         self.history = n.table(LAYOUT.history)
@@ -96,34 +96,34 @@ class Layout:
                 "from services where services.name is not null" % {"spans": self.spans})
 
 
-def upgrade_steps(n: Names):
+def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
-    steps = [Step(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
              _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
-             Step(n.record(revision, [("partitioning", "spans", "found")]),
-                  when="%s and not %s" % (n.is_partitioned("spans"),
+             Statement(n.record(revision, [("partitioning", "spans", "found")]),
+                       when="%s and not %s" % (n.is_partitioned("spans"),
                                           n.recorded("partitioning", "spans", "created")))]
     steps += index_steps(n, revision, *TRACES_START_TIME)
     steps += _history_key_steps(n, layout)
     steps.append(_cutoff_step(n, layout))
-    steps.append(Step("ALTER TABLE %s VALIDATE CONSTRAINT %s" % (layout.spans, quote(CUTOFF_CHECK)),
-                      when="%s and not %s" % (layout.plain_spans, layout.check_on("spans", validated=True)),
-                      table="spans", lock=Lock.SHARE_UPDATE_EXCLUSIVE, effect=Effect.SCANS, concurrent=True))
+    steps.append(Concurrent("ALTER TABLE %s VALIDATE CONSTRAINT %s" % (layout.spans, quote(CUTOFF_CHECK)),
+                            when="%s and not %s" % (layout.plain_spans, layout.check_on("spans", validated=True)),
+                            table="spans", lock=Lock.SHARE_UPDATE_EXCLUSIVE, effect=Effect.SCANS))
     steps.append(_prepare_step(n, layout))
     steps.append(_switch_step(n, layout))
     return steps
 
 
-def _identity_refusal(n: Names, layout: Layout) -> Step:
+def _identity_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     identity = ("exists (select 1 from pg_attribute where attrelid = %s and attname = 'id' and attidentity <> '')"
                 % n.regclass("spans"))
-    return Step("", when="%s and %s" % (layout.plain_spans, identity), table="spans", refuse=(
+    return Refusal(when="%s and %s" % (layout.plain_spans, identity), table="spans", message=(
         "%s.spans.id is an identity column; revision %s moves the id sequence to the partitioned table and "
         "needs it as a sequence default (bigserial, as the contract has it): change the column back, then rerun"
         % (n.schema, revision)))
 
 
-def _not_carried_refusal(n: Names, layout: Layout) -> Step:
+def _not_carried_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     """What the new partitioned table would not have: refuse, naming each, rather than convert without it."""
     spans = n.regclass("spans")
     found = "concat_ws('; ', %s)" % ", ".join([
@@ -137,40 +137,40 @@ def _not_carried_refusal(n: Names, layout: Layout) -> Step:
         "(select 'row level security' from pg_class where oid = %s and relrowsecurity)" % spans,
         "(select 'publications: ' || string_agg(p.pubname, ', ') from pg_publication_rel r "
         "join pg_publication p on p.oid = r.prpubid where r.prrelid = %s)" % spans])
-    return Step("", when="%s and %s <> ''" % (layout.plain_spans, found), table="spans", detail=found, refuse=(
+    return Refusal(when="%s and %s <> ''" % (layout.plain_spans, found), table="spans", detail=found, message=(
         "%s.spans has what its conversion to time partitions would not carry over to the partitioned table; "
         "remove it (recreate it on the partitioned %s.spans after the upgrade), then rerun: " % (n.schema, n.schema)))
 
 
-def _owner_refusal(n: Names, layout: Layout) -> Step:
+def _owner_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     """The new table must be owned as spans is (its id sequence must be owned
     by the table's owner), and PostgreSQL gives a table to a role only if that
     role may create in the schema."""
     owner = "(select relowner from pg_class where oid = %s)" % n.regclass("spans")
-    return Step("", when="%s and not has_schema_privilege(%s, %s, 'CREATE')"
-                % (layout.plain_spans, owner, quote_literal(n.schema)), table="spans",
-                detail="quote_ident(pg_get_userbyid(%s))" % owner, refuse=(
+    return Refusal(when="%s and not has_schema_privilege(%s, %s, 'CREATE')"
+                   % (layout.plain_spans, owner, quote_literal(n.schema)), table="spans",
+                   detail="quote_ident(pg_get_userbyid(%s))" % owner, message=(
                     "the partitioned %s.spans must be owned by the owner of the table it replaces, and that role "
                     "may not create in schema %s: GRANT CREATE ON SCHEMA %s TO it, then rerun; the role: "
                     % (n.schema, n.schema, quote(n.schema))))
 
 
-def _history_key_steps(n: Names, layout: Layout):
+def _history_key_steps(n: SchemaSQL, layout: Layout):
     """The unique index the new primary key needs on the table that becomes
     the history partition: the one scan that cannot be avoided, concurrently."""
     index = HISTORY_PKEY
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
     return [
-        Step("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
-             when="%s and %s" % (layout.plain_spans, n.index_invalid(index)),
-             table="spans", lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
-        Step("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id, start_time)" % (quote(index), layout.spans),
-             when="%s and %s" % (layout.plain_spans, missing_or_invalid),
-             table="spans", lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
+                   when="%s and %s" % (layout.plain_spans, n.index_invalid(index)),
+                   table="spans", lock=Lock.ACCESS_EXCLUSIVE),
+        Concurrent("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id, start_time)" % (quote(index), layout.spans),
+                   when="%s and %s" % (layout.plain_spans, missing_or_invalid),
+                   table="spans", lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
     ]
 
 
-def _cutoff_step(n: Names, layout: Layout) -> Step:
+def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
     cutoff = "%s + interval '%d days'" % (_utc_midnight("greatest(now(), newest)"), MARGIN_DAYS)
     add = ("ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %%L) NOT VALID"
            % (layout.spans, quote(CUTOFF_CHECK)))
@@ -183,11 +183,12 @@ def _cutoff_step(n: Names, layout: Layout) -> Step:
         "  EXECUTE format(%s, %s);" % (quote_literal(add), cutoff),
         "END",
         "$cutoff$"])
-    return Step(sql, when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
-                table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+    return Statement(sql, when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
+                     table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                     label="the cutoff from the newest row (read through an index), CHECK (start_time < cutoff) NOT VALID")
 
 
-def _prepare_step(n: Names, layout: Layout) -> Step:
+def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The new partitioned table beside spans, empty, with its partitions and indexes (catalog only)."""
     p = layout.parent
     create_day = ("CREATE TABLE %%I.%%I PARTITION OF %s FOR VALUES FROM (%%L) TO (%%L)" % p)
@@ -216,7 +217,9 @@ def _prepare_step(n: Names, layout: Layout) -> Step:
     ] + _same_owner_and_grants(n, layout) + [
         "END",
         "$prepare$"]
-    return Step("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)))
+    return Statement("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)),
+                     label="the empty partitioned %s: spans's columns, indexes, owner and grants; DEFAULT and day "
+                      "partitions from the cutoff to today + %d" % (NEW_PARENT, AHEAD_DAYS))
 
 
 def _indexes_of(table_regclass: str, without=()) -> str:
@@ -228,7 +231,7 @@ def _indexes_of(table_regclass: str, without=()) -> str:
             "ORDER BY 1" % (table_regclass, skip))
 
 
-def _same_owner_and_grants(n: Names, layout: Layout) -> list:
+def _same_owner_and_grants(n: SchemaSQL, layout: Layout) -> list:
     """The new table and its partitions get spans's owner and its table
     privileges (the worker's INSERT and SELECT), so nothing changes for them."""
     return [
@@ -246,7 +249,7 @@ def _same_owner_and_grants(n: Names, layout: Layout) -> list:
         "  END LOOP;"]
 
 
-def _switch_step(n: Names, layout: Layout) -> Step:
+def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
     """One transaction: the old table becomes the history partition of the new spans."""
     spans, history, p = layout.spans, layout.history, layout.parent
     attach = "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (MINVALUE) TO (%%L)" % (spans, history)
@@ -275,10 +278,12 @@ def _switch_step(n: Names, layout: Layout) -> Step:
         "  END IF;",
         "END",
         "$switch$"]
-    return Step("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+    return Statement("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                     label="switch: renames, primary key (id, start_time), spans becomes %s attached FROM (MINVALUE) TO "
+                      "(cutoff) without a scan, sequence owned by the new spans" % LAYOUT.history)
 
 
-def _rename_indexes(n: Names, table_regclass: str, new_name: str, without=()) -> list:
+def _rename_indexes(n: SchemaSQL, table_regclass: str, new_name: str, without=()) -> list:
     """PL/pgSQL: rename each index of the table (but its primary key) to the SQL expression new_name over ix.name."""
     return ["  FOR ix IN %s LOOP" % _indexes_of(table_regclass, without),
             "    EXECUTE format('ALTER INDEX %%I.%%I RENAME TO %%I', %s, ix.name, left(%s, 63));"
@@ -286,31 +291,31 @@ def _rename_indexes(n: Names, table_regclass: str, new_name: str, without=()) ->
             "  END LOOP;"]
 
 
-def downgrade_steps(n: Names):
+def downgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     index, table, _ = TRACES_START_TIME
-    steps = [Step(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
-             Step("DROP INDEX IF EXISTS %s" % n.table(index),
-                  when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
-                  table=table, lock=Lock.ACCESS_EXCLUSIVE)]
+    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+             Statement("DROP INDEX IF EXISTS %s" % n.table(index),
+                       when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
+                       table=table, lock=Lock.ACCESS_EXCLUSIVE)]
     steps.append(_history_table_step(n, layout))
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(HISTORY_ID_KEY), n.index_invalid(HISTORY_ID_KEY))
     steps += [
-        Step("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
-             when="%s and %s" % (layout.converted, n.index_invalid(HISTORY_ID_KEY)),
-             table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
-        Step("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id)" % (quote(HISTORY_ID_KEY), layout.history),
-             when="%s and %s" % (layout.converted, missing_or_invalid),
-             table=LAYOUT.history, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
+                   when="%s and %s" % (layout.converted, n.index_invalid(HISTORY_ID_KEY)),
+                   table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE),
+        Concurrent("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id)" % (quote(HISTORY_ID_KEY), layout.history),
+                   when="%s and %s" % (layout.converted, missing_or_invalid),
+                   table=LAYOUT.history, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
         _switch_back_step(n, layout),
         _move_rows_step(n, layout),
         _drop_emptied_parent_step(n, layout),
-        Step("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision))),
+        Statement("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision))),
     ]
     return steps
 
 
-def _history_table_step(n: Names, layout: Layout) -> Step:
+def _history_table_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The history partition may be gone (maintain dropped it when it left the
     window): then an empty plain table takes its place, with its indexes."""
     lines = ["DO $history$", "DECLARE ix record;", "BEGIN",
@@ -321,10 +326,10 @@ def _history_table_step(n: Names, layout: Layout) -> Step:
              % (layout.history.replace("'", "''"), quote_literal(LAYOUT.history + "_")),
              "  END LOOP;",
              "END", "$history$"]
-    return Step("\n".join(lines), when="%s and %s is null" % (layout.converted, n.regclass(LAYOUT.history)))
+    return Statement("\n".join(lines), when="%s and %s is null" % (layout.converted, n.regclass(LAYOUT.history)))
 
 
-def _switch_back_step(n: Names, layout: Layout) -> Step:
+def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
     """One transaction: the history table becomes the plain otel.spans again."""
     spans, history = layout.spans, layout.history
     is_partition = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
@@ -354,10 +359,10 @@ def _switch_back_step(n: Names, layout: Layout) -> Step:
         "  END IF;",
         "END",
         "$switch_back$"]
-    return Step("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+    return Statement("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
 
 
-def _drop_emptied_parent_step(n: Names, layout: Layout) -> Step:
+def _drop_emptied_parent_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The partitioned table the rows were moved out of, with its partitions; never one that holds a row."""
     sql = "\n".join([
         "DO $drop$",
@@ -369,10 +374,10 @@ def _drop_emptied_parent_step(n: Names, layout: Layout) -> Step:
         "  DROP TABLE %s;" % layout.parent,
         "END",
         "$drop$"])
-    return Step(sql, when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE)
+    return Statement(sql, when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE)
 
 
-def _move_rows_step(n: Names, layout: Layout) -> Step:
+def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
     """Rows of the later partitions back into otel.spans, BATCH_ROWS per
     transaction (COMMIT inside DO: it runs outside the revision's transaction
     when there are rows), so no long transaction holds them and a rerun goes on
@@ -399,8 +404,8 @@ def _move_rows_step(n: Names, layout: Layout) -> Step:
         "  END LOOP;",
         "END",
         "$move$"]
-    return Step("\n".join(lines), when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT,
-                lock=Lock.ROW_EXCLUSIVE, effect=Effect.WRITES_ROWS, concurrent=True)
+    return Concurrent("\n".join(lines), when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT,
+                      lock=Lock.ROW_EXCLUSIVE, effect=Effect.WRITES_ROWS)
 
 
 def upgrade():
