@@ -319,6 +319,11 @@ def report(args, pyz, head, stand_in, operation, version, data, statements, roun
     ratios = [o["wall"] / f["floor"] for o, f in zip(ours, floor)]
     row("**conversion / floor**", ratios, "%.2f", "<= 1.5",
         lambda v: common.median(v) <= 1.5 and not any(x["failed"] for x in ours))
+    both = [f["index_s"] + f["validate_s"] for f in floor]
+    row("floor: both scans, one after the other (index + validation)", both, "%.2f s")
+    row("conversion / both scans", [o["wall"] / b for o, b in zip(ours, both)], "%.2f")
+    row("conversion minus otelmig's fixed cost, / floor", [(o["wall"] - o["noop_wall"]) / f["floor"]
+                                                          for o, f in zip(ours, floor)], "%.2f")
     row("writer: worst insert during", [x["writer"]["worst_ms"] for x in ours], "%.0f ms", "<= 250 ms",
         lambda v: max(v) <= 250)
     row("writer: p99 insert during", [x["writer"]["p99_ms"] for x in ours], "%.1f ms")
