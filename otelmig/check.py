@@ -7,23 +7,25 @@ build time (otelmig/_version.py); the state and its verdict are otelmig.state's.
 """
 
 from otelmig._version import HEAD_REVISION
-from otelmig.output import emit
+from otelmig.output import Result
 from otelmig.state import assess, ensure_known, probe
 
+# The JSON fields of a failed check or current (cli adds exit_code, schema, message).
+FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
 
-def check(settings, out, err, wait: float = 0.0) -> int:
+
+def check(settings, err, wait: float = 0.0) -> Result:
     state = probe(settings.conninfo, settings.schema, wait)
     error = assess(state)
     if error:
         error.details["database_revision"] = state.revision
         raise error
-    emit(settings, out, {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,
-                         "database_revision": state.revision},
-         "ready: schema %s is at the head %s" % (settings.schema, HEAD_REVISION))
-    return 0
+    return Result(0, {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,
+                      "database_revision": state.revision},
+                  "ready: schema %s is at the head %s" % (settings.schema, HEAD_REVISION))
 
 
-def current(settings, out, err) -> int:
+def current(settings, err) -> Result:
     """The database's revision and whether it is the head (exit 0 even when behind)."""
     state = probe(settings.conninfo, settings.schema)
     ensure_known(state)
@@ -34,5 +36,4 @@ def current(settings, out, err) -> int:
         text = "%s: no revision (not initialised)" % settings.schema
     else:
         text = "%s: %s%s" % (settings.schema, state.revision, " (head)" if is_head else " (behind head %s)" % HEAD_REVISION)
-    emit(settings, out, payload, text)
-    return 0
+    return Result(0, payload, text)

@@ -34,7 +34,7 @@ def _global_options(parser, suppress: bool) -> None:
     parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
                         help="longest wait for another otelmig's migration lock (default 600)")
     parser.add_argument("--format", default=default("text"), choices=("text", "json", "prometheus"),
-                        help="output format (prometheus: verify only)")
+                        help="output format (prometheus: verify and maintain)")
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")
     parser.add_argument("-q", "--quiet", action="count", default=default(0), help="less on stderr")
     parser.add_argument("--traceback", action="store_true", default=default(False),
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--wait", default="0", metavar="SECONDS", help="retry an unreachable database this long")
     cmd = add("verify", "compare the live schema with the head contract")
     cmd.add_argument("--strict", action="store_true", help="operator extras count as drift")
+    cmd = add("maintain", "create spans' day partitions ahead; with --retain, drop those older than the window")
+    cmd.add_argument("--ahead", default=None, metavar="DAYS", help="partitions for today and this many days ahead "
+                     "(default 7)")
+    cmd.add_argument("--retain", default=None, metavar="DURATION",
+                     help="drop partitions and delete traces wholly older than this (e.g. 14d, 36h, 2w)")
+    cmd.add_argument("--dry-run", action="store_true", help="list what it would create and drop; change nothing")
     return parser
 
 
@@ -108,53 +114,65 @@ def _sql(args, settings, out, err) -> int:
     return offline.downgrade_sql(settings, out, target, args.allow_data_loss)
 
 
-def _check(args, settings, out, err) -> int:
+def _check(args, settings, err):
     from otelmig import check
     from otelmig.settings import parse_seconds
-    return check.check(settings, out, err, parse_seconds(args.wait, "--wait", allow_zero=True))
+    return check.check(settings, err, parse_seconds(args.wait, "--wait", allow_zero=True))
 
 
-def _current(args, settings, out, err) -> int:
+def _current(args, settings, err):
     from otelmig import check
-    return check.current(settings, out, err)
+    return check.current(settings, err)
 
 
-def _verify(args, settings, out, err) -> int:
+def _verify(args, settings, err):
     from otelmig import verify
-    return verify.verify(settings, out, err, args.strict)
+    return verify.verify(settings, err, args.strict)
 
 
-def _plan(args, settings, out, err) -> int:
+def _plan(args, settings, err):
     from otelmig import plan
-    return plan.plan(settings, out, err)
+    return plan.plan(settings, err)
 
 
-def _migrate(args, settings, out, err) -> int:
+def _maintain(args, settings, err):
+    from otelmig import maintain
+    return maintain.maintain(settings, err, args.ahead, args.retain, args.dry_run)
+
+
+def _migrate(args, settings, err):
     from otelmig import migrate
     name = args.command
     if name == "upgrade":
-        return migrate.upgrade(settings, out, err, args.revision)
+        return migrate.upgrade(settings, err, args.revision)
     if name == "downgrade":
-        return migrate.downgrade(settings, out, err, args.revision, args.allow_data_loss)
+        return migrate.downgrade(settings, err, args.revision, args.allow_data_loss)
     if name == "rollback":
-        return migrate.downgrade(settings, out, err, "-%d" % _parse_steps(args.steps), args.allow_data_loss)
+        return migrate.downgrade(settings, err, "-%d" % _parse_steps(args.steps), args.allow_data_loss)
     if name == "stamp":
-        return migrate.stamp(settings, out, err, args.revision)
+        return migrate.stamp(settings, err, args.revision)
     if name == "history":
-        return migrate.history(settings, out, err)
-    return migrate.heads(settings, out, err)
+        return migrate.history(settings, err)
+    return migrate.heads(settings, err)
 
 
 # Each command's module is imported only when it runs: `check` stays light.
-HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan}
+# A command returns an output.Result, which dispatch prints.
+HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan, "maintain": _maintain}
+# The module of each command: its FAILURE_FIELDS (and failure_prometheus) shape
+# a failed run's JSON (and Prometheus) output, so _fail knows no command's fields.
+COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan", "maintain": "maintain"}
+PROMETHEUS_COMMANDS = ("verify", "maintain")
 
 
 def dispatch(args, settings, out, err) -> int:
-    if settings.output_format == "prometheus" and args.command != "verify":
-        raise UsageError("--format prometheus is for verify only")
+    if settings.output_format == "prometheus" and args.command not in PROMETHEUS_COMMANDS:
+        raise UsageError("--format prometheus is for %s only" % " and ".join(PROMETHEUS_COMMANDS))
     if getattr(args, "sql", False):
-        return _sql(args, settings, out, err)
-    return HANDLERS.get(args.command, _migrate)(args, settings, out, err)
+        return _sql(args, settings, out, err)  # a script streamed to out, not a result
+    from otelmig.output import print_result
+    result = HANDLERS.get(args.command, _migrate)(args, settings, err)
+    return print_result(settings, out, err, "%s: %s" % (PROG, args.command), result)
 
 
 class Invocation:
@@ -225,16 +243,20 @@ def _fail(out, err, run: Invocation, error, show_traceback: bool) -> int:
         import traceback
         err.write(traceback.format_exc())
     message = " ".join(error.message.split())
+    module = _command_module(run.command)
     if run.output_format == "json":
-        payload = {"exit_code": status, "schema": run.schema, "message": message}
-        if run.command in ("check", "current", "verify", "plan"):
-            payload.update(head=HEAD_REVISION, database_revision=None)
-        if run.command == "verify":
-            payload.update(ok=False, problems=[], extras=[])
+        payload = dict(getattr(module, "FAILURE_FIELDS", {}))
+        payload.update(exit_code=status, schema=run.schema, message=message)
         payload.update(getattr(error, "details", {}))
         out.write(json.dumps(payload, sort_keys=True) + "\n")
-    elif run.output_format == "prometheus" and run.schema:
-        from otelmig.verify import prometheus_text
-        out.write(prometheus_text(run.schema, status, [], []))
+    elif run.output_format == "prometheus" and run.schema and hasattr(module, "failure_prometheus"):
+        out.write(module.failure_prometheus(run.schema, status))
     err.write("%s: %s\n" % (PROG, message))
     return status
+
+
+def _command_module(command):
+    """The module of a command that has one in COMMAND_MODULES, imported if it was not yet."""
+    import importlib
+    name = COMMAND_MODULES.get(command or "")
+    return importlib.import_module("otelmig." + name) if name else None

@@ -298,6 +298,11 @@ class SchemaSQL:
         to need it (a store adopted before it existed), so each creates it if missing."""
         return RECORD_DDL.format(record=self.record_table())
 
+    def record_step(self, revision: str, objects, when: Optional[str] = None) -> "Statement":
+        """The step that records objects (kind, name, origin), labelled for `plan`."""
+        label = "record " + ", ".join("%s %s as %s" % (kind, name, origin) for kind, name, origin in objects)
+        return Statement(self.record(revision, objects), when=when, label=label)
+
     def record_kept(self) -> str:
         """SQL: this store's adoption was recorded from its start (the marker row)."""
         return self.recorded("store", self.schema, "recorded")
@@ -348,9 +353,9 @@ def index_steps(n: "SchemaSQL", revision: str, index: str, table: str, keys: str
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
     return [
         # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
-        Statement(n.record(revision, [("index", index, "found")]),
-                  when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
-        Statement(n.record(revision, [("index", index, "created")]), when=missing_or_invalid),
+        n.record_step(revision, [("index", index, "found")],
+                      when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
+        n.record_step(revision, [("index", index, "created")], when=missing_or_invalid),
         Concurrent("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
                    when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE),
         Concurrent("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote_ident(index), n.table(table), keys),

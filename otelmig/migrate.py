@@ -166,7 +166,7 @@ def _short_doc(step) -> str:
     return "(%s)" % doc[0].rstrip(".") if doc else ""
 
 
-def upgrade(settings, out, err, revision: str = "head") -> int:
+def upgrade(settings, err, revision: str = "head") -> output.Result:
     from alembic import command
 
     if revision.startswith("-"):
@@ -191,7 +191,7 @@ def upgrade(settings, out, err, revision: str = "head") -> int:
             command.upgrade(config, target)
         _run_with_retries(settings, err, connection, action)
         final = _final_revision(connection, settings.schema)
-    return _report(settings, out, "upgrade", state.revision, final, applied)
+    return _report(settings, "upgrade", state.revision, final, applied)
 
 
 def _preflight(settings, connection, pending) -> None:
@@ -233,7 +233,7 @@ def _forget_version(connection, schema: str) -> None:
     connection.exec_driver_sql("DELETE FROM %s.%s" % (db.quote_ident(schema), VERSION_TABLE))
 
 
-def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) -> int:
+def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> output.Result:
     from alembic import command
 
     applied: List[dict] = []
@@ -247,10 +247,10 @@ def downgrade(settings, out, err, revision: str, allow_data_loss: bool = False) 
                                 watch_index_build=watch)
         _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
-    return _report(settings, out, "downgrade", state.revision, final, applied)
+    return _report(settings, "downgrade", state.revision, final, applied)
 
 
-def stamp(settings, out, err, revision: str) -> int:
+def stamp(settings, err, revision: str) -> output.Result:
     from alembic import command
 
     with migration_session(settings, err) as (lock, state, connection, watch):
@@ -263,32 +263,29 @@ def stamp(settings, out, err, revision: str) -> int:
         _run_with_retries(settings, err, connection, lambda: command.stamp(config, target or "base", purge=True))
         connection.commit()
         final = _final_revision(connection, settings.schema)
-    return _report(settings, out, "stamp", state.revision, final, [])
+    return _report(settings, "stamp", state.revision, final, [])
 
 
-def _report(settings, out, verb: str, before: Optional[str], after: Optional[str], applied) -> int:
+def _report(settings, verb: str, before: Optional[str], after: Optional[str], applied) -> output.Result:
     payload = {"exit_code": 0, "schema": settings.schema, "from_revision": before,
                "database_revision": after, "head": HEAD_REVISION, "applied": applied}
     if before == after and not applied:
         text = "%s: schema %s already at %s; nothing to do" % (verb, settings.schema, after or "base")
     else:
         text = "%s: schema %s now at %s (was %s)" % (verb, settings.schema, after or "base", before or "base")
-    output.emit(settings, out, payload, text)
-    return 0
+    return output.Result(0, payload, text)
 
 
 def _step_logger(settings, err):
     return lambda line: output.progress(settings, err, line, level=1)
 
 
-def heads(settings, out, err) -> int:
+def heads(settings, err) -> output.Result:
     revisions = list(script_directory(settings).get_heads())
-    output.emit(settings, out, {"exit_code": 0, "schema": settings.schema, "heads": revisions},
-                "\n".join(revisions))
-    return 0
+    return output.Result(0, {"exit_code": 0, "schema": settings.schema, "heads": revisions}, "\n".join(revisions))
 
 
-def history(settings, out, err) -> int:
+def history(settings, err) -> output.Result:
     scripts = script_directory(settings)
     current = _current_or_none(settings, err)
     rows = []
@@ -297,9 +294,8 @@ def history(settings, out, err) -> int:
                      "doc": script.doc, "is_head": script.is_head, "is_current": script.revision == current})
     lines = ["%s %s%s%s" % ("*" if r["is_current"] else " ", r["revision"], " (head)" if r["is_head"] else "",
                             " " + r["doc"] if r["doc"] else "") for r in rows]
-    output.emit(settings, out, {"exit_code": 0, "schema": settings.schema, "database_revision": current,
-                                "revisions": rows}, "\n".join(lines))
-    return 0
+    return output.Result(0, {"exit_code": 0, "schema": settings.schema, "database_revision": current,
+                             "revisions": rows}, "\n".join(lines))
 
 
 def _current_or_none(settings, err) -> Optional[str]:

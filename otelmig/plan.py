@@ -41,7 +41,11 @@ def _read_only_connection(conninfo):
     return conn
 
 
-def plan(settings, out, err) -> int:
+# The JSON fields of a failed plan (cli adds exit_code, schema, message).
+FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
+
+
+def plan(settings, err) -> output.Result:
     conn = _read_only_connection(settings.conninfo)
     try:
         cursor = conn.cursor()
@@ -53,13 +57,43 @@ def plan(settings, out, err) -> int:
         pending = [_plan_revision(conn, cursor, settings.schema, script, first=True) if number == 0
                    else _outline_revision(settings.schema, script)
                    for number, script in enumerate(scripts)]
+        maintenance = None if pending else maintain_preview(conn, settings.schema)
     finally:
         db.close(conn)
     status = ExitStatus.PENDING if pending else ExitStatus.OK
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": state.revision,
                "head": HEAD_REVISION, "pending": pending}
-    output.emit(settings, out, payload, _text(settings.schema, state.revision, pending))
-    return int(status)
+    text = _text(settings.schema, state.revision, pending)
+    if maintenance is not None:
+        payload["maintain"] = maintenance
+        text += "\n" + _maintain_text(maintenance)
+    return output.Result(int(status), payload, text)
+
+
+def maintain_preview(conn, schema: str):
+    """What `otelmig maintain` (default --ahead, no --retain) would do now, when
+    spans is partitioned; None when it is not. Reads the catalog only."""
+    from otelmig import partitions
+    from otelmig.maintain import decide
+
+    layout = partitions.read_layout(conn, schema)
+    if not layout.partitioned or layout.problem() or partitions.adopted_as_found(conn, schema):
+        return None  # maintain would refuse: nothing of its to show
+    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
+    return {"create": [new.name for new in decision.create], "finalize": decision.finalize,
+            "conflicts": decision.conflicts, "ahead_days": layout.partitioning.ahead_days,
+            "partitions": len(layout.partitions)}
+
+
+def _maintain_text(preview: dict) -> str:
+    lines = ["maintain (today and %d days ahead; drops only with --retain, see `otelmig.pyz maintain --retain "
+             "DURATION --dry-run`):" % preview["ahead_days"]]
+    lines += ["  maintain would create %s" % name for name in preview["create"]]
+    lines += ["  maintain would finish detaching %s" % name for name in preview["finalize"]]
+    lines += ["  maintain cannot: %s" % conflict for conflict in preview["conflicts"]]
+    if len(lines) == 1:
+        lines.append("  nothing to create: the partitions of the coming days exist")
+    return "\n".join(lines)
 
 
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
@@ -97,7 +131,8 @@ def _outline_revision(schema: str, script) -> dict:
     each decided by its catalog condition when the revision runs."""
     statements = [{"sql": sql_of(step, runs_outside(step)), "lock": lock_taken(step, runs_outside(step)) or "none",
                    "effect": step.effect, "outside_transaction": runs_outside(step),
-                   "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None}
+                   "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None,
+                   **({"label": step.label} if step.label else {})}
                   for step in script.module.upgrade_steps(SchemaSQL(schema)) if not isinstance(step, Refusal)]
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
             "decided": False}
@@ -141,7 +176,8 @@ def _text(schema: str, revision, pending) -> str:
             if entry.get("refuse"):
                 lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
                 continue
-            shown = "DO: " + entry["label"] if entry.get("label") else " ".join(entry["sql"].split())
+            words = entry["sql"].split()
+            shown = "%s: %s" % (words[0], entry["label"]) if entry.get("label") else " ".join(words)
             first = ("* " if entry.get("conditional") else "") + shown
             lines.append("  %2d. %s" % (number, first if len(first) <= 110 else first[:107] + "..."))
             lines.append("      lock: %s; %s%s%s" % (entry["lock"], entry["effect"],

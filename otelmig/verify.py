@@ -237,16 +237,77 @@ def _compare_indexes(schema: str, indexes, relations, wanted) -> List[Problem]:
     return problems
 
 
-def verify(settings, out, err, strict: bool = False) -> int:
+# The JSON fields of a failed verify (cli adds exit_code, schema, message).
+FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None, "ok": False, "problems": [], "extras": []}
+
+
+def failure_prometheus(schema: str, status) -> str:
+    return prometheus_text(schema, status, [], [])
+
+
+def verify(settings, err, strict: bool = False) -> output.Result:
     started = time.monotonic()
     conn = db.connect(settings.conninfo, probe=True)
     try:
         state = read_state(conn, settings.schema)
-        report = compare(settings.schema, read_catalog(conn, settings.schema))
+        catalog = read_catalog(conn, settings.schema)
+        report = compare(settings.schema, catalog)
+        if catalog.kinds.get(contract.SPANS.name) == "p":
+            report = with_partition_checks(conn, settings.schema, report)
     finally:
         db.close(conn)
     status, message = _verdict(settings, state, report, strict)
-    return _emit(settings, out, err, status, state, report, message, started)
+    return _result(settings, status, state, report, message, started)
+
+
+def with_partition_checks(conn, schema: str, report: Report) -> Report:
+    """A partitioned spans (otelmig.schema.SPANS_PARTITIONING): partitions for
+    today and the coming days, no gaps, a DEFAULT partition, every parent index
+    attached and valid on every partition (problems); rows in the DEFAULT
+    partition (a note). Partitions carry the parent's columns by construction.
+    A layout the operator made, which revision 2 adopted as found, is checked
+    for gaps and unfinished detaches only: its partitions are the operator's."""
+    from otelmig import partitions
+    from otelmig.maintain import decide
+
+    layout = partitions.read_layout(conn, schema)
+    if layout.problem():
+        return report
+    spans = "%s.%s" % (schema, layout.partitioning.table)
+    fix = "run `otelmig.pyz maintain`"
+    if partitions.adopted_as_found(conn, schema, layout.partitioning):
+        return Report(report.problems + _gap_problems(spans, layout) + _pending_problems(schema, layout, fix),
+                      report.extras, report.legacy)
+    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
+    problems = [Problem("missing_partition", "%s.%s" % (schema, new.name), "no partition holds %s to %s (today "
+                        "and the next %d days need one; meanwhile rows go to the DEFAULT partition): %s"
+                        % (new.lower, new.upper, layout.partitioning.ahead_days, fix)) for new in decision.create]
+    problems += [Problem("missing_partition", spans, conflict) for conflict in decision.conflicts]
+    problems += _gap_problems(spans, layout) + _pending_problems(schema, layout, fix)
+    problems += [Problem("partition_index_missing", "%s.%s" % (schema, part), "lacks index %s of %s (never "
+                         "attached, or invalid): create it on the partition and ALTER INDEX %s.%s ATTACH PARTITION "
+                         "it" % (index, spans, schema, index))
+                 for part, index in partitions.partitions_without_index(conn, schema)]
+    extras = []
+    if layout.default is None:
+        problems.append(Problem("missing_default_partition", spans, "no DEFAULT partition: a row outside every "
+                                "partition is rejected; CREATE TABLE %s.%s PARTITION OF %s DEFAULT"
+                                % (schema, layout.partitioning.default, spans)))
+    elif partitions.default_has_rows(conn, layout):
+        extras.append(Problem("default_partition_rows", "%s.%s" % (schema, layout.default.name),
+                              "the DEFAULT partition holds rows no day partition covers; `otelmig.pyz maintain` "
+                              "moves those of the coming days into their partitions and reports the rest"))
+    return Report(report.problems + problems, report.extras + extras, report.legacy)
+
+
+def _gap_problems(spans: str, layout) -> List[Problem]:
+    return [Problem("partition_gap", spans, "no partition holds %s to %s: rows there go to the DEFAULT partition, "
+                    "or are rejected without one" % gap) for gap in layout.gaps()]
+
+
+def _pending_problems(schema: str, layout, fix: str) -> List[Problem]:
+    return [Problem("partition_detach_pending", "%s.%s" % (schema, p.name), "a DETACH ... CONCURRENTLY did not "
+                    "finish: %s (it finalizes it)" % fix) for p in layout.ranged if p.detach_pending]
 
 
 def _verdict(settings, state, report: Report, strict: bool):
@@ -275,7 +336,7 @@ def _verdict(settings, state, report: Report, strict: bool):
     return ExitStatus.OK, ""
 
 
-def _emit(settings, out, err, status, state, report, message, started) -> int:
+def _result(settings, status, state, report, message, started) -> output.Result:
     problems, extras = report.problems, report.extras
     payload = {"exit_code": int(status), "schema": settings.schema, "ok": status == ExitStatus.OK,
                "head": HEAD_REVISION, "database_revision": state.revision,
@@ -283,13 +344,8 @@ def _emit(settings, out, err, status, state, report, message, started) -> int:
                "seconds": round(time.monotonic() - started, 4)}
     if message:
         payload["message"] = message
-    if settings.output_format == "prometheus":
-        out.write(prometheus_text(settings.schema, status, problems, extras))
-    else:
-        output.emit(settings, out, payload, _text(settings.schema, status, problems, extras))
-    if message:
-        err.write("verify: %s\n" % message)
-    return int(status)
+    return output.Result(int(status), payload, _text(settings.schema, status, problems, extras),
+                         prometheus_text(settings.schema, status, problems, extras), message)
 
 
 def _text(schema: str, status, problems, extras) -> str:

@@ -158,7 +158,7 @@ def upgrade_steps(n: SchemaSQL):
     first = [Statement("CREATE SCHEMA IF NOT EXISTS %s" % n.q_schema, when="not %s" % n.schema_exists()),
              Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
              # The marker: from here on, every object this creates is recorded before it is created.
-             Statement(n.record(revision, [("store", n.schema, "recorded")]))]
+             n.record_step(revision, [("store", n.schema, "recorded")])]
     steps = []
     for table, ddl in (("traces", TRACES_DDL), ("spans", SPANS_DDL)):
         missing = "%s is null" % n.regclass(table)
@@ -166,7 +166,7 @@ def upgrade_steps(n: SchemaSQL):
         created = ([("table", table, "created")]
                    + [("column", "%s.%s" % (table, a[1]), "created") for a in _added(table)]
                    + [("column", "%s.%s" % (table, new), "renamed") for new in sorted(_rename_targets(table))])
-        steps.append(Statement(n.record(revision, created), when=missing))
+        steps.append(n.record_step(revision, created, when=missing))
         steps.append(Statement(ddl.format(traces=n.table("traces"), spans=n.table("spans")), when=missing))
         steps += _rename_steps(n, table, RENAMES[table])
         steps += _added_column_steps(n, table)
@@ -199,7 +199,7 @@ def _rename_steps(n: SchemaSQL, table: str, renames):
             "%s.%s has both %s and %s: merge them by hand (keep %s), then rerun"
             % (n.schema, table, old, new, new))))
         rename = "%s and not %s" % (n.column_exists(table, old), n.column_exists(table, new))
-        steps.append(Statement(n.record(revision, [("column", "%s.%s" % (table, new), "renamed")]), when=rename))
+        steps.append(n.record_step(revision, [("column", "%s.%s" % (table, new), "renamed")], when=rename))
         steps.append(Statement("ALTER TABLE %s RENAME COLUMN %s TO %s" % (n.table(table), quote(old), quote(new)),
                                when=rename, table=table, lock=Lock.ACCESS_EXCLUSIVE))
     return steps
@@ -213,8 +213,8 @@ def _added_column_steps(n: SchemaSQL, table: str):
         missing = "%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column))
         name = "%s.%s" % (table, column)
         spec = sqltype + (" NOT NULL" if not_null else "") + (" DEFAULT " + default if default else "")
-        steps.append(Statement(n.record(revision, [("column", name, "found")]), when=exists))
-        steps.append(Statement(n.record(revision, [("column", name, "created")]), when=missing))
+        steps.append(n.record_step(revision, [("column", name, "found")], when=exists))
+        steps.append(n.record_step(revision, [("column", name, "created")], when=missing))
         steps.append(Statement("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s" % (n.table(table), quote(column), spec),
                                when=missing, table=table, lock=Lock.ACCESS_EXCLUSIVE))
         if not_null:
@@ -245,7 +245,7 @@ def _converge_column_steps(n: SchemaSQL, table: str):
             missing = "%s is not null and not %s" % (n.regclass(table), n.column_exists(table, column.name))
             for old in (o for o, new in RENAMES[table] if new == column.name):  # not renamed: it was not there
                 missing += " and not %s" % n.column_exists(table, old)
-            steps.append(Statement(n.record(revision, [("column", name, "created")]), when=missing))
+            steps.append(n.record_step(revision, [("column", name, "created")], when=missing))
             steps.append(Statement("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s"
                                    % (n.table(table), quote(column.name), column.type), when=missing,
                                    table=table, lock=Lock.ACCESS_EXCLUSIVE))

@@ -100,9 +100,8 @@ def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
              _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
-             Statement(n.record(revision, [("partitioning", "spans", "found")]),
-                       when="%s and not %s" % (n.is_partitioned("spans"),
-                                          n.recorded("partitioning", "spans", "created")))]
+             n.record_step(revision, [("partitioning", "spans", "found")], when="%s and not %s" % (
+                 n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created")))]
     steps += index_steps(n, revision, *TRACES_START_TIME)
     steps += _history_key_steps(n, layout)
     steps.append(_cutoff_step(n, layout))

@@ -1,0 +1,576 @@
+"""otelmig maintain: partitions ahead, retention, the DEFAULT partition, concurrent
+runs, outputs and exit codes; and the partition checks of verify and plan.
+Real PostgreSQL throughout; the layout is tests/partition_layout.py's."""
+
+import datetime
+import json
+import re
+import signal
+import threading
+
+import pytest
+
+import partition_layout as layout
+from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
+from helpers import error_line, one_line, spawn, wait_for
+from otelmig.lock import lock_keys
+
+DAY = datetime.timedelta(days=1)
+
+
+def day_names(first, last):
+    return {layout.day_name(d) for d in layout.days(first, last)}
+
+
+def json_of(result):
+    assert result.out.strip(), result.err
+    return json.loads(result.out)
+
+
+def count(url, table):
+    return sql(url, "select count(*) from %s" % table)[0][0]
+
+
+def parse_prometheus(text):
+    metrics = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        match = re.fullmatch(r'([a-z_]+\{[a-z_]+="[^"]*"\}) (-?[0-9.e+]+)', line)
+        assert match, line
+        metrics[match.group(1)] = float(match.group(2))
+    return metrics
+
+
+def upgraded(url, legacy_traces: int = 0):
+    """A store converted by revision 2 itself (`upgrade`); the server's today."""
+    if legacy_traces:
+        load_legacy(url, traces=legacy_traces)
+    result = run_cli("upgrade", url=url)
+    assert result.code == 0, result.err
+    return layout.server_today(url)
+
+
+# -- after a real upgrade ---------------------------------------------------------
+
+def test_after_the_upgrade_maintain_has_nothing_to_do_and_then_keeps_days_ahead(db_url):
+    today = upgraded(db_url)
+    first = run_cli("maintain", "--format", "json", url=db_url)
+    assert first.code == 0, first.err
+    assert json_of(first)["created"] == [] and json_of(first)["dropped"] == []
+    further = run_cli("maintain", "--ahead", "10", "--format", "json", url=db_url)
+    assert further.code == 0, further.err
+    assert set(json_of(further)["created"]) == day_names(today + 8 * DAY, today + 10 * DAY)
+    assert run_cli("verify", url=db_url).code == 0
+
+
+def test_after_the_upgrade_a_row_in_default_moves_into_its_new_day(db_url):
+    today = upgraded(db_url)
+    layout.insert_spans(db_url, ["now() + interval '9 days'", "now()"])
+    assert count(db_url, "otel.spans_default") == 1
+    result = run_cli("maintain", "--ahead", "10", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert json_of(result)["moved_from_default"] == 1 and json_of(result)["default_rows"] == 0
+    where = dict((span, part) for part, span in layout.partition_of_rows(db_url))
+    assert where["s0"] == "otel." + layout.day_name(today + 9 * DAY)
+    assert count(db_url, "otel.spans") == 2
+
+
+def test_after_the_upgrade_history_is_kept_whole_and_old_traces_go(db_url):
+    """The conversion's cutoff is two days ahead: every legacy row (2026-01-01)
+    stays until the cutoff leaves the window; their traces go at once."""
+    upgraded(db_url, legacy_traces=50)
+    spans_before = count(db_url, "otel.spans")
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert payload["dropped"] == [] and payload["trace_rows_deleted"] == 50
+    assert count(db_url, "otel.spans") == spans_before == 250
+    assert count(db_url, "otel.traces") == 0
+    assert run_cli("verify", url=db_url).code == 0
+
+
+# -- creating ahead ---------------------------------------------------------------
+
+def test_creates_the_coming_days_and_a_rerun_creates_nothing(db_url):
+    today = layout.build(db_url, cutoff_offset=-1, ahead=2)
+    result = run_cli("maintain", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    wanted = day_names(today + 3 * DAY, today + 7 * DAY)
+    assert set(payload["created"]) == wanted
+    assert payload["dropped"] == [] and payload["dry_run"] is False
+    live = layout.partitions(db_url)
+    assert day_names(today - DAY, today + 7 * DAY) | {"spans_history", "spans_default"} == set(live)
+    layout.insert_spans(db_url, ["timestamptz '%s 23:59:59+00'" % (today + 7 * DAY),
+                                 "timestamptz '%s 00:00:00+00'" % (today + 8 * DAY)])
+    assert [p for p, _ in layout.partition_of_rows(db_url)] == ["otel." + layout.day_name(today + 7 * DAY),
+                                                                "otel.spans_default"]
+    again = run_cli("maintain", "--format", "json", url=db_url)
+    assert again.code == 0 and json_of(again)["created"] == []
+    assert set(layout.partitions(db_url)) == set(live)
+
+
+def test_ahead_sets_how_many_days_and_the_new_partitions_carry_the_indexes(db_url):
+    today = layout.build(db_url, cutoff_offset=0, ahead=0)
+    result = run_cli("maintain", "--ahead", "10", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert set(json_of(result)["created"]) == day_names(today + DAY, today + 10 * DAY)
+    verify = run_cli("verify", "--format", "json", url=db_url)
+    assert verify.code == 0, verify.out + verify.err
+    indexes = sql(db_url, "select count(*) from pg_indexes where schemaname = 'otel' and tablename = %s",
+                  (layout.day_name(today + 10 * DAY),))[0][0]
+    assert indexes == 4  # the primary key's and the three contract indexes, attached
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata", "Pacific/Chatham"])
+def test_the_sessions_time_zone_changes_nothing(db_url, zone):
+    """pg_get_expr prints bounds in the session's TimeZone; days stay UTC days."""
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    database = db_url.rsplit("/", 1)[1]
+    sql(db_url, "alter database %s set timezone = '%s'" % (database, zone))
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert set(payload["created"]) == day_names(today + 3 * DAY, today + 7 * DAY)
+    assert set(payload["dropped"]) == day_names(today - 20 * DAY, today - 15 * DAY) | {"spans_history"}
+    assert payload["newest_bound"] == "%sT00:00:00Z" % (today + 8 * DAY)
+    verify = run_cli("verify", "--format", "json", url=db_url)
+    assert verify.code == 0 and verify.json()["problems"] == [], verify.out
+
+
+def test_new_partitions_belong_to_the_owner_of_spans(db_url):
+    """As revision 2's partitions do: whoever runs maintain, a later downgrade or
+    maintain by the owner of spans may drop them."""
+    today = upgraded(db_url)
+    role = "owner_" + db_url.rsplit("/", 1)[1]
+    sql(db_url, "create role %s" % role)
+    try:
+        sql(db_url, "alter table otel.spans owner to %s" % role)
+        result = run_cli("maintain", "--ahead", "8", "--format", "json", url=db_url)
+        assert result.code == 0, result.err
+        owner = sql(db_url, "select pg_get_userbyid(relowner)::text from pg_class where oid = to_regclass(%s)",
+                    ("otel." + layout.day_name(today + 8 * DAY),))[0][0]
+        assert owner == role
+    finally:
+        sql(db_url, "reassign owned by %s to current_user" % role)
+        sql(db_url, "drop role %s" % role)
+
+
+# -- rows in the DEFAULT partition ------------------------------------------------
+
+def test_rows_in_the_default_partition_move_into_the_new_day(db_url):
+    today = layout.build(db_url, cutoff_offset=-1, ahead=2)
+    layout.insert_spans(db_url, ["now() + interval '5 days'", "now() + interval '6 days'", "now()",
+                                 "now() + interval '60 days'"])
+    assert count(db_url, "otel.spans_default") == 3
+    result = run_cli("maintain", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    where = dict((span, part) for part, span in layout.partition_of_rows(db_url))
+    assert where == {"s0": "otel." + layout.day_name(today + 5 * DAY),
+                     "s1": "otel." + layout.day_name(today + 6 * DAY),
+                     "s2": "otel." + layout.day_name(today), "s3": "otel.spans_default"}
+    assert count(db_url, "otel.spans") == 4
+    assert payload["moved_from_default"] == 2
+    assert payload["default_rows"] == 1  # the row 60 days ahead: reported, never lost
+    assert "1 row" in result.err and "default" in result.err
+
+
+# -- retention ----------------------------------------------------------------------
+
+def test_retain_drops_exactly_the_wholly_old_partitions_and_old_history(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    layout.insert_spans(db_url, ["now() - interval '25 days'", "now() - interval '17 days'",
+                                 "now() - interval '14 days' + interval '1 hour'", "now()"])
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    # a day is wholly older than 14 days when its end (next midnight) <= now() - 14 days
+    expected = day_names(today - 20 * DAY, today - 15 * DAY) | {"spans_history"}
+    assert set(payload["dropped"]) == expected
+    live = set(layout.partitions(db_url))
+    assert not (live & expected)
+    assert day_names(today - 14 * DAY, today + 7 * DAY) <= live and "spans_default" in live
+    assert sorted(span for _, span in layout.partition_of_rows(db_url)) == ["s2", "s3"]
+    tables = {r[0] for r in sql(db_url, "select relname::text from pg_class c join pg_namespace n "
+                                        "on n.oid = c.relnamespace where nspname = 'otel' and relkind = 'r'")}
+    assert not (tables & expected)  # detached and dropped, not left behind
+    assert sql(db_url, "select count(*) from pg_class where relname = 'spans_id_seq'")[0][0] == 1
+
+
+def test_history_is_kept_whole_until_its_cutoff_leaves_the_window(db_url):
+    today = layout.build(db_url, cutoff_offset=-5, ahead=7)
+    layout.insert_spans(db_url, ["now() - interval '400 days'", "now() - interval '6 days'"])
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert json_of(result)["dropped"] == []
+    assert "spans_history" in layout.partitions(db_url)
+    assert count(db_url, "otel.spans_history") == 2
+    shorter = run_cli("maintain", "--retain", "4d", "--format", "json", url=db_url)
+    assert shorter.code == 0, shorter.err
+    # now() - 4 days is past the cutoff (today - 5 days): all of history left the window, and the first day
+    assert set(json_of(shorter)["dropped"]) == {"spans_history", layout.day_name(today - 5 * DAY)}
+    assert layout.day_name(today - 4 * DAY) in layout.partitions(db_url)  # ends after now() - 4 days: kept
+
+
+def test_retain_36h_drops_by_the_hour(db_url):
+    today = layout.build(db_url, cutoff_offset=-4, ahead=1)
+    window_start = sql(db_url, "select now() - interval '36 hours'")[0][0]
+    result = run_cli("maintain", "--retain", "36h", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    ends = {layout.day_name(d): datetime.datetime.combine(d + DAY, datetime.time(), datetime.timezone.utc)
+            for d in layout.days(today - 4 * DAY, today + DAY)}
+    assert set(json_of(result)["dropped"]) == {n for n, end in ends.items() if end <= window_start} | {"spans_history"}
+
+
+def test_old_traces_are_deleted_in_batches(db_url):
+    layout.build(db_url, cutoff_offset=-1, ahead=7)
+    layout.insert_traces(db_url, 12001, "interval '30 days'", prefix="old")
+    layout.insert_traces(db_url, 10, "interval '1 day'", prefix="new")
+    result = run_cli("maintain", "--retain", "14d", "-v", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert json_of(result)["trace_rows_deleted"] == 12001
+    assert count(db_url, "otel.traces") == 10
+    batches = [line for line in result.err.splitlines() if line.startswith("maintain: deleted")]
+    assert len(batches) == 3, result.err  # 5000 + 5000 + 2001, each its own transaction
+
+
+def test_a_partition_a_view_depends_on_is_kept_and_named(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    kept = layout.day_name(today - 16 * DAY)
+    sql(db_url, "create view public.audit as select * from otel.%s" % kept)
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    payload = json_of(result)
+    assert kept not in payload["dropped"] and layout.day_name(today - 17 * DAY) in payload["dropped"]
+    assert kept in layout.partitions(db_url)
+    line = error_line(result.err)
+    assert kept in line and "audit" in line
+
+
+def test_a_history_that_owns_the_id_sequence_is_kept(db_url):
+    layout.build(db_url, cutoff_offset=-20, ahead=7)
+    sql(db_url, "alter sequence otel.spans_id_seq owned by otel.spans_history.id")
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    assert "spans_history" not in json_of(result)["dropped"]
+    assert "spans_history" in layout.partitions(db_url)
+    assert "OWNED BY otel.spans.id" in error_line(result.err)
+    layout.insert_spans(db_url, ["now()"])  # the id default still works
+
+
+def test_tables_named_like_day_partitions_do_not_confuse_it(db_url):
+    """A standalone table whose name is no real day, and one in the way of a coming day."""
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    sql(db_url, "create table otel.spans_p20261399 (x int)")
+    blocker = layout.day_name(today + 4 * DAY)
+    sql(db_url, "create table otel.%s (x int)" % blocker)
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    payload = json_of(result)
+    assert blocker not in payload["created"] and layout.day_name(today + 5 * DAY) in payload["created"]
+    assert blocker in error_line(result.err)
+    assert sql(db_url, "select to_regclass('otel.spans_p20261399') is not null")[0][0]
+
+
+# -- a half-done run converges -------------------------------------------------------
+
+def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    old = layout.day_name(today - 18 * DAY)
+    sql(db_url, "alter table otel.spans detach partition otel.%s" % old)  # a crash after DETACH
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert old in json_of(result)["dropped"]
+    assert sql(db_url, "select to_regclass('otel.%s') is null" % old)[0][0]
+
+
+def test_a_pending_concurrent_detach_is_finalized(db_url):
+    """Without a DEFAULT partition maintain detaches CONCURRENTLY; a run killed
+    while that waits leaves the partition 'detach pending': the rerun finalizes it."""
+    if sql(db_url, "select current_setting('server_version_num')::int")[0][0] < 140000:
+        pytest.skip("DETACH ... CONCURRENTLY is PostgreSQL 14+; on 13 maintain detaches plainly")
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7, default=False)
+    old = layout.day_name(today - 18 * DAY)
+    holder = connect(db_url, autocommit=False)  # an old snapshot the detach must wait for
+    holder.cursor().execute("set transaction isolation level repeatable read")
+    holder.cursor().execute("select count(*) from otel.spans")
+    detacher = connect(db_url)
+    cursor = detacher.cursor()
+    cursor.execute("select pg_backend_pid()")
+    backend = cursor.fetchone()[0]
+    failure = []
+    thread = threading.Thread(target=_detach_catching, args=(detacher, old, failure))
+    thread.start()
+    wait_for(lambda: sql(db_url, "select count(*) from pg_inherits where inhdetachpending and "
+                                 "inhrelid = to_regclass('otel.%s')" % old)[0][0], "the detach to be pending")
+    sql(db_url, "select pg_cancel_backend(%s)", (backend,))
+    thread.join(60)
+    holder.rollback()
+    holder.close()
+    detacher.close()
+    assert failure, "the detach was expected to be cancelled"
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert old in json_of(result)["dropped"]
+    assert sql(db_url, "select to_regclass('otel.%s') is null" % old)[0][0]
+
+
+def _detach_catching(conn, name, failure):
+    try:
+        conn.cursor().execute("alter table otel.spans detach partition otel.%s concurrently" % name)
+    except Exception as exc:  # the cancel we send
+        failure.append(exc)
+
+
+# -- dry run, concurrency, outputs -----------------------------------------------------
+
+def test_dry_run_lists_and_changes_nothing(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    layout.insert_spans(db_url, ["now() + interval '5 days'"])
+    layout.insert_traces(db_url, 7, "interval '30 days'")
+    before = (catalog_snapshot(db_url), layout.partition_of_rows(db_url), count(db_url, "otel.traces"))
+    result = run_cli("maintain", "--retain", "14d", "--dry-run", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert payload["dry_run"] is True
+    assert set(payload["created"]) == day_names(today + 3 * DAY, today + 7 * DAY)
+    assert set(payload["dropped"]) == day_names(today - 20 * DAY, today - 15 * DAY) | {"spans_history"}
+    assert payload["trace_rows_deleted"] == 7
+    after = (catalog_snapshot(db_url), layout.partition_of_rows(db_url), count(db_url, "otel.traces"))
+    assert after == before
+    text = run_cli("maintain", "--retain", "14d", "--dry-run", url=db_url)
+    assert text.code == 0
+    assert "would create %s" % layout.day_name(today + 7 * DAY) in text.out
+    assert "would drop spans_history" in text.out
+    assert (catalog_snapshot(db_url), layout.partition_of_rows(db_url), count(db_url, "otel.traces")) == before
+
+
+def test_two_runs_at_once_both_succeed_and_create_each_partition_once(db_url):
+    today = upgraded(db_url)
+    # Both start while another otelmig holds the migration lock, so they run at once once it is free.
+    holder = connect(db_url)
+    holder.cursor().execute("select pg_advisory_lock(%s, %s)", lock_keys("otel"))
+    try:
+        procs = [spawn(db_url, "maintain", "--ahead", "12", "--format", "json") for _ in range(2)]
+        wait_for(lambda: sql(db_url, "select count(*) >= 2 from pg_stat_activity where datname = current_database() "
+                                     "and query like 'select pg_try_advisory_lock%%'")[0][0],
+                 "both runs to wait for the migration lock")
+    finally:
+        holder.close()
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    created = [json.loads(out)["created"] for out, _ in outputs]
+    assert sorted(created[0] + created[1]) == sorted(day_names(today + 8 * DAY, today + 12 * DAY))
+    assert all("Traceback" not in err and "waiting for the migration lock" in err for _, err in outputs)
+    assert day_names(today + 3 * DAY, today + 12 * DAY) <= set(layout.partitions(db_url))
+
+
+def test_text_output_names_what_was_done(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=6)
+    result = run_cli("maintain", "--retain", "14d", url=db_url)
+    assert result.code == 0, result.err
+    assert "created %s" % layout.day_name(today + 7 * DAY) in result.out
+    assert "dropped %s" % layout.day_name(today - 15 * DAY) in result.out
+    assert "rows in the default partition: 0" in result.out
+
+
+def test_prometheus_output(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=6)
+    result = run_cli("maintain", "--retain", "14d", "--format", "prometheus", url=db_url)
+    assert result.code == 0, result.err
+    metrics = parse_prometheus(result.out)
+    label = '{schema="otel"}'
+    assert metrics["otelmig_maintain_exit_code" + label] == 0
+    assert metrics["otelmig_maintain_created" + label] == 1
+    assert metrics["otelmig_maintain_dropped" + label] == 7  # six days and the history
+    assert metrics["otelmig_maintain_partitions" + label] == len(layout.partitions(db_url))
+    assert metrics["otelmig_maintain_default_rows" + label] == 0
+    newest = datetime.datetime.combine(today + 8 * DAY, datetime.time(), datetime.timezone.utc).timestamp()
+    oldest = datetime.datetime.combine(today - 14 * DAY, datetime.time(), datetime.timezone.utc).timestamp()
+    assert metrics["otelmig_maintain_newest_bound_timestamp_seconds" + label] == newest
+    assert metrics["otelmig_maintain_oldest_bound_timestamp_seconds" + label] == oldest
+
+
+def test_the_pyz_upgrades_and_maintains(db_url, pyz):
+    assert run_pyz(pyz, "upgrade", url=db_url).code == 0
+    today = layout.server_today(db_url)
+    result = run_pyz(pyz, "maintain", "--ahead", "9", "--retain", "30d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert set(json.loads(result.out)["created"]) == day_names(today + 8 * DAY, today + 9 * DAY)
+    bad = run_pyz(pyz, "maintain", "--retain", "10x", url=db_url)
+    assert bad.code == 2 and one_line(bad.err)
+
+
+# -- exit codes -------------------------------------------------------------------------
+
+BAD_INPUT = [("--retain", "0"), ("--retain", "-3d"), ("--retain", "10x"), ("--retain", "14"),
+             ("--retain", "0d"), ("--ahead", "-1"), ("--ahead", "x"), ("--ahead", "1000")]
+
+
+@pytest.mark.parametrize("flag, value", BAD_INPUT, ids=["%s=%s" % pair for pair in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(db_url, flag, value):
+    layout.build(db_url, cutoff_offset=-20, ahead=2)
+    before = catalog_snapshot(db_url)
+    result = run_cli("maintain", flag, value, url=db_url)
+    assert result.code == 2, result
+    assert one_line(result.err) and flag in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+def test_refuses_an_empty_database(db_url):
+    result = run_cli("maintain", "--format", "json", url=db_url)
+    assert result.code == 4, result
+    assert one_line(result.err) and "upgrade" in result.err
+    assert json_of(result)["exit_code"] == 4
+
+
+def test_refuses_a_revision_it_does_not_know(db_url):
+    layout.build(db_url)
+    sql(db_url, "update otel.alembic_version set version_num = 'ffffffffffff'")
+    before = catalog_snapshot(db_url)
+    result = run_cli("maintain", "--retain", "1d", url=db_url)
+    assert result.code == 6, result
+    assert one_line(result.err)
+    assert catalog_snapshot(db_url) == before
+
+
+def test_refuses_a_store_stamped_at_the_head_over_a_plain_spans(db_url):
+    assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
+    assert run_cli("stamp", "head", url=db_url).code == 0  # at the head, but spans is a plain table
+    before = catalog_snapshot(db_url)
+    result = run_cli("maintain", "--retain", "1d", url=db_url)
+    assert result.code == 4, result
+    assert one_line(result.err) and "partitions of table spans" in result.err and "upgrade" in result.err
+    assert catalog_snapshot(db_url) == before
+
+
+def test_refuses_a_spans_partitioned_another_way(db_url):
+    assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
+    for statement in ("alter table otel.spans rename to spans_old",
+                      "create table otel.spans (like otel.spans_old including defaults) partition by range (created_at)",
+                      "create table otel.spans_all partition of otel.spans default"):
+        sql(db_url, statement)
+    assert run_cli("stamp", "head", url=db_url).code == 0
+    before = catalog_snapshot(db_url)
+    result = run_cli("maintain", "--retain", "1d", "--format", "json", url=db_url)
+    assert result.code == 7, result
+    line = error_line(result.err)
+    assert "RANGE (created_at)" in line and "RANGE (start_time)" in line and "verify" in line
+    assert json_of(result)["exit_code"] == 7
+    assert catalog_snapshot(db_url) == before
+
+
+def test_refuses_a_spans_the_operator_partitioned_before_otelmig(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=2)
+    sql(db_url, "insert into otel.otelmig_objects (revision, object_kind, object_name, origin) "
+                "values ('826630e38563', 'partitioning', 'spans', 'found')")
+    before = catalog_snapshot(db_url)
+    for args in (["--retain", "14d"], ["--dry-run"]):
+        result = run_cli("maintain", *args, url=db_url)
+        assert result.code == 7, result
+        assert "operator" in error_line(result.err)
+    assert catalog_snapshot(db_url) == before
+    assert "maintain" not in json_of(run_cli("plan", "--format", "json", url=db_url))
+    assert layout.day_name(today + 2 * DAY) in layout.partitions(db_url)
+
+
+def test_refuses_a_store_behind_the_head(db_url):
+    assert run_cli("upgrade", layout.BASELINE, url=db_url).code == 0
+    result = run_cli("maintain", url=db_url)
+    assert result.code == 5, result
+    assert one_line(result.err) and "upgrade" in result.err
+
+
+def test_a_lock_held_on_spans_is_exit_9_and_nothing_changes(db_url):
+    layout.build(db_url, cutoff_offset=-1, ahead=2)
+    before = set(layout.partitions(db_url))
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("lock table otel.spans in access exclusive mode")
+    try:
+        result = run_cli("maintain", "--lock-timeout", "0.2", url=db_url)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.code == 9, result
+    line = error_line(result.err)
+    assert "stayed locked" in line and "--lock-timeout" in line
+    assert set(layout.partitions(db_url)) == before
+
+
+def test_sigterm_while_creating_rolls_back_and_exits_143(db_url):
+    today = layout.build(db_url, cutoff_offset=-1, ahead=2)
+    before = set(layout.partitions(db_url))
+    holder = connect(db_url, autocommit=False)
+    holder.cursor().execute("lock table otel.spans_default in access share mode")
+    holder.cursor().execute("select count(*) from otel.spans_default")
+    try:
+        proc = spawn(db_url, "maintain", "--lock-timeout", "30")
+        wait_for(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                                     "and query like 'LOCK TABLE%%spans_default%%'")[0][0],
+                 "maintain to wait for the DEFAULT partition")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert proc.returncode == 143, err
+    assert one_line(err) and "SIGTERM" in err
+    assert set(layout.partitions(db_url)) == before
+    assert sql(db_url, "select to_regclass('otel.%s') is null" % layout.day_name(today + 3 * DAY))[0][0]
+
+
+# -- verify and plan know the partitions ------------------------------------------------
+
+def test_verify_reports_missing_days_gaps_and_default_rows(db_url):
+    today = layout.build(db_url, cutoff_offset=-3, ahead=7)
+    assert run_cli("verify", url=db_url).code == 0
+    sql(db_url, "drop table otel.%s" % layout.day_name(today - DAY))          # a gap
+    sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))      # a missing coming day
+    layout.insert_spans(db_url, ["now() + interval '30 days'"])              # a row in DEFAULT
+    result = run_cli("verify", "--format", "json", url=db_url)
+    assert result.code == 7, result.out
+    payload = json_of(result)
+    kinds = {(p["kind"], p["object"]) for p in payload["problems"]}
+    assert ("missing_partition", "otel." + layout.day_name(today + 7 * DAY)) in kinds
+    assert any(k == "partition_gap" for k, _ in kinds)
+    assert "default_partition_rows" in {e["kind"] for e in payload["extras"]}
+
+
+def test_verify_leaves_an_operators_own_layout_its_days_but_not_its_gaps(db_url):
+    """Revision 2 adopts a spans the operator partitioned as found: its partitions are the operator's."""
+    today = layout.build(db_url, cutoff_offset=-3, ahead=7)
+    sql(db_url, "insert into otel.otelmig_objects (revision, object_kind, object_name, origin) "
+                "values ('826630e38563', 'partitioning', 'spans', 'found')")
+    sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))
+    sql(db_url, "drop table otel.spans_default")
+    assert run_cli("verify", url=db_url).code == 0
+    sql(db_url, "drop table otel.%s" % layout.day_name(today))
+    payload = json_of(run_cli("verify", "--format", "json", url=db_url))
+    assert [p["kind"] for p in payload["problems"]] == ["partition_gap"]
+
+
+def test_verify_reports_a_partition_without_its_index(db_url):
+    today = layout.build(db_url, cutoff_offset=-1, ahead=7)
+    sql(db_url, "drop index otel.ix_spans_span_id")
+    sql(db_url, "create index ix_spans_span_id on only otel.spans (span_id)")
+    part = layout.day_name(today)
+    sql(db_url, "create index p_span on otel.%s (span_id)" % part)
+    sql(db_url, "alter index otel.ix_spans_span_id attach partition otel.p_span")
+    payload = json_of(run_cli("verify", "--format", "json", url=db_url))
+    problems = {(p["kind"], p["object"]) for p in payload["problems"]}
+    assert ("partition_index_missing", "otel.%s" % layout.day_name(today + DAY)) in problems
+    assert ("partition_index_missing", "otel.%s" % part) not in problems
+
+
+def test_plan_says_what_maintain_would_create(db_url):
+    today = upgraded(db_url)
+    sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))
+    before = catalog_snapshot(db_url)
+    result = run_cli("plan", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    assert json_of(result)["maintain"]["create"] == [layout.day_name(today + 7 * DAY)]
+    text = run_cli("plan", url=db_url).out
+    assert "maintain would create %s" % layout.day_name(today + 7 * DAY) in text
+    assert catalog_snapshot(db_url) == before
