@@ -119,8 +119,10 @@ def pyz_sha(pyz: str) -> str:
 def describe_pyz(pyz: str) -> str:
     """Which build was measured: path, sha256, mtime, and the work tree's commit."""
     path = os.path.relpath(pyz, REPO) if pyz.startswith(REPO + os.sep) else pyz
-    return "%s (sha256 %s…, built %s); work tree at %s" % (
-        path, pyz_sha(pyz), time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(pyz))), git_describe())
+    where = ("work tree at %s" % git_describe() if pyz.startswith(REPO + os.sep)
+             else "built outside this work tree (bench scripts at %s)" % git_describe())
+    return "%s (sha256 %s…, built %s); %s" % (
+        path, pyz_sha(pyz), time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(pyz))), where)
 
 
 # --------------------------------------------------------------------------- cluster
