@@ -341,11 +341,6 @@ def run_migration(cluster, database, argv, env, args, load: bool, traces: int, s
     return out
 
 
-def _stats(latencies):
-    return {"n": len(latencies), "worst_ms": max(latencies) * 1e3 if latencies else float("nan"),
-            "p99_ms": common.percentile(latencies, 99) * 1e3, "median_ms": common.median(latencies) * 1e3}
-
-
 def load_figures(writer, reader, monitor, up_start, up_end) -> dict:
     def during(samples):
         return [s for s in samples if up_start <= s[0] < up_end]
@@ -357,23 +352,25 @@ def load_figures(writer, reader, monitor, up_start, up_end) -> dict:
     r_during = during(reader.samples)
     valid_at = monitor.trace_index_valid_at
     figures = {
-        "writer": _stats([s[1] for s in w_during if s[2]]),
-        "writer_before": _stats([s[1] for s in before(writer.samples) if s[2]]),
-        "writer_all": _stats([s[1] for s in writer.samples if s[2]]),
+        "writer": common.latency_stats([s[1] for s in w_during if s[2]]),
+        "writer_before": common.latency_stats([s[1] for s in before(writer.samples) if s[2]]),
+        "writer_all": common.latency_stats([s[1] for s in writer.samples if s[2]]),
         "writer_lost": sum(1 for s in writer.samples if not s[2]),
         "writer_ok": sum(1 for s in writer.samples if s[2]),
         "writer_retried_errors": sorted({e for s in writer.samples for e in s[4]}),
         "writer_switched_at": writer.switched_at,
-        "reader": _stats([s[1] for s in r_during if s[2]]),
-        "reader_before": _stats([s[1] for s in before(reader.samples) if s[2]]),
-        "reader_all": _stats([s[1] for s in reader.samples if s[2]]),
+        "reader": common.latency_stats([s[1] for s in r_during if s[2]]),
+        "reader_before": common.latency_stats([s[1] for s in before(reader.samples) if s[2]]),
+        "reader_all": common.latency_stats([s[1] for s in reader.samples if s[2]]),
         "reader_failed": sum(1 for s in reader.samples if not s[2]),
         "reader_empty": sum(1 for s in reader.samples if s[2] and s[3] == 0),
         "trace_index_valid_at": None if valid_at is None else valid_at - up_start,
     }
     if valid_at is not None:
-        figures["reader_until_index"] = _stats([s[1] for s in r_during if s[2] and s[0] + s[1] < valid_at])
-        figures["reader_after_index"] = _stats([s[1] for s in reader.samples if s[2] and s[0] >= valid_at])
+        figures["reader_until_index"] = common.latency_stats(
+            [s[1] for s in r_during if s[2] and s[0] + s[1] < valid_at])
+        figures["reader_after_index"] = common.latency_stats(
+            [s[1] for s in reader.samples if s[2] and s[0] >= valid_at])
     figures["stalls"] = explain_stalls(writer.samples, monitor.samples, up_start)
     figures["slow_reads"] = explain_slow_reads(reader.samples, monitor.samples, up_start, up_end)
     figures["phases"] = otelmig_phases(monitor.samples, up_start)

@@ -373,6 +373,12 @@ def generate_legacy(cluster, database: str, spans: int, seed: float = 0.42, chun
 
 # --------------------------------------------------------------------------- statistics, output
 
+def latency_stats(latencies):
+    """Count, worst, p99 and median of latencies in seconds, in milliseconds."""
+    return {"n": len(latencies), "worst_ms": max(latencies) * 1e3 if latencies else float("nan"),
+            "p99_ms": percentile(latencies, 99) * 1e3, "median_ms": median(latencies) * 1e3}
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 

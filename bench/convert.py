@@ -166,11 +166,6 @@ def run_ours(cluster, database, argv, env, args, traces, seed, column) -> dict:
     return out
 
 
-def _stats(latencies):
-    return {"n": len(latencies), "worst_ms": max(latencies) * 1e3 if latencies else float("nan"),
-            "p99_ms": common.percentile(latencies, 99) * 1e3, "median_ms": common.median(latencies) * 1e3}
-
-
 def load_figures(writer, reader, monitor, up_start, up_end) -> dict:
     """Latencies of the inserts and reads that started while the conversion ran (and before it, for scale)."""
     def during(samples):
@@ -180,16 +175,16 @@ def load_figures(writer, reader, monitor, up_start, up_end) -> dict:
         return [s for s in samples if s[0] < up_start]
 
     return {
-        "writer": _stats([s[1] for s in during(writer.samples)]),  # failed ones too: their time was spent
-        "writer_before": _stats([s[1] for s in before(writer.samples)]),
-        "writer_all": _stats([s[1] for s in writer.samples]),
+        "writer": common.latency_stats([s[1] for s in during(writer.samples)]),  # failed ones too: their time was spent
+        "writer_before": common.latency_stats([s[1] for s in before(writer.samples)]),
+        "writer_all": common.latency_stats([s[1] for s in writer.samples]),
         "writer_attempted": len(writer.samples),
         "writer_acknowledged": sum(1 for s in writer.samples if s[2]),
         "writer_failed": sum(1 for s in writer.samples if not s[2]),
         "writer_errors": sum(len(s[4]) for s in writer.samples),
         "writer_error_codes": sorted({e for s in writer.samples for e in s[4]}),
-        "reader": _stats([s[1] for s in during(reader.samples) if s[2]]),
-        "reader_before": _stats([s[1] for s in before(reader.samples) if s[2]]),
+        "reader": common.latency_stats([s[1] for s in during(reader.samples) if s[2]]),
+        "reader_before": common.latency_stats([s[1] for s in before(reader.samples) if s[2]]),
         "reader_failed": sum(1 for s in reader.samples if not s[2]),
         "reader_empty": sum(1 for s in reader.samples if s[2] and s[3] == 0),
         "stalls": adopt.explain_stalls(writer.samples, monitor.samples, up_start),
