@@ -43,7 +43,7 @@ down_revision = "163d8f446eb9"
 branch_labels = None
 depends_on = None
 
-AHEAD_DAYS = 7                       # day partitions created up to today + this
+AHEAD_DAYS = 7  # day partitions created up to today + this; frozen here (maintain reads schema.SPANS_PARTITIONING)
 MARGIN_DAYS = 2                      # cutoff: this many UTC midnights after max(now, newest row)
 BATCH_ROWS = 10000                   # rows moved per transaction by the downgrade
 NEW_PARENT = "spans_partitioned"     # the partitioned table before the switch (and after the downgrade's)
