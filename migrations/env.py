@@ -64,6 +64,7 @@ def main() -> None:
         run_migrations(handed, handed_schema())  # the otelmig CLI
         return
     with authors.session(config.attributes, engine=handed) as (connection, schema):
+        authors.refuse_before_the_first_change(connection, schema, context.script, context.get_revision_argument())
         run_migrations(connection, schema)
 
 

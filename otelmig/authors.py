@@ -24,8 +24,9 @@ import os
 import sys
 from typing import Mapping
 
-from otelmig import redact
+from otelmig import preflight, redact, repair
 from otelmig.errors import OtelmigError, RefusedError, UsageError
+from otelmig.revisions import HEAD_REVISION
 from otelmig.settings import (DEFAULT_LOCK_WAIT, DEFAULT_SCHEMA, ENV_LOCK_WAIT, ENV_SCHEMA, parse_seconds,
                               resolve_conninfo, validate_schema)
 
@@ -95,6 +96,9 @@ def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None):
         schema = validate_schema(attributes.get("schema") or env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
         attributes.setdefault("allow_data_loss", allow_data_loss(env))
         attributes.setdefault("on_version_apply", _report_applied)
+        # The checks `otelmig upgrade` makes (otelmig/preflight.py), so both paths decide alike.
+        attributes.setdefault("check_head_contract", preflight.contract_check(schema))
+        attributes.setdefault("head", HEAD_REVISION)
         wait = parse_seconds(env[ENV_LOCK_WAIT], ENV_LOCK_WAIT) if env.get(ENV_LOCK_WAIT) else DEFAULT_LOCK_WAIT
         conninfo = _conninfo_of(engine, env) if engine is not None else resolve_conninfo(None, env)
         with MigrationLock(conninfo, schema, wait, say):
@@ -102,7 +106,39 @@ def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None):
             engine = engine if engine is not None else engine_for(conninfo)
             try:
                 with engine.connect() as connection:
+                    repair.run_repairs(connection, schema)  # what an interrupted run left, first
                     yield connection, schema
             finally:
                 if own_engine:
                     engine.dispose()
+
+
+def refuse_before_the_first_change(connection, schema: str, script, destination) -> None:
+    """An upgrade's compatibility check (the one `otelmig upgrade` makes), before
+    Alembic writes anything, even its version table. `destination` is Alembic's
+    revision argument; a downgrade has no pending upgrade to check."""
+    from otelmig.db import quote_ident, quote_literal
+    from otelmig.schema import VERSION_TABLE
+
+    table = "%s.%s" % (quote_ident(schema), VERSION_TABLE)
+    current = None
+    if connection.exec_driver_sql("select to_regclass(%s)" % quote_literal(table)).scalar() is not None:
+        current = connection.exec_driver_sql("select max(version_num) from %s" % table).scalar()
+    connection.rollback()
+    pending = _pending(script, destination, current)
+    with failures_as_command_errors():
+        preflight.refuse_conflicts(connection.connection.dbapi_connection, schema, [s.module for s in pending])
+    connection.rollback()
+
+
+def _pending(script, destination, current) -> list:
+    """The revision scripts an upgrade to destination runs, oldest first; [] for a downgrade."""
+    from alembic.script.revision import RangeNotAncestorError, ResolutionError, RevisionError
+    from alembic.util import CommandError
+
+    if not isinstance(destination, str) or destination.startswith("-") or destination == "base":
+        return []
+    try:
+        return list(reversed(list(script.iterate_revisions(destination, current or "base"))))
+    except (RangeNotAncestorError, ResolutionError, RevisionError, CommandError):
+        return []  # not above the current revision: a downgrade, or Alembic names the problem itself

@@ -26,6 +26,7 @@ import contextlib
 import enum
 import os
 import signal
+import time
 from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 from otelmig.db import quote_ident, quote_literal
@@ -418,21 +419,46 @@ class OnlineRunner:
         crash_point_for_tests()
 
 
-# TEST-ONLY hook for the revision kit (tests/test_revision_kit.py): with
-# OTELMIG_TEST_CRASH_AFTER_STATEMENT=k in the environment, the process kills
-# itself with SIGKILL right after the k-th statement the runner executed
-# (counted over the whole process, inside the revision's transaction or
-# outside it), so the kit can show that a rerun converges after a crash at
-# every step boundary. Inert when the variable is unset (the only cost is one
-# environment lookup per statement); never set it outside the tests.
+# TEST-ONLY hooks for the revision kit and the interruption tests
+# (tests/test_revision_kit.py, tests/test_leftovers.py), inert when unset (the
+# only cost is two environment lookups per statement); never set them outside
+# the tests. Statements are counted over the whole process, inside the
+# revision's transaction or outside it.
+# - OTELMIG_TEST_CRASH_AFTER_STATEMENT=k: SIGKILL right after the k-th
+#   statement, so the kit can show that a rerun converges after a crash at
+#   every step boundary.
+# - OTELMIG_TEST_AFTER_STATEMENT=k:ACTION: after the k-th statement, TERM or
+#   INT sends this process that signal (a live run interrupted there, which
+#   cleans up before it exits); PAUSE creates the file $OTELMIG_TEST_HOOK_DIR/
+#   paused and waits until $OTELMIG_TEST_HOOK_DIR/resume exists, so a test can
+#   take a lock at exactly that point.
 CRASH_AFTER_ENV = "OTELMIG_TEST_CRASH_AFTER_STATEMENT"
+AFTER_STATEMENT_ENV = "OTELMIG_TEST_AFTER_STATEMENT"
+HOOK_DIR_ENV = "OTELMIG_TEST_HOOK_DIR"
 _statements_executed = [0]
 
 
 def crash_point_for_tests() -> None:
     crash_after = os.environ.get(CRASH_AFTER_ENV)
-    if not crash_after:
+    hook = os.environ.get(AFTER_STATEMENT_ENV)
+    if not crash_after and not hook:
         return
     _statements_executed[0] += 1
-    if _statements_executed[0] == int(crash_after):
+    if crash_after and _statements_executed[0] == int(crash_after):
         os.kill(os.getpid(), signal.SIGKILL)
+    if hook:
+        at, _, action = hook.partition(":")
+        if _statements_executed[0] == int(at):
+            _hook_action(action)
+
+
+def _hook_action(action: str) -> None:
+    if action in ("TERM", "INT"):
+        os.kill(os.getpid(), getattr(signal, "SIG" + action))
+        time.sleep(1)  # the handler runs at once and raises; this is not reached
+        return
+    if action == "PAUSE":
+        directory = os.environ[HOOK_DIR_ENV]
+        open(os.path.join(directory, "paused"), "w").close()
+        while not os.path.exists(os.path.join(directory, "resume")):
+            time.sleep(0.01)

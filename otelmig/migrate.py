@@ -10,10 +10,11 @@ import random
 import time
 from typing import List, Optional
 
-from otelmig import db, interrupt, output, progress, session
+from otelmig import db, interrupt, output, preflight, progress, repair, session
 from otelmig.revisions import HEAD_REVISION
-from otelmig.state import ensure_known, read_state
-from otelmig.errors import ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError, UsageError
+from otelmig.state import assess, ensure_known, read_state
+from otelmig.errors import (ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError,
+                            UnknownRevisionError, UsageError)
 from otelmig.lock import MigrationLock
 from otelmig.scripts import (alembic_config, engine_for, lock_timeout_ms, resolve_revision, revisions_between,
                              script_directory)
@@ -43,18 +44,56 @@ def migration_session(settings, err):
         engine = engine_for(settings.conninfo)
         connection = engine.connect()
         pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
+        ours = not isinstance(assess(state), UnknownRevisionError)  # a newer otelmig's layout is not ours to repair
         try:
             # On SIGINT/SIGTERM, end our own backend so its transaction is
             # rolled back now, before the lock is released.
             with interrupt.cleanup_on_signal(lambda: lock.stop_backend(pid)):
                 _prepare_session(connection, settings)
+                if ours:
+                    _repair_first(settings, err, connection)
                 watch = functools.partial(progress.watch_index_build, settings.conninfo, pid, say)
                 yield lock, state, connection, watch
                 _restore_session(connection)
+        except BaseException:
+            if ours:
+                _repair_on_the_way_out(settings, err, engine)
+            raise
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
             engine.dispose()
+
+
+def _repair_first(settings, err, connection) -> None:
+    """Before anything else: what an interrupted run left that could reject a write (otelmig/repair.py)."""
+    done = []
+    _run_with_retries(settings, err, connection, lambda: done.extend(repair.run_repairs(connection, settings.schema)))
+    if done:
+        output.progress(settings, err, "repaired what an interrupted run left (%d statement(s)); "
+                        "it could have rejected writes" % len(done))
+        for statement in done:
+            output.progress(settings, err, "  " + statement.replace("\n", "\n      "), level=1)
+
+
+# The repair on the way out of a failed run: a short lock budget (a container
+# stopped with SIGTERM gets a grace period of seconds, not minutes).
+EXIT_REPAIR_LOCK_TIMEOUT = 1.0  # seconds per attempt, so 6 s in all (LOCK_BUDGET_FACTOR)
+
+
+def _repair_on_the_way_out(settings, err, engine) -> None:
+    """A run that failed while alive removes, before it exits, whatever it left that
+    could reject a future write, on a new connection (its own may have been ended)."""
+    import dataclasses
+    short = dataclasses.replace(settings, lock_timeout=min(settings.lock_timeout, EXIT_REPAIR_LOCK_TIMEOUT))
+    try:
+        with contextlib.closing(engine.connect()) as connection:
+            _prepare_session(connection, short)
+            _repair_first(short, err, connection)
+    except Exception as exc:
+        error = db.translate(exc) or exc
+        output.progress(settings, err, "could not remove what this run left (%s); the next upgrade, downgrade "
+                        "or maintain removes it first" % getattr(error, "message", str(error)))
 
 
 def _prepare_session(connection, settings) -> None:
@@ -183,7 +222,7 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
         _preflight(settings, connection, revisions_between(settings, state.effective_revision, target))
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), watch_index_build=watch,
-                                head=HEAD_REVISION, check_head_contract=_contract_check(settings))
+                                head=HEAD_REVISION, check_head_contract=preflight.contract_check(settings.schema))
 
         def action():
             if state.unmigrated_at_head:
@@ -195,35 +234,9 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
 
 
 def _preflight(settings, connection, pending) -> None:
-    """Before anything changes: the first pending revision's compatibility
-    check (the baseline's: otelmig.compat), refused with exit 8."""
-    from otelmig.verify import read_catalog
-
-    check = getattr(pending[0].module, "preflight", None) if pending else None
-    if check is None:
-        return
-    conflicts = check(read_catalog(connection.connection.dbapi_connection, settings.schema), settings.schema)
+    preflight.refuse_conflicts(connection.connection.dbapi_connection, settings.schema,
+                               [script.module for script in pending])
     connection.rollback()
-    if conflicts:
-        raise RefusedError("schema %s cannot be adopted as it is; nothing was changed. %d conflict(s): %s"
-                           % (settings.schema, len(conflicts), "; ".join(c.line() for c in conflicts)),
-                           details={"conflicts": [c._asdict() for c in conflicts]})
-
-
-def _contract_check(settings):
-    """Run by migration_api after a revision's last step, before its version row
-    is written: wanted is its frozen contract, or None for the head's."""
-    def check(driver_conn, revision, wanted) -> None:
-        from otelmig.schema import HEAD
-        from otelmig.verify import compare, read_catalog
-        problems = compare(settings.schema, read_catalog(driver_conn, settings.schema), wanted or HEAD).problems
-        if problems:
-            raise OtelmigError("schema %s does not hold the contract of revision %s after its upgrade, so it was not "
-                               "recorded: %s; see `otelmig.pyz verify`"
-                               % (settings.schema, revision, "; ".join("%s %s: %s" % (p.kind, p.object, p.detail)
-                                                                       for p in problems)),
-                               ExitStatus.DRIFT, details={"problems": [p.as_dict() for p in problems]})
-    return check
 
 
 def _forget_version(connection, schema: str) -> None:
@@ -245,9 +258,21 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), allow_data_loss=allow_data_loss,
                                 watch_index_build=watch)
+        _run_with_retries(settings, err, connection, lambda: _undo_partly_applied(
+            settings, err, connection, state.revision, allow_data_loss, watch, applied))
         _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
     return _report(settings, "downgrade", state.revision, final, applied)
+
+
+def _undo_partly_applied(settings, err, connection, current, allow_data_loss, watch, applied) -> None:
+    """A revision above the version row whose upgrade stopped part way left objects:
+    its downgrade steps remove them first, so the downgrade returns the layout found."""
+    for revision in repair.undo_partly_applied(connection, settings.schema, current, _step_logger(settings, err),
+                                                allow_data_loss, watch):
+        applied.append({"revision": revision, "direction": "down", "seconds": 0.0, "partly_applied": True})
+        output.progress(settings, err, "reverted what the interrupted upgrade of %s had done (its version row was "
+                        "never written)" % revision)
 
 
 def stamp(settings, err, revision: str) -> output.Result:

@@ -463,3 +463,19 @@ def test_readme_authors_path(tmp_path, db_url):
     assert upgraded.returncode == 0, upgraded.stderr
     assert version_rows(db_url) == [[new_head]]
     assert otelmig_from_copy("check").returncode == 0
+
+
+def test_plain_alembic_refuses_an_incompatible_store_before_the_first_change(checkout, db_url):
+    """Issue 19, item 8: the compatibility check `otelmig upgrade` makes runs on the
+    authors' path too, before anything is written (not even Alembic's version table)."""
+    load_legacy(db_url, traces=10)
+    sql(db_url, "CREATE UNIQUE INDEX ix_spans_span_id ON otel.spans (span_id, id)")
+    before = state(db_url)
+
+    line = assert_one_failed_line(alembic(checkout, db_url, "upgrade", "head"))
+    assert "ix_spans_span_id" in line and "nothing was changed" in line, line
+    assert state(db_url) == before and version_rows(db_url) is None
+
+    refused = run_cli("upgrade", url=db_url)
+    assert refused.code == 8 and "ix_spans_span_id" in refused.err
+    assert state(db_url) == before
