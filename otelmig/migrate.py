@@ -258,11 +258,67 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), allow_data_loss=allow_data_loss,
                                 watch_index_build=watch)
+        _refuse_along_the_path(settings, connection, state.revision, target, allow_data_loss)
         _run_with_retries(settings, err, connection, lambda: _undo_partly_applied(
             settings, err, connection, state.revision, allow_data_loss, watch, applied))
-        _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
+        with _naming_where_it_stopped(settings, connection, state.revision):
+            _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
     return _report(settings, "downgrade", state.revision, final, applied)
+
+
+def _refuse_along_the_path(settings, connection, current, target, allow_data_loss: bool) -> None:
+    """Every refusal of every revision the downgrade reverts, asked of the live
+    catalog before the first change, so a downgrade across several revisions
+    does not revert some and then stop. A refusal whose condition needs what an
+    earlier step of the path makes is asked again when its step comes."""
+    from otelmig.ddl import Catalog, Refusal, SchemaSQL, decide
+
+    names = SchemaSQL(settings.schema)
+    ask = Catalog(lambda sql: connection.exec_driver_sql(sql).scalar(),
+                  lambda sql: connection.exec_driver_sql(sql).fetchall())
+    for script in reversed(revisions_between(settings, target, current)):  # newest first, as they run
+        for step in script.module.downgrade_steps(names):
+            if not isinstance(step, Refusal):
+                continue
+            try:
+                decision = decide(step, names, ask, allow_data_loss)
+            except Exception as exc:
+                if db.translate(exc) is None:
+                    raise
+                connection.rollback()  # a condition that can only be asked in its turn: asked then
+                continue
+            if decision.refusal and not decision.lifted:
+                connection.rollback()
+                raise RefusedError("downgrade to %s refused before its first change, nothing was changed: revision "
+                                   "%s would stop it: %s" % (target or "base", script.revision, decision.refusal))
+    connection.rollback()
+
+
+@contextlib.contextmanager
+def _naming_where_it_stopped(settings, connection, before: Optional[str]):
+    """A downgrade that fails after reverting some revisions says where the database is now."""
+    try:
+        yield
+    except OtelmigError as error:
+        _add_where_it_stopped(settings, connection, before, error)
+        raise
+    except Exception as exc:
+        error = db.translate(exc)
+        if error is None:
+            raise
+        _add_where_it_stopped(settings, connection, before, error)
+        raise error from exc
+
+
+def _add_where_it_stopped(settings, connection, before, error: OtelmigError) -> None:
+    try:
+        now = _final_revision(connection, settings.schema)
+    except Exception:
+        return  # the connection is gone; the next command reads the revision
+    if now != before:
+        error.args = ("%s; the downgrade stopped part way: schema %s is now at %s (was %s)"
+                      % (error.message, settings.schema, now or "base", before or "base"),) + error.args[1:]
 
 
 def _undo_partly_applied(settings, err, connection, current, allow_data_loss, watch, applied) -> None:

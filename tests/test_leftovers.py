@@ -186,3 +186,48 @@ def test_after_sigkill_the_next_command_repairs_first_then_rollback_returns_the_
             assert got[part] == legacy_layout[part], "SIGKILL at statement %d (%s), then downgrade base: %s" % (
                 k, statements[k - 1][:80], part)
         assert_writes_accepted(url, "the legacy layout after downgrade base (SIGKILL at %d)" % k)
+
+
+def test_downgrade_across_revisions_checks_the_whole_path_before_the_first_change(baseline_template, copy_of):
+    """Issue 22, item 3: `downgrade base` from the head, with data the baseline's
+    downgrade would drop, is refused before revision 2 is reverted: exit 8,
+    nothing changed, the refusing revision named."""
+    template, _ = baseline_template
+    url = copy_of(template)
+    code, _, err = run(url, "upgrade")
+    assert code == 0, err
+    sql(url, "update otel.spans set status_message = 'kept' where id <= 3")
+    before = layout(url), sql(url, "select version_num from otel.alembic_version")
+    code, _, err = run(url, "downgrade", "base")
+    assert code == 8, err
+    assert "163d8f446eb9" in err and "status_message" in err and "nothing was changed" in err, err
+    assert (layout(url), sql(url, "select version_num from otel.alembic_version")) == before
+
+
+def test_a_downgrade_that_stops_part_way_names_the_revision_it_left(baseline_template, copy_of, tmp_path):
+    """Issue 22, item 3: a later step fails anyway (here the baseline's, on a lock
+    held by a reader of traces): the line names where the database is now."""
+    template, _ = baseline_template
+    probe = copy_of(template)
+    assert run(probe, "upgrade")[0] == 0
+    code, _, err = run(probe, "downgrade", "base", "-v")
+    assert code == 0, err
+    lines = err.splitlines()
+    reverted = next(i for i, line in enumerate(lines) if line.startswith("reverted 826630e38563"))
+    k = len([line for line in lines[:reverted] if line.startswith("  ") and not line.startswith("      ")])
+
+    url = copy_of(template)
+    assert run(url, "upgrade")[0] == 0
+    proc = spawn(url, "downgrade", "base", "--lock-timeout", "0.2",
+                 env={AFTER_STATEMENT_ENV: "%d:PAUSE" % k, HOOK_DIR_ENV: str(tmp_path)})
+    wait_for(lambda: os.path.exists(tmp_path / "paused"), "the downgrade to pause after revision 2", DEADLINE)
+    reader = __import__("conftest").connect(url, autocommit=False)
+    try:
+        reader.cursor().execute("select count(*) from otel.traces")
+        (tmp_path / "resume").touch()
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        reader.rollback()
+        reader.close()
+    assert proc.returncode == 9, err
+    assert "now at 163d8f446eb9 (was 826630e38563)" in err, err
