@@ -7,6 +7,7 @@ Alembic or SQLAlchemy.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,51 +26,104 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError("%s; see `%s --help`" % (message, PROG))
 
 
-def _global_options(parser, suppress: bool) -> None:
+# Which options each command takes: a command lists only those that apply to it.
+DATABASE, LOCKS, JSON, PROMETHEUS = "database", "locks", "json", "prometheus"
+COMMAND_OPTIONS = {
+    "upgrade": (DATABASE, LOCKS, JSON), "downgrade": (DATABASE, LOCKS, JSON), "rollback": (DATABASE, LOCKS, JSON),
+    "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS),
+    "current": (DATABASE, JSON), "history": (DATABASE, JSON), "plan": (DATABASE, JSON),
+    "check": (DATABASE, JSON), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
+}
+
+EXIT_CODES_HELP = """exit codes:
+  0    done / ready / conforms
+  1    internal error (a bug: the message says so)
+  2    usage or configuration error (bad flag, URL, schema name or revision)
+  3    the database cannot be reached, or refused the login
+  4    not initialised (no schema, no version table, the legacy layout), or not ready to write
+  5    migrations pending (the database is behind this build's head)
+  6    the database is at a revision this build does not know (a newer otelmig ran)
+  7    drift: the live schema differs from the contract, or something had to be left
+  8    refused, nothing changed (data loss, read-only, a conflict the revision names)
+  9    a table lock was not had within the lock budget (rolled back; rerun later)
+  130  interrupted by SIGINT (rolled back, lock released)
+  143  interrupted by SIGTERM (rolled back, lock released)"""
+
+ENVIRONMENT_HELP = """environment:
+  POSTGRES_URL            the database URL (--url wins); else the libpq variables PGHOST, PGPORT,
+                          PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, ... with libpq's defaults
+  POSTGRES_PASSWORD_FILE  a file holding the password (after PGPASSWORD, before PGPASSFILE)
+  OTELMIG_MIGRATION_URL   the URL migrations use when POSTGRES_URL points at a transaction pooler
+  OTEL_DB_SCHEMA          the target schema (--schema wins; default otel)
+  OTELMIG_LOCK_TIMEOUT    --lock-timeout's default, seconds
+  OTELMIG_LOCK_WAIT       --lock-wait's default, seconds
+  OTELMIG_IDLE_TIMEOUT    how long a frozen otelmig may hold its locks (default 30 s)
+  OTELMIG_ALLOW_DATA_LOSS 1: plain `alembic` lifts a data-loss refusal (otelmig: --allow-data-loss)
+
+docs/cli.md has every flag, output and exit code."""
+
+
+def _global_options(parser, suppress: bool, kinds=(DATABASE, LOCKS, JSON, PROMETHEUS)) -> None:
     default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
-    parser.add_argument("--url", default=default(None), help="database URL (else POSTGRES_URL, else PG* env)")
-    parser.add_argument("--schema", default=default(None), help="target schema (else OTEL_DB_SCHEMA, else otel)")
-    parser.add_argument("--lock-timeout", default=default(None), metavar="SECONDS",
-                        help="longest wait for a table lock per DDL attempt (default 5)")
-    parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
-                        help="longest wait for another otelmig's migration lock (default 600)")
-    parser.add_argument("--format", default=default("text"), choices=("text", "json", "prometheus"),
-                        help="output format (prometheus: verify and maintain)")
+    if DATABASE in kinds:
+        parser.add_argument("--url", default=default(None), help="database URL (else POSTGRES_URL, else PG* env)")
+        parser.add_argument("--schema", default=default(None), help="target schema (else OTEL_DB_SCHEMA, else otel)")
+    if LOCKS in kinds:
+        parser.add_argument("--lock-timeout", default=default(None), metavar="SECONDS",
+                            help="longest wait for a table lock per DDL attempt (default 5)")
+        parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
+                            help="longest wait for another otelmig's migration lock (default 600)")
+    formats = ("text", "json", "prometheus") if PROMETHEUS in kinds else ("text", "json")
+    parser.add_argument("--format", default=default("text"), choices=formats, help="output format")
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")
     parser.add_argument("-q", "--quiet", action="count", default=default(0), help="less on stderr")
     parser.add_argument("--traceback", action="store_true", default=default(False),
                         help="show the traceback of an unexpected error")
 
 
+TARGET_HELP = "a revision id (see `history`), -N (N revisions below the current one) or base (before the baseline)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Safe, versioned migrations for the OTEL store in PostgreSQL.")
+    parser = _Parser(prog=PROG, description="Safe, versioned migrations for the OTEL store in PostgreSQL.",
+                     epilog=EXIT_CODES_HELP + "\n\n" + ENVIRONMENT_HELP,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print versions and exit")
     _global_options(parser, suppress=False)
-    common = _Parser(add_help=False)
-    _global_options(common, suppress=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name, help_text):
-        return commands.add_parser(name, help=help_text, parents=[common])
+    def add(name, help_text, description=None):
+        common = _Parser(add_help=False)
+        _global_options(common, suppress=True, kinds=COMMAND_OPTIONS[name])
+        return commands.add_parser(name, help=help_text, parents=[common], description=description or help_text,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    cmd = add("upgrade", "migrate to REV (default head)")
-    cmd.add_argument("revision", nargs="?", default="head")
+    cmd = add("upgrade", "migrate to REV (default head)",
+              "Migrate the schema up to REV (default head), one revision at a time, each in its own short "
+              "transactions under the lock budget. A rerun does only what is left.")
+    cmd.add_argument("revision", nargs="?", default="head", help="a revision id (see `history`) or head")
     cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
-    cmd = add("downgrade", "migrate down to REV (a revision, -N or base)")
-    cmd.add_argument("revision")
+    cmd = add("downgrade", "migrate down to REV (a revision, -N or base)",
+              "Migrate the schema down to REV. Every refusal along the way is checked before the first "
+              "change. `rollback` is the same as `downgrade -1`.")
+    cmd.add_argument("revision", nargs="?", default=None, help=TARGET_HELP)
     cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
     cmd.add_argument("--allow-data-loss", action="store_true", help="drop columns that hold data")
-    cmd = add("rollback", "downgrade by N revisions (default 1)")
-    cmd.add_argument("steps", nargs="?", default="1")
+    cmd = add("rollback", "downgrade by N revisions (default 1)",
+              "Undo the last N revisions (default 1): `rollback 2` is `downgrade -2`.")
+    cmd.add_argument("steps", nargs="?", default="1", help="how many revisions to undo (default 1)")
     cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
     cmd.add_argument("--allow-data-loss", action="store_true", help="drop columns that hold data")
     add("current", "the database's revision and whether it is the head")
-    add("history", "the bundled revisions, oldest first")
-    add("heads", "the bundled head revision(s)")
-    cmd = add("stamp", "record REV in the version table without running migrations")
-    cmd.add_argument("revision")
+    add("history", "the bundled revisions, oldest first (the database's marked with *)")
+    add("heads", "the bundled head revision(s); no database needed")
+    cmd = add("stamp", "record REV in the version table without running migrations",
+              "Record REV in the version table without running any migration (the schema must already be "
+              "what REV describes).")
+    cmd.add_argument("revision", help="a revision id (see `history`), head or base")
     add("plan", "the pending revisions and the statements they would run here; writes nothing")
-    cmd = add("check", "fast readiness probe for container entrypoints")
+    cmd = add("check", "fast readiness probe for container entrypoints",
+              "Exit 0 when the worker can write now (the schema at the head); one catalog round trip.")
     cmd.add_argument("--wait", default="0", metavar="SECONDS", help="retry an unreachable database this long")
     cmd = add("verify", "compare the live schema with the head contract")
     cmd.add_argument("--strict", action="store_true", help="operator extras count as drift")
@@ -106,11 +160,18 @@ def _parse_steps(text: str) -> int:
     return steps
 
 
+def _downgrade_target(args) -> str:
+    if args.revision is None:
+        raise UsageError("downgrade needs a target: `%s rollback` (or `downgrade -1`) undoes the last revision, "
+                         "`downgrade base` undoes them all, `downgrade REV` goes down to REV" % PROG)
+    return args.revision
+
+
 def _sql(args, settings, out, err) -> int:
     from otelmig import offline
     if args.command == "upgrade":
         return offline.upgrade_sql(settings, out, args.revision)
-    target = "-%d" % _parse_steps(args.steps) if args.command == "rollback" else args.revision
+    target = "-%d" % _parse_steps(args.steps) if args.command == "rollback" else _downgrade_target(args)
     return offline.downgrade_sql(settings, out, target, args.allow_data_loss)
 
 
@@ -146,7 +207,7 @@ def _migrate(args, settings, err):
     if name == "upgrade":
         return migrate.upgrade(settings, err, args.revision)
     if name == "downgrade":
-        return migrate.downgrade(settings, err, args.revision, args.allow_data_loss)
+        return migrate.downgrade(settings, err, _downgrade_target(args), args.allow_data_loss)
     if name == "rollback":
         return migrate.downgrade(settings, err, "-%d" % _parse_steps(args.steps), args.allow_data_loss)
     if name == "stamp":
@@ -207,7 +268,8 @@ def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> 
 
 
 def _run(argv, env, out, err, run: Invocation) -> int:
-    args = build_parser().parse_args(argv)
+    with contextlib.redirect_stdout(out):  # --help goes where the caller's output goes
+        args = build_parser().parse_args(argv)
     run.command, run.output_format = args.command, args.format
     if args.version:
         out.write(version_line() + "\n")

@@ -258,7 +258,11 @@ def connect_error(exc: BaseException, conninfo) -> ConnectFailed:
                              retryable=True)
     if code:
         return ConnectFailed("connecting to %s failed: %s" % (where, server_message(exc)), retryable=False)
-    return ConnectFailed(_network_reason(exc, conninfo, where), retryable=_is_network_error(exc))
+    reason = _network_reason(exc, conninfo, where)
+    if getattr(conninfo, "defaults_only", False):
+        reason += ("; no URL was given (--url, POSTGRES_URL or the PG* variables), so libpq's defaults were "
+                   "tried (%s)" % conninfo.describe())
+    return ConnectFailed(reason, retryable=_is_network_error(exc))
 
 
 def _asks_for_password(exc: BaseException) -> bool:

@@ -55,8 +55,9 @@ def migration_session(settings, err):
                 watch = functools.partial(progress.watch_index_build, settings.conninfo, pid, say)
                 yield lock, state, connection, watch
                 _restore_session(connection)
-        except BaseException:
-            if ours:
+        except BaseException as exc:
+            # A refusal or a usage error stops a run before it changes anything: nothing to repair.
+            if ours and not isinstance(exc, (RefusedError, UsageError)):
                 _repair_on_the_way_out(settings, err, engine)
             raise
         finally:
@@ -388,5 +389,6 @@ def _current_or_none(settings, err) -> Optional[str]:
     try:
         return probe(quick, settings.schema).revision
     except ConnectError as exc:
-        output.progress(settings, err, "history: not marking the current revision: %s" % exc.message, level=1)
+        output.progress(settings, err, "history: could not read the database's revision, so none is marked "
+                        "current: %s" % exc.message)
         return None

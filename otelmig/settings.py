@@ -90,6 +90,8 @@ class ConnInfo:
     target_session_attrs: str = "any"
     # Where a password was looked for when none was found: for the message if the server asks for one.
     password_sources: str = ""
+    # Nothing named the server (no URL, no PG* variable): libpq's defaults were used; messages say so.
+    defaults_only: bool = False
 
     @property
     def host_list(self) -> Tuple[Tuple[str, int], ...]:
@@ -279,6 +281,7 @@ def resolve_conninfo(url: Optional[str], env: Mapping[str, str], writes: bool = 
     if info["sslmode"] not in SSLMODES:
         raise UsageError("invalid sslmode %r: use one of %s" % (info["sslmode"], ", ".join(SSLMODES)))
     info["target_session_attrs"] = _session_attrs(info["target_session_attrs"], writes, len(pairs) > 1)
+    info["defaults_only"] = not url and not env_parts
     return ConnInfo(**info)
 
 

@@ -228,3 +228,58 @@ def test_prometheus_error_still_writes_metrics():
     assert result.code == 3
     assert 'otelmig_verify_ok{schema="otel"} 0' in result.out
     assert 'otelmig_verify_exit_code{schema="otel"} 3' in result.out
+
+
+# -- help and messages (issue 22, item 6) ------------------------------------------
+
+def help_of(*args) -> str:
+    result = run_cli(*args, "--help")
+    assert result.code == 0, result
+    return result.out
+
+
+def test_top_level_help_lists_every_exit_code_and_environment_variable():
+    from otelmig import authors, session, settings
+    from otelmig.errors import ExitStatus
+    text = help_of()
+    for status in ExitStatus:
+        assert "\n  %-4d" % int(status) in text, status
+    for name in (settings.ENV_URL, settings.ENV_PASSWORD_FILE, settings.ENV_SCHEMA, settings.ENV_LOCK_TIMEOUT,
+                 settings.ENV_LOCK_WAIT, settings.ENV_MIGRATION_URL, session.ENV_IDLE_TIMEOUT,
+                 authors.ENV_ALLOW_DATA_LOSS, "PGHOST"):
+        assert name in text, name
+
+
+def test_each_command_lists_only_the_options_that_apply():
+    assert "--lock-timeout" not in help_of("heads") and "--url" not in help_of("heads")
+    assert "--lock-timeout" not in help_of("check") and "prometheus" not in help_of("check")
+    assert "prometheus" in help_of("verify") and "--lock-timeout" not in help_of("verify")
+    assert "--lock-timeout" in help_of("upgrade") and "prometheus" not in help_of("upgrade")
+    assert "--lock-timeout" in help_of("maintain") and "prometheus" in help_of("maintain")
+
+
+def test_downgrade_help_explains_its_targets():
+    text = help_of("downgrade")
+    assert "-N" in text and "base" in text and "rollback" in text
+
+
+def test_downgrade_without_a_target_suggests_one():
+    result = run_cli("downgrade", url="postgresql://u@127.0.0.1:1/d")
+    assert result.code == 2 and one_line(result.err), result
+    assert "rollback" in result.err and "-1" in result.err and "base" in result.err, result.err
+
+
+def test_no_url_given_says_so_and_that_libpq_defaults_were_tried(monkeypatch):
+    """Nothing names a server: the defaults (here pointed at a closed port) are tried, and the line says so."""
+    from otelmig import settings
+    monkeypatch.setattr(settings, "DEFAULT_PORT", 1)
+    monkeypatch.setattr(settings, "DEFAULT_HOST", "127.0.0.1")
+    result = run_cli("check")
+    assert result.code == 3 and one_line(result.err), result
+    assert "no URL was given" in result.err and "POSTGRES_URL" in result.err and "--url" in result.err, result.err
+
+
+def test_history_against_an_unreachable_database_warns():
+    result = run_cli("history", url="postgresql://u@127.0.0.1:1/d")
+    assert result.code == 0 and "163d8f446eb9" in result.out
+    assert "could not read the database's revision" in result.err and "connection refused" in result.err, result.err
