@@ -180,7 +180,7 @@ def run_scenario(session, database, argv, args, stamps, mutate_ids, at_start=Non
                                 threads, stop, origin, args.pre_seconds, args.post_seconds, args.timeout,
                                 at_start=at_start)
     result = run["result"]
-    out = {"wall": result.wall, "code": result.code, "failed": common.failure_line(result), "at_start": run["before"],
+    out = {"argv": " ".join(argv[2:]), "wall": result.wall, "code": result.code, "failed": common.failure_line(result), "at_start": run["before"],
            "writer": writer.figures(cluster, database, run["start"], run["end"]),
            "stalls": adopt.explain_stalls(writer.samples, monitor.samples, run["start"]),
            "lock_waits": common.parse_log(run["log"])["lock_waits"],
@@ -240,7 +240,7 @@ def report(args, pyz, head, version, data, scenarios, rounds, elapsed):
     print("%d round(s) per scenario, each on a fresh copy, %.0f s in all\n" % (args.runs, elapsed))
     for key in scenarios:
         xs = [r["results"][key] for r in rounds[key]]
-        print("### %s: `%s`\n" % (key, "downgrade %s" % BASELINE if key == "downgrade" else "maintain --ahead N"))
+        print("### %s: `python3 dist/otelmig.pyz %s`\n" % (key, xs[0]["argv"]))
         for i, x in enumerate(xs):
             if x["failed"]:
                 print("**round %d FAILED**: %s\n" % (i + 1, x["failed"]))
@@ -263,7 +263,7 @@ def report(args, pyz, head, version, data, scenarios, rounds, elapsed):
                 lambda v: max(v) <= 250)
             row("mutator: changes (updates + deletes) in all", [x["mutator"]["changes"] for x in xs], "%d")
             row("mutator: failed", [x["mutator"]["failed"] for x in xs], "%d", "0", lambda v: max(v) == 0)
-            row("mutator: found no row (row out of sight)", [x["mutator"]["found_no_row"] for x in xs], "%d", "0",
+            row("mutator: found no row (out of sight of otel.spans: change never made)", [x["mutator"]["found_no_row"] for x in xs], "%d", "0",
                 lambda v: max(v) == 0)
             row("mutator: undone (deleted row back, update gone)", [x["mutator"]["undone"] for x in xs], "%d", "0",
                 lambda v: max(v) == 0)
