@@ -16,8 +16,10 @@ in an order rotated by one each round:
 
   a  bare DDL: the 6 RENAME COLUMNs, 4 ADD COLUMNs and 4 plain CREATE INDEX
      that the baseline revision runs on a legacy store, taken from
-     `otelmig.pyz upgrade 163d8f446eb9 --sql`, run by `psql -f` (autocommit), no load;
-  b  `otelmig.pyz upgrade 163d8f446eb9` (the baseline; the head's conversion is bench/convert.py) WHILE a writer inserts a span every 10 ms (the
+     `otelmig.pyz upgrade 163d8f446eb9 --sql` (the ADD COLUMNs whose column
+     this store lacks), run by `psql -f` (autocommit), no load;
+  b  `otelmig.pyz upgrade 163d8f446eb9` (the baseline; the head's conversion
+     is bench/convert.py) WHILE a writer inserts a span every 10 ms (the
      columns both layouts share plus the start column: start_ts, and on
      SQLSTATE 42703 start_time) and a reader reads one trace by trace_id every
      50 ms; both run PRE seconds before the upgrade and POST seconds after it;

@@ -599,7 +599,8 @@ class Monitor(threading.Thread):
                left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
         from pg_stat_activity
         where datname = current_database() and pid <> pg_backend_pid()
-          and application_name in ('otelmig', 'psql', 'bench-writer', 'bench-reader', 'bench-mutator') and state <> 'idle'
+          and application_name in ('otelmig', 'psql', 'bench-writer', 'bench-reader', 'bench-mutator')
+          and state <> 'idle'
           and backend_type = 'client backend'"""
     PROGRESS = """
         select coalesce(index_relid::regclass::text, ''), phase from pg_stat_progress_create_index

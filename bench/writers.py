@@ -31,10 +31,12 @@ until POST s after:
              random from the day partitions beforehand, each touched once.
   maintain   `otelmig.pyz maintain --ahead N`, N the days from today to the
              coming day, so that it creates that day's partition while DEFAULT
-             holds its rows; the writer stamps its rows at noon of the coming
-             day and now(), in turn.
+             holds its rows; writer w stamps its rows at noon of the coming
+             day and now(), in turn, and a second writer x (its own
+             session) stamps now() only: does a stuck insert for the coming
+             day hold up the rest?
 
-Reports medians over the rounds, per scenario: wall time and exit; the
+Reports medians over the rounds, per scenario: wall time and exit; each
 writer's worst / p99 / median insert during the operation (target: worst <=
 250 ms), inserts rejected (any attempt failed; target 0), failed after
 retrying, and lost (acknowledged but not in otel.spans afterwards; target 0);
@@ -144,7 +146,7 @@ def run_downgrade(session, database, python, pyz, args, data) -> dict:
                                     (MUTATOR_POOL,))]
     first_day = datetime.date.fromisoformat(data["days"][0])
     argv = [python, pyz, "downgrade", BASELINE]
-    return run_scenario(session, database, argv, args, ["now()", noon(first_day)], ids)
+    return run_scenario(session, database, argv, args, {"w": ["now()", noon(first_day)]}, ids)
 
 
 def run_maintain(session, database, python, pyz, args, data) -> dict:
@@ -153,25 +155,30 @@ def run_maintain(session, database, python, pyz, args, data) -> dict:
     today = common.sql(cluster, database, "select (now() at time zone 'UTC')::date")[0][0]
     argv = [python, pyz, "maintain", "--ahead", str((coming - today).days)]
     day_rows = ("select count(*) from otel.spans where start_time >= '%s' and start_time < '%s' "
-                "and span_id not like 'w%%'" % (utc_midnight(coming), utc_midnight(coming + datetime.timedelta(days=1))))
-    out = run_scenario(session, database, argv, args, [noon(coming), "now()"], None,
+                "and span_id !~ '^[wx]'" % (utc_midnight(coming), utc_midnight(coming + datetime.timedelta(days=1))))
+    # Writer w alternates the coming day and now(); writer x inserts now() only (does a stuck day stop the rest?).
+    out = run_scenario(session, database, argv, args, {"w": [noon(coming), "now()"], "x": ["now()"]}, None,
                        at_start=lambda: common.sql(cluster, database, day_rows)[0][0])
-    out["coming_rows_before"], out["coming_rows_after"] = out.pop("at_start"), common.sql(cluster, database, day_rows)[0][0]
+    out["coming_rows_before"] = out.pop("at_start")
+    out["coming_rows_after"] = common.sql(cluster, database, day_rows)[0][0]
     out["default_rows_after"] = common.sql(cluster, database, """
-        select count(*) from otel.spans_default where span_id not like 'w%'""")[0][0]
+        select count(*) from otel.spans_default where span_id !~ '^[wx]'""")[0][0]
     out["coming_partition"] = common.sql(cluster, database, "select to_regclass(%s) is not null",
                                          ("otel.spans_p" + coming.strftime("%Y%m%d"),))[0][0]
     return out
 
 
-def run_scenario(session, database, argv, args, stamps, mutate_ids, at_start=None) -> dict:
+def run_scenario(session, database, argv, args, writer_stamps, mutate_ids, at_start=None) -> dict:
+    """argv under one writer per {span id prefix: its start_time expressions}, the monitor, and the mutator if ids."""
     cluster = session.cluster
     stop = threading.Event()
     origin = time.perf_counter()
-    writer = common.Writer(cluster, database, args.writer_interval, stop, origin, stamps=stamps)
-    writer.column = "start_time"
+    writers = {}
+    for prefix, stamps in writer_stamps.items():
+        writers[prefix] = common.Writer(cluster, database, args.writer_interval, stop, origin, prefix, stamps)
+        writers[prefix].column = "start_time"
     monitor = common.Monitor(cluster, database, stop, origin)
-    threads = [writer, monitor]
+    threads = list(writers.values()) + [monitor]
     mutator = None
     if mutate_ids is not None:
         mutator = common.Mutator(cluster, database, args.mutator_interval, stop, origin, mutate_ids)
@@ -180,12 +187,16 @@ def run_scenario(session, database, argv, args, stamps, mutate_ids, at_start=Non
                                 threads, stop, origin, args.pre_seconds, args.post_seconds, args.timeout,
                                 at_start=at_start)
     result = run["result"]
-    out = {"argv": " ".join(argv[2:]), "wall": result.wall, "code": result.code, "failed": common.failure_line(result), "at_start": run["before"],
-           "writer": writer.figures(cluster, database, run["start"], run["end"]),
-           "stalls": adopt.explain_stalls(writer.samples, monitor.samples, run["start"]),
+    out = {"argv": " ".join(argv[2:]), "wall": result.wall, "code": result.code,
+           "failed": common.failure_line(result), "at_start": run["before"],
+           "writers": dict((prefix, dict(w.figures(cluster, database, run["start"], run["end"]),
+                                         stamps=writer_stamps[prefix])) for prefix, w in writers.items()),
+           "stalls": adopt.explain_stalls([s for w in writers.values() for s in w.samples], monitor.samples,
+                                          run["start"]),
            "lock_waits": common.parse_log(run["log"])["lock_waits"],
            "revision": common.sql(cluster, database, "select version_num from otel.alembic_version")[0][0],
-           "relkind": common.sql(cluster, database, "select relkind::text from pg_class where oid = 'otel.spans'::regclass")[0][0]}
+           "relkind": common.sql(cluster, database,
+                                 "select relkind::text from pg_class where oid = 'otel.spans'::regclass")[0][0]}
     if out["failed"]:
         log("FAILED: %s" % out["failed"])
     if mutator is not None:
@@ -248,22 +259,27 @@ def report(args, pyz, head, version, data, scenarios, rounds, elapsed):
         row = common.figure_row
         row("wall", [x["wall"] for x in xs], "%.2f s")
         row("exit code", [x["code"] for x in xs], "%d", "0", lambda v: max(v) == 0)
-        row("writer: worst insert during", [x["writer"]["worst_ms"] for x in xs], "%.0f ms", "<= 250 ms",
-            lambda v: max(v) <= 250)
-        row("writer: p99 insert during", [x["writer"]["p99_ms"] for x in xs], "%.1f ms")
-        row("writer: median insert during", [x["writer"]["median_ms"] for x in xs], "%.1f ms")
-        row("writer: inserts started during", [x["writer"]["n"] for x in xs], "%d")
-        row("writer: rejected (an attempt failed)", [x["writer"]["rejected"] for x in xs], "%d", "0",
-            lambda v: max(v) == 0)
-        row("writer: failed after retrying 5 s", [x["writer"]["failed"] for x in xs], "%d", "0", lambda v: max(v) == 0)
-        row("writer: lost (acknowledged, not present after)", [x["writer"]["lost"] for x in xs], "%d", "0",
-            lambda v: max(v) == 0)
+        for prefix in xs[0]["writers"]:
+            ws = [x["writers"][prefix] for x in xs]
+            stamps = [s if s == "now()" else s.split("'")[1][:16] for s in ws[0]["stamps"]]  # the literal's day, hour
+            name = "writer %s (%s)" % (prefix, ", ".join(stamps))
+            row("%s: worst insert during" % name, [w["worst_ms"] for w in ws], "%.0f ms", "<= 250 ms",
+                lambda v: max(v) <= 250)
+            row("%s: p99 insert during" % name, [w["p99_ms"] for w in ws], "%.1f ms")
+            row("%s: median insert during" % name, [w["median_ms"] for w in ws], "%.1f ms")
+            row("%s: inserts started during" % name, [w["n"] for w in ws], "%d")
+            row("%s: rejected (an attempt failed)" % name, [w["rejected"] for w in ws], "%d", "0",
+                lambda v: max(v) == 0)
+            row("%s: failed after retrying 5 s" % name, [w["failed"] for w in ws], "%d", "0", lambda v: max(v) == 0)
+            row("%s: lost (acknowledged, not present after)" % name, [w["lost"] for w in ws], "%d", "0",
+                lambda v: max(v) == 0)
         if key == "downgrade":
             row("mutator: worst change during", [x["mutator"]["worst_ms"] for x in xs], "%.0f ms", "<= 250 ms",
                 lambda v: max(v) <= 250)
             row("mutator: changes (updates + deletes) in all", [x["mutator"]["changes"] for x in xs], "%d")
             row("mutator: failed", [x["mutator"]["failed"] for x in xs], "%d", "0", lambda v: max(v) == 0)
-            row("mutator: found no row (out of sight of otel.spans: change never made)", [x["mutator"]["found_no_row"] for x in xs], "%d", "0",
+            row("mutator: found no row (out of sight of otel.spans: change never made)",
+                [x["mutator"]["found_no_row"] for x in xs], "%d", "0",
                 lambda v: max(v) == 0)
             row("mutator: undone (deleted row back, update gone)", [x["mutator"]["undone"] for x in xs], "%d", "0",
                 lambda v: max(v) == 0)
@@ -277,7 +293,8 @@ def report(args, pyz, head, version, data, scenarios, rounds, elapsed):
         print()
         for i, x in enumerate(xs):
             print("round %d: revision after %s, otel.spans relkind %s; writer error codes %s%s; lock waits logged %d"
-                  % (i + 1, x["revision"], x["relkind"], x["writer"]["error_codes"] or "none",
+                  % (i + 1, x["revision"], x["relkind"],
+                     "; ".join("%s %s" % (p, w["error_codes"] or "none") for p, w in x["writers"].items()),
                      "; mutator error codes %s" % (x["mutator"]["error_codes"] or "none") if "mutator" in x else "",
                      len(x["lock_waits"])))
         print("\nslowest inserts (> %d ms) and what the migrating session was doing:\n" % adopt.STALL_MS)
