@@ -16,13 +16,15 @@ in an order rotated by one each round:
 
   a  bare DDL: the 6 RENAME COLUMNs, 4 ADD COLUMNs and 4 plain CREATE INDEX
      that the baseline revision runs on a legacy store, taken from
-     `otelmig.pyz upgrade --sql`, run by `psql -f` (autocommit), no load;
-  b  `otelmig.pyz upgrade` WHILE a writer inserts a span every 10 ms (the
+     `otelmig.pyz upgrade 163d8f446eb9 --sql` (the ADD COLUMNs whose column
+     this store lacks), run by `psql -f` (autocommit), no load;
+  b  `otelmig.pyz upgrade 163d8f446eb9` (the baseline; the head's conversion
+     is bench/convert.py) WHILE a writer inserts a span every 10 ms (the
      columns both layouts share plus the start column: start_ts, and on
      SQLSTATE 42703 start_time) and a reader reads one trace by trace_id every
      50 ms; both run PRE seconds before the upgrade and POST seconds after it;
 and with diagnostics (default; --no-diagnostics skips them):
-  c  `otelmig.pyz upgrade` with no load;
+  c  `otelmig.pyz upgrade 163d8f446eb9` with no load;
   d  bare DDL as in a, but with CREATE INDEX CONCURRENTLY (what the baseline
      runs on a table that holds rows), no load;
   e  d under the same writer + reader load as b.
@@ -43,10 +45,8 @@ nothing lost, reader worst < 250 ms, verify < 0.5 s.
 """
 
 import argparse
-import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import sys
@@ -56,7 +56,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import log  # noqa: E402
+from common import Monitor, Reader, Writer, log, parse_log  # noqa: E402  (shared with the other benchmarks)
 
 SCENARIOS = {
     "a": "bare DDL, plain CREATE INDEX (psql, no load)",
@@ -65,17 +65,21 @@ SCENARIOS = {
     "d": "bare DDL, CREATE INDEX CONCURRENTLY (psql, no load)",
     "e": "bare DDL, CREATE INDEX CONCURRENTLY (psql), writer + reader running",
 }
+BASELINE = "163d8f446eb9"  # the adoption is revision 1; the head (revision 2) also converts: bench/convert.py
 MIGRATORS = ("otelmig", "psql")  # application_name of the migrating session
-WRITER_RETRY_SECONDS = 5.0
 STALL_MS = 50.0  # writer inserts slower than this get explained in the report
 SLOW_READ_MS = 200.0  # and reads slower than this
 
 
 # --------------------------------------------------------------------------- the bare DDL
 
-def bare_ddl(python: str, pyz: str, env: dict):
-    """(renames, adds, indexes) as the baseline would run them on a legacy store."""
-    out = common.run_measured([python, pyz, "upgrade", "--sql"], env=env).out
+def bare_ddl(python: str, pyz: str, env: dict, cluster, database: str):
+    """(renames, adds, indexes) as the baseline would run them on the legacy store `database`.
+
+    The script's ADD COLUMN IF NOT EXISTS steps cover any partial store; on
+    this one only those whose column is missing (after the renames) run.
+    """
+    out = common.run_measured([python, pyz, "upgrade", BASELINE, "--sql"], env=env).out
     executes, indexes = [], []
     for line in out.splitlines():
         line = line.strip()
@@ -85,10 +89,16 @@ def bare_ddl(python: str, pyz: str, env: dict):
         if match:
             indexes.append(match.group(1).replace("''", "'"))
     renames = [s for s in executes if " RENAME COLUMN " in s]
-    adds = [s for s in executes if " ADD COLUMN " in s]
+    columns = {tuple(r) for r in common.sql(cluster, database, """
+        select table_name, column_name from information_schema.columns where table_schema = 'otel'""")}
+    for statement in renames:
+        table, old, new = re.search(r'"otel"\."(\w+)" RENAME COLUMN "(\w+)" TO "(\w+)"', statement).groups()
+        columns = (columns - {(table, old)}) | {(table, new)}
+    adds = [s for s in executes if " ADD COLUMN " in s
+            and tuple(re.search(r'"otel"\."(\w+)" ADD COLUMN IF NOT EXISTS "(\w+)"', s).groups()) not in columns]
     if (len(renames), len(adds), len(indexes)) != (6, 4, 4):
-        raise RuntimeError("expected 6 renames, 4 ADD COLUMNs and 4 indexes in `upgrade --sql`, found %d, %d, %d"
-                           % (len(renames), len(adds), len(indexes)))
+        raise RuntimeError("expected 6 renames, 4 ADD COLUMNs and 4 indexes in `upgrade %s --sql`, found %d, %d, %d"
+                           % (BASELINE, len(renames), len(adds), len(indexes)))
     return renames, adds, indexes
 
 
@@ -109,192 +119,8 @@ def run_bare(cluster, database: str, script: str, statements) -> dict:
     return {"wall": result.wall, "statements": list(zip(statements, times))}
 
 
-# --------------------------------------------------------------------------- load: writer, reader, monitor
-
-def _sqlstate(exc) -> str:
-    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return fields.get("C") or type(exc).__name__
-
-
-class Writer(threading.Thread):
-    """A span every `interval` seconds; the start column follows the rename."""
-
-    INSERT = ("insert into otel.spans (trace_id, span_id, name, kind, service_name, {col}, duration_ms, "
-              "environment, tenant_id) values (%s, %s, 'bench write', 'SPAN_KIND_SERVER', 'bench-writer', "
-              "now(), 1.5, 'prod', 'tenant-0')")
-
-    def __init__(self, cluster, database, interval, stop, origin):
-        super().__init__(daemon=True)
-        self.cluster, self.database, self.interval, self.stop, self.origin = cluster, database, interval, stop, origin
-        self.samples = []  # (start offset s, latency s, ok, attempts, errors)
-        self.column = "start_ts"
-        self.switched_at = None
-        self.failure = None
-
-    def run(self):
-        try:
-            self._run()
-        except Exception as exc:  # reported, never silent
-            self.failure = repr(exc)
-
-    def _run(self):
-        conn = common.connect(self.cluster, self.database, "bench-writer")
-        cursor = conn.cursor()
-        n = 0
-        next_at = time.perf_counter()
-        while not self.stop.is_set():
-            delay = next_at - time.perf_counter()
-            if delay > 0 and self.stop.wait(delay):
-                break
-            n += 1
-            span_id = "w%015d" % n  # 'w' never starts a generated (hex) span id
-            trace = hashlib.md5(b"w%d" % (n // 8)).hexdigest()
-            start = time.perf_counter()
-            ok, attempts, errors = False, 0, []
-            while True:
-                attempts += 1
-                try:
-                    cursor.execute(self.INSERT.format(col=self.column), (trace, span_id))
-                    ok = True
-                    break
-                except Exception as exc:
-                    code = _sqlstate(exc)
-                    if code == "42703" and self.column == "start_ts":  # renamed: follow it
-                        self.column, self.switched_at = "start_time", time.perf_counter() - self.origin
-                        continue
-                    errors.append(code)
-                    if time.perf_counter() - start > WRITER_RETRY_SECONDS or attempts > 50:
-                        break
-                    time.sleep(0.05)
-                    if code in ("InterfaceError", "57P01"):
-                        conn = common.connect(self.cluster, self.database, "bench-writer")
-                        cursor = conn.cursor()
-            end = time.perf_counter()
-            self.samples.append((start - self.origin, end - start, ok, attempts, errors))
-            next_at = max(next_at + self.interval, end)
-        conn.close()
-
-
-class Reader(threading.Thread):
-    """One trace by trace_id every `interval` seconds (columns both layouts share)."""
-
-    QUERY = ("select span_id, parent_span_id, name, service_name, duration_ms "
-             "from otel.spans where trace_id = %s")
-
-    def __init__(self, cluster, database, interval, stop, origin, traces, seed):
-        super().__init__(daemon=True)
-        self.cluster, self.database, self.interval, self.stop, self.origin = cluster, database, interval, stop, origin
-        self.traces, self.rng = traces, random.Random(seed)
-        self.samples = []  # (start offset s, latency s, ok, rows)
-        self.failure = None
-
-    def run(self):
-        try:
-            self._run()
-        except Exception as exc:
-            self.failure = repr(exc)
-
-    def _run(self):
-        conn = common.connect(self.cluster, self.database, "bench-reader")
-        cursor = conn.cursor()
-        next_at = time.perf_counter()
-        while not self.stop.is_set():
-            delay = next_at - time.perf_counter()
-            if delay > 0 and self.stop.wait(delay):
-                break
-            trace = common.trace_id(self.rng.randint(1, self.traces - 1))
-            start = time.perf_counter()
-            try:
-                cursor.execute(self.QUERY, (trace,))
-                rows, ok = len(cursor.fetchall()), True
-            except Exception as exc:
-                rows, ok = _sqlstate(exc), False
-            end = time.perf_counter()
-            self.samples.append((start - self.origin, end - start, ok, rows))
-            next_at = max(next_at + self.interval, end)
-        conn.close()
-
-
-class Monitor(threading.Thread):
-    """pg_stat_activity and CREATE INDEX progress every 100 ms (cheap catalog reads)."""
-
-    ACTIVITY = """
-        select application_name, pid, state, coalesce(wait_event_type, ''), coalesce(wait_event, ''),
-               left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
-        from pg_stat_activity
-        where datname = current_database() and pid <> pg_backend_pid()
-          and application_name in ('otelmig', 'psql', 'bench-writer', 'bench-reader') and state <> 'idle'
-          and backend_type = 'client backend'"""
-    PROGRESS = """
-        select coalesce(index_relid::regclass::text, ''), phase from pg_stat_progress_create_index
-        where datname = current_database()"""
-    VALID = "select coalesce((select indisvalid from pg_index where indexrelid = to_regclass('otel.ix_spans_trace_id')), false)"
-
-    def __init__(self, cluster, database, stop, origin, interval=0.1):
-        super().__init__(daemon=True)
-        self.cluster, self.database, self.stop, self.origin, self.interval = cluster, database, stop, origin, interval
-        self.samples = []  # (offset, activity rows, progress rows)
-        self.trace_index_valid_at = None
-        self.failure = None
-
-    def run(self):
-        try:
-            conn = common.connect(self.cluster, self.database, "bench-monitor")
-            cursor = conn.cursor()
-            while not self.stop.wait(self.interval):
-                now = time.perf_counter() - self.origin
-                cursor.execute(self.ACTIVITY)
-                activity = [tuple(r) for r in cursor.fetchall()]
-                cursor.execute(self.PROGRESS)
-                progress = [tuple(r) for r in cursor.fetchall()]
-                if self.trace_index_valid_at is None:
-                    cursor.execute(self.VALID)
-                    if cursor.fetchone()[0]:
-                        self.trace_index_valid_at = now
-                self.samples.append((now, activity, progress))
-            conn.close()
-        except Exception as exc:
-            self.failure = repr(exc)
-
-
-# --------------------------------------------------------------------------- otelmig runs
-
-class ServerLog:
-    """The cluster's log (pg_ctl -l): the part written during one run."""
-
-    def __init__(self, cluster):
-        self.path = os.path.join(cluster.root, "log")
-        self.offset = 0
-
-    def mark(self):
-        self.offset = os.path.getsize(self.path)
-
-    def since_mark(self) -> str:
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            return handle.read().decode(errors="replace")
-
-
-def parse_log(text: str) -> dict:
-    durations, waits = [], []
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        match = re.search(r"\] (\S*): LOG:  duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)", line)
-        if match:
-            durations.append((match.group(1), float(match.group(2)), match.group(3)[:140]))
-            continue
-        match = re.search(r"\] (\S*): LOG:  process (\d+) (still waiting for|acquired) (.*)", line)
-        if match:
-            context = " | ".join(l.split(":  ", 1)[-1][:140] for l in lines[i + 1:i + 3]
-                                 if re.search(r"(DETAIL|STATEMENT):  ", l))
-            waits.append("%s %s %s -- %s" % (match.group(1), match.group(3), match.group(4)[:120], context))
-    return {"durations": durations, "lock_waits": waits}
-
-
 def run_migration(cluster, database, argv, env, args, load: bool, traces: int, seed: int, otelmig: bool) -> dict:
     """One migration run (otelmig upgrade, or psql -f for e), optionally under the writer + reader load."""
-    server_log = ServerLog(cluster)
-    common.sql(cluster, database, "CHECKPOINT")
     stop = threading.Event()
     origin = time.perf_counter()
     threads = []
@@ -303,26 +129,13 @@ def run_migration(cluster, database, argv, env, args, load: bool, traces: int, s
         reader = Reader(cluster, database, args.reader_interval, stop, origin, traces, seed)
         monitor = Monitor(cluster, database, stop, origin)
         threads = [writer, reader, monitor]
-        for thread in threads:
-            thread.start()
-        time.sleep(args.pre_seconds)
-    server_log.mark()
-    up_start = time.perf_counter() - origin
-    try:
-        result = common.run_measured(argv, env=env, timeout=args.timeout, check=False)
-    finally:
-        up_end = time.perf_counter() - origin
-        if load:
-            time.sleep(args.post_seconds)
-        stop.set()
-        for thread in threads:
-            thread.join(60)
+    run = common.run_under_load(cluster, database, argv, env, threads, stop, origin, args.pre_seconds,
+                                args.post_seconds, args.timeout)
+    result, up_start, up_end = run["result"], run["start"], run["end"]
     out = {"wall": result.wall, "stderr": result.err[-20000:], "up_start": up_start, "up_end": up_end,
-           "log": parse_log(server_log.since_mark()), "failed": None}
-    if result.code != 0:
+           "log": parse_log(run["log"]), "failed": common.failure_line(result)}
+    if out["failed"]:
         # Reported, not raised: a failed adoption is a result too (see the report).
-        lines = [l for l in result.err.splitlines() if l.strip()]
-        out["failed"] = "exit %d after %.1f s: %s" % (result.code, result.wall, lines[-1] if lines else "")
         log("FAILED: %s" % out["failed"])
         out["indexes_after_failure"] = common.sql(cluster, database, """
             select indexrelid::regclass::text, indisvalid from pg_index
@@ -332,9 +145,6 @@ def run_migration(cluster, database, argv, env, args, load: bool, traces: int, s
         # The fixed cost: the same command again, now with nothing to do.
         out["noop_wall"] = common.run_measured(argv, env=env, timeout=120).wall if result.code == 0 else float("nan")
     if load:
-        for thread in threads:
-            if thread.failure:
-                raise RuntimeError("%s failed: %s" % (type(thread).__name__, thread.failure))
         out.update(load_figures(writer, reader, monitor, up_start, up_end))
     out.update(check_result(cluster, database, argv[:2], env, writer.samples if load else [],
                             otelmig and result.code == 0))
@@ -401,6 +211,15 @@ def explain_stalls(samples, monitor_samples, up_start, limit=8) -> list:
             for start, latency, ok, attempts, errors in slow]
 
 
+def print_stalls(stalls_per_round) -> None:
+    """The list explain_stalls() made, one line per slow insert, for every round."""
+    for i, stalls in enumerate(stalls_per_round):
+        for s in stalls:
+            print("- round %d, %.2f s in: %.0f ms (ok %s, attempts %d%s); writer %s; migration %s" % (
+                i + 1, s["at_s"], s["latency_ms"], s["ok"], s["attempts"],
+                ", errors %s" % s["errors"] if s["errors"] else "", s["writer_waits"] or "-", s["migrator"] or "-"))
+
+
 def explain_slow_reads(samples, monitor_samples, up_start, up_end, limit=8) -> list:
     slow = sorted((s for s in samples if s[1] * 1e3 > SLOW_READ_MS and up_start <= s[0] < up_end),
                   key=lambda s: -s[1])[:limit]
@@ -431,7 +250,9 @@ def check_result(cluster, database, python_pyz, env, writer_samples, otelmig: bo
     for _ in range(3 if otelmig else 0):
         result = common.run_measured(python_pyz + ["verify", "--format", "json"], env=env, check=False)
         payload = json.loads(result.out)
-        if result.code != 0:
+        # At the baseline, verify reports the head's revision 2 as pending (exit 5, behind): expected here.
+        behind = result.code == 5 and payload.get("database_revision") == BASELINE
+        if result.code != 0 and not behind:
             raise RuntimeError("verify after the upgrade failed (exit %d): %s" % (result.code, result.out))
         verify.append((result.wall, payload["seconds"]))
     spans_total, writer_rows = common.sql(cluster, database, """
@@ -451,23 +272,16 @@ def main():
     parser.add_argument("--pairs", type=int, default=3, help="rounds of (a, b[, c, d]), each on fresh copies")
     parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
                         help="run only a and b (skip c, d and e)")
-    parser.add_argument("--writer-interval", type=float, default=0.010)
     parser.add_argument("--reader-interval", type=float, default=0.050)
-    parser.add_argument("--pre-seconds", type=float, default=5.0, help="load before the upgrade starts")
-    parser.add_argument("--post-seconds", type=float, default=2.0, help="load after the upgrade ends")
-    parser.add_argument("--timeout", type=float, default=3600, help="longest upgrade or bare DDL run")
+    common.add_load_arguments(parser, pre_seconds=5.0, post_seconds=2.0, timeout=3600)
     parser.add_argument("--max-seconds", type=float, default=4 * 3600, help="start no round after this long")
-    parser.add_argument("--pyz", default=common.PYZ)
     parser.add_argument("--otelmig-url-query", action="append", default=[], metavar="KEY=VALUE",
                         help="add a query parameter to otelmig's POSTGRES_URL (e.g. connect_timeout=3600, the "
                              "workaround for the 10 s socket timeout: see bench/README.md)")
-    parser.add_argument("--json", help="also write all figures here")
     args = parser.parse_args()
     if args.spans < 1000 or not 1 <= args.pairs <= 20:
         parser.error("--spans >= 1000 and --pairs 1..20")
-    common.reexec_in_venv()
-    pyz = os.path.abspath(common.ensure_pyz(args.pyz))
-    python = common.base_python()
+    pyz, python = common.prepare_pyz(args.pyz)
     scratch = tempfile.mkdtemp(prefix="otelmig-bench-adopt-")
     shiv_root = os.path.join(scratch, "shiv")
     started = time.monotonic()
@@ -487,7 +301,7 @@ def main():
         log("generated %(spans)d spans / %(traces)d traces in %(seconds).0fs" % data)
         env = common.pyz_env(cluster, "legacy_src", shiv_root)
         common.run_measured([python, pyz, "--version"], env=env)  # unpack the pyz once
-        renames, adds, indexes = bare_ddl(python, pyz, env)
+        renames, adds, indexes = bare_ddl(python, pyz, env, cluster, "legacy_src")
         plain = write_bare_script(os.path.join(scratch, "bare.sql"), renames, adds, indexes, False)
         concurrent = write_bare_script(os.path.join(scratch, "bare_concurrently.sql"), renames, adds, indexes, True)
         keys = ["a", "b"] + (["c", "d", "e"] if args.diagnostics else [])
@@ -516,7 +330,7 @@ def main():
                             common.psql_env(cluster, copies[key]), args, True, data["traces"], i, otelmig=False)
                     else:
                         results[key] = run_migration(
-                            cluster, copies[key], [python, pyz, "-v", "upgrade"],
+                            cluster, copies[key], [python, pyz, "-v", "upgrade", BASELINE],
                             common.pyz_env(cluster, copies[key], shiv_root, query), args, key == "b",
                             data["traces"], i, otelmig=True)
                     log("round %d: %s took %.1fs" % (i + 1, key, results[key]["wall"]))

@@ -18,6 +18,8 @@ Everything talks to 127.0.0.1 only.
 import hashlib
 import os
 import platform
+import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -289,6 +291,76 @@ def load_legacy_schema(cursor, schema: str = "otel") -> None:
             cursor.execute(statement)
 
 
+# The columns that differ between the legacy layout and the head: start, end, status, attributes.
+LEGACY_COLUMNS = ("start_ts", "end_ts", "status", "attributes")
+HEAD_COLUMNS = ("start_time", "end_time", "status_code", "span_attributes")
+
+
+def insert_spans(cursor, columns, trace_prefix: str, low: int, high: int, per_trace_sql: str, start_sql: str,
+                 start_params=()) -> None:
+    """Traces low..high (g) of per_trace_sql spans (k) each, generated server-side, inserted in (g, k) order.
+
+    Trace ids are md5(trace_prefix || g); span (g, k) starts at start_sql (an
+    expression of g and k, with start_params) and lasts 1-41 ms; its parent is
+    span k / 2 of the same trace (a binary tree); 20 services, 40 operations,
+    JSON attributes of 4-8 keys (~200 bytes), ~4% errors, 4 tenants, 3
+    environments. `columns` names the layout's start, end, status and attributes columns.
+    """
+    start, end, status, attributes = columns
+    services = "array[%s]" % ", ".join("'%s'" % s for s in SERVICES)
+    operations = "array[%s]" % ", ".join("'%s'" % o for o in OPERATIONS)
+    cursor.execute("""
+        insert into otel.spans (trace_id, span_id, parent_span_id, name, kind, service_name, {start}, {end},
+                                duration_ms, {status}, {attributes}, environment, tenant_id)
+        select md5('{prefix}' || g), substr(md5('s' || g || '.' || k), 1, 16),
+               case when k > 1 then substr(md5('s' || g || '.' || (k / 2)), 1, 16) end,
+               ({ops})[1 + (g * 7 + k * 13) %% 40],
+               case when k = 1 then 'SPAN_KIND_SERVER' when k %% 3 = 0 then 'SPAN_KIND_CLIENT'
+                    when k %% 5 = 0 then 'SPAN_KIND_PRODUCER' else 'SPAN_KIND_INTERNAL' end,
+               ({svc})[1 + (g + (k / 2) * 7) %% 20],
+               st, st + d * interval '1 ms', d,
+               case when random() < 0.04 then 'STATUS_CODE_ERROR'
+                    when k %% 2 = 0 then 'STATUS_CODE_UNSET' else 'STATUS_CODE_OK' end,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'http.method', case when k %% 4 = 1 then 'GET' when k %% 4 = 2 then 'POST' end,
+                   'http.route', '/api/v1/' || ({svc})[1 + (g + k) %% 20] || '/' || (k %% 9),
+                   'http.status_code', case when k %% 4 in (1, 2) then 200 + (k %% 3) * 100 end,
+                   'net.peer.name', ({svc})[1 + (g * 3 + k) %% 20] || '.svc.cluster.local',
+                   'db.statement', case when k %% 4 = 3 then 'SELECT * FROM orders WHERE id = $1' end,
+                   'thread.id', (g + k) %% 64,
+                   'otel.library.name', 'io.opentelemetry.' || ({svc})[1 + (g + (k / 2) * 7) %% 20],
+                   'user.id', 'u-' || (g %% 9973))),
+               (array['prod', 'staging', 'dev'])[1 + g %% 3], 'tenant-' || (g %% 4)
+        from generate_series(%s::int, %s::int) g,
+             lateral (select k, d, {start_sql} as st
+                      from (select k, round((random() * 40 + 1)::numeric, 3)::float8 as d
+                            from generate_series(1, {count}) k) spans_of_g) ks
+        order by g, k
+        """.format(start=start, end=end, status=status, attributes=attributes, prefix=trace_prefix, ops=operations,
+                   svc=services, start_sql=start_sql, count=per_trace_sql), (low, high) + tuple(start_params))
+
+
+def load_window(cursor, first_trace: int, traces: int, start: str, window_seconds: float, per_trace: int = 10) -> None:
+    """`traces` traces of `per_trace` spans (head layout), spread evenly over `window_seconds` from `start`."""
+    insert_spans(cursor, HEAD_COLUMNS, "r", first_trace, first_trace + traces - 1, str(int(per_trace)),
+                 "%s::timestamptz + (g - %s::int) * %s::float8 * interval '1 s' + k * interval '3 ms'",
+                 (start, first_trace, window_seconds / traces))
+
+
+def insert_traces(cursor, columns) -> None:
+    """One otel.traces row per trace of otel.spans that has none yet (root span, first start, last end, span count)."""
+    start, end = columns[0], columns[1]
+    cursor.execute("""
+        insert into otel.traces (trace_id, service_name, root_span_name, {start}, {end}, duration_ms,
+                                 span_count, environment, tenant_id, ingest_source, ingested_at)
+        select trace_id, min(service_name) filter (where parent_span_id is null),
+               min(name) filter (where parent_span_id is null), min({start}), max({end}),
+               extract(epoch from max({end}) - min({start})) * 1000, count(*), min(environment),
+               min(tenant_id), 'otlp', max({end}) + interval '2 s'
+        from otel.spans group by trace_id
+        on conflict (trace_id) do nothing""".format(start=start, end=end))
+
+
 def generate_legacy(cluster, database: str, spans: int, seed: float = 0.42, chunk_traces: int = 50000) -> dict:
     """Fill the legacy layout with `spans` spans, server-side; returns counts and sizes.
 
@@ -304,51 +376,12 @@ def generate_legacy(cluster, database: str, spans: int, seed: float = 0.42, chun
         cursor = conn.cursor()
         load_legacy_schema(cursor)
         cursor.execute("select setseed(%s)", (seed,))
-        services = "array[%s]" % ", ".join("'%s'" % s for s in SERVICES)
-        operations = "array[%s]" % ", ".join("'%s'" % o for o in OPERATIONS)
         for low in range(1, traces + 1, chunk_traces):
             high = min(traces, low + chunk_traces - 1)
-            # The last trace is cut so that the total is exactly `spans`.
-            cursor.execute("""
-                insert into otel.spans (trace_id, span_id, parent_span_id, name, kind, service_name, start_ts,
-                                        end_ts, duration_ms, status, attributes, environment, tenant_id)
-                select md5('t' || g), substr(md5('s' || g || '.' || k), 1, 16),
-                       case when k > 1 then substr(md5('s' || g || '.' || (k / 2)), 1, 16) end,
-                       ({ops})[1 + (g * 7 + k * 13) %% 40],
-                       case when k = 1 then 'SPAN_KIND_SERVER' when k %% 3 = 0 then 'SPAN_KIND_CLIENT'
-                            when k %% 5 = 0 then 'SPAN_KIND_PRODUCER' else 'SPAN_KIND_INTERNAL' end,
-                       ({svc})[1 + (g + (k / 2) * 7) %% 20],
-                       timestamptz '2026-01-01' + g * interval '250 ms' + k * interval '3 ms',
-                       timestamptz '2026-01-01' + g * interval '250 ms' + k * interval '3 ms'
-                           + (d * interval '1 ms'),
-                       d,
-                       case when random() < 0.04 then 'STATUS_CODE_ERROR'
-                            when k %% 2 = 0 then 'STATUS_CODE_UNSET' else 'STATUS_CODE_OK' end,
-                       jsonb_strip_nulls(jsonb_build_object(
-                           'http.method', case when k %% 4 = 1 then 'GET' when k %% 4 = 2 then 'POST' end,
-                           'http.route', '/api/v1/' || ({svc})[1 + (g + k) %% 20] || '/' || (k %% 9),
-                           'http.status_code', case when k %% 4 in (1, 2) then 200 + (k %% 3) * 100 end,
-                           'net.peer.name', ({svc})[1 + (g * 3 + k) %% 20] || '.svc.cluster.local',
-                           'db.statement', case when k %% 4 = 3 then 'SELECT * FROM orders WHERE id = $1' end,
-                           'thread.id', (g + k) %% 64,
-                           'otel.library.name', 'io.opentelemetry.' || ({svc})[1 + (g + (k / 2) * 7) %% 20],
-                           'user.id', 'u-' || (g %% 9973))),
-                       ({envs})[1 + g %% 3], 'tenant-' || (g %% 4)
-                from generate_series(%s::int, %s::int) g,
-                     lateral (select k, round((random() * 40 + 1)::numeric, 3)::float8 as d
-                              from generate_series(1, {count}) k) ks
-                order by g, k
-                """.format(ops=operations, svc=services, count=_COUNT_SQL,
-                           envs="array['prod', 'staging', 'dev']"), (low, high))
+            insert_spans(cursor, LEGACY_COLUMNS, "t", low, high, _COUNT_SQL,
+                         "timestamptz '2026-01-01' + g * interval '250 ms' + k * interval '3 ms'")
             log("  spans for traces %d..%d of %d (%.0fs)" % (low, high, traces, time.monotonic() - started))
-        cursor.execute("""
-            insert into otel.traces (trace_id, service_name, root_span_name, start_ts, end_ts, duration_ms,
-                                     span_count, environment, tenant_id, ingest_source, ingested_at)
-            select trace_id, min(service_name) filter (where parent_span_id is null),
-                   min(name) filter (where parent_span_id is null), min(start_ts), max(end_ts),
-                   extract(epoch from max(end_ts) - min(start_ts)) * 1000, count(*), min(environment),
-                   min(tenant_id), 'otlp', max(end_ts) + interval '2 s'
-            from otel.spans group by trace_id""")
+        insert_traces(cursor, LEGACY_COLUMNS)
         # The generated total is trimmed to exactly `spans` (the last trace cut short).
         cursor.execute("select count(*) from otel.spans")
         have = cursor.fetchone()[0]
@@ -369,6 +402,395 @@ def generate_legacy(cluster, database: str, spans: int, seed: float = 0.42, chun
         conn.close()
     return {"spans": n_spans, "traces": n_traces, "spans_bytes": spans_bytes, "traces_bytes": traces_bytes,
             "avg_attributes_bytes": float(attr_bytes), "seconds": time.monotonic() - started}
+
+
+# --------------------------------------------------------------------------- load: writer, reader, monitor
+
+WRITER_RETRY_SECONDS = 5.0  # a failed insert is retried this long (then counted as failed)
+
+def _sqlstate(exc) -> str:
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return fields.get("C") or type(exc).__name__
+
+
+class PacedSession(threading.Thread):
+    """A load thread with its own connection: one action every `interval` s until `stop` (a slow one delays the next).
+
+    Subclasses define act(cursor) and keep their own samples; an exception
+    that escapes is kept in `failure` (reported by the caller, never silent).
+    """
+
+    APPLICATION = "bench-load"
+
+    def __init__(self, cluster, database, interval, stop, origin):
+        super().__init__(daemon=True)
+        self.cluster, self.database, self.interval, self.stop, self.origin = cluster, database, interval, stop, origin
+        self.samples = []
+        self.failure = None
+        self.conn = None
+
+    def run(self):
+        try:
+            self.conn = connect(self.cluster, self.database, self.APPLICATION)
+            next_at = time.perf_counter()
+            while not self.stop.is_set():
+                delay = next_at - time.perf_counter()
+                if delay > 0 and self.stop.wait(delay):
+                    break
+                if self.act(self.conn.cursor()) is False:
+                    break
+                next_at = max(next_at + self.interval, time.perf_counter())
+            self.conn.close()
+        except Exception as exc:
+            self.failure = repr(exc)
+
+    def reconnect_after(self, code: str) -> None:
+        if code in ("InterfaceError", "57P01"):  # the connection is gone (terminated, or a network error)
+            self.conn = connect(self.cluster, self.database, self.APPLICATION)
+
+    def act(self, cursor):
+        raise NotImplementedError
+
+
+class Writer(PacedSession):
+    """A span every `interval` seconds, autocommit (as the worker does); the start column follows the rename.
+
+    Span ids are PREFIX + a counter (the generated ones are hex: 'w' never
+    starts one). `stamps` are SQL expressions for the start column, used in
+    turn (default now()). A failed insert is retried for WRITER_RETRY_SECONDS;
+    an insert counts as rejected if any attempt failed, as acknowledged once
+    one succeeded.
+    """
+
+    APPLICATION = "bench-writer"
+    INSERT = ("insert into otel.spans (trace_id, span_id, name, kind, service_name, {col}, duration_ms, "
+              "environment, tenant_id) values (%s, %s, 'bench write', 'SPAN_KIND_SERVER', 'bench-writer', "
+              "{stamp}, 1.5, 'prod', 'tenant-0')")
+
+    def __init__(self, cluster, database, interval, stop, origin, prefix="w", stamps=("now()",)):
+        super().__init__(cluster, database, interval, stop, origin)
+        self.prefix, self.stamps = prefix, list(stamps)
+        # samples: (start offset s, latency s, ok, attempts, errors)
+        self.acknowledged = []  # span ids whose insert succeeded
+        self.column = "start_ts"
+        self.switched_at = None
+        self.n = 0
+
+    def act(self, cursor):
+        self.n += 1
+        span_id = "%s%015d" % (self.prefix, self.n)
+        trace = hashlib.md5(("%s%d" % (self.prefix, self.n // 8)).encode()).hexdigest()
+        stamp = self.stamps[self.n % len(self.stamps)]
+        start = time.perf_counter()
+        ok, attempts, errors = False, 0, []
+        while True:
+            attempts += 1
+            try:
+                cursor.execute(self.INSERT.format(col=self.column, stamp=stamp), (trace, span_id))
+                ok = True
+                break
+            except Exception as exc:
+                code = _sqlstate(exc)
+                if code == "42703" and self.column == "start_ts":  # renamed: follow it
+                    self.column, self.switched_at = "start_time", time.perf_counter() - self.origin
+                    continue
+                errors.append(code)
+                if time.perf_counter() - start > WRITER_RETRY_SECONDS or attempts > 50:
+                    break
+                time.sleep(0.05)
+                self.reconnect_after(code)
+                cursor = self.conn.cursor()
+        end = time.perf_counter()
+        self.samples.append((start - self.origin, end - start, ok, attempts, errors))
+        if ok:
+            self.acknowledged.append(span_id)
+
+    def figures(self, cluster, database, start, end) -> dict:
+        """Inserts started in [start, end): latency; in all: rejected, failed, acknowledged but not present now."""
+        during = [s for s in self.samples if start <= s[0] < end]
+        present = {row[0] for row in sql(cluster, database, "select span_id from otel.spans where span_id like %s",
+                                         (self.prefix + "%",))}
+        out = latency_stats([s[1] for s in during])  # failed ones too: their time was spent
+        out.update(attempted=len(self.samples), acknowledged=len(self.acknowledged),
+                   rejected=sum(1 for s in self.samples if s[4]), failed=sum(1 for s in self.samples if not s[2]),
+                   lost=sum(1 for span_id in self.acknowledged if span_id not in present),
+                   error_codes=sorted({e for s in self.samples for e in s[4]}))
+        return out
+
+
+class Mutator(PacedSession):
+    """A second session: every `interval` seconds an UPDATE of one row, then a DELETE of another, by id.
+
+    Each of `ids` is touched once, no retry. figures() checks afterwards that
+    every change the server acknowledged is still there (the updated row has
+    its new name, the deleted row is gone), and counts the changes that found
+    no row (the row was out of sight of otel.spans) and those that failed.
+    """
+
+    APPLICATION = "bench-mutator"
+    STATEMENTS = {"update": "update otel.spans set name = 'bench updated ' || id where id = %s",
+                  "delete": "delete from otel.spans where id = %s"}
+
+    def __init__(self, cluster, database, interval, stop, origin, ids):
+        super().__init__(cluster, database, interval, stop, origin)
+        self.ids = list(ids)
+        # samples: (start offset s, latency s, kind, id, rows changed or None, error or None)
+
+    def act(self, cursor):
+        if len(self.ids) < 2:
+            return False
+        for kind in ("update", "delete"):
+            row_id = self.ids.pop()
+            start = time.perf_counter()
+            try:
+                cursor.execute(self.STATEMENTS[kind], (row_id,))
+                changed, error = cursor.rowcount, None
+            except Exception as exc:
+                changed, error = None, _sqlstate(exc)
+                self.reconnect_after(error)
+                cursor = self.conn.cursor()
+            end = time.perf_counter()
+            self.samples.append((start - self.origin, end - start, kind, row_id, changed, error))
+
+    def figures(self, cluster, database, start, end) -> dict:
+        done = [s for s in self.samples if s[4]]
+        names = dict((r[0], r[1]) for r in sql(cluster, database, "select id, name from otel.spans where id = any(%s)",
+                                             ([s[3] for s in done] or [0],)))
+        deleted_back = sum(1 for s in done if s[2] == "delete" and s[3] in names)
+        update_gone = sum(1 for s in done if s[2] == "update" and names.get(s[3]) != "bench updated %d" % s[3])
+        out = latency_stats([s[1] for s in self.samples if start <= s[0] < end])
+        out.update(changes=len(self.samples), acknowledged=len(done), undone=deleted_back + update_gone,
+                   found_no_row=sum(1 for s in self.samples if s[4] == 0),
+                   failed=sum(1 for s in self.samples if s[5]),
+                   error_codes=sorted({s[5] for s in self.samples if s[5]}))
+        return out
+
+
+class Reader(PacedSession):
+    """One trace by trace_id every `interval` seconds (columns both layouts share)."""
+
+    APPLICATION = "bench-reader"
+    QUERY = ("select span_id, parent_span_id, name, service_name, duration_ms "
+             "from otel.spans where trace_id = %s")
+
+    def __init__(self, cluster, database, interval, stop, origin, traces, seed):
+        super().__init__(cluster, database, interval, stop, origin)
+        self.traces, self.rng = traces, random.Random(seed)
+        # samples: (start offset s, latency s, ok, rows)
+
+    def act(self, cursor):
+        trace = trace_id(self.rng.randint(1, self.traces - 1))
+        start = time.perf_counter()
+        try:
+            cursor.execute(self.QUERY, (trace,))
+            rows, ok = len(cursor.fetchall()), True
+        except Exception as exc:
+            rows, ok = _sqlstate(exc), False
+            self.reconnect_after(rows)
+        end = time.perf_counter()
+        self.samples.append((start - self.origin, end - start, ok, rows))
+
+
+class Monitor(threading.Thread):
+    """pg_stat_activity and CREATE INDEX progress every 100 ms (cheap catalog reads)."""
+
+    ACTIVITY = """
+        select application_name, pid, state, coalesce(wait_event_type, ''), coalesce(wait_event, ''),
+               left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
+        from pg_stat_activity
+        where datname = current_database() and pid <> pg_backend_pid()
+          and application_name in ('otelmig', 'psql', 'bench-writer', 'bench-reader', 'bench-mutator')
+          and state <> 'idle'
+          and backend_type = 'client backend'"""
+    PROGRESS = """
+        select coalesce(index_relid::regclass::text, ''), phase from pg_stat_progress_create_index
+        where datname = current_database()"""
+    VALID = "select coalesce((select indisvalid from pg_index where indexrelid = to_regclass('otel.ix_spans_trace_id')), false)"
+
+    def __init__(self, cluster, database, stop, origin, interval=0.1):
+        super().__init__(daemon=True)
+        self.cluster, self.database, self.stop, self.origin, self.interval = cluster, database, stop, origin, interval
+        self.samples = []  # (offset, activity rows, progress rows)
+        self.trace_index_valid_at = None
+        self.failure = None
+
+    def run(self):
+        try:
+            conn = connect(self.cluster, self.database, "bench-monitor")
+            cursor = conn.cursor()
+            while not self.stop.wait(self.interval):
+                now = time.perf_counter() - self.origin
+                cursor.execute(self.ACTIVITY)
+                activity = [tuple(r) for r in cursor.fetchall()]
+                cursor.execute(self.PROGRESS)
+                progress = [tuple(r) for r in cursor.fetchall()]
+                if self.trace_index_valid_at is None:
+                    cursor.execute(self.VALID)
+                    if cursor.fetchone()[0]:
+                        self.trace_index_valid_at = now
+                self.samples.append((now, activity, progress))
+            conn.close()
+        except Exception as exc:
+            self.failure = repr(exc)
+
+
+# --------------------------------------------------------------------------- otelmig runs
+
+class ServerLog:
+    """The cluster's log (pg_ctl -l): the part written during one run."""
+
+    def __init__(self, cluster):
+        self.path = os.path.join(cluster.root, "log")
+        self.offset = 0
+
+    def mark(self):
+        self.offset = os.path.getsize(self.path)
+
+    def since_mark(self) -> str:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read().decode(errors="replace")
+
+
+def parse_log(text: str) -> dict:
+    durations, waits = [], []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        match = re.search(r"\] (\S*): LOG:  duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)", line)
+        if match:
+            durations.append((match.group(1), float(match.group(2)), match.group(3)[:140]))
+            continue
+        match = re.search(r"\] (\S*): LOG:  process (\d+) (still waiting for|acquired) (.*)", line)
+        if match:
+            context = " | ".join(l.split(":  ", 1)[-1][:140] for l in lines[i + 1:i + 3]
+                                 if re.search(r"(DETAIL|STATEMENT):  ", l))
+            waits.append("%s %s %s -- %s" % (match.group(1), match.group(3), match.group(4)[:120], context))
+    return {"durations": durations, "lock_waits": waits}
+
+
+# --------------------------------------------------------------------------- runs, rounds, sessions
+
+def run_under_load(cluster, database, argv, env, threads, stop, origin, pre_seconds, post_seconds, timeout,
+                   at_start=None, at_end=None) -> dict:
+    """CHECKPOINT, start the load threads, PRE s later run argv (measured), POST s after it stop them.
+
+    Returns result (Measured), start and end (s after origin), epoch_start,
+    epoch_end, log (what the server logged meanwhile) and what the optional
+    at_start() / at_end(what at_start returned) returned as before / after
+    (called just before and just after argv). A
+    load thread that died is raised; a failed argv is not (callers decide).
+    """
+    server_log = ServerLog(cluster)
+    sql(cluster, database, "CHECKPOINT")
+    for thread in threads:
+        thread.start()
+    time.sleep(pre_seconds if threads else 0)
+    out = {"before": at_start() if at_start else None}
+    server_log.mark()
+    out["start"], out["epoch_start"] = time.perf_counter() - origin, time.time()
+    try:
+        out["result"] = run_measured(argv, env=env, timeout=timeout, check=False)
+    finally:
+        out["end"], out["epoch_end"] = time.perf_counter() - origin, time.time()
+        out["after"] = at_end(out["before"]) if at_end else None
+        time.sleep(post_seconds if threads else 0)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    for thread in threads:
+        if thread.failure:
+            raise RuntimeError("%s failed: %s" % (type(thread).__name__, thread.failure))
+    out["log"] = server_log.since_mark()
+    return out
+
+
+def failure_line(result) -> str:
+    """None if argv succeeded, else "exit N after S s: <its last stderr line>"."""
+    if result.code == 0:
+        return None
+    lines = [l for l in result.err.splitlines() if l.strip()]
+    return "exit %d after %.1f s: %s" % (result.code, result.wall, lines[-1] if lines else "")
+
+
+def copy_rounds(cluster, template, runs, keys, run_one, prefix="copy", deadline=None) -> list:
+    """RUNS rounds; in each, every key runs on its own fresh copy of `template` (dropped after the round).
+
+    The order of the keys is rotated by one each round (two keys alternate
+    which goes first). run_one(round index, key, database, results so far)
+    returns that key's result (a dict with "wall"). Stops early once
+    time.monotonic() passes `deadline`.
+    """
+    rounds = []
+    for i in range(runs):
+        if deadline is not None and time.monotonic() > deadline:
+            log("time budget spent: no round %d" % (i + 1))
+            break
+        copies = {k: "%s_%s%d" % (prefix, k, i) for k in keys}
+        for name in copies.values():
+            create_database(cluster, name, template=template)
+        order = keys[i % len(keys):] + keys[:i % len(keys)]
+        results = {}
+        try:
+            for key in order:
+                log("round %d: %s ..." % (i + 1, key))
+                results[key] = run_one(i, key, copies[key], results)
+                log("round %d: %s took %.2fs" % (i + 1, key, results[key]["wall"]))
+        finally:
+            for name in copies.values():
+                drop_database(cluster, name)
+        rounds.append({"order": order, "results": results})
+    return rounds
+
+
+class BenchSession:
+    """A scratch directory (with SHIV_ROOT) and a throwaway cluster, both always removed: `with BenchSession() as s`."""
+
+    def __init__(self, prefix: str, extra_conf: str = BENCH_CONF):
+        self.prefix, self.extra_conf = prefix, extra_conf
+        self.cluster = self.scratch = None
+        self.started = time.monotonic()
+
+    def __enter__(self):
+        import tempfile
+        self.scratch = tempfile.mkdtemp(prefix="otelmig-bench-%s-" % self.prefix)
+        self.shiv_root = os.path.join(self.scratch, "shiv")
+        try:
+            self.cluster = start_cluster(self.extra_conf)
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.cluster.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        return False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def add_load_arguments(parser, pre_seconds: float, post_seconds: float, timeout: float) -> None:
+    """The options every benchmark under load takes: writer pace, load before and after, timeout, pyz, JSON."""
+    parser.add_argument("--writer-interval", type=float, default=0.010)
+    parser.add_argument("--pre-seconds", type=float, default=pre_seconds, help="load before the operation starts")
+    parser.add_argument("--post-seconds", type=float, default=post_seconds, help="load after the operation ends")
+    parser.add_argument("--timeout", type=float, default=timeout, help="longest run of one operation")
+    parser.add_argument("--pyz", default=PYZ)
+    parser.add_argument("--json", help="also write all figures here")
+
+
+def prepare_pyz(pyz: str):
+    """Re-exec in the bench venv, build the pyz if missing; returns (its absolute path, the Python to run it)."""
+    reexec_in_venv()
+    return os.path.abspath(ensure_pyz(pyz)), base_python()
+
+
+def write_json(path, payload) -> None:
+    if path:
+        import json
+        with open(path, "w") as handle:
+            json.dump(payload, handle, indent=1, default=str)
 
 
 # --------------------------------------------------------------------------- statistics, output
@@ -420,6 +842,29 @@ def git_describe() -> str:
         return head + ("+dirty(otelmig/migrations)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def print_header(title: str, script: str, version: str, pyz: str, head: str = None) -> None:
+    """The lines every report starts with: title, machine, build, the command that made it."""
+    info = machine()
+    print("## %s (%s)\n" % (title, time.strftime("%Y-%m-%d %H:%M")))
+    print("machine: nproc %s, %s, %s RAM; PostgreSQL %s; Python %s" % (
+        info["nproc"], info["cpu"], info["memory"], version, info["python"]))
+    print("pyz: %s%s" % (describe_pyz(pyz), "; head %s" % head if head else ""))
+    print("command: python3 bench/%s %s" % (script, " ".join(sys.argv[1:])))
+
+
+def figure_row(name, values, fmt, target="", ok=None) -> None:
+    """One row of a | figure | median | per round | target | met | table (NaN and None values left out)."""
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        print("| %s | - | - | %s | |" % (name, target))
+        return
+    met = "" if ok is None else ("yes" if ok(values) else "**NO**")
+    print("| %s | %s | %s | %s | %s |" % (name, fmt % median(values), ", ".join(fmt % v for v in values), target, met))
+
+
+FIGURE_TABLE = "| figure | median | per round | target | met |\n|---|---:|---|---:|---|"
 
 
 def log(line: str) -> None:

@@ -42,18 +42,15 @@ log's lock waits.
 
 import argparse
 import datetime
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import adopt  # noqa: E402  (its Writer, Reader, Monitor and log parsing)
+import adopt  # noqa: E402  (explain_stalls, explain_slow_reads, otelmig_phases)
 import common  # noqa: E402
 from common import log  # noqa: E402
 
@@ -124,39 +121,23 @@ def run_floor(cluster, database, script, statements) -> dict:
 
 
 def run_ours(cluster, database, argv, env, args, traces, seed, column) -> dict:
-    server_log = adopt.ServerLog(cluster)
-    common.sql(cluster, database, "CHECKPOINT")
     stop = threading.Event()
     origin = time.perf_counter()
-    writer = adopt.Writer(cluster, database, args.writer_interval, stop, origin)
+    writer = common.Writer(cluster, database, args.writer_interval, stop, origin)
     writer.column = column
-    reader = adopt.Reader(cluster, database, args.reader_interval, stop, origin, traces, seed)
-    monitor = adopt.Monitor(cluster, database, stop, origin)
-    threads = [writer, reader, monitor]
-    for thread in threads:
-        thread.start()
-    time.sleep(args.pre_seconds)
-    server_log.mark()
-    up_start = time.perf_counter() - origin
-    try:
-        result = common.run_measured(argv, env=env, timeout=args.timeout, check=False)
-    finally:
-        up_end = time.perf_counter() - origin
-        time.sleep(args.post_seconds)
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-    for thread in threads:
-        if thread.failure:
-            raise RuntimeError("%s failed: %s" % (type(thread).__name__, thread.failure))
-    out = {"wall": result.wall, "code": result.code, "failed": None, "rss_mib": result.maxrss_mib,
-           "log": adopt.parse_log(server_log.since_mark())}
-    if result.code != 0:
-        lines = [l for l in result.err.splitlines() if l.strip()]
-        out["failed"] = "exit %d after %.1f s: %s" % (result.code, result.wall, lines[-1] if lines else "")
+    reader = common.Reader(cluster, database, args.reader_interval, stop, origin, traces, seed)
+    monitor = common.Monitor(cluster, database, stop, origin)
+    run = common.run_under_load(cluster, database, argv, env, [writer, reader, monitor], stop, origin,
+                                args.pre_seconds, args.post_seconds, args.timeout)
+    result = run["result"]
+    out = {"wall": result.wall, "code": result.code, "failed": common.failure_line(result),
+           "rss_mib": result.maxrss_mib, "log": common.parse_log(run["log"])}
+    if out["failed"]:
         log("FAILED: %s" % out["failed"])
-    out.update(load_figures(writer, reader, monitor, up_start, up_end))
-    out.update(rows_after(cluster, database, writer))
+    out.update(load_figures(reader, monitor, run["start"], run["end"]))
+    out["writer"] = writer.figures(cluster, database, run["start"], run["end"])
+    out["writer_before"] = common.latency_stats([s[1] for s in writer.samples if s[0] < run["start"]])
+    out["stalls"] = adopt.explain_stalls(writer.samples, monitor.samples, run["start"])
     # otelmig's fixed cost: the same command again, with nothing left to do.
     out["noop_wall"] = common.run_measured(argv, env=env, timeout=600).wall if result.code == 0 else float("nan")
     out["layout"] = common.sql(cluster, database, """
@@ -166,36 +147,17 @@ def run_ours(cluster, database, argv, env, args, traces, seed, column) -> dict:
     return out
 
 
-def load_figures(writer, reader, monitor, up_start, up_end) -> dict:
-    """Latencies of the inserts and reads that started while the conversion ran (and before it, for scale)."""
-    def during(samples):
-        return [s for s in samples if up_start <= s[0] < up_end]
-
-    def before(samples):
-        return [s for s in samples if s[0] < up_start]
-
+def load_figures(reader, monitor, up_start, up_end) -> dict:
+    """The reads that started while the conversion ran (and before it, for scale); what the migration did."""
+    during = [s for s in reader.samples if up_start <= s[0] < up_end and s[2]]
     return {
-        "writer": common.latency_stats([s[1] for s in during(writer.samples)]),  # failed ones too: their time was spent
-        "writer_before": common.latency_stats([s[1] for s in before(writer.samples)]),
-        "writer_all": common.latency_stats([s[1] for s in writer.samples]),
-        "writer_attempted": len(writer.samples),
-        "writer_acknowledged": sum(1 for s in writer.samples if s[2]),
-        "writer_failed": sum(1 for s in writer.samples if not s[2]),
-        "writer_errors": sum(len(s[4]) for s in writer.samples),
-        "writer_error_codes": sorted({e for s in writer.samples for e in s[4]}),
-        "reader": common.latency_stats([s[1] for s in during(reader.samples) if s[2]]),
-        "reader_before": common.latency_stats([s[1] for s in before(reader.samples) if s[2]]),
+        "reader": common.latency_stats([s[1] for s in during]),
+        "reader_before": common.latency_stats([s[1] for s in reader.samples if s[0] < up_start and s[2]]),
         "reader_failed": sum(1 for s in reader.samples if not s[2]),
         "reader_empty": sum(1 for s in reader.samples if s[2] and s[3] == 0),
-        "stalls": adopt.explain_stalls(writer.samples, monitor.samples, up_start),
         "slow_reads": adopt.explain_slow_reads(reader.samples, monitor.samples, up_start, up_end),
         "phases": adopt.otelmig_phases(monitor.samples, up_start),
     }
-
-
-def rows_after(cluster, database, writer) -> dict:
-    present = common.sql(cluster, database, "select count(*) from otel.spans where span_id like 'w%'")[0][0]
-    return {"writer_present": present, "writer_lost": len(writer.samples) - present}
 
 
 # --------------------------------------------------------------------------- main
@@ -206,19 +168,12 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="rounds of (floor, ours), each on fresh copies")
     parser.add_argument("--stand-in", action="store_true",
                         help="measure the baseline adoption instead of revision 2 (harness check only)")
-    parser.add_argument("--writer-interval", type=float, default=0.010)
     parser.add_argument("--reader-interval", type=float, default=0.050)
-    parser.add_argument("--pre-seconds", type=float, default=3.0, help="load before the upgrade starts")
-    parser.add_argument("--post-seconds", type=float, default=2.0, help="load after the upgrade ends")
-    parser.add_argument("--timeout", type=float, default=3600, help="longest upgrade or floor run")
-    parser.add_argument("--pyz", default=common.PYZ)
-    parser.add_argument("--json", help="also write all figures here")
+    common.add_load_arguments(parser, pre_seconds=3.0, post_seconds=2.0, timeout=3600)
     args = parser.parse_args()
     if args.spans < 1000 or not 1 <= args.runs <= 20:
         parser.error("--spans >= 1000 and --runs 1..20")
-    common.reexec_in_venv()
-    pyz = os.path.abspath(common.ensure_pyz(args.pyz))
-    python = common.base_python()
+    pyz, python = common.prepare_pyz(args.pyz)
     head = head_revision(python, pyz)
     stand_in = args.stand_in or head == BASELINE
     if stand_in:
@@ -226,60 +181,34 @@ def main():
             % (head, BASELINE))
     column = "start_ts" if stand_in else "start_time"
     operation = [python, pyz, "-v", "upgrade"] + ([BASELINE] if stand_in else [])
-    scratch = tempfile.mkdtemp(prefix="otelmig-bench-convert-")
-    shiv_root = os.path.join(scratch, "shiv")
-    started = time.monotonic()
-    cluster, rounds = None, []
-    try:
-        cluster = common.start_cluster()
+    with common.BenchSession("convert") as s:
+        cluster = s.cluster
         version = common.server_version(cluster)
         # Unpack the pyz and compile what upgrade imports once, before anything is timed.
-        common.run_measured([python, pyz, "upgrade", "--sql"], env=common.pyz_env(cluster, "postgres", shiv_root))
-        data = prepare_source(cluster, python, pyz, shiv_root, args.spans, stand_in)
-        script = os.path.join(scratch, "floor.sql")
+        common.run_measured([python, pyz, "upgrade", "--sql"], env=common.pyz_env(cluster, "postgres", s.shiv_root))
+        data = prepare_source(cluster, python, pyz, s.shiv_root, args.spans, stand_in)
+        script = os.path.join(s.scratch, "floor.sql")
         statements = write_floor_script(script, column, cutoff_for(cluster, "conv_src", column))
-        for i in range(args.runs):
-            copies = {"floor": "conv_floor_%d" % i, "ours": "conv_ours_%d" % i}
-            for name in copies.values():
-                common.create_database(cluster, name, template="conv_src")
-            order = ["floor", "ours"] if i % 2 == 0 else ["ours", "floor"]
-            results = {}
-            try:
-                for key in order:
-                    log("round %d: %s ..." % (i + 1, key))
-                    if key == "floor":
-                        results[key] = run_floor(cluster, copies[key], script, statements)
-                    else:
-                        results[key] = run_ours(cluster, copies[key], operation,
-                                                common.pyz_env(cluster, copies[key], shiv_root), args,
-                                                data["traces"], i, column)
-                    log("round %d: %s took %.1fs" % (i + 1, key, results[key]["wall"]))
-            finally:
-                for name in copies.values():
-                    common.drop_database(cluster, name)
-            rounds.append({"order": order, "results": results})
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-    report(args, pyz, head, stand_in, operation, version, data, statements, rounds, time.monotonic() - started)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"data": data, "rounds": rounds, "stand_in": stand_in}, handle, indent=1, default=str)
+
+        def run_one(i, key, database, _results):
+            if key == "floor":
+                return run_floor(cluster, database, script, statements)
+            return run_ours(cluster, database, operation, common.pyz_env(cluster, database, s.shiv_root), args,
+                            data["traces"], i, column)
+
+        rounds = common.copy_rounds(cluster, "conv_src", args.runs, ["floor", "ours"], run_one, prefix="conv")
+        elapsed = s.elapsed()
+    report(args, pyz, head, stand_in, operation, version, data, statements, rounds, elapsed)
+    common.write_json(args.json, {"data": data, "rounds": rounds, "stand_in": stand_in})
 
 
 def report(args, pyz, head, stand_in, operation, version, data, statements, rounds, elapsed):
-    info = common.machine()
-    print("## converting otel.spans of %d spans to time partitions (%s)\n" % (
-        data["spans"], time.strftime("%Y-%m-%d %H:%M")))
+    common.print_header("converting otel.spans of %d spans to time partitions" % data["spans"], "convert.py", version,
+                        pyz, head)
     if stand_in:
         print("**STAND-IN**: the pyz's head is %s, not revision 2 (%s): \"ours\" is `upgrade %s` on a legacy "
               "store. These figures check the harness; they are not the conversion's.\n"
               % (head, PARTITION_REVISION, BASELINE))
-    print("machine: nproc %s, %s, %s RAM; PostgreSQL %s; Python %s" % (
-        info["nproc"], info["cpu"], info["memory"], version, info["python"]))
-    print("pyz: %s; head %s" % (common.describe_pyz(pyz), head))
-    print("command: python3 bench/convert.py %s" % " ".join(sys.argv[1:]))
     print("data: %d spans in %d traces, otel.spans %.0f MiB with its indexes%s; generated in %.0f s" % (
         data["spans"], data["traces"], data["spans_bytes"] / 2**20,
         "" if stand_in else " (after the baseline's adoption, %.0f s)" % data.get("baseline_seconds", 0),
@@ -297,16 +226,8 @@ def report(args, pyz, head, stand_in, operation, version, data, statements, roun
         if x["failed"]:
             print("**round %d: ours FAILED**: %s\n" % (i + 1, x["failed"]))
 
-    def row(name, values, fmt, target="", ok=None):
-        values = [v for v in values if v is not None and v == v]
-        if not values:
-            print("| %s | - | - | %s | |" % (name, target))
-            return
-        met = "" if ok is None else ("yes" if ok(values) else "**NO**")
-        print("| %s | %s | %s | %s | %s |" % (name, fmt % common.median(values), ", ".join(fmt % v for v in values),
-                                            target, met))
-
-    print("| figure | median | per round | target | met |\n|---|---:|---|---:|---|")
+    row = common.figure_row
+    print(common.FIGURE_TABLE)
     row("conversion wall (ours, under load)", [x["wall"] for x in ours], "%.2f s")
     row("floor: CREATE UNIQUE INDEX CONCURRENTLY (id, start)", [x["index_s"] for x in floor], "%.2f s")
     row("floor: VALIDATE CONSTRAINT of the CHECK", [x["validate_s"] for x in floor], "%.2f s")
@@ -325,12 +246,13 @@ def report(args, pyz, head, stand_in, operation, version, data, statements, roun
     row("writer: median insert during", [x["writer"]["median_ms"] for x in ours], "%.1f ms")
     row("writer: median insert before", [x["writer_before"]["median_ms"] for x in ours], "%.1f ms")
     row("writer: inserts started during the conversion", [x["writer"]["n"] for x in ours], "%d")
-    row("writer: attempted in all", [x["writer_attempted"] for x in ours], "%d")
-    row("writer: present afterwards", [x["writer_present"] for x in ours], "%d")
-    row("writer: lost (attempted - present)", [x["writer_lost"] for x in ours], "%d", "0", lambda v: max(v) == 0)
-    row("writer: failed inserts (after retrying 5 s)", [x["writer_failed"] for x in ours], "%d", "0",
+    row("writer: attempted in all", [x["writer"]["attempted"] for x in ours], "%d")
+    row("writer: rejected (an attempt failed; retried)", [x["writer"]["rejected"] for x in ours], "%d", "0",
         lambda v: max(v) == 0)
-    row("writer: errors (retried)", [x["writer_errors"] for x in ours], "%d")
+    row("writer: failed inserts (after retrying 5 s)", [x["writer"]["failed"] for x in ours], "%d", "0",
+        lambda v: max(v) == 0)
+    row("writer: lost (acknowledged, not present after)", [x["writer"]["lost"] for x in ours], "%d", "0",
+        lambda v: max(v) == 0)
     row("reader: worst read during", [x["reader"]["worst_ms"] for x in ours], "%.0f ms", "<= 250 ms",
         lambda v: max(v) <= 250)
     row("reader: p99 read during", [x["reader"]["p99_ms"] for x in ours], "%.1f ms")
@@ -342,14 +264,10 @@ def report(args, pyz, head, stand_in, operation, version, data, statements, roun
     print()
     for i, x in enumerate(ours):
         print("round %d (%s first): layout afterwards (relkind, partitions, revision) %s; writer error codes %s; "
-              "empty reads %d" % (i + 1, rounds[i]["order"][0], x["layout"], x["writer_error_codes"] or "none",
+              "empty reads %d" % (i + 1, rounds[i]["order"][0], x["layout"], x["writer"]["error_codes"] or "none",
                                   x["reader_empty"]))
     print("\n### the slowest inserts (> %d ms) and what the migrating session was doing\n" % adopt.STALL_MS)
-    for i, x in enumerate(ours):
-        for s in x["stalls"]:
-            print("- round %d, %.2f s in: %.0f ms (ok %s, attempts %d%s); writer %s; migration %s" % (
-                i + 1, s["at_s"], s["latency_ms"], s["ok"], s["attempts"],
-                ", errors %s" % s["errors"] if s["errors"] else "", s["writer_waits"] or "-", s["migrator"] or "-"))
+    adopt.print_stalls([x["stalls"] for x in ours])
     print("\n### reads over %d ms during the conversion\n" % adopt.SLOW_READ_MS)
     for i, x in enumerate(ours):
         for s in x["slow_reads"]:

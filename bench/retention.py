@@ -48,18 +48,15 @@ and inserts lost.
 
 import argparse
 import datetime
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import adopt  # noqa: E402  (its Writer)
+import adopt  # noqa: E402  (explain_stalls, print_stalls)
 import common  # noqa: E402
 from common import log  # noqa: E402
 
@@ -137,41 +134,6 @@ def build_layout(cluster, database, python, pyz, shiv_root, stand_in_layout, tod
     return {"first_day": first.isoformat()}
 
 
-def load_day(cursor, first_trace, traces, start: str, window_seconds: float) -> None:
-    """`traces` traces of SPANS_PER_TRACE spans, spread over `window_seconds` from `start`, server-side."""
-    services = "array[%s]" % ", ".join("'%s'" % s for s in common.SERVICES)
-    operations = "array[%s]" % ", ".join("'%s'" % o for o in common.OPERATIONS)
-    step = window_seconds / traces
-    cursor.execute("""
-        insert into otel.spans (trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time,
-                                duration_ms, status_code, span_attributes, environment, tenant_id)
-        select md5('r' || g), substr(md5('s' || g || '.' || k), 1, 16),
-               case when k > 1 then substr(md5('s' || g || '.' || (k / 2)), 1, 16) end,
-               ({ops})[1 + (g * 7 + k * 13) %% 40],
-               case when k = 1 then 'SPAN_KIND_SERVER' when k %% 3 = 0 then 'SPAN_KIND_CLIENT' else 'SPAN_KIND_INTERNAL' end,
-               ({svc})[1 + (g + (k / 2) * 7) %% 20],
-               %s::timestamptz + (g - %s::int) * %s::float8 * interval '1 s' + k * interval '3 ms',
-               %s::timestamptz + (g - %s::int) * %s::float8 * interval '1 s' + k * interval '3 ms' + d * interval '1 ms',
-               d,
-               case when random() < 0.04 then 'STATUS_CODE_ERROR' when k %% 2 = 0 then 'STATUS_CODE_UNSET'
-                    else 'STATUS_CODE_OK' end,
-               jsonb_strip_nulls(jsonb_build_object(
-                   'http.method', case when k %% 4 = 1 then 'GET' when k %% 4 = 2 then 'POST' end,
-                   'http.route', '/api/v1/' || ({svc})[1 + (g + k) %% 20] || '/' || (k %% 9),
-                   'http.status_code', case when k %% 4 in (1, 2) then 200 + (k %% 3) * 100 end,
-                   'net.peer.name', ({svc})[1 + (g * 3 + k) %% 20] || '.svc.cluster.local',
-                   'db.statement', case when k %% 4 = 3 then 'SELECT * FROM orders WHERE id = $1' end,
-                   'thread.id', (g + k) %% 64,
-                   'otel.library.name', 'io.opentelemetry.' || ({svc})[1 + (g + (k / 2) * 7) %% 20],
-                   'user.id', 'u-' || (g %% 9973))),
-               (array['prod', 'staging', 'dev'])[1 + g %% 3], 'tenant-' || (g %% 4)
-        from generate_series(%s::int, %s::int) g,
-             lateral (select k, round((random() * 40 + 1)::numeric, 3)::float8 as d
-                      from generate_series(1, {per}) k) ks
-        """.format(ops=operations, svc=services, per=SPANS_PER_TRACE),
-        (start, first_trace, step, start, first_trace, step, first_trace, first_trace + traces - 1))
-
-
 def load(cluster, database, today, age, spans, other_spans) -> dict:
     started = time.monotonic()
     conn = common.connect(cluster, database)
@@ -188,7 +150,7 @@ def load(cluster, database, today, age, spans, other_spans) -> dict:
             start = "%s 00:00:00+00" % big_day.isoformat()
             start_offset = 86400.0 * low / big_traces
             cursor.execute("select (%s::timestamptz + %s * interval '1 s')::text", (start, start_offset))
-            load_day(cursor, trace, n, cursor.fetchone()[0], 86400.0 * n / big_traces)
+            common.load_window(cursor, trace, n, cursor.fetchone()[0], 86400.0 * n / big_traces)
             trace += n
             log("  %d of %d spans on %s (%.0fs)" % ((low + n) * SPANS_PER_TRACE, big_traces * SPANS_PER_TRACE,
                                                     big_day, time.monotonic() - started))
@@ -196,17 +158,10 @@ def load(cluster, database, today, age, spans, other_spans) -> dict:
             n = other_spans // SPANS_PER_TRACE
             day = today - datetime.timedelta(days=back)
             if n:
-                load_day(cursor, trace, n, "%s 12:00:00+00" % day.isoformat(), 12 * 3600.0 - 60)
+                common.load_window(cursor, trace, n, "%s 12:00:00+00" % day.isoformat(), 12 * 3600.0 - 60)
                 trace += n
         log("  %d spans on each of the %d younger days (%.0fs)" % (other_spans, age - 1, time.monotonic() - started))
-        cursor.execute("""
-            insert into otel.traces (trace_id, service_name, root_span_name, start_time, end_time, duration_ms,
-                                     span_count, environment, tenant_id, ingest_source, ingested_at)
-            select trace_id, min(service_name) filter (where parent_span_id is null),
-                   min(name) filter (where parent_span_id is null), min(start_time), max(end_time),
-                   extract(epoch from max(end_time) - min(start_time)) * 1000, count(*), min(environment),
-                   min(tenant_id), 'otlp', max(end_time) + interval '2 s'
-            from otel.spans group by trace_id""")
+        common.insert_traces(cursor, common.HEAD_COLUMNS)
         cursor.execute("VACUUM ANALYZE otel.spans")
         cursor.execute("VACUUM ANALYZE otel.traces")
         cursor.execute("CHECKPOINT")
@@ -228,59 +183,33 @@ def snapshot(cluster, database, edge: str) -> dict:
             "partitions": row[5]}
 
 
-def run_under_writer(cluster, database, argv, env, args, edge) -> dict:
+def run_under_writer(cluster, database, argv, env, args, edge, prefix="w") -> dict:
+    """argv under the writer (span ids PREFIX...: one prefix per run on the same copy); a failure is raised."""
     before = snapshot(cluster, database, edge)
-    server_log = adopt.ServerLog(cluster)
-    writer_rows = "select count(*) from otel.spans where span_id like 'w%'"
-    present_before = common.sql(cluster, database, writer_rows)[0][0]  # an earlier writer's, on the same copy
-    common.sql(cluster, database, "CHECKPOINT")
     stop = threading.Event()
     origin = time.perf_counter()
-    writer = adopt.Writer(cluster, database, args.writer_interval, stop, origin)
+    writer = common.Writer(cluster, database, args.writer_interval, stop, origin, prefix=prefix)
     writer.column = "start_time"
-    monitor = adopt.Monitor(cluster, database, stop, origin)
-    for thread in (writer, monitor):
-        thread.start()
-    time.sleep(args.pre_seconds)
-    lsn_before = common.sql(cluster, database, "select pg_current_wal_lsn()::text")[0][0]
-    server_log.mark()
-    op_start = time.perf_counter() - origin
-    epoch_start = time.time()
-    try:
-        result = common.run_measured(argv, env=env, timeout=args.timeout, check=False)
-    finally:
-        op_end = time.perf_counter() - origin
-        epoch_end = time.time()
-        wal = common.sql(cluster, database, "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint",
-                         (lsn_before,))[0][0]
-        time.sleep(args.post_seconds)
-        stop.set()
-        for thread in (writer, monitor):
-            thread.join(60)
+    monitor = common.Monitor(cluster, database, stop, origin)
+    wal_since = "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint"
+    run = common.run_under_load(
+        cluster, database, argv, env, [writer, monitor], stop, origin, args.pre_seconds, args.post_seconds,
+        args.timeout, at_start=lambda: common.sql(cluster, database, "select pg_current_wal_lsn()::text")[0][0],
+        at_end=lambda lsn: common.sql(cluster, database, wal_since, (lsn,))[0][0])
+    result = run["result"]
     if result.code != 0:
         raise RuntimeError("exit %d: %s\n%s%s" % (result.code, " ".join(argv), result.out[-2000:], result.err[-3000:]))
-    for thread in (writer, monitor):
-        if thread.failure:
-            raise RuntimeError("%s failed: %s" % (type(thread).__name__, thread.failure))
-    after = snapshot(cluster, database, edge)
-    during = [s[1] for s in writer.samples if op_start <= s[0] < op_end]
-    present = common.sql(cluster, database, writer_rows)[0][0] - present_before
+    durations = common.parse_log(run["log"])["durations"]
     return {
-        "wall": result.wall, "out": result.out[-6000:], "err": result.err[-6000:], "psql_times": [float(t) / 1e3 for t in
-                                                                      re.findall(r"^Time: ([\d.]+) ms", result.out, re.M)],
-        "wal_bytes": wal, "before": before, "after": after,
+        "wall": result.wall, "out": result.out[-6000:], "err": result.err[-6000:],
+        "psql_times": [float(t) / 1e3 for t in re.findall(r"^Time: ([\d.]+) ms", result.out, re.M)],
+        "wal_bytes": run["after"], "before": before, "after": snapshot(cluster, database, edge),
         # Every statement of otelmig's session (log_min_duration_statement = 0 on the maintain copy).
-        "otelmig_timeline": timeline(server_log.since_mark(), epoch_start, epoch_end),
-        "otelmig_statements": [(ms, text) for app, ms, text in adopt.parse_log(server_log.since_mark())["durations"]
-                               if app == "otelmig"],
-        "otelmig_statements_s": sum(ms for app, ms, _ in adopt.parse_log(server_log.since_mark())["durations"]
-                                    if app == "otelmig") / 1e3,
-        "writer": {"n": len(during), "worst_ms": max(during) * 1e3 if during else float("nan"),
-                   "p99_ms": common.percentile(during, 99) * 1e3, "median_ms": common.median(during) * 1e3},
-        "writer_attempted": len(writer.samples), "writer_present": present,
-        "writer_lost": len(writer.samples) - present,
-        "writer_errors": sum(len(s[4]) for s in writer.samples),
-        "stalls": adopt.explain_stalls(writer.samples, monitor.samples, op_start),
+        "otelmig_timeline": timeline(run["log"], run["epoch_start"], run["epoch_end"]),
+        "otelmig_statements": [(ms, text) for app, ms, text in durations if app == "otelmig"],
+        "otelmig_statements_s": sum(ms for app, ms, _ in durations if app == "otelmig") / 1e3,
+        "writer": writer.figures(cluster, database, run["start"], run["end"]),
+        "stalls": adopt.explain_stalls(writer.samples, monitor.samples, run["start"]),
     }
 
 
@@ -335,36 +264,25 @@ def main():
     parser.add_argument("--age", type=int, default=6, help="the big day is this many days ago (window: age-1 days)")
     parser.add_argument("--runs", type=int, default=3, help="rounds of (maintain, delete), each on fresh copies")
     parser.add_argument("--stand-in", action="store_true", help="use the stand-in maintain even if the pyz has one")
-    parser.add_argument("--writer-interval", type=float, default=0.010)
-    parser.add_argument("--pre-seconds", type=float, default=3.0)
-    parser.add_argument("--post-seconds", type=float, default=2.0)
-    parser.add_argument("--timeout", type=float, default=3600)
+    common.add_load_arguments(parser, pre_seconds=3.0, post_seconds=2.0, timeout=3600)
     parser.add_argument("--full-page-writes", choices=("on", "off"), default="on",
                         help="the server's full_page_writes (on: the WAL a production server writes)")
-    parser.add_argument("--pyz", default=common.PYZ)
-    parser.add_argument("--json", help="also write all figures here")
     args = parser.parse_args()
     if args.spans < 1000 or args.age < 2 or not 1 <= args.runs <= 20:
         parser.error("--spans >= 1000, --age >= 2 and --runs 1..20")
-    common.reexec_in_venv()
-    pyz = os.path.abspath(common.ensure_pyz(args.pyz))
-    python = common.base_python()
+    pyz, python = common.prepare_pyz(args.pyz)
     caps = capabilities(python, pyz)
     stand_in_layout = caps["head"] == BASELINE
     stand_in_maintain = args.stand_in or not caps["maintain"] or stand_in_layout
     today = datetime.datetime.now(datetime.timezone.utc).date()
     edge = midnight(today - datetime.timedelta(days=args.age - 1))  # the big day's upper bound
     retain = "%dd" % (args.age - 1)
-    scratch = tempfile.mkdtemp(prefix="otelmig-bench-retention-")
-    shiv_root = os.path.join(scratch, "shiv")
-    started = time.monotonic()
-    cluster, rounds = None, []
-    try:
-        # full_page_writes on (the tests' cluster turns it off): WAL as a production server writes it.
-        cluster = common.start_cluster(common.BENCH_CONF + "\nfull_page_writes = %s\n" % args.full_page_writes)
+    # full_page_writes on (the tests' cluster turns it off): WAL as a production server writes it.
+    with common.BenchSession("retention", common.BENCH_CONF + "\nfull_page_writes = %s\n" % args.full_page_writes) as s:
+        cluster, scratch = s.cluster, s.scratch
         version = common.server_version(cluster)
         common.create_database(cluster, "ret_src")
-        layout = build_layout(cluster, "ret_src", python, pyz, shiv_root, stand_in_layout, today, args.age)
+        layout = build_layout(cluster, "ret_src", python, pyz, s.shiv_root, stand_in_layout, today, args.age)
         log("loading %d spans on the old day and %d on each younger one ..." % (args.spans, args.other_spans))
         data = load(cluster, "ret_src", today, args.age, args.spans, args.other_spans)
         data.update(layout)
@@ -376,58 +294,42 @@ def main():
         vacuum_script = os.path.join(scratch, "vacuum.sql")
         with open(vacuum_script, "w") as handle:
             handle.write("\\timing on\nVACUUM otel.spans;\nVACUUM otel.traces;\n")
-        for i in range(args.runs):
-            copies = {"maintain": "ret_maintain_%d" % i, "delete": "ret_delete_%d" % i}
-            for name in copies.values():
-                common.create_database(cluster, name, template="ret_src")
-            order = ["maintain", "delete"] if i % 2 == 0 else ["delete", "maintain"]
-            results = {}
-            try:
-                for key in order:
-                    log("round %d: %s ..." % (i + 1, key))
-                    db = copies[key]
-                    if key == "delete":
-                        argv, env = (["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", delete_script],
-                                     common.psql_env(cluster, db))
-                    elif stand_in_maintain:
-                        script = os.path.join(scratch, "maintain_%d.sql" % i)
-                        stand_in_maintain_script(script, cluster, db, edge)
-                        argv, env = (["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", script],
-                                     common.psql_env(cluster, db))
-                    else:
-                        common.sql(cluster, "postgres", "ALTER DATABASE %s SET log_min_duration_statement = 0" % db)
-                        argv, env = ([python, pyz, "maintain", "--retain", retain, "--format", "json"],
-                                     common.pyz_env(cluster, db, shiv_root))
-                    results[key] = run_under_writer(cluster, db, argv, env, args, edge)
-                    results[key]["argv"] = " ".join("python3" if a == python else a for a in argv)
-                    log("round %d: %s took %.2fs" % (i + 1, key, results[key]["wall"]))
-                    if key == "maintain" and not stand_in_maintain:
-                        # Its fixed cost: the same command again, with nothing left to drop.
-                        results[key]["noop_wall"] = common.run_measured(argv, env=env).wall
-                    if key == "delete":
-                        # What the DELETE leaves to do: VACUUM (index cleanup, free space), same writer.
-                        results["vacuum"] = run_under_writer(
-                            cluster, db, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", vacuum_script],
-                            common.psql_env(cluster, db), args, edge)
-                        log("round %d: vacuum after delete took %.2fs" % (i + 1, results["vacuum"]["wall"]))
-            finally:
-                for name in copies.values():
-                    common.drop_database(cluster, name)
-            rounds.append({"order": order, "results": results})
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-    report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, edge, retain, rounds,
-           time.monotonic() - started)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"data": data, "rounds": rounds}, handle, indent=1, default=str)
+
+        def psql(script, db):
+            return ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", script], common.psql_env(cluster, db)
+
+        def run_one(i, key, db, results):
+            if key == "delete":
+                argv, env = psql(delete_script, db)
+            elif stand_in_maintain:
+                script = os.path.join(scratch, "maintain_%d.sql" % i)
+                stand_in_maintain_script(script, cluster, db, edge)
+                argv, env = psql(script, db)
+            else:
+                common.sql(cluster, "postgres", "ALTER DATABASE %s SET log_min_duration_statement = 0" % db)
+                argv, env = ([python, pyz, "maintain", "--retain", retain, "--format", "json"],
+                             common.pyz_env(cluster, db, s.shiv_root))
+            out = run_under_writer(cluster, db, argv, env, args, edge)
+            out["argv"] = " ".join("python3" if a == python else a for a in argv)
+            if key == "maintain" and not stand_in_maintain:
+                # Its fixed cost: the same command again, with nothing left to drop.
+                out["noop_wall"] = common.run_measured(argv, env=env).wall
+            if key == "delete":
+                # What the DELETE leaves to do: VACUUM (index cleanup, free space), same writer (other span ids).
+                results["vacuum"] = run_under_writer(cluster, db, *psql(vacuum_script, db), args, edge, prefix="v")
+                log("round %d: vacuum after delete took %.2fs" % (i + 1, results["vacuum"]["wall"]))
+            return out
+
+        rounds = common.copy_rounds(cluster, "ret_src", args.runs, ["maintain", "delete"], run_one, prefix="ret")
+        elapsed = s.elapsed()
+    report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, edge, retain, rounds, elapsed)
+    common.write_json(args.json, {"data": data, "rounds": rounds})
 
 
 def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, edge, retain, rounds, elapsed):
-    info = common.machine()
-    print("## retention: dropping one day of %d spans vs DELETE (%s)\n" % (args.spans, time.strftime("%Y-%m-%d %H:%M")))
+    common.print_header("retention: dropping one day of %d spans vs DELETE" % args.spans, "retention.py", version, pyz,
+                        caps["head"])
+    print()
     if stand_in_layout:
         print("**STAND-IN layout**: the pyz's head is %s, not revision 2 (%s): the partitioned layout was built by "
               "SQL from the baseline (STAND_IN_LAYOUT in bench/retention.py).\n" % (caps["head"], PARTITION_REVISION))
@@ -437,10 +339,6 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
               "TABLE for each partition wholly before %s, and one DELETE of the older traces.\n"
               % ("forced by --stand-in" if args.stand_in else "the pyz has no `maintain`" if not caps["maintain"]
                  else "the layout is a stand-in", edge))
-    print("machine: nproc %s, %s, %s RAM; PostgreSQL %s; Python %s" % (
-        info["nproc"], info["cpu"], info["memory"], version, info["python"]))
-    print("pyz: %s; head %s" % (common.describe_pyz(pyz), caps["head"]))
-    print("command: python3 bench/retention.py %s" % " ".join(sys.argv[1:]))
     print("data: %d spans on %s (dropped), %d on each of the %d younger days, one partition per UTC day from %s; "
           "%d spans before the edge, %d in all; otel.spans %.0f MiB (all partitions, with indexes), otel.traces "
           "%.0f MiB; loaded in %.0f s" % (
@@ -477,9 +375,9 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
             ("writer: p99 insert during", lambda x: x["writer"]["p99_ms"], "%.1f ms"),
             ("writer: median insert during", lambda x: x["writer"]["median_ms"], "%.1f ms"),
             ("writer: inserts started during", lambda x: x["writer"]["n"], "%d"),
-            ("writer: attempted in all", lambda x: x["writer_attempted"], "%d"),
-            ("writer: lost (attempted - present)", lambda x: x["writer_lost"], "%d"),
-            ("writer: errors (retried)", lambda x: x["writer_errors"], "%d")]:
+            ("writer: attempted in all", lambda x: x["writer"]["attempted"], "%d"),
+            ("writer: lost (acknowledged, not present after)", lambda x: x["writer"]["lost"], "%d"),
+            ("writer: rejected (an attempt failed; retried)", lambda x: x["writer"]["rejected"], "%d")]:
         print("| %s | %s | %s | %s |" % (name, cell(col("maintain", get), fmt), cell(col("delete", get), fmt),
                                          cell(col("vacuum", get), fmt)))
     delete_spans = col("delete", lambda x: x["psql_times"][0])
@@ -507,7 +405,7 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
                                                           "yes" if min(freed) > 0 else "**NO**"))
     print("| maintain: writer worst <= 250 ms | %s | %s |" % (cell(worst, "%.0f ms"),
                                                             "yes" if max(worst) <= 250 else "**NO**"))
-    lost = [x["writer_lost"] for r in rounds for x in r["results"].values()]
+    lost = [x["writer"]["lost"] for r in rounds for x in r["results"].values()]
     print("| no insert lost (any operation) | %d | %s |" % (max(lost), "yes" if max(lost) == 0 else "**NO**"))
     last = rounds[-1]["results"]["maintain"]
     print("\n### what maintain printed (last round)\n\n```\n%s\n```" % last["out"].strip())
@@ -534,11 +432,7 @@ def report(args, pyz, caps, stand_in_layout, stand_in_maintain, version, data, e
                 "%.0f ms before `%s`" % (g * 1e3, text[:60]) for g, text in tl[-1]["largest_gaps"]))
     for key in ("maintain", "delete", "vacuum"):
         print("\n### %s: the slowest inserts (> %d ms)\n" % (key, adopt.STALL_MS))
-        for i, r in enumerate(rounds):
-            for s in r["results"][key]["stalls"]:
-                print("- round %d, %.2f s in: %.0f ms (ok %s, attempts %d); writer %s; migration %s" % (
-                    i + 1, s["at_s"], s["latency_ms"], s["ok"], s["attempts"], s["writer_waits"] or "-",
-                    s["migrator"] or "-"))
+        adopt.print_stalls([r["results"][key]["stalls"] for r in rounds])
 
 
 if __name__ == "__main__":
