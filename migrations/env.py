@@ -56,6 +56,14 @@ def handed_schema() -> str:
     return validate_schema(config.attributes.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
 
 
+def _destination():
+    """Alembic's target revision; `current`, `history` and the like have none."""
+    try:
+        return context.get_revision_argument()
+    except KeyError:
+        return None
+
+
 def main() -> None:
     if context.is_offline_mode():
         raise CommandError("use `otelmig upgrade --sql` for offline SQL")
@@ -64,7 +72,7 @@ def main() -> None:
         run_migrations(handed, handed_schema())  # the otelmig CLI
         return
     with authors.session(config.attributes, engine=handed) as (connection, schema):
-        authors.refuse_before_the_first_change(connection, schema, context.script, context.get_revision_argument())
+        authors.refuse_before_the_first_change(connection, schema, context.script, _destination())
         run_migrations(connection, schema)
 
 
