@@ -1,21 +1,40 @@
 """Time-partitioned spans: convert otel.spans to daily range partitions in place.
 
-No row is copied. The table that holds the spans becomes the partition for
-everything before a cutoff (otel.spans_history, FROM (MINVALUE) TO (cutoff));
-a new partitioned otel.spans gets one partition per UTC day from the cutoff up
-to today + 7 days, and a DEFAULT partition for any other row, so no insert is
-ever rejected after the switch. `otelmig maintain` keeps days ahead and drops
-whole days that left the retention window.
+No row of the history is copied. The table that holds the spans becomes the
+partition for everything before a cutoff (otel.spans_history, FROM (MINVALUE)
+TO (cutoff)); a new partitioned otel.spans gets one partition per UTC day from
+the cutoff up to today + 7 days, and a DEFAULT partition for any other row, so
+no insert is ever rejected after the switch. `otelmig maintain` keeps days
+ahead and drops whole days that left the retention window.
+
+The cutoff is the server's clock only: the UTC midnight MARGIN_DAYS after the
+current UTC day, whatever the rows hold. Rows at or after it (outliers:
+future-dated, 'infinity', years past 9999; at most MAX_OUTLIERS, or a refusal
+names some) are moved, under the short ACCESS EXCLUSIVE lock the cutoff is
+chosen under, into otel.spans_outliers, an inheritance child of spans (so they
+stay visible through otel.spans), and from there into the partitioned spans in
+the switch (DEFAULT or their day partition). '-infinity' and BC rows are before
+the cutoff and stay in the history.
 
 Every scan of the big table runs before the switch, under locks writers do
 not wait for: the unique index (id, start_time) the new primary key needs
 (CREATE INDEX CONCURRENTLY) and the validation of CHECK (start_time < cutoff),
-which lets ATTACH PARTITION skip its own scan. Adding that constraint takes
-ACCESS EXCLUSIVE for a moment: the cutoff is chosen under it, from the newest
-row (read through ix_spans_service_start_time, one index probe per service),
-as the UTC midnight at least a day after both that row and now. The switch
-(renames, primary key, attach, sequence ownership) is one short transaction
+which lets ATTACH PARTITION skip its own scan. The switch (outliers moved,
+renames, primary key, attach, sequence ownership) is one short transaction
 under the lock budget, with the version row.
+
+Between the cutoff and the switch, a plain spans holds the cutoff CHECK, which
+would reject every insert once the cutoff passes: repair_steps() undoes that
+state (drops the CHECK, puts held rows back), and otelmig runs it before any
+other work and on a failing run's way out; upgrade_steps() starts with it.
+
+Time never depends on the session: each DO block sets TimeZone UTC, DateStyle
+ISO and IntervalStyle postgres for its own transaction first, days are counted
+on `timestamp` values in UTC, and bounds are written as 'YYYY-MM-DD HH:MI:SS+00'.
+
+Every object the upgrade creates is recorded in otel.otelmig_objects (created)
+before it is created: spans_history_pkey, the partitions (spans_history,
+spans_default, each spans_pYYYYMMDD), the holding table while it exists.
 
 A spans table that is partitioned already (the operator's layout) is left as
 it is, and recorded as found; the downgrade leaves it too.
@@ -44,17 +63,37 @@ branch_labels = None
 depends_on = None
 
 AHEAD_DAYS = 7  # day partitions created up to today + this; frozen here (maintain reads schema.SPANS_PARTITIONING)
-MARGIN_DAYS = 2                      # cutoff: this many UTC midnights after max(now, newest row)
+MARGIN_DAYS = 2                      # cutoff: the UTC midnight this many days after the current UTC day
+MAX_OUTLIERS = 10000                 # rows at or after the cutoff moved under ACCESS EXCLUSIVE; more: refused
 BATCH_ROWS = 10000                   # rows moved per transaction by the downgrade
 NEW_PARENT = "spans_partitioned"     # the partitioned table before the switch (and after the downgrade's)
 CUTOFF_CHECK = "spans_history_range"  # CHECK (start_time < cutoff) on the table to attach
 HISTORY_PKEY = "spans_history_pkey"  # unique (id, start_time) built before the switch, its PK after
 HISTORY_ID_KEY = "spans_history_id_key"  # unique (id) the downgrade builds for the restored primary key
+HOLDING = "spans_outliers"           # inheritance child of the plain spans holding the outliers until the switch
 TRACES_START_TIME = ("ix_traces_start_time", "traces", "start_time")
 
+# First statement of every DO block that reads or writes a time: for this
+# transaction only, so that no TimeZone, DateStyle or IntervalStyle of the
+# server, database, role or psql session changes what it computes or parses.
+UTC_SESSION = ("  PERFORM set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true), "
+               "set_config('IntervalStyle', 'postgres', true);")
 
-def _utc_midnight(expression: str) -> str:
-    return "(date_trunc('day', (%s) at time zone 'UTC') at time zone 'UTC')" % expression
+# The cutoff as a timestamptz, from the server's clock only. AT TIME ZONE
+# 'UTC' both ways and make_interval: right in any session, outside DO blocks too.
+CUTOFF = ("((date_trunc('day', now() at time zone 'UTC') + make_interval(days => %d)) at time zone 'UTC')"
+          % MARGIN_DAYS)
+
+
+def _utc_text(timestamp_utc: str) -> str:
+    """SQL: a `timestamp` holding a UTC time as the literal 'YYYY-MM-DD HH24:MI:SS+00', read alike everywhere."""
+    return "(to_char(%s, 'YYYY-MM-DD HH24:MI:SS') || '+00')" % timestamp_utc
+
+
+def _shown(start_time: str) -> str:
+    """SQL: a start_time for a message, in UTC (to_char has no text for infinity)."""
+    return ("(CASE WHEN isfinite(%s) THEN to_char(%s at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' "
+            "ELSE %s::text END)" % (start_time, start_time, start_time))
 
 
 class Layout:
@@ -65,7 +104,10 @@ class Layout:
         self.spans = n.table("spans")
         self.history = n.table(LAYOUT.history)
         self.parent = n.table(NEW_PARENT)
+        self.holding = n.table(HOLDING)
         self.plain_spans = "exists (select 1 from pg_class where oid = %s and relkind = 'r')" % n.regclass("spans")
+        self.holding_child = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
+                              % (n.regclass(HOLDING), n.regclass("spans")))
         # Converted by this revision: so recorded; or, with the record lost, our history partition is there.
         history_attached = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
                             % (n.regclass(LAYOUT.history), n.regclass("spans")))
@@ -79,27 +121,79 @@ class Layout:
                 % (self.n.regclass(table), quote_literal(CUTOFF_CHECK), state))
 
     def cutoff_of(self, table: str) -> str:
-        """SQL: the cutoff as the CHECK constraint on `table` holds it."""
+        """SQL: the cutoff as the CHECK constraint on `table` holds it. Only
+        inside a block that ran UTC_SESSION: pg_get_constraintdef renders the
+        constant in the session's DateStyle and TimeZone, so it is read back
+        under the ISO and UTC it was written in."""
         return ("(select substring(pg_get_constraintdef(oid) from '''([^'']*)''')::timestamptz "
                 "from pg_constraint where conrelid = %s and conname = %s)"
                 % (self.n.regclass(table), quote_literal(CUTOFF_CHECK)))
 
-    def newest_start_time(self) -> str:
-        """SQL: max(start_time) of spans without reading the table: a loose scan
-        over ix_spans_service_start_time (one probe per service), so it is
-        quick under the ACCESS EXCLUSIVE lock the cutoff is chosen under."""
+    def services(self) -> str:
+        """SQL: the distinct non-null service_name of plain spans without reading
+        the table: a loose scan over ix_spans_service_start_time (one probe per
+        service), quick under ACCESS EXCLUSIVE."""
         return ("with recursive services(name) as ("
-                "(select service_name from %(spans)s order by service_name limit 1) union all "
-                "select (select s.service_name from %(spans)s s where s.service_name > services.name "
+                "(select service_name from only %(spans)s order by service_name limit 1) union all "
+                "select (select s.service_name from only %(spans)s s where s.service_name > services.name "
                 "order by s.service_name limit 1) from services where services.name is not null) "
-                "select max((select max(t.start_time) from %(spans)s t where t.service_name = services.name)) "
-                "from services where services.name is not null" % {"spans": self.spans})
+                "select name from services where name is not null" % {"spans": self.spans})
+
+    def outliers(self, cutoff: str, per_service: int) -> str:
+        """SQL: (id, start_time) of up to per_service rows of each service at or
+        after the cutoff, found through ix_spans_service_start_time."""
+        return ("select o.id, o.start_time from (%(services)s) s cross join lateral "
+                "(select t.id, t.start_time from only %(spans)s t where t.service_name = s.name "
+                "and t.start_time >= %(cutoff)s order by t.start_time limit %(n)d) o "
+                "union all (select t.id, t.start_time from only %(spans)s t where t.service_name is null "
+                "and t.start_time >= %(cutoff)s order by t.start_time limit %(n)d)"
+                % {"services": self.services(), "spans": self.spans, "cutoff": cutoff, "n": per_service})
+
+
+def repair_steps(n: SchemaSQL) -> list:
+    """What an interrupted upgrade of this revision can leave that would reject
+    a write, undone: a plain spans with the cutoff CHECK (every insert fails
+    once the cutoff passes) and the outliers held aside in otel.spans_outliers
+    (put back). The cutoff step makes both in one transaction and the switch
+    ends both in one, so they come and go together; repairing is one short
+    transaction under ACCESS EXCLUSIVE (at most MAX_OUTLIERS rows move).
+    Idempotent; nothing to do on any other state."""
+    layout = Layout(n)
+    spans, holding = layout.spans, layout.holding
+    lines = [
+        "DO $repair$",
+        "DECLARE columns text;",
+        "BEGIN",
+        "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
+        "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s;" % (spans, quote(CUTOFF_CHECK)),
+        "  IF %s THEN" % layout.holding_child,
+        "    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
+        "      WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass(HOLDING),
+        "    EXECUTE format('INSERT INTO %s (%%1$s) SELECT %%1$s FROM ONLY %s', columns);"
+        % (spans.replace("'", "''"), holding.replace("'", "''")),
+        "    DROP TABLE %s;" % holding,
+        "    IF %s IS NOT NULL THEN" % n.regclass(RECORD_TABLE),
+        "      EXECUTE %s;" % quote_literal(_forget_holding(n)),
+        "    END IF;",
+        "  END IF;",
+        "END",
+        "$repair$"]
+    return [Statement("\n".join(lines), when="%s and (%s or %s)" % (
+        layout.plain_spans, layout.check_on("spans"), layout.holding_child),
+        table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+        label="repair an interrupted conversion: drop the cutoff CHECK from the plain spans, put the outliers "
+              "held in %s back" % HOLDING)]
+
+
+def _forget_holding(n: SchemaSQL) -> str:
+    return "DELETE FROM %s WHERE object_kind = 'table' AND object_name = %s" % (n.record_table(), quote_literal(HOLDING))
 
 
 def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
-    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE))] + repair_steps(n) + [
              _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
+             _holding_name_refusal(n, layout), _outliers_refusal(n, layout),
              n.record_step(revision, [("partitioning", "spans", "found")], when="%s and not %s" % (
                  n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created")))]
     steps += index_steps(n, revision, *TRACES_START_TIME)
@@ -154,6 +248,31 @@ def _owner_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
                     % (n.schema, n.schema, quote(n.schema))))
 
 
+def _holding_name_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
+    """The conversion holds the outliers in a table of this name (the repair step
+    before this one removed ours): one of the operator's is in the way."""
+    return Refusal(when="%s and %s is not null" % (layout.plain_spans, n.regclass(HOLDING)), table=HOLDING, message=(
+        "%s.%s exists; revision %s holds rows stamped after its cutoff in a table of that name during the "
+        "conversion: rename or drop it, then rerun" % (n.schema, HOLDING, revision)))
+
+
+def _outliers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
+    """More outliers than the cutoff step moves under its ACCESS EXCLUSIVE lock:
+    refused before any change, naming the first few (asked through the index,
+    MAX_OUTLIERS + 1 rows at most)."""
+    count = "(select count(*) from (%s limit %d) o)" % (layout.outliers(CUTOFF, MAX_OUTLIERS + 1), MAX_OUTLIERS + 1)
+    sample = ("(select string_agg('id ' || o.id || ' (' || %s || ')', ', ' ORDER BY o.start_time, o.id) "
+              "from (select * from (%s) a order by start_time, id limit 5) o)"
+              % (_shown("o.start_time"), layout.outliers(CUTOFF, 5)))
+    return Refusal(when="%s and not %s and %s > %d" % (layout.plain_spans, layout.check_on("spans"), count,
+                                                       MAX_OUTLIERS),
+                   table="spans", detail=sample, message=(
+                    "%s.spans has more than %d rows stamped at or after the cutoff of revision %s (the UTC midnight "
+                    "%d days after today: future-dated, 'infinity', or years past 9999), more than it moves under its "
+                    "short ACCESS EXCLUSIVE lock; delete them or correct their start_time (or move them to a table "
+                    "of your own), then rerun; the first of them: " % (n.schema, MAX_OUTLIERS, revision, MARGIN_DAYS)))
+
+
 def _history_key_steps(n: SchemaSQL, layout: Layout):
     """The unique index the new primary key needs on the table that becomes
     the history partition: the one scan that cannot be avoided, concurrently."""
@@ -163,6 +282,8 @@ def _history_key_steps(n: SchemaSQL, layout: Layout):
         Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
                    when="%s and %s" % (layout.plain_spans, n.index_invalid(index)),
                    table="spans", lock=Lock.ACCESS_EXCLUSIVE),
+        n.record_step(revision, [("index", index, "created")],
+                      when="%s and %s" % (layout.plain_spans, missing_or_invalid)),
         Concurrent("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id, start_time)" % (quote(index), layout.spans),
                    when="%s and %s" % (layout.plain_spans, missing_or_invalid),
                    table="spans", lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
@@ -170,33 +291,63 @@ def _history_key_steps(n: SchemaSQL, layout: Layout):
 
 
 def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
-    cutoff = "%s + interval '%d days'" % (_utc_midnight("greatest(now(), newest)"), MARGIN_DAYS)
-    add = ("ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %%L) NOT VALID"
+    """Under ACCESS EXCLUSIVE for a moment: the outliers (rows at or after the
+    cutoff) into the holding child of spans, found per service through the
+    index, then CHECK (start_time < cutoff) NO INHERIT NOT VALID (the held rows
+    are not under it; the history partition must not have children, and the
+    switch empties and drops the holding table before the attach)."""
+    add = ("ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %%L) NO INHERIT NOT VALID"
            % (layout.spans, quote(CUTOFF_CHECK)))
+    move = ("WITH moved AS (DELETE FROM ONLY %s WHERE service_name %%s AND start_time >= $1 RETURNING *) "
+            "INSERT INTO %s SELECT * FROM moved" % (layout.spans, layout.holding))
+    too_many = ("otelmig: more than %d rows of %s are stamped at or after the cutoff %%: rerun, and the refusal "
+                "names them" % (MAX_OUTLIERS, layout.spans.replace('"', '')))
     sql = "\n".join([
         "DO $cutoff$",
-        "DECLARE newest timestamptz;",
+        "DECLARE cutoff timestamptz; service record; moved bigint; held bigint := 0;",
         "BEGIN",
+        UTC_SESSION,
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % layout.spans,
-        "  newest := (%s);" % layout.newest_start_time(),
-        "  EXECUTE format(%s, %s);" % (quote_literal(add), cutoff),
+        "  cutoff := %s;" % CUTOFF,
+        "  IF EXISTS (%s) THEN" % layout.outliers("cutoff", 1),
+        "    %s;" % n.record(revision, [("table", HOLDING, "created")]),
+        "    CREATE TABLE %s () INHERITS (%s);" % (layout.holding, layout.spans),
+        "    FOR service IN SELECT quote_literal(name) AS name FROM (%s) s" % layout.services(),
+        "                   UNION ALL SELECT NULL LOOP",
+        "      EXECUTE format(%s, coalesce('= ' || service.name, 'IS NULL')) USING cutoff;" % quote_literal(move),
+        "      GET DIAGNOSTICS moved = ROW_COUNT;",
+        "      held := held + moved;",
+        "      IF held > %d THEN" % MAX_OUTLIERS,
+        "        RAISE EXCEPTION %s, cutoff;" % quote_literal(too_many),
+        "      END IF;",
+        "    END LOOP;",
+        "  END IF;",
+        "  EXECUTE format(%s, %s);" % (quote_literal(add), _utc_text("cutoff at time zone 'UTC'")),
         "END",
         "$cutoff$"])
     return Statement(sql, when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
-                     table="spans", lock=Lock.ACCESS_EXCLUSIVE,
-                     label="the cutoff from the newest row (read through an index), CHECK (start_time < cutoff) NOT VALID")
+                     table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+                     label="the cutoff (the UTC midnight %d days after today); rows at or after it (at most %d, "
+                           "found through an index) into %s; CHECK (start_time < cutoff) NOT VALID"
+                           % (MARGIN_DAYS, MAX_OUTLIERS, HOLDING))
 
 
 def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The new partitioned table beside spans, empty, with its partitions and indexes (catalog only)."""
     p = layout.parent
     create_day = ("CREATE TABLE %%I.%%I PARTITION OF %s FOR VALUES FROM (%%L) TO (%%L)" % p)
-    day_name = "%s || to_char(day at time zone 'UTC', 'YYYYMMDD')" % quote_literal(LAYOUT.day_prefix)
+    record_partition = ("INSERT INTO %s (revision, object_kind, object_name, origin) VALUES (%s, 'partition', "
+                        "day_name, 'created') ON CONFLICT (object_kind, object_name) DO NOTHING;"
+                        % (n.record_table(), quote_literal(revision)))
     lines = [
         "DO $prepare$",
-        "DECLARE day timestamptz := %s; ix record; part regclass; owner_name text; g record;"
-        % layout.cutoff_of("spans"),
+        "DECLARE day timestamp; last_day timestamp; day_name text; ix record; part regclass; owner_name text; "
+        "g record;",
         "BEGIN",
+        UTC_SESSION,
+        # Days are counted on timestamps in UTC: no daylight-saving change can shift or repeat one.
+        "  day := %s at time zone 'UTC';" % layout.cutoff_of("spans"),
+        "  last_day := date_trunc('day', now() at time zone 'UTC') + make_interval(days => %d);" % AHEAD_DAYS,
         "  CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING GENERATED) "
         "PARTITION BY RANGE (start_time);" % (p, layout.spans),
         "  ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (id, start_time);" % (p, quote(NEW_PARENT + "_pkey")),
@@ -207,18 +358,22 @@ def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
         "    EXECUTE format('CREATE INDEX %%I ON %s', left(%s || ix.name, 63)) || ix.body;"
         % (p.replace("'", "''"), quote_literal(NEW_PARENT + "_")),
         "  END LOOP;",
+        "  %s;" % n.record(revision, [("partition", LAYOUT.default, "created")]),
         "  CREATE TABLE %s PARTITION OF %s DEFAULT;" % (n.table(LAYOUT.default), p),
-        "  WHILE day <= %s + interval '%d days' LOOP" % (_utc_midnight("now()"), AHEAD_DAYS),
-        "    EXECUTE format(%s, %s, %s, day, day + interval '1 day');"
-        % (quote_literal(create_day), quote_literal(n.schema), day_name),
-        "    day := day + interval '1 day';",
+        "  WHILE day <= last_day LOOP",
+        "    day_name := %s || to_char(day, 'YYYYMMDD');" % quote_literal(LAYOUT.day_prefix),
+        "    %s" % record_partition,
+        "    EXECUTE format(%s, %s, day_name, %s, %s);"
+        % (quote_literal(create_day), quote_literal(n.schema), _utc_text("day"),
+           _utc_text("day + make_interval(days => 1)")),
+        "    day := day + make_interval(days => 1);",
         "  END LOOP;",
     ] + _same_owner_and_grants(n, layout) + [
         "END",
         "$prepare$"]
     return Statement("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)),
                      label="the empty partitioned %s: spans's columns, indexes, owner and grants; DEFAULT and day "
-                           "partitions from the cutoff to today + %d" % (NEW_PARENT, AHEAD_DAYS))
+                           "partitions from the cutoff to today + %d (UTC days)" % (NEW_PARENT, AHEAD_DAYS))
 
 
 def _indexes_of(table_regclass: str, without=()) -> str:
@@ -249,17 +404,19 @@ def _same_owner_and_grants(n: SchemaSQL, layout: Layout) -> list:
 
 
 def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
-    """One transaction: the old table becomes the history partition of the new spans."""
+    """One transaction: the held outliers into the new spans, and the old table becomes its history partition."""
     spans, history, p = layout.spans, layout.history, layout.parent
     attach = "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (MINVALUE) TO (%%L)" % (spans, history)
     lines = [
         "DO $switch$",
-        "DECLARE cutoff timestamptz := %s; id_sequence text; ix record;" % layout.cutoff_of("spans"),
+        "DECLARE cutoff timestamptz; id_sequence text; ix record; columns text;",
         "BEGIN",
+        UTC_SESSION,
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
-        "  %s;" % n.record(revision, [("partitioning", "spans", "created")]),
+        "  cutoff := %s;" % layout.cutoff_of("spans"),
+        "  %s;" % n.record(revision, [("partitioning", "spans", "created"), ("partition", LAYOUT.history, "created")]),
         "  id_sequence := pg_get_serial_sequence(%s, 'id');" % quote_literal(spans),
-    ]
+    ] + _release_held_rows(n, layout)
     lines += _rename_indexes(n, n.regclass("spans"), "'%s_' || ix.name" % LAYOUT.history)
     lines += [
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS spans_pkey;" % spans,
@@ -270,14 +427,30 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
     lines += [
         "  ALTER TABLE %s RENAME CONSTRAINT %s TO spans_pkey;" % (p, quote(NEW_PARENT + "_pkey")),
         "  ALTER TABLE %s RENAME TO spans;" % p,
-        "  EXECUTE format(%s, cutoff);" % quote_literal(attach),
+        "  EXECUTE format(%s, %s);" % (quote_literal(attach), _utc_text("cutoff at time zone 'UTC'")),
         "  ALTER TABLE %s DROP CONSTRAINT %s;" % (history, quote(CUTOFF_CHECK)),
     ] + _sequence_owned_by(spans) + [
         "END",
         "$switch$"]
     return Statement("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
-                     label="switch: renames, primary key (id, start_time), spans becomes %s attached FROM (MINVALUE) TO "
-                           "(cutoff) without a scan, sequence owned by the new spans" % LAYOUT.history)
+                     label="switch: held outliers into the new spans, renames, primary key (id, start_time), spans "
+                           "becomes %s attached FROM (MINVALUE) TO (cutoff) without a scan, sequence owned by the "
+                           "new spans" % LAYOUT.history)
+
+
+def _release_held_rows(n: SchemaSQL, layout: Layout) -> list:
+    """PL/pgSQL: the outliers held in the holding child into the new partitioned
+    table (DEFAULT or their day), and the child dropped (a table to attach may
+    have no children): before the renames, while both names are still ours."""
+    return [
+        "  IF %s THEN" % layout.holding_child,
+        "    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
+        "      WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass(HOLDING),
+        "    EXECUTE format('INSERT INTO %s (%%1$s) SELECT %%1$s FROM ONLY %s', columns);"
+        % (layout.parent.replace("'", "''"), layout.holding.replace("'", "''")),
+        "    DROP TABLE %s;" % layout.holding,
+        "    %s;" % _forget_holding(n),
+        "  END IF;"]
 
 
 def _sequence_owned_by(spans: str) -> list:
