@@ -324,14 +324,16 @@ def test_bounds_are_utc_midnights_under_the_databases_dst_zone_and_styles(db_url
     assert_day_layout(db_url)
 
 
-@pytest.mark.parametrize("zone", ["Asia/Kolkata", "dst"])
-def test_the_sql_script_under_psql_sessions_zone_and_styles_gives_utc_midnights(db_url, tmp_path, zone):
+# Asia/Kolkata with the Default abbreviations: 'IST' read back means Israel, not India.
+@pytest.mark.parametrize("zone, abbreviations", [("Asia/Kolkata", "Default"), ("dst", "India")])
+def test_the_sql_script_under_psql_sessions_zone_and_styles_gives_utc_midnights(db_url, tmp_path, zone,
+                                                                                  abbreviations):
     load_legacy(db_url, traces=50)
     assert run_cli("upgrade", BASELINE, url=db_url).code == 0
     zone = dst_zone_ahead(db_url) if zone == "dst" else zone
     path = write_sql(tmp_path, "upgrade", "--sql")
-    options = " ".join("-c %s=%s" % (k, v.replace(" ", "\\ "))
-                       for k, v in SESSION_SETTINGS.items())
+    settings = dict(SESSION_SETTINGS, timezone_abbreviations=abbreviations)
+    options = " ".join("-c %s=%s" % (k, v.replace(" ", "\\ ")) for k, v in settings.items())
     applied = psql_with(db_url, path, PGTZ=zone, PGOPTIONS=options)
     assert applied.returncode == 0, applied.stderr
     assert_day_layout(db_url)
@@ -344,3 +346,18 @@ def psql_with(url, path, **env):
     return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
                            "-U", info.user, "-d", info.database, "-f", path], env=environ, capture_output=True,
                           text=True)
+
+
+def test_plain_alembic_under_the_databases_dst_zone_and_styles_gives_utc_midnights(db_url):
+    load_legacy(db_url, traces=50)
+    insert_legacy_span(db_url, "y2099", "timestamptz '2099-01-01 00:00+00'")
+    database = resolve_conninfo(db_url, {}).database
+    for name, value in dict(SESSION_SETTINGS, TimeZone=dst_zone_ahead(db_url)).items():
+        sql(db_url, "ALTER DATABASE %s SET %s = '%s'" % (database, name, value))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES", "OTEL"))}
+    env.update(POSTGRES_URL=db_url, PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    proc = subprocess.run(["alembic", "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert_day_layout(db_url)
+    assert where_is(db_url, "y2099") == "otel." + LAYOUT.default
