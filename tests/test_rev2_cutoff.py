@@ -26,7 +26,7 @@ import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from helpers import BASELINE, write_sql
-from otelmig.ddl import CRASH_AFTER_ENV, OnlineRunner, SchemaSQL
+from otelmig.ddl import CRASH_AFTER_ENV, OnlineRunner, SchemaSQL, Statement
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
 from otelmig.settings import resolve_conninfo
 from pgcluster import bindir
@@ -361,3 +361,25 @@ def test_plain_alembic_under_the_databases_dst_zone_and_styles_gives_utc_midnigh
     assert proc.returncode == 0, proc.stderr
     assert_day_layout(db_url)
     assert where_is(db_url, "y2099") == "otel." + LAYOUT.default
+
+
+def test_outliers_that_arrive_after_the_refusal_stop_the_cutoff_step_with_nothing_changed(db_url):
+    """The refusal counts before any change; rows written after it are counted
+    again under the cutoff step's lock, and an excess rolls that step back."""
+    load_legacy(db_url, traces=20)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                "select 'x', 'x' || g, 'op', 'svc-' || (g %% 3), timestamptz '2099-01-01 00:00+00' + g * interval '1 s' "
+                "from generate_series(1, %d) g" % (REV2.MAX_OUTLIERS + 1))
+    n = SchemaSQL("otel")
+    snapshot = catalog_snapshot(db_url)
+    conn = connect(db_url)
+    try:
+        runner_on(conn).run([Statement(n.create_record_table())])
+        with pytest.raises(Exception) as raised:
+            runner_on(conn).run([REV2._cutoff_step(n, REV2.Layout(n))])
+    finally:
+        conn.close()
+    assert "54000" in str(raised.value) and "more than %d rows" % REV2.MAX_OUTLIERS in str(raised.value)
+    assert catalog_snapshot(db_url) == snapshot
+    assert sql(db_url, "select count(*) from otel.spans where start_time >= '2099-01-01'") == [[REV2.MAX_OUTLIERS + 1]]

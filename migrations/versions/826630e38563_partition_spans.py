@@ -140,12 +140,12 @@ class Layout:
                 "select name from services where name is not null" % {"spans": self.spans})
 
     def outliers(self, cutoff: str, per_service: int) -> str:
-        """SQL: (id, start_time) of up to per_service rows of each service at or
-        after the cutoff, found through ix_spans_service_start_time."""
-        return ("select o.id, o.start_time from (%(services)s) s cross join lateral "
+        """SQL: (service_name, id, start_time) of up to per_service rows of each
+        service at or after the cutoff, found through ix_spans_service_start_time."""
+        return ("select s.name as service_name, o.id, o.start_time from (%(services)s) s cross join lateral "
                 "(select t.id, t.start_time from only %(spans)s t where t.service_name = s.name "
                 "and t.start_time >= %(cutoff)s order by t.start_time limit %(n)d) o "
-                "union all (select t.id, t.start_time from only %(spans)s t where t.service_name is null "
+                "union all (select null, t.id, t.start_time from only %(spans)s t where t.service_name is null "
                 "and t.start_time >= %(cutoff)s order by t.start_time limit %(n)d)"
                 % {"services": self.services(), "spans": self.spans, "cutoff": cutoff, "n": per_service})
 
@@ -251,7 +251,9 @@ def _owner_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
 def _holding_name_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     """The conversion holds the outliers in a table of this name (the repair step
     before this one removed ours): one of the operator's is in the way."""
-    return Refusal(when="%s and %s is not null" % (layout.plain_spans, n.regclass(HOLDING)), table=HOLDING, message=(
+    ours = "(%s and %s)" % (layout.holding_child, layout.check_on("spans"))
+    return Refusal(when="%s and %s is not null and not %s" % (layout.plain_spans, n.regclass(HOLDING), ours),
+                   table=HOLDING, message=(
         "%s.%s exists; revision %s holds rows stamped after its cutoff in a table of that name during the "
         "conversion: rename or drop it, then rerun" % (n.schema, HOLDING, revision)))
 
@@ -300,8 +302,8 @@ def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
            % (layout.spans, quote(CUTOFF_CHECK)))
     move = ("WITH moved AS (DELETE FROM ONLY %s WHERE service_name %%s AND start_time >= $1 RETURNING *) "
             "INSERT INTO %s SELECT * FROM moved" % (layout.spans, layout.holding))
-    too_many = ("otelmig: more than %d rows of %s are stamped at or after the cutoff %%: rerun, and the refusal "
-                "names them" % (MAX_OUTLIERS, layout.spans.replace('"', '')))
+    too_many = ("more than %d rows of %s are stamped at or after the cutoff %%; nothing was changed: rerun, and "
+                "the refusal names them" % (MAX_OUTLIERS, layout.spans.replace('"', '')))
     sql = "\n".join([
         "DO $cutoff$",
         "DECLARE cutoff timestamptz; service record; moved bigint; held bigint := 0;",
@@ -312,13 +314,15 @@ def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  IF EXISTS (%s) THEN" % layout.outliers("cutoff", 1),
         "    %s;" % n.record(revision, [("table", HOLDING, "created")]),
         "    CREATE TABLE %s () INHERITS (%s);" % (layout.holding, layout.spans),
-        "    FOR service IN SELECT quote_literal(name) AS name FROM (%s) s" % layout.services(),
-        "                   UNION ALL SELECT NULL LOOP",
+        # One DELETE per service that has an outlier (found by one index probe each).
+        "    FOR service IN SELECT quote_literal(o.service_name) AS name FROM (%s) o LOOP"
+        % layout.outliers("cutoff", 1),
         "      EXECUTE format(%s, coalesce('= ' || service.name, 'IS NULL')) USING cutoff;" % quote_literal(move),
         "      GET DIAGNOSTICS moved = ROW_COUNT;",
         "      held := held + moved;",
         "      IF held > %d THEN" % MAX_OUTLIERS,
-        "        RAISE EXCEPTION %s, cutoff;" % quote_literal(too_many),
+        # 54000 (program_limit_exceeded): otelmig reports it as a refusal, exit 8.
+        "        RAISE EXCEPTION %s, cutoff USING ERRCODE = 'program_limit_exceeded';" % quote_literal(too_many),
         "      END IF;",
         "    END LOOP;",
         "  END IF;",
