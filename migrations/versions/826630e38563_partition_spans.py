@@ -193,7 +193,7 @@ def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE))] + repair_steps(n) + [
              _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
-             _holding_name_refusal(n, layout), _outliers_refusal(n, layout),
+             *_operator_object_refusals(n, layout), _holding_name_refusal(n, layout), _outliers_refusal(n, layout),
              n.record_step(revision, [("partitioning", "spans", "found")], when="%s and not %s" % (
                  n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created")))]
     steps += index_steps(n, revision, *TRACES_START_TIME)
@@ -220,8 +220,8 @@ def _not_carried_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     """What the new partitioned table would not have: refuse, naming each, rather than convert without it."""
     spans = n.regclass("spans")
     found = "concat_ws('; ', %s)" % ", ".join([
-        "(select 'foreign keys referencing it: ' || string_agg(conrelid::regclass::text || ' (' || conname || ')', ', ') "
-        "from pg_constraint where contype = 'f' and confrelid = %s)" % spans,
+        "(select 'foreign keys referencing it: ' || string_agg(%s || ' (' || conname || ')', ', ') "
+        "from pg_constraint where contype = 'f' and confrelid = %s)" % (_named("conrelid"), spans),
         "(select 'unique indexes besides the primary key: ' || string_agg(c.relname, ', ') from pg_index x "
         "join pg_class c on c.oid = x.indexrelid where x.indrelid = %s and x.indisunique and not x.indisprimary "
         "and c.relname <> %s)" % (spans, quote_literal(HISTORY_PKEY)),
@@ -273,6 +273,219 @@ def _outliers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
                     "%d days after today: future-dated, 'infinity', or years past 9999), more than it moves under its "
                     "short ACCESS EXCLUSIVE lock; delete them or correct their start_time (or move them to a table "
                     "of your own), then rerun; the first of them: " % (n.schema, MAX_OUTLIERS, revision, MARGIN_DAYS)))
+
+
+# -- what an operator attached to spans: refused here, or carried over by _carry_operator_objects --------------
+
+MAX_NAME_BYTES = 63          # PostgreSQL's identifier limit (NAMEDATALEN - 1): a longer name is cut, never by us
+
+
+def _operator_object_refusals(n: SchemaSQL, layout: Layout) -> list:
+    """Every kind of object that can hang on spans, read from the catalogs, which
+    the conversion does not carry over (docs/revision2-objects.md lists each kind
+    and its outcome): refused before the first change, each group with its fix."""
+    return [_refusal_of(layout, _dependents(n), "%s.spans has what would stay on the history partition (or break "
+                        "the switch) instead of following spans to its partitioned table; drop it, rerun, and "
+                        "recreate it on the partitioned %s.spans after the upgrade: " % (n.schema, n.schema)),
+            _refusal_of(layout, _table_settings(n), "%s.spans has table settings that the partitioned table and "
+                        "the partitions maintain makes would not have; reset each (the fix is named with it), "
+                        "rerun, and set it on the partitions after the upgrade: " % n.schema),
+            _refusal_of(layout, _invalid_indexes(n), "%s.spans has invalid indexes (a concurrent build that failed), "
+                        "which the switch would rebuild under its ACCESS EXCLUSIVE lock: REINDEX INDEX "
+                        "CONCURRENTLY or DROP INDEX CONCURRENTLY each, then rerun: " % n.schema),
+            _refusal_of(layout, _taken_names(n), "revision %s would create objects in schema %s under names that "
+                        "are taken or too long; rename each as said, then rerun: " % (revision, n.schema))]
+
+
+def _refusal_of(layout: Layout, found: str, message: str) -> Refusal:
+    return Refusal(when="%s and %s <> ''" % (layout.plain_spans, found), table="spans", detail=found, message=message)
+
+
+def _listed(label: str, items: str, source: str) -> str:
+    """SQL: 'label: a, b' for the items the query finds, or null (concat_ws skips it)."""
+    return "(select %s || string_agg(distinct %s, ', ') %s)" % (quote_literal(label + ": "), items, source)
+
+
+def _named(relation_oid: str) -> str:
+    """SQL: schema.name of a relation, whatever the session's search_path (regclass::text omits a visible schema)."""
+    return ("(select quote_ident(nspname) || '.' || quote_ident(relname) from pg_class rel join pg_namespace ns "
+            "on ns.oid = rel.relnamespace where rel.oid = %s)" % relation_oid)
+
+
+def _described(classid: str, objid: str, objsubid: str) -> str:
+    """SQL: what an object is, schema-qualified (pg_describe_object omits a visible schema)."""
+    return "(select type || ' ' || identity from pg_identify_object(%s, %s, %s))" % (classid, objid, objsubid)
+
+
+def _dependents(n: SchemaSQL) -> str:
+    spans, s = n.regclass("spans"), quote_literal(n.schema)
+    column = "from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped" % spans
+    # A view or rule is a pg_rewrite row, a BEGIN ATOMIC function a pg_proc row that depends on spans.
+    rewrite_name = ("(select case when r.rulename = '_RETURN' then case c.relkind when 'm' then 'materialized view ' "
+                    "else 'view ' end || %s else 'rule ' || quote_ident(r.rulename) || ' on ' "
+                    "|| %s end from pg_rewrite r join pg_class c on c.oid = r.ev_class "
+                    "where r.oid = d.objid)" % (_named("c.oid"), _named("c.oid")))
+    return "concat_ws('; ', %s)" % ", ".join([
+        _listed("views, rules and functions that read it (they would read the history partition only)",
+                "case when d.classid = 'pg_rewrite'::regclass then %s else %s end"
+                % (rewrite_name, _described("d.classid", "d.objid", "0")),
+                "from pg_depend d where d.refclassid = 'pg_class'::regclass and d.refobjid = %s "
+                "and d.classid in ('pg_rewrite'::regclass, 'pg_proc'::regclass)" % spans),
+        _listed("what uses its row type (it would become the history partition's)",
+                _described("d.classid", "d.objid", "d.objsubid"),
+                "from pg_depend d where d.refclassid = 'pg_type'::regclass and d.refobjid = "
+                "(select reltype from pg_class where oid = %s) and d.classid <> 'pg_type'::regclass" % spans),
+        _listed("policies", "quote_ident(polname)", "from pg_policy where polrelid = %s" % spans),
+        _listed("foreign keys of its own", "quote_ident(conname)",
+                "from pg_constraint where conrelid = %s and contype = 'f'" % spans),
+        _listed("exclusion constraints", "quote_ident(conname)",
+                "from pg_constraint where conrelid = %s and contype = 'x'" % spans),
+        _listed("NO INHERIT check constraints (a partitioned table cannot have one)", "quote_ident(conname)",
+                "from pg_constraint where conrelid = %s and contype = 'c' and connoinherit" % spans),
+        _listed("extended statistics", "quote_ident(stxname)", "from pg_statistic_ext where stxrelid = %s" % spans),
+        # pg_publication_tables lists every form (FOR TABLE, FOR ALL TABLES, FOR TABLES IN SCHEMA) on every major.
+        _listed("publications that include it (they would publish each partition)", "quote_ident(pubname)",
+                "from pg_publication_tables where schemaname = %s and tablename = 'spans'" % s),
+        # Our own holding child is no operator's: the repair step (or the switch) empties and drops it.
+        _listed("tables that inherit from it", _named("inhrelid"),
+                "from pg_inherits where inhparent = %s and inhrelid is distinct from %s"
+                % (spans, n.regclass(HOLDING))),
+        _listed("tables it inherits from", _named("inhparent"), "from pg_inherits where inhrelid = %s" % spans),
+        _listed("generated columns", "quote_ident(attname)", column + " and attgenerated <> ''"),
+        _listed("identity columns", "quote_ident(attname)", column + " and attidentity <> '' and attname <> 'id'"),
+        _listed("sequences owned by its columns but id (they would go with the history partition)",
+                _named("d.objid"),
+                "from pg_depend d join pg_class q on q.oid = d.objid where d.classid = 'pg_class'::regclass "
+                "and d.refclassid = 'pg_class'::regclass and d.refobjid = %s and q.relkind = 'S' and d.deptype = 'a' "
+                "and d.refobjsubid <> (select attnum from pg_attribute where attrelid = %s and attname = 'id')"
+                % (spans, spans)),
+        _listed("security labels", "provider",
+                "from pg_seclabel where classoid = 'pg_class'::regclass and objoid = %s" % spans),
+    ])
+
+
+def _table_settings(n: SchemaSQL) -> str:
+    spans = n.regclass("spans")
+    table = "from pg_class where oid = %s" % spans
+    column = "from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped" % spans
+    return "concat_ws('; ', %s)" % ", ".join([
+        _listed("storage parameters (ALTER TABLE ... RESET (...))", "array_to_string(reloptions, ', ')",
+                table + " and reloptions is not null"),
+        _listed("toast storage parameters (ALTER TABLE ... RESET (toast....))", "array_to_string(t.reloptions, ', ')",
+                "from pg_class c join pg_class t on t.oid = c.reltoastrelid where c.oid = %s "
+                "and t.reloptions is not null" % spans),
+        _listed("statistics targets (ALTER COLUMN ... SET STATISTICS -1)",
+                "quote_ident(attname) || ' ' || attstattarget", column + " and attstattarget >= 0"),
+        _listed("column options (ALTER COLUMN ... RESET (...))",
+                "quote_ident(attname) || ' ' || array_to_string(attoptions, ', ')", column + " and attoptions is not null"),
+        _listed("replica identity (ALTER TABLE ... REPLICA IDENTITY DEFAULT)",
+                "case relreplident when 'f' then 'full' when 'n' then 'nothing' else 'using index' end",
+                table + " and relreplident <> 'd'"),
+        _listed("unlogged (ALTER TABLE ... SET LOGGED)", "'unlogged'", table + " and relpersistence = 'u'"),
+        _listed("tablespace (ALTER TABLE ... SET TABLESPACE pg_default)",
+                "(select quote_ident(spcname) from pg_tablespace where oid = reltablespace)",
+                table + " and reltablespace <> 0"),
+        _listed("access method (ALTER TABLE ... SET ACCESS METHOD heap)",
+                "(select quote_ident(amname) from pg_am where oid = relam)",
+                table + " and relam <> (select oid from pg_am where amname = 'heap')"),
+        _listed("row level security forced (ALTER TABLE ... NO FORCE ROW LEVEL SECURITY)", "'forced'",
+                table + " and relforcerowsecurity"),
+    ])
+
+
+def _invalid_indexes(n: SchemaSQL) -> str:
+    """SQL: the operator's indexes on spans that are not valid (ours, HISTORY_PKEY, the revision rebuilds itself)."""
+    return ("coalesce((select string_agg(%s, ', ' order by c.relname) from pg_index x "
+            "join pg_class c on c.oid = x.indexrelid where x.indrelid = %s and not (x.indisvalid and x.indisready) "
+            "and c.relname <> %s), '')" % (_named("c.oid"), n.regclass("spans"), quote_literal(HISTORY_PKEY)))
+
+
+def _taken_names(n: SchemaSQL) -> str:
+    """SQL: each name the revision will create that a relation or type of the
+    schema holds (but what this revision made: a rerun finds them), and each
+    index of spans whose prefixed name would not fit in 63 bytes."""
+    spans, s = n.regclass("spans"), quote_literal(n.schema)
+    prefixes = (NEW_PARENT + "_", LAYOUT.history + "_")
+    longest = max(len(p) for p in prefixes)
+    operator_indexes = ("from pg_index x join pg_class c on c.oid = x.indexrelid where x.indrelid = %s "
+                        "and not x.indisprimary and c.relname <> %s" % (spans, quote_literal(HISTORY_PKEY)))
+    wanted = " union all ".join(
+        ["select unnest(array[%s]::text[])" % ", ".join(quote_literal(name) for name in (
+            LAYOUT.history, NEW_PARENT, LAYOUT.default, NEW_PARENT + "_pkey", HISTORY_PKEY))]
+        + ["select %s || c.relname::text %s" % (quote_literal(prefix), operator_indexes) for prefix in prefixes])
+    # What this revision made before an interruption: the partitioned table (with its primary key), its
+    # partitions, their indexes, and the history key on spans.
+    ours = ("with parent as (select p.oid from pg_class p where p.oid = %s and p.relkind = 'p' and exists "
+            "(select 1 from pg_constraint where conrelid = p.oid and conname = %s)), "
+            "tables as (select oid from parent union all select inhrelid from pg_inherits "
+            "where inhparent in (select oid from parent)) "
+            "select oid from tables union all select indexrelid from pg_index where indrelid in (select oid from tables) "
+            "union all select indexrelid from pg_index where indexrelid = %s and indrelid = %s"
+            % (n.regclass(NEW_PARENT), quote_literal(NEW_PARENT + "_pkey"), n.regclass(HISTORY_PKEY), spans))
+    day_name = "'^%s[0-9]{8}$'" % LAYOUT.day_prefix
+    taken = ("from pg_class c where c.relnamespace = (select oid from pg_namespace where nspname = %s) and (c.relname in (%s) or c.relname ~ %s) "
+             "and c.oid not in (%s)" % (s, wanted, day_name, ours))
+    taken_type = ("from pg_type t where t.typnamespace = (select oid from pg_namespace where nspname = %s) and t.typrelid = 0 "
+                  "and (t.typname in (%s) or t.typname ~ %s)" % (s, wanted, day_name))
+    fit = MAX_NAME_BYTES - longest
+    too_long = ("quote_ident(c.relname) || ' (rename it to at most %d bytes, e.g. ALTER INDEX ' || %s "
+                "|| ' RENAME TO ' || quote_ident(left(c.relname, case when octet_length(c.relname) = length(c.relname) "
+                "then %d else %d end)) || ')'" % (fit, _named("c.oid"), fit, fit // 4))
+    return "concat_ws('; ', %s)" % ", ".join([
+        _listed("names it will create, taken (rename or drop them)", _named("c.oid"), taken),
+        _listed("type names it will create, taken (rename or drop them)", "quote_ident(t.typname)", taken_type),
+        _listed("index names too long to take the prefix %s (%d bytes at most)" % (prefixes[0], MAX_NAME_BYTES),
+                too_long, operator_indexes + " and octet_length(c.relname) > %d" % fit),
+    ])
+
+
+def _carry_operator_objects(n: SchemaSQL, layout: Layout) -> list:
+    """PL/pgSQL for the prepare step, once the partitions exist: what the
+    operator attached to spans that the partitioned table takes over as it is.
+    CHECK constraints go on the parent, so on every partition now, and maintain's
+    LIKE ... INCLUDING CONSTRAINTS gives them to the ones it makes; ATTACH
+    merges them with the history partition's, which keeps its own (so the
+    downgrade finds them there). Column privileges and comments are the
+    parent's: readers and writers reach the partitions through it."""
+    spans, p = n.regclass("spans"), layout.parent.replace("'", "''")
+    check = "contype = 'c' and conname <> %s" % quote_literal(CUTOFF_CHECK)
+    comment = "from pg_description d where d.objoid = %s and d.classoid = 'pg_class'::regclass" % spans
+    return [
+        "  DECLARE carried record;",
+        "  BEGIN",
+        "    FOR carried IN SELECT conname, pg_get_constraintdef(oid) AS body FROM pg_constraint",
+        "        WHERE conrelid = %s AND %s ORDER BY conname LOOP" % (spans, check),
+        "      EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %%I ', carried.conname) || carried.body;" % p,
+        "    END LOOP;",
+        "    FOR carried IN SELECT a.attname, x.privilege_type, x.is_grantable, CASE WHEN x.grantee = 0 THEN 'PUBLIC'",
+        "        ELSE quote_ident(pg_get_userbyid(x.grantee)) END AS grantee FROM pg_attribute a, aclexplode(a.attacl) x",
+        "        WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped LOOP" % spans,
+        "      EXECUTE format('GRANT %%s (%%I) ON %s TO %%s', carried.privilege_type, carried.attname, carried.grantee)"
+        % p,
+        "        || CASE WHEN carried.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END;",
+        "    END LOOP;",
+        "    FOR carried IN SELECT d.description %s AND d.objsubid = 0 LOOP" % comment,
+        "      EXECUTE format('COMMENT ON TABLE %s IS %%L', carried.description);" % p,
+        "    END LOOP;",
+        "    FOR carried IN SELECT a.attname, d.description FROM pg_description d JOIN pg_attribute a",
+        "        ON a.attrelid = d.objoid AND a.attnum = d.objsubid WHERE d.objoid = %s" % spans,
+        "        AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0 LOOP",
+        "      EXECUTE format('COMMENT ON COLUMN %s.%%I IS %%L', carried.attname, carried.description);" % p,
+        "    END LOOP;",
+        "    FOR carried IN SELECT c.conname, d.description FROM pg_constraint c JOIN pg_description d",
+        "        ON d.objoid = c.oid AND d.classoid = 'pg_constraint'::regclass WHERE c.conrelid = %s AND %s LOOP"
+        % (spans, check),
+        "      EXECUTE format('COMMENT ON CONSTRAINT %%I ON %s IS %%L', carried.conname, carried.description);" % p,
+        "    END LOOP;",
+        # An index of spans is made on the parent as spans_partitioned_<name> (named so until the switch).
+        "    FOR carried IN SELECT c.relname, d.description FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid",
+        "        JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass",
+        "        WHERE x.indrelid = %s AND NOT x.indisprimary AND c.relname <> %s LOOP"
+        % (spans, quote_literal(HISTORY_PKEY)),
+        "      EXECUTE format('COMMENT ON INDEX %%I.%%I IS %%L', %s, %s || carried.relname, carried.description);"
+        % (quote_literal(n.schema), quote_literal(NEW_PARENT + "_")),
+        "    END LOOP;",
+        "  END;"]
 
 
 def _history_key_steps(n: SchemaSQL, layout: Layout):
@@ -372,7 +585,7 @@ def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
            _utc_text("day + make_interval(days => 1)")),
         "    day := day + make_interval(days => 1);",
         "  END LOOP;",
-    ] + _same_owner_and_grants(n, layout) + [
+    ] + _same_owner_and_grants(n, layout) + _carry_operator_objects(n, layout) + [
         "END",
         "$prepare$"]
     return Statement("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)),
