@@ -154,6 +154,10 @@ WORKER = ("create role {role}", "grant usage on schema otel to {role}",
 KIND_CHECK = "alter table otel.spans add constraint spans_kind_known check (kind in ('SPAN_KIND_SERVER', " \
              "'SPAN_KIND_CLIENT', 'SPAN_KIND_INTERNAL'))"
 OPERATOR_INDEX = "create index ops_spans_tenant on otel.spans (tenant_id) where tenant_id is not null"
+# a composite type with exactly the columns of spans, so that spans can be made a typed table of it
+TYPE_OF_SPANS = ("do $shape$ begin execute (select 'create type otel.span_shape as (' || string_agg(quote_ident(attname) "
+                 "|| ' ' || format_type(atttypid, atttypmod), ', ' order by attnum) || ')' from pg_attribute "
+                 "where attrelid = 'otel.spans'::regclass and attnum > 0 and not attisdropped); end $shape$")
 LONG_NAME = "ix_spans_tenant_service_environment_started_at_x"  # 49 bytes: 67 with spans_partitioned_
 
 CASES = [
@@ -244,6 +248,10 @@ CASES = [
     Case("unlogged", ("alter table otel.spans set unlogged",), "refused", "unlogged"),
     Case("tablespace", ("create tablespace {tablespace} location '{tablespace_dir}'",
                         "alter table otel.spans set tablespace {tablespace}"), "refused", "{tablespace}"),
+    Case("index in a tablespace", ("create tablespace {tablespace} location '{tablespace_dir}'",
+                                   "create index ix_spans_env on otel.spans (environment) tablespace {tablespace}"),
+         "refused", "otel.ix_spans_env"),
+    Case("typed table", (TYPE_OF_SPANS, "alter table otel.spans of otel.span_shape"), "refused", "span_shape"),
     Case("access method", ("create access method heap_again type table handler heap_tableam_handler",
                            "alter table otel.spans set access method heap_again"), "refused", "heap_again"),
     # -- indexes and names -----------------------------------------------------------------------

@@ -390,6 +390,11 @@ def _table_settings(n: SchemaSQL) -> str:
                 table + " and relam <> (select oid from pg_am where amname = 'heap')"),
         _listed("row level security forced (ALTER TABLE ... NO FORCE ROW LEVEL SECURITY)", "'forced'",
                 table + " and relforcerowsecurity"),
+        # ATTACH PARTITION takes no typed table; a partitioned index has no tablespace of its own to inherit.
+        _listed("typed table (ALTER TABLE ... NOT OF)", "format_type(reloftype, null)", table + " and reloftype <> 0"),
+        _listed("indexes in a tablespace (ALTER INDEX ... SET TABLESPACE pg_default)", _named("c.oid"),
+                "from pg_index x join pg_class c on c.oid = x.indexrelid where x.indrelid = %s "
+                "and c.reltablespace <> 0" % spans),
     ])
 
 
