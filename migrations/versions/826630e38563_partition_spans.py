@@ -196,6 +196,7 @@ def upgrade_steps(n: SchemaSQL):
              *_operator_object_refusals(n, layout), _holding_name_refusal(n, layout), _outliers_refusal(n, layout),
              n.record_step(revision, [("partitioning", "spans", "found")], when="%s and not %s" % (
                  n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created")))]
+    steps[:0] = _finish_interrupted_downgrade_steps(n, layout)  # first: a downgrade that was stopped converges
     steps += index_steps(n, revision, *TRACES_START_TIME)
     steps += _history_key_steps(n, layout)
     steps.append(_cutoff_step(n, layout))
@@ -691,16 +692,37 @@ def _rename_indexes(n: SchemaSQL, table_regclass: str, new_name: str, without=()
             "  END LOOP;"]
 
 
+# -- the downgrade ------------------------------------------------------------------
+#
+# Order (docs/revision2-downgrade.md): every refusal first; then the unique
+# (id) index the restored primary key needs, built concurrently on the history
+# partition; then ONE short switch-back transaction under ACCESS EXCLUSIVE
+# (catalog only): every partition detached, the history table is the plain
+# otel.spans again, each partition that holds rows an INHERITANCE child of it
+# (recorded as CHILD_KIND), the partitioned table dropped. From then on
+# otel.spans shows, updates and deletes every row, its children's too, and
+# inserts go to it. The rows then move from each child into it in committed
+# batches, each under EXCLUSIVE on that child (readers go on; an UPDATE or
+# DELETE waits for the batch rather than race it), and each emptied child is
+# dropped. The version row stays at the head until the end: an interrupted
+# downgrade is finished by rerunning `downgrade`, or by `upgrade`, whose first
+# steps (_finish_interrupted_downgrade_steps) move the rest before converting.
+
+CHILD_KIND = "spans child"       # record kind: a former partition, now an inheritance child of the plain spans
+OUTLIERS = "spans_outliers"      # a partial upgrade's holding table (LIKE spans): its rows belong in spans
+MOVE_LOCK_WAIT_MS = 200          # each batch waits at most this long for its child's lock...
+MOVE_LOCK_TRIES = 50             # ...this many times (a pause between), then the run stops (retried, exit 9)
+
+
 def downgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     index, table, _ = TRACES_START_TIME
-    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
-             Statement("DROP INDEX IF EXISTS %s" % n.table(index),
-                       when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
-                       table=table, lock=Lock.ACCESS_EXCLUSIVE)]
-    steps.append(_history_table_step(n, layout))
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(HISTORY_ID_KEY), n.index_invalid(HISTORY_ID_KEY))
-    steps += [
+    return [
+        Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+        _blockers_refusal(n, layout),
+        _duplicate_ids_refusal(n, layout),
+        _history_table_step(n, layout),
         Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
                    when="%s and %s" % (layout.converted, n.index_invalid(HISTORY_ID_KEY)),
                    table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE),
@@ -708,102 +730,344 @@ def downgrade_steps(n: SchemaSQL):
                    when="%s and %s" % (layout.converted, missing_or_invalid),
                    table=LAYOUT.history, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
         _switch_back_step(n, layout),
+        # A partial upgrade's leftovers on the plain spans (or an older otelmig's interrupted downgrade).
+        Statement("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s" % (layout.spans, quote(CUTOFF_CHECK)),
+                  when="%s and %s" % (layout.plain_spans, layout.check_on("spans")),
+                  table="spans", lock=Lock.ACCESS_EXCLUSIVE),
+        _adopt_partitioned_step(n, layout, when="%s and %s" % (layout.plain_spans, n.table_exists(NEW_PARENT))),
+        _adopt_outliers_step(n, layout),
+        Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_PKEY),
+                   when="%s and %s" % (layout.plain_spans, _plain_index_on(n, HISTORY_PKEY, "spans")),
+                   table="spans", lock=Lock.ACCESS_EXCLUSIVE),
         _move_rows_step(n, layout),
-        _drop_emptied_parent_step(n, layout),
-        Statement("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision))),
+        Statement("DROP INDEX IF EXISTS %s" % n.table(index),
+                  when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
+                  table=table, lock=Lock.ACCESS_EXCLUSIVE),
+        Statement("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision)),
+                  when="not %s" % _moving(n, layout)),
     ]
-    return steps
+
+
+def _finish_interrupted_downgrade_steps(n: SchemaSQL, layout: Layout):
+    """The upgrade's first steps: an interrupted downgrade (children of the
+    plain spans still holding rows, or an older otelmig's rows left in
+    spans_partitioned) is finished, so the conversion starts from the
+    baseline's layout with every row in otel.spans."""
+    stranded = "%s and %s and not %s" % (layout.plain_spans, n.table_exists(NEW_PARENT), layout.check_on("spans"))
+    return [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+            _adopt_partitioned_step(n, layout, when=stranded),
+            _move_rows_step(n, layout)]
+
+
+def _relations(n: SchemaSQL, layout: Layout) -> dict:
+    """SQL fragments: the partitioned table the downgrade drops (spans
+    converted, else a spans_partitioned beside the plain spans), its
+    partitions, and the table whose name becomes otel.spans."""
+    dropped = "coalesce(case when %s then %s end, %s)" % (layout.converted, n.regclass("spans"), n.regclass(NEW_PARENT))
+    heir = "(case when %s then %s else %s end)" % (layout.converted, n.regclass(LAYOUT.history), n.regclass("spans"))
+    parts = "(select inhrelid from pg_inherits where inhparent = %s)" % dropped
+    return {"dropped": dropped, "heir": heir, "parts": parts,
+            "others": "(select inhrelid from pg_inherits where inhparent = %s and inhrelid <> %s)"
+                      % (dropped, n.regclass(LAYOUT.history))}
+
+
+def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
+    """What would make a later step fail, or be lost with the partitioned
+    table: named, each with its fix, before the first change."""
+    r = _relations(n, layout)
+    dropped, others = r["dropped"], r["others"]
+    objects = "(select %s::oid union all %s)" % (dropped, others[1:-1])
+    found = "concat_ws('; ', %s)" % ", ".join([
+        # views, rules and BEGIN ATOMIC functions over it, foreign keys referencing it
+        "(select 'objects that depend on it (drop them, recreate them after the downgrade): ' || "
+        "string_agg(distinct pg_describe_object(d.classid, d.objid, d.objsubid), ', ') from pg_depend d "
+        "where d.refclassid = 'pg_class'::regclass and d.refobjid in %s and d.deptype = 'n' "
+        "and not (d.classid = 'pg_class'::regclass and d.objid in %s))" % (objects, objects),
+        "(select 'rules (drop them): ' || string_agg(rulename || ' on ' || ev_class::regclass::text, ', ') "
+        "from pg_rewrite where ev_class in %s and rulename <> '_RETURN')" % objects,
+        "(select 'triggers (drop them): ' || string_agg(tgname || ' on ' || tgrelid::regclass::text, ', ') "
+        "from pg_trigger where tgrelid in %s and not tgisinternal and tgparentid = 0)" % objects,
+        "(select 'foreign keys from it (drop them): ' || string_agg(conname, ', ') from pg_constraint "
+        "where conrelid = %s and contype = 'f')" % dropped,
+        "(select 'row level security policies (drop them): ' || string_agg(polname, ', ') from pg_policy "
+        "where polrelid in %s)" % objects,
+        "(select 'publications listing it (ALTER PUBLICATION ... DROP TABLE): ' || string_agg(distinct p.pubname, ', ') "
+        "from pg_publication_rel x join pg_publication p on p.oid = x.prpubid where x.prrelid in %s)" % objects,
+        "(select 'extended statistics (drop them): ' || string_agg(stxname, ', ') from pg_statistic_ext "
+        "where stxrelid = %s)" % dropped,
+        # ATTACH of the history's part of each index: one the history lacks would be built under the lock
+        "(select 'indexes %s has no part of (drop them, or finish them with otelmig maintain): ' || "
+        "string_agg(c.relname, ', ') from pg_index x join pg_class c on c.oid = x.indexrelid "
+        "where x.indrelid = %s and not x.indisprimary "
+        "and exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s) "
+        "and not exists (select 1 from pg_inherits i join pg_index hx "
+        "on hx.indexrelid = i.inhrelid where i.inhparent = x.indexrelid and hx.indrelid = %s))"
+        % (LAYOUT.history, dropped, n.regclass(LAYOUT.history), dropped, n.regclass(LAYOUT.history)),
+        # INHERIT needs each of the new spans's CHECK constraints on every child
+        "(select 'CHECK constraints that some partitions lack (add them there, or drop them): ' || "
+        "string_agg(distinct k.conname || ' (missing on ' || c.oid::regclass::text || ')', ', ') "
+        "from pg_constraint k, pg_class c where k.conrelid = %s and k.contype = 'c' and k.conname <> %s "
+        "and c.oid in %s and not exists (select 1 from pg_constraint k2 where k2.conrelid = c.oid "
+        "and k2.conname = k.conname and k2.contype = 'c'))" % (r["heir"], quote_literal(CUTOFF_CHECK), others),
+        "(select 'a relation named %s that is not the index the downgrade builds (rename it)' "
+        "from pg_class c where c.oid = %s and not exists (select 1 from pg_index x where x.indexrelid = c.oid "
+        "and x.indrelid = %s and x.indisunique))" % (HISTORY_ID_KEY, n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history)),
+    ])
+    return Refusal(when="%s is not null and %s <> ''" % (dropped, found), table="spans", detail=found, message=(
+        "the downgrade of %s.spans from time partitions would stop half way, or lose what is attached to the "
+        "partitioned table; nothing was changed: " % n.schema))
+
+
+def _duplicate_ids_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
+    """The restored primary key is (id); the head's (id, start_time) lets two
+    spans share an id on different days. Asked while otel.spans shows every row
+    (converted, or its children not yet moved)."""
+    duplicates = ("(select string_agg(id::text, ', ') from (select id from %s group by id having count(*) > 1 "
+                  "order by id limit 5) d)" % layout.spans)
+    return Refusal(
+        when="(%s or %s) and %s is not null" % (layout.converted, _moving(n, layout), duplicates),
+        table="spans", detail=duplicates, message=(
+            "%s.spans holds spans that share an id (the head's key is (id, start_time); the baseline's primary key "
+            "is (id)), so the downgrade would stop half way; nothing was changed: give the extra copies new ids "
+            "(UPDATE %s SET id = nextval(pg_get_serial_sequence('%s', 'id')) WHERE ...) or delete them, then rerun; "
+            "ids shared (at most 5): " % (n.schema, layout.spans, layout.spans.replace("'", "''"))))
+
+
+def _moving(n: SchemaSQL, layout: Layout) -> str:
+    """SQL: the plain spans has a child this revision's downgrade made (rows may still be moving out of it)."""
+    return "exists (select 1 from (%s) c)" % _children_query(n)
+
+
+def _children_query(n: SchemaSQL) -> str:
+    """SQL: (rel, name) of each inheritance child of the plain spans recorded as CHILD_KIND."""
+    return ("select c.oid::regclass as rel, c.relname::text as name from pg_inherits i join pg_class c "
+            "on c.oid = i.inhrelid where i.inhparent = %s and exists (select 1 from %s r where r.object_kind = %s "
+            "and r.object_name = c.relname::text) order by 2"
+            % (n.regclass("spans"), n.record_table(), quote_literal(CHILD_KIND)))
+
+
+def _plain_index_on(n: SchemaSQL, index: str, table: str) -> str:
+    """SQL: `index` is an index of `table` that no constraint owns."""
+    return ("exists (select 1 from pg_index x where x.indexrelid = %s and x.indrelid = %s) and not exists "
+            "(select 1 from pg_constraint where conindid = %s)" % (n.regclass(index), n.regclass(table), n.regclass(index)))
 
 
 def _history_table_step(n: SchemaSQL, layout: Layout) -> Statement:
     """The history partition may be gone (maintain dropped it when it left the
-    window): then an empty plain table takes its place, with its indexes."""
-    lines = ["DO $history$", "DECLARE ix record;", "BEGIN",
-             "  CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING GENERATED);"
-             % (layout.history, layout.spans),
-             "  FOR ix IN %s LOOP" % _indexes_of(n.regclass("spans")),
-             "    EXECUTE format('CREATE INDEX %%I ON %s', left(%s || ix.name, 63)) || ix.body;"
-             % (layout.history.replace("'", "''"), quote_literal(LAYOUT.history + "_")),
-             "  END LOOP;",
-             "END", "$history$"]
-    return Statement("\n".join(lines), when="%s and %s is null" % (layout.converted, n.regclass(LAYOUT.history)))
+    window): an empty plain table takes its place (the switch-back gives it the
+    partitioned table's indexes, owner and grants)."""
+    sql = ("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING GENERATED)"
+           % (layout.history, layout.spans))
+    return Statement(sql, when="%s and %s is null" % (layout.converted, n.regclass(LAYOUT.history)))
+
+
+def _record_child(n: SchemaSQL, name_sql: str) -> str:
+    return ("INSERT INTO %s (revision, object_kind, object_name, origin) VALUES (%s, %s, %s, 'created') "
+            "ON CONFLICT (object_kind, object_name) DO NOTHING"
+            % (n.record_table(), quote_literal(revision), quote_literal(CHILD_KIND), name_sql))
 
 
 def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
-    """One transaction: the history table becomes the plain otel.spans again."""
+    """One transaction, catalog only: the history table becomes the plain
+    otel.spans again, every partition holding rows an inheritance child of it."""
     spans, history = layout.spans, layout.history
-    is_partition = ("exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s)"
-                    % (n.regclass(LAYOUT.history), n.regclass("spans")))
+    in_format = spans.replace("'", "''")  # inside a format() string literal
     lines = [
         "DO $switch_back$",
-        "DECLARE id_sequence text := pg_get_serial_sequence(%s, 'id'); ix record;" % quote_literal(spans),
+        "DECLARE id_sequence text := pg_get_serial_sequence(%s, 'id'); ix record; part record; g record;"
+        % quote_literal(spans),
+        "  names text[] := '{}'; uniques text[] := '{}'; bodies text[] := '{}'; own_parts regclass[] := '{}';",
+        "  children regclass[] := '{}';",
+        "  child regclass; owner_name text; note text; has_rows boolean;",
         "BEGIN",
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
-        "  IF %s THEN" % is_partition,
-        "    ALTER TABLE %s DETACH PARTITION %s;" % (spans, history),
+        # Each index of the partitioned table and the history's part of it, which takes its name back.
+        "  FOR ix IN SELECT c.relname::text AS name, CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END AS uniq,",
+        "      substring(pg_get_indexdef(x.indexrelid) from ' USING .*$') AS body,",
+        "      (SELECT i.inhrelid::regclass FROM pg_inherits i JOIN pg_index hx ON hx.indexrelid = i.inhrelid",
+        "       WHERE i.inhparent = x.indexrelid AND hx.indrelid = %s) AS part" % n.regclass(LAYOUT.history),
+        "      FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid",
+        "      WHERE x.indrelid = %s AND NOT x.indisprimary ORDER BY 1 LOOP" % n.regclass("spans"),
+        "    names := names || ix.name; uniques := uniques || ix.uniq; bodies := bodies || ix.body;",
+        "    own_parts := own_parts || ix.part;",
+        "  END LOOP;",
+        "  owner_name := (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s);" % n.regclass("spans"),
+        "  note := obj_description(%s, 'pg_class');" % n.regclass("spans"),
+        # Grants made on the partitioned table since the conversion go to the table that stays.
+        "  FOR g IN SELECT a.privilege_type, a.is_grantable, CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+        "ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee",
+        "      FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = %s AND a.grantee <> c.relowner LOOP"
+        % n.regclass("spans"),
+        "    EXECUTE format('GRANT %%s ON %s TO %%s', g.privilege_type, g.grantee)" % history.replace("'", "''"),
+        "      || CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END;",
+        "  END LOOP;",
+        # Detached: the history, and each partition holding rows (recorded: a rerun, or an upgrade,
+        # finds it); an empty one is dropped with the partitioned table.
+        "  FOR part IN SELECT i.inhrelid::regclass AS rel, c.relname::text AS name FROM pg_inherits i",
+        "      JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s ORDER BY 2 LOOP" % n.regclass("spans"),
+        "    has_rows := true;",
+        "    IF part.name <> %s THEN" % quote_literal(LAYOUT.history),
+        "      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', part.rel) INTO has_rows;",
+        "    END IF;",
+        "    CONTINUE WHEN NOT has_rows;",
+        "    EXECUTE format('ALTER TABLE %s DETACH PARTITION %%s', part.rel);" % in_format,
+        "    IF part.name <> %s THEN" % quote_literal(LAYOUT.history),
+        "      %s;" % _record_child(n, "part.name"),
+        "      children := children || part.rel;",
+        "    END IF;",
+        "  END LOOP;",
+        "  IF id_sequence IS NOT NULL THEN  -- so that dropping the partitioned table keeps it",
+        "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % history.replace("'", "''"),
         "  END IF;",
+        "  DROP TABLE %s;" % spans,
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s;" % (history, quote(HISTORY_PKEY)),
-    ]
-    lines += _rename_indexes(n, n.regclass("spans"), "'%s_' || ix.name" % NEW_PARENT)
-    lines += [
-        "  ALTER TABLE %s RENAME CONSTRAINT spans_pkey TO %s;" % (spans, quote(NEW_PARENT + "_pkey")),
-        "  ALTER TABLE %s RENAME TO %s;" % (spans, quote(NEW_PARENT)),
         "  ALTER TABLE %s RENAME TO spans;" % history,
-    ]
-    lines += _rename_indexes(n, n.regclass("spans"), "substr(ix.name, %d)" % (len(LAYOUT.history) + 2),
-                             without=(HISTORY_ID_KEY,))
-    lines += [
         "  ALTER TABLE %s ADD CONSTRAINT spans_pkey PRIMARY KEY USING INDEX %s;" % (spans, quote(HISTORY_ID_KEY)),
-    ] + _sequence_owned_by(spans) + [
+        "  IF (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s) <> owner_name THEN" % n.regclass("spans"),
+        "    EXECUTE format('ALTER TABLE %s OWNER TO %%I', owner_name);" % in_format,
+        "  END IF;",
+        # The history's part of each index takes the index's name; one it has no part of (the history
+        # was dropped and is recreated empty: refused otherwise) is built, at once on the empty table.
+        "  FOR i IN 1 .. coalesce(array_length(names, 1), 0) LOOP",
+        "    IF own_parts[i] IS NOT NULL THEN",
+        "      EXECUTE format('ALTER INDEX %s RENAME TO %I', own_parts[i], names[i]);",
+        "    ELSE",
+        "      EXECUTE format('CREATE %%sINDEX %%I ON %s', uniques[i], names[i]) || bodies[i];" % in_format,
+        "    END IF;",
+        "  END LOOP;",
+        "  IF note IS NOT NULL THEN",
+        "    EXECUTE format('COMMENT ON TABLE %s IS %%L', note);" % in_format,
+        "  END IF;",
+        "  FOREACH child IN ARRAY children LOOP",
+        "    EXECUTE format('ALTER TABLE %%s INHERIT %s', child);" % in_format,
+        "  END LOOP;",
         "END",
         "$switch_back$"]
-    return Statement("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE)
+    return Statement("\n".join(lines), when=layout.converted, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                     label="switch back: every partition detached, the history table is otel.spans again with "
+                           "primary key (id), each partition holding rows an inheritance child of it (its rows "
+                           "stay visible), the partitioned table dropped")
 
 
-def _drop_emptied_parent_step(n: SchemaSQL, layout: Layout) -> Statement:
-    """The partitioned table the rows were moved out of, with its partitions; never one that holds a row."""
-    sql = "\n".join([
-        "DO $drop$",
+def _adopt_partitioned_step(n: SchemaSQL, layout: Layout, when: str) -> Statement:
+    """A spans_partitioned beside the plain spans (a partial upgrade's, empty;
+    or an older otelmig's interrupted downgrade, holding rows): each partition
+    holding rows becomes a child of spans (its rows visible there at once),
+    and the partitioned table goes with its empty partitions."""
+    parent = layout.parent
+    lines = [
+        "DO $adopt$",
+        "DECLARE id_sequence text := pg_get_serial_sequence(%s, 'id'); part record; has_rows boolean;"
+        % quote_literal(parent),
+        "  children regclass[] := '{}'; child regclass;",
         "BEGIN",
-        "  IF EXISTS (SELECT 1 FROM %s) THEN" % layout.parent,
-        "    RAISE EXCEPTION 'otelmig: %s still holds rows: rerun the downgrade to move them';"
-        % layout.parent.replace("'", "''"),
+        "  LOCK TABLE %s, %s IN ACCESS EXCLUSIVE MODE;" % (layout.spans, parent),
+        "  FOR part IN SELECT i.inhrelid::regclass AS rel, c.relname::text AS name FROM pg_inherits i",
+        "      JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s ORDER BY 2 LOOP" % n.regclass(NEW_PARENT),
+        "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', part.rel) INTO has_rows;",
+        "    CONTINUE WHEN NOT has_rows;",
+        "    EXECUTE format('ALTER TABLE %s DETACH PARTITION %%s', part.rel);" % parent.replace("'", "''"),
+        "    %s;" % _record_child(n, "part.name"),
+        "    children := children || part.rel;",
+        "  END LOOP;",
+        "  IF id_sequence IS NOT NULL THEN",
+        "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % layout.spans.replace("'", "''"),
         "  END IF;",
-        "  DROP TABLE %s;" % layout.parent,
+        "  DROP TABLE %s;" % parent,
+        "  FOREACH child IN ARRAY children LOOP",
+        "    EXECUTE format('ALTER TABLE %%s INHERIT %s', child);" % layout.spans.replace("'", "''"),
+        "  END LOOP;",
         "END",
-        "$drop$"])
-    return Statement(sql, when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE)
+        "$adopt$"]
+    return Statement("\n".join(lines), when=when, table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE,
+                     label="%s dropped; each of its partitions holding rows an inheritance child of spans"
+                           % NEW_PARENT)
+
+
+def _adopt_outliers_step(n: SchemaSQL, layout: Layout) -> Statement:
+    """A partial upgrade's holding table beside the plain spans: its rows go
+    back to spans (a child of it until moved), an empty one is dropped."""
+    outliers, spans = n.table(OUTLIERS), layout.spans
+    standalone = ("exists (select 1 from pg_class where oid = %s and relkind = 'r' and not relispartition) "
+                  "and not exists (select 1 from pg_inherits where inhrelid = %s) and not %s"
+                  % (n.regclass(OUTLIERS), n.regclass(OUTLIERS), n.recorded("table", OUTLIERS, "found")))
+    lines = [
+        "DO $outliers$",
+        "BEGIN",
+        "  LOCK TABLE %s, %s IN ACCESS EXCLUSIVE MODE;" % (spans, outliers),
+        "  IF EXISTS (SELECT 1 FROM %s) THEN" % outliers,
+        "    %s;" % _record_child(n, quote_literal(OUTLIERS)),
+        "    ALTER TABLE %s INHERIT %s;" % (outliers, spans),
+        "  ELSE",
+        "    DROP TABLE %s;" % outliers,
+        "  END IF;",
+        "END",
+        "$outliers$"]
+    return Statement("\n".join(lines), when="%s and %s" % (layout.plain_spans, standalone), table=OUTLIERS,
+                     lock=Lock.ACCESS_EXCLUSIVE, label="%s: its rows back into spans (a child until moved)" % OUTLIERS)
 
 
 def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
-    """Rows of the later partitions back into otel.spans, BATCH_ROWS per
-    transaction (COMMIT inside DO: it runs outside the revision's transaction
-    when there are rows), so no long transaction holds them and a rerun goes on
-    where an interrupted run stopped."""
-    move = ("WITH moved AS (DELETE FROM %%1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %%1$s LIMIT %d)) "
-            "RETURNING %%2$s) INSERT INTO %s (%%2$s) SELECT %%2$s FROM moved" % (BATCH_ROWS, layout.spans))
+    """The rows of each child of the plain spans into spans itself, BATCH_ROWS
+    per committed transaction, each under EXCLUSIVE on the child: readers go
+    on (they see each row once, in the child or in spans), an UPDATE or DELETE
+    through spans waits for the batch instead of racing it (under READ
+    COMMITTED it would miss the moved row: the write would be lost). The lock
+    is waited for MOVE_LOCK_WAIT_MS at a time, so a writer queues behind a
+    waiting batch no longer than that. An emptied child is dropped.
+
+    Runs outside the revision's transaction (it commits as it goes): its
+    table is the record, which holds rows whenever a child is recorded."""
+    spans_literal = layout.spans.replace("'", "''")
+    move = ("WITH moved AS (DELETE FROM ONLY %%1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %%1$s LIMIT %d)) "
+            "RETURNING %%2$s) INSERT INTO %s (%%2$s) SELECT %%2$s FROM moved" % (BATCH_ROWS, spans_literal))
     lines = [
         "DO $move$",
-        "DECLARE partitions regclass[]; part regclass; moved bigint; total bigint := 0; columns text;",
+        "DECLARE child record; moved bigint; total bigint := 0; columns text;",
         "BEGIN",
+        # Generated columns are computed by spans itself, never inserted.
         "  SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
-        "    WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass("spans"),
-        "  SELECT array_agg(inhrelid::regclass ORDER BY inhrelid) INTO partitions FROM pg_inherits",
-        "    WHERE inhparent = %s;" % n.regclass(NEW_PARENT),
-        "  FOREACH part IN ARRAY coalesce(partitions, '{}') LOOP",
+        "    WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = '';" % n.regclass("spans"),
+        "  FOR child IN %s LOOP" % _children_query(n),
         "    LOOP",
-        "      EXECUTE format(%s, part, columns);" % quote_literal(move),
+    ] + _lock_with_retries("child.rel", "EXCLUSIVE") + [
+        "      EXECUTE format(%s, child.rel, columns);" % quote_literal(move),
         "      GET DIAGNOSTICS moved = ROW_COUNT;",
         "      EXIT WHEN moved = 0;",
         "      total := total + moved;",
-        "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % layout.spans.replace("'", "''"),
+        "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % spans_literal,
         "      COMMIT;",
         "    END LOOP;",
+        "    COMMIT;",
+    ] + _lock_with_retries("child.rel", "ACCESS EXCLUSIVE") + [
+        "    EXECUTE format('DROP TABLE %s', child.rel);",
+        "    DELETE FROM %s WHERE object_kind = %s AND object_name = child.name;"
+        % (n.record_table(), quote_literal(CHILD_KIND)),
+        "    COMMIT;",
         "  END LOOP;",
         "END",
         "$move$"]
-    return Concurrent("\n".join(lines), when="%s is not null" % n.regclass(NEW_PARENT), table=NEW_PARENT,
-                      lock=Lock.ROW_EXCLUSIVE, effect=Effect.WRITES_ROWS)
+    return Concurrent("\n".join(lines), when=_moving(n, layout), table=RECORD_TABLE,
+                      lock=Lock.ROW_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+                      label="the rows of each child of spans into spans, %d per committed batch under EXCLUSIVE on "
+                            "the child; each emptied child dropped" % BATCH_ROWS)
+
+
+def _lock_with_retries(table_sql: str, mode: str) -> list:
+    """PL/pgSQL: LOCK the table, waiting MOVE_LOCK_WAIT_MS at a time (a
+    writer never queues behind this request longer), MOVE_LOCK_TRIES times,
+    then give up with lock_not_available (the CLI retries, then exit 9)."""
+    return [
+        "      FOR attempt IN 1 .. %d LOOP" % MOVE_LOCK_TRIES,
+        "        BEGIN",
+        "          PERFORM set_config('lock_timeout', '%dms', true);" % MOVE_LOCK_WAIT_MS,
+        "          EXECUTE format('LOCK TABLE %%s IN %s MODE', %s);" % (mode, table_sql),
+        "          EXIT;",
+        "        EXCEPTION WHEN lock_not_available THEN",
+        "          IF attempt = %d THEN RAISE; END IF;" % MOVE_LOCK_TRIES,
+        "          PERFORM pg_sleep(0.05 + random() * 0.1);",
+        "        END;",
+        "      END LOOP;"]
 
 
 def upgrade():
