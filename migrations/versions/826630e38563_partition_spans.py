@@ -780,13 +780,19 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     found = "concat_ws('; ', %s)" % ", ".join([
         # views, rules and BEGIN ATOMIC functions over it, foreign keys referencing it
         "(select 'objects that depend on it (drop them, recreate them after the downgrade): ' || "
-        "string_agg(distinct pg_describe_object(d.classid, d.objid, d.objsubid), ', ') from pg_depend d "
+        "string_agg(distinct case when d.classid = 'pg_rewrite'::regclass then (select %s from pg_rewrite w "
+        "where w.oid = d.objid) else (select o.type || ' ' || o.identity "
+        "from pg_identify_object(d.classid, d.objid, d.objsubid) o) end, ', ') from pg_depend d "
         "where d.refclassid = 'pg_class'::regclass and d.refobjid in %s and d.deptype = 'n' "
-        "and not (d.classid = 'pg_class'::regclass and d.objid in %s))" % (objects, objects),
-        "(select 'rules (drop them): ' || string_agg(rulename || ' on ' || ev_class::regclass::text, ', ') "
-        "from pg_rewrite where ev_class in %s and rulename <> '_RETURN')" % objects,
-        "(select 'triggers (drop them): ' || string_agg(tgname || ' on ' || tgrelid::regclass::text, ', ') "
-        "from pg_trigger where tgrelid in %s and not tgisinternal and tgparentid = 0)" % objects,
+        "and not (d.classid = 'pg_class'::regclass and d.objid in %s) "
+        # its own column defaults (generated columns) and constraints go with it
+        "and not (d.classid = 'pg_attrdef'::regclass and (select adrelid from pg_attrdef where oid = d.objid) in %s) "
+        "and not (d.classid = 'pg_constraint'::regclass and (select conrelid from pg_constraint where oid = d.objid) "
+        "in %s))" % (_described("w.ev_class"), objects, objects, objects, objects),
+        "(select 'rules (drop them): ' || string_agg(rulename || ' on ' || %s, ', ') "
+        "from pg_rewrite where ev_class in %s and rulename <> '_RETURN')" % (_identity("ev_class"), objects),
+        "(select 'triggers (drop them): ' || string_agg(tgname || ' on ' || %s, ', ') "
+        "from pg_trigger where tgrelid in %s and not tgisinternal and tgparentid = 0)" % (_identity("tgrelid"), objects),
         "(select 'foreign keys from it (drop them): ' || string_agg(conname, ', ') from pg_constraint "
         "where conrelid = %s and contype = 'f')" % dropped,
         "(select 'row level security policies (drop them): ' || string_agg(polname, ', ') from pg_policy "
@@ -805,10 +811,11 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         % (LAYOUT.history, dropped, n.regclass(LAYOUT.history), dropped, n.regclass(LAYOUT.history)),
         # INHERIT needs each of the new spans's CHECK constraints on every child
         "(select 'CHECK constraints that some partitions lack (add them there, or drop them): ' || "
-        "string_agg(distinct k.conname || ' (missing on ' || c.oid::regclass::text || ')', ', ') "
+        "string_agg(distinct k.conname || ' (missing on ' || %s || ')', ', ') "
         "from pg_constraint k, pg_class c where k.conrelid = %s and k.contype = 'c' and k.conname <> %s "
         "and c.oid in %s and not exists (select 1 from pg_constraint k2 where k2.conrelid = c.oid "
-        "and k2.conname = k.conname and k2.contype = 'c'))" % (r["heir"], quote_literal(CUTOFF_CHECK), others),
+        "and k2.conname = k.conname and k2.contype = 'c'))" % (_identity("c.oid"), r["heir"], quote_literal(CUTOFF_CHECK),
+                                                         others),
         "(select 'a relation named %s that is not the index the downgrade builds (rename it)' "
         "from pg_class c where c.oid = %s and not exists (select 1 from pg_index x where x.indexrelid = c.oid "
         "and x.indrelid = %s and x.indisunique))" % (HISTORY_ID_KEY, n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history)),
@@ -816,6 +823,16 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
     return Refusal(when="%s is not null and %s <> ''" % (dropped, found), table="spans", detail=found, message=(
         "the downgrade of %s.spans from time partitions would stop half way, or lose what is attached to the "
         "partitioned table; nothing was changed: " % n.schema))
+
+
+def _identity(relation_oid: str) -> str:
+    """SQL: a relation's schema-qualified name, whatever the search_path."""
+    return "(pg_identify_object('pg_class'::regclass, %s, 0)).identity" % relation_oid
+
+
+def _described(relation_oid: str) -> str:
+    """SQL: 'view otel.x' (its kind and qualified name)."""
+    return "(select o.type || ' ' || o.identity from pg_identify_object('pg_class'::regclass, %s, 0) o)" % relation_oid
 
 
 def _duplicate_ids_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
