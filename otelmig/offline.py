@@ -67,10 +67,19 @@ def _header(settings, what: str, scripts) -> str:
         "-- against the database first: it lists the conflicts), and the contract afterwards (`otelmig.pyz verify`).",
         "-- Run with: psql -v ON_ERROR_STOP=1 -f THIS_FILE",
         "\\set ON_ERROR_STOP on",
+        _set_session(),
         _set_lock_timeout(settings),
         "",
     ]
     return "\n".join(lines)
+
+
+def _set_session() -> str:
+    """The session settings the steps' decisions depend on (otelmig.session.SCRIPT),
+    as the online migration session has them: psql under PGTZ or PGDATESTYLE, or
+    a database or role with its own, then computes the same bounds."""
+    from otelmig.session import script_settings
+    return "\n".join("SET %s = %s;" % (name, db.quote_literal(value)) for name, value in script_settings().items())
 
 
 def _set_lock_timeout(settings) -> str:

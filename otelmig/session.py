@@ -88,9 +88,18 @@ SETTINGS = (
             "a row-level security policy must fail a data check, never hide rows from it"),
     Setting("standard_conforming_strings", "on", "on", "on", 13,
             "otelmig quotes literals by doubling quotes only"),
-    Setting("DateStyle", "ISO", "ISO", "ISO", 13,
-            "pg8000 parses other date styles wrongly (day and month); otelmig reads no interval or bytea, "
-            "so IntervalStyle and bytea_output do not matter"),
+    Setting("TimeZone", "UTC", "UTC", "UTC", 13,
+            "every bound is a UTC midnight and every decision uses the server's clock in UTC: day arithmetic "
+            "(timestamptz + interval) and a timestamp printed and read back do not depend on the zone of "
+            "the server, database, role or psql session (the --sql script sets it too)"),
+    Setting("DateStyle", "ISO, YMD", "ISO, YMD", "ISO, YMD", 13,
+            "pg8000 parses other date styles wrongly (day and month), and a timestamp printed in another "
+            "style reads back as another moment (the --sql script sets it too)"),
+    Setting("IntervalStyle", "postgres", "postgres", "postgres", 13,
+            "intervals print and read back the same way (the --sql script sets it too); otelmig reads no "
+            "bytea, so bytea_output does not matter"),
+    Setting("timezone_abbreviations", "Default", "Default", "Default", 13,
+            "a zone abbreviation reads back as the zone PostgreSQL printed it for (the --sql script sets it too)"),
     Setting("client_encoding", "UTF8", "UTF8", "UTF8", 13, "names and messages are decoded as UTF-8"),
     Setting("maintenance_work_mem", RUNTIME, NOT_SET, NOT_SET, 13,
             "index builds sort in memory: raised to 256MB for the migration session, never lowered "
@@ -99,8 +108,22 @@ SETTINGS = (
             "not set: only a superuser may; otelmig creates no triggers or foreign keys it would affect"),
 )
 
-# PgBouncer tracks these per client: safe in the startup packet behind any pooler.
-STARTUP = ("DateStyle", "client_encoding", "standard_conforming_strings")
+# PgBouncer tracks these per client (client_encoding, DateStyle, TimeZone,
+# standard_conforming_strings; application_name is db.py's): safe in the
+# startup packet behind any pooler. IntervalStyle is tracked only from
+# PgBouncer 1.20 (track_extra_parameters), and an older one refuses the
+# connection: it goes with the SETs, like timezone_abbreviations.
+STARTUP = ("DateStyle", "TimeZone", "client_encoding", "standard_conforming_strings")
+
+# The session settings the --sql script sets at its top (offline.py): those its
+# decisions depend on, so that psql under PGTZ, PGDATESTYLE or a database's own
+# settings decides as the online run does.
+SCRIPT = ("TimeZone", "DateStyle", "IntervalStyle", "timezone_abbreviations")
+
+
+def script_settings() -> Dict[str, str]:
+    """name -> value of the SCRIPT settings, as the migration session has them."""
+    return {s.name: s.migration for s in SETTINGS if s.name in SCRIPT}
 
 
 def idle_timeout(environ=None) -> float:

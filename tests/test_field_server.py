@@ -5,7 +5,9 @@ server's own errors, a frozen migrator, unsupported majors (issue 10 items 3,
 Every error here is raised by the real server; none is built by hand.
 """
 
+import calendar
 import contextlib
+import datetime
 import os
 import re
 import signal
@@ -207,7 +209,8 @@ HOSTILE_VALUE = {"statement_timeout": "1ms", "lock_timeout": "1ms", "idle_in_tra
                  "tcp_keepalives_idle": "1000", "tcp_keepalives_interval": "1000", "tcp_keepalives_count": "99",
                  "tcp_user_timeout": "0", "default_transaction_isolation": "serializable", "search_path": "public",
                  "row_security": "on", "standard_conforming_strings": "off", "DateStyle": "SQL, DMY",
-                 "client_encoding": "LATIN1"}
+                 "client_encoding": "LATIN1", "TimeZone": "Asia/Kolkata", "IntervalStyle": "sql_standard",
+                 "timezone_abbreviations": "India"}
 
 
 def live(cursor, name):
@@ -225,6 +228,84 @@ def normalized(url, name, value):
     finally:
         conn.rollback()
         conn.close()
+
+
+# ---------------------------------------------- time: every session in UTC (issue 19 item 2)
+
+TIME_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+                 "timezone_abbreviations": "Default"}
+
+
+def dst_zone_ahead(url, days: int = 4) -> str:
+    """A POSIX zone, UTC-3, whose daylight time (UTC-2) starts at local midnight
+    `days` after the server's UTC today: inside the days revision 2 and maintain
+    make partitions for, whatever the date the suite runs on."""
+    day = sql(url, "select (now() at time zone 'UTC')::date + %s::int", (days,))[0][0]
+    julian = day.timetuple().tm_yday - (1 if calendar.isleap(day.year) and day.month > 2 else 0)  # Jn skips Feb 29
+    return "AAA3BBB,J%d/0,J%d/0" % (julian, (julian + 60 - 1) % 365 + 1)
+
+
+@pytest.mark.parametrize("scope", ["role", "database"])
+def test_every_session_is_utc_whatever_the_role_or_database_says(server, db_url, owner, scope):
+    role, url = owner
+    hostile = {"TimeZone": dst_zone_ahead(db_url), "DateStyle": "SQL, DMY", "IntervalStyle": "iso_8601",
+               "timezone_abbreviations": "India"}
+    resets = [apply_setting(server, db_url, role, scope, name, value) for name, value in hostile.items()]
+    try:
+        conninfo = settings_mod.resolve_conninfo(url, {})
+        for purpose in (session.MIGRATION, session.LOCK, session.PROBE):
+            conn = db.connect(conninfo, purpose=purpose, probe=purpose == session.PROBE)
+            try:
+                assert {name: live(conn.cursor(), name) for name in TIME_SETTINGS} == TIME_SETTINGS, purpose
+            finally:
+                conn.close()
+    finally:
+        for reset in resets:
+            reset()
+
+
+def utc_day_bounds(url):
+    """(partition, lower, upper) of each day partition, the bounds as UTC text."""
+    conn = connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("set timezone = 'UTC'")
+        cursor.execute("select c.relname::text, (regexp_match(b, 'FROM \\(''([^'']*)''\\)'))[1]::timestamptz::text, "
+                       "(regexp_match(b, 'TO \\(''([^'']*)''\\)'))[1]::timestamptz::text "
+                       "from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                       "cross join lateral pg_get_expr(c.relpartbound, c.oid) b "
+                       "where i.inhparent = 'otel.spans'::regclass and c.relname ~ '^spans_p[0-9]{8}$' order by 1")
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def assert_utc_midnight_days(bounds):
+    assert len(bounds) >= 6, bounds
+    for name, lower, upper in bounds:
+        day = datetime.datetime.strptime(name[len("spans_p"):], "%Y%m%d").date()
+        assert (lower, upper) == ("%s 00:00:00+00" % day, "%s 00:00:00+00" % (day + datetime.timedelta(days=1))), \
+            (name, lower, upper)
+
+
+@pytest.mark.parametrize("scope", ["role", "database"])
+def test_upgrade_makes_utc_midnight_days_under_a_zone_that_changes_ahead(server, db_url, owner, scope):
+    """A daylight-saving change inside the window, a day-first DateStyle and
+    another IntervalStyle and abbreviation set, on the role or the database:
+    every day partition still holds one UTC day."""
+    role, url = owner
+    load_owned_legacy(db_url, role, traces=50)
+    hostile = {"TimeZone": dst_zone_ahead(db_url), "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard",
+               "timezone_abbreviations": "India"}
+    resets = [apply_setting(server, db_url, role, scope, name, value) for name, value in hostile.items()]
+    try:
+        assert run_cli("upgrade", url=url).code == 0
+        assert run_cli("verify", url=url).code == 0
+        assert run_cli("check", url=url).code == 0
+    finally:
+        for reset in resets:
+            reset()
+    assert_utc_midnight_days(utc_day_bounds(db_url))
 
 
 def test_settings_table_in_readme_mirrors_the_list():

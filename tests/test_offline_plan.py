@@ -156,3 +156,38 @@ def test_plan_at_head_is_0(db_url):
     code, payload = plan_of(db_url)
     assert code == 0 and payload["pending"] == []
     assert "nothing to do" in run_cli("plan", url=db_url).out
+
+
+def psql_file_with(url: str, path: str, env: dict):
+    """helpers.psql_file with more environment (psql's PGTZ, PGDATESTYLE, PGOPTIONS)."""
+    import os
+    import shutil
+    import subprocess
+    from otelmig.settings import resolve_conninfo
+    from pgcluster import bindir
+    info = resolve_conninfo(url, {})
+    psql = shutil.which("psql") or os.path.join(bindir(), "psql")
+    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
+                           "-U", info.user, "-d", info.database, "-f", path],
+                          env=dict(os.environ, PGPASSWORD=info.password, **env), capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("env", [
+    {"PGTZ": "Asia/Kolkata", "PGDATESTYLE": "SQL, DMY"},
+    {"PGTZ": "America/St_Johns", "PGDATESTYLE": "German",
+     "PGOPTIONS": "-c IntervalStyle=sql_standard -c timezone_abbreviations=India"},
+], ids=["kolkata-sql-dmy", "st-johns-german"])
+def test_sql_script_under_another_zone_and_datestyle_makes_utc_days(tmp_path, db_url, env):
+    """psql's session settings (issue 19 item 2): the script sets its own at its
+    top, so its cutoff and day bounds are UTC midnights, as online."""
+    from test_field_server import assert_utc_midnight_days, utc_day_bounds
+    load_legacy(db_url, traces=50)
+    applied = psql_file_with(db_url, write_sql(tmp_path, "upgrade", "--sql"), env)
+    assert applied.returncode == 0, applied.stderr
+    verify_ok(db_url)
+    assert_utc_midnight_days(utc_day_bounds(db_url))
+    history = sql(db_url, "select pg_get_expr(relpartbound, oid) from pg_class where oid = 'otel.spans_history'::regclass")
+    cutoff = sql(db_url, "select (regexp_match(%s, 'TO \\(''([^'']*)''\\)'))[1]::timestamptz at time zone 'UTC' "
+                         "= date_trunc('day', (regexp_match(%s, 'TO \\(''([^'']*)''\\)'))[1]::timestamptz "
+                         "at time zone 'UTC')", (history[0][0], history[0][0]))
+    assert cutoff == [[True]], history
