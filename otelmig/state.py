@@ -1,5 +1,6 @@
 """The shared state model: what a database holds, read in two round trips, and
-the verdict on it (ready, or the error `check` would exit with).
+the verdict on it (ready, or the error `check` would exit with): at the head,
+and whether the worker can write now (assess_writes).
 
 Used by check, current, init_db (otelmig.api), plan, verify and the migration
 commands. Like check, it imports pg8000 and otelmig's own small modules only:
@@ -11,7 +12,7 @@ from typing import NamedTuple, Optional, Tuple
 
 from otelmig import db, schema as contract
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS
-from otelmig.errors import NotInitialisedError, OtelmigError, PendingError, UnknownRevisionError
+from otelmig.errors import ExitStatus, NotInitialisedError, OtelmigError, PendingError, UnknownRevisionError
 
 UPGRADE_HINT = "run `otelmig.pyz upgrade`"
 # One round trip for the schema, its tables and the head's columns that an
@@ -30,11 +31,91 @@ select n.oid is not null,
                       order by 1), '{}'),
        coalesce(array(select c.relname::text from pg_class c
                       where c.relnamespace = n.oid and c.relkind = 'r' and c.relname::text = any(%s::text[])
-                      order by 1), '{}')
+                      order by 1), '{}'),
+       {writes}, {leftovers}
 from (select 1) one left join pg_namespace n on n.nspname = %s
 """
+
+# Which of "now" and "an hour from now" a spans partitioned by RANGE on its
+# timestamptz key (the head's layout) routes to no partition: no range holds
+# it and there is no DEFAULT partition (null when spans is not so partitioned).
+# A partition a DETACH ... CONCURRENTLY is taking away (14+) holds nothing.
+_WRITES_SQL = """(select array(select m.label from (values (1, 'now', now()), (2, 'an hour from now',
+                                                                   now() + interval '1 hour')) m(n, label, at)
+               where not exists (
+                 select 1 from pg_inherits i join pg_class p on p.oid = i.inhrelid
+                 cross join lateral (select pg_get_expr(p.relpartbound, p.oid) as bound) e
+                 where i.inhparent = sp.oid and {attached}
+                   and (e.bound = 'DEFAULT'
+                        or ((e.bound ~ '^FOR VALUES FROM \\(MINVALUE\\)'
+                             or (regexp_match(e.bound, '^FOR VALUES FROM \\(''([^'']*)''\\)'))[1]::timestamptz <= m.at)
+                            and (e.bound ~ ' TO \\(MAXVALUE\\)$'
+                                 or m.at < (regexp_match(e.bound, ' TO \\(''([^'']*)''\\)$'))[1]::timestamptz))))
+               order by m.n)
+        from pg_class sp join pg_partitioned_table pt on pt.partrelid = sp.oid
+        join pg_attribute ka on ka.attrelid = sp.oid and ka.attnum = pt.partattrs[0]
+        where sp.relnamespace = n.oid and sp.relname::text = %s and pt.partstrat = 'r' and pt.partnatts = 1
+          and ka.attname::text = %s and ka.atttypid = 'timestamptz'::regtype)"""
+
+# CHECK constraints of the schema's tables that bound a timestamptz column from
+# above by a constant (`col < '...'`, `col <= '...'`, or the mirror forms): the
+# contract declares none, and each starts rejecting writes at its constant
+# (an interrupted revision 2 leaves spans_history_range on a plain spans). One
+# on a partition whose range ends at or before the constant rejects nothing
+# routed to it. Read as JSON, the moment as UTC text and epoch: a year past
+# 9999, BC or -infinity parse nowhere in Python.
+_LEFTOVERS_SQL = """(select coalesce(json_agg(json_build_object(
+            'table', l.relname, 'constraint', l.conname, 'column', l.col,
+            'moment', (l.at at time zone 'UTC')::text || case when isfinite(l.at) then ' UTC' else '' end,
+            'epoch', case when isfinite(l.at) then extract(epoch from l.at)::float8 end,
+            'soon', l.at <= now() + interval '1 hour', 'worker_table', l.worker)
+            order by l.at, l.relname, l.conname), '[]')
+        from (select t.oid, t.relname::text as relname, k.conname::text as conname, b.col, min(b.at) as at,
+                     t.relname::text = any(%s::text[]) or exists (
+                       select 1 from pg_partition_ancestors(t.oid) a join pg_class ac on ac.oid = a.relid
+                       where ac.relnamespace = n.oid and ac.relname::text = any(%s::text[])) as worker
+              from pg_constraint k join pg_class t on t.oid = k.conrelid
+              cross join lateral (
+                select m[1] as quoted, m[3]::timestamptz as at
+                from regexp_matches(pg_get_constraintdef(k.oid), %s, 'g') m
+                union all
+                select m[3], m[1]::timestamptz from regexp_matches(pg_get_constraintdef(k.oid), %s, 'g') m) q
+              cross join lateral (select case when q.quoted like '"%%'
+                                              then replace(substr(q.quoted, 2, length(q.quoted) - 2), '""', '"')
+                                              else q.quoted end as col, q.at) b
+              join pg_attribute a on a.attrelid = t.oid and a.attname::text = b.col and a.attnum > 0
+                                 and a.atttypid = 'timestamptz'::regtype
+              where t.relnamespace = n.oid and t.relkind in ('r', 'p') and k.contype = 'c' and b.at <> 'infinity'
+              group by t.oid, t.relname, k.conname, b.col) l
+        where not exists (
+          select 1 from pg_inherits pi join pg_class pc on pc.oid = pi.inhrelid
+          join pg_partitioned_table ppt on ppt.partrelid = pi.inhparent and ppt.partstrat = 'r' and ppt.partnatts = 1
+          join pg_attribute pa on pa.attrelid = pi.inhparent and pa.attnum = ppt.partattrs[0]
+          where pi.inhrelid = l.oid and pa.attname::text = l.col
+            and (regexp_match(pg_get_expr(pc.relpartbound, pc.oid), ' TO \\(''([^'']*)''\\)$'))[1]::timestamptz
+                <= l.at))"""
+_IDENT = r'("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)'
+_CONSTANT = r"'([^']*)'::(?:timestamp with time zone|timestamp without time zone|date)"
+_BELOW = r"%s\s*(<=?)\s*%s" % (_IDENT, _CONSTANT)   # col < '...'
+_ABOVE = r"%s\s*(>=?)\s*%s" % (_CONSTANT, _IDENT)   # '...' > col
+_SPANS = contract.SPANS_PARTITIONING
 _HEAD_COLUMNS = [(t.name, c.name) for t in contract.TABLES for c in t.columns]
 _PARTITIONED = [t.name for t in contract.TABLES if t.partitioned_by]
+
+
+class Leftover(NamedTuple):
+    """A CHECK that bounds a timestamptz column from above by a constant: from
+    `moment` on, it rejects every row written with that column at or past it."""
+    table: str
+    constraint: str
+    column: str
+    moment: str            # UTC text, e.g. '2026-12-04 00:00:00 UTC', '56890-01-01 00:00:00 UTC', '-infinity'
+    epoch: Optional[float]  # seconds since 1970; None for -infinity
+    soon: bool             # the moment is at most an hour from the server's now (or past)
+    worker_table: bool     # on traces or spans (or one of their partitions): the worker's writes
+
+    def as_dict(self) -> dict:
+        return self._asdict()
 
 
 class DbState(NamedTuple):
@@ -45,6 +126,8 @@ class DbState(NamedTuple):
     missing_columns: Tuple[str, ...] = ()  # head columns an existing table lacks, "table.column"
     version_rows: Tuple[str, ...] = ()     # every row of the version table
     unpartitioned: Tuple[str, ...] = ()    # tables the head partitions, found plain
+    refused_rows: Tuple[str, ...] = ()     # "now", "an hour from now": stamps the partitioned spans routes nowhere
+    leftovers: Tuple[Leftover, ...] = ()   # CHECKs that reject writes from a moment on
 
     @property
     def has_version_table(self) -> bool:
@@ -70,16 +153,27 @@ def read_state(conn, schema: str) -> DbState:
     """Schema, tables, missing head columns and revision in two round trips, reading nothing else."""
     cursor = conn.cursor()
     wanted = [t.name for t in contract.TABLES] + [contract.VERSION_TABLE]
-    cursor.execute(_STATE_SQL, (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS], _PARTITIONED,
-                                schema))
-    schema_exists, tables, missing_columns, unpartitioned = cursor.fetchone()
+    worker_tables = [t.name for t in contract.TABLES]
+    cursor.execute(_state_sql(conn), (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS],
+                                      _PARTITIONED, _SPANS.table, _SPANS.key, worker_tables, worker_tables,
+                                      _BELOW, _ABOVE, schema))
+    schema_exists, tables, missing_columns, unpartitioned, refused, leftovers = cursor.fetchone()
     rows: Tuple[str, ...] = ()
     if contract.VERSION_TABLE in tables:
         cursor.execute("select version_num from %s.%s order by 1" % (db.quote_ident(schema), contract.VERSION_TABLE))
         rows = tuple(row[0] for row in cursor.fetchall())
     revision = rows[0] if len(rows) == 1 else None
     return DbState(schema, bool(schema_exists), tuple(tables), revision, tuple(missing_columns or ()), rows,
-                   tuple(unpartitioned or ()))
+                   tuple(unpartitioned or ()), tuple(refused or ()), tuple(Leftover(**item) for item in leftovers or ()))
+
+
+def _state_sql(conn) -> str:
+    """The state query for this server's major (inhdetachpending is 14+)."""
+    from otelmig.session import server_major
+    major = server_major(conn.parameter_statuses.get("server_version", "")) or 0
+    attached = "not i.inhdetachpending" if major >= 14 else "true"
+    writes = _WRITES_SQL.replace("{attached}", attached)
+    return _STATE_SQL.replace("{writes}", writes).replace("{leftovers}", _LEFTOVERS_SQL)
 
 
 def assess(state: DbState) -> Optional[OtelmigError]:
@@ -109,6 +203,40 @@ def assess(state: DbState) -> Optional[OtelmigError]:
             "schema %s is recorded at the head but lacks %s%s (stamped over a layout that was never migrated?): "
             "%s to adopt it" % (s, ", ".join(missing[:6]), ", ..." if len(missing) > 6 else "", UPGRADE_HINT))
     return None
+
+
+WRITES_HINT = "run `otelmig.pyz maintain` (it creates today's and the coming days' partitions)"
+LEFTOVER_HINT = "run `otelmig.pyz upgrade` (or `downgrade`), which removes it before anything else"
+
+
+def assess_writes(state: DbState) -> Optional[OtelmigError]:
+    """Whether the worker can write now (exit 7 when not): the partitioned spans
+    routes a row stamped now and one an hour ahead somewhere, and no CHECK on
+    traces or spans (or their partitions) rejects such rows within the hour."""
+    s = state.schema
+    if state.refused_rows:
+        return OtelmigError("%s.%s accepts no row stamped %s: no partition holds it and there is no DEFAULT "
+                            "partition, so every such insert fails: %s"
+                            % (s, _SPANS.table, " nor ".join(state.refused_rows), WRITES_HINT), ExitStatus.DRIFT)
+    soon = [left for left in state.leftovers if left.worker_table and left.soon]
+    if soon:
+        return OtelmigError("%s, so the worker's inserts fail: %s" % (describe(s, soon[0]), LEFTOVER_HINT),
+                            ExitStatus.DRIFT)
+    return None
+
+
+def fix_for(schema: str, leftover: Leftover) -> str:
+    """otelmig removes such a CHECK from its own tables; one on another table is the operator's."""
+    if leftover.worker_table:
+        return LEFTOVER_HINT
+    return ("if it is not meant to, ALTER TABLE %s.%s DROP CONSTRAINT %s"
+            % (schema, db.quote_ident(leftover.table), db.quote_ident(leftover.constraint)))
+
+
+def describe(schema: str, leftover: Leftover) -> str:
+    """One clause naming a leftover CHECK and the moment it rejects writes from."""
+    return ("CHECK %s on %s.%s rejects every row with %s at or after %s"
+            % (leftover.constraint, schema, leftover.table, leftover.column, leftover.moment))
 
 
 def _several_rows(state: DbState) -> OtelmigError:
