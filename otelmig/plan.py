@@ -58,16 +58,50 @@ def plan(settings, err) -> output.Result:
                    else _outline_revision(settings.schema, script)
                    for number, script in enumerate(scripts)]
         maintenance = None if pending else maintain_preview(conn, settings.schema)
+        outlying = conversion_outliers(conn, state) if pending else None
     finally:
         db.close(conn)
     status = ExitStatus.PENDING if pending else ExitStatus.OK
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": state.revision,
                "head": HEAD_REVISION, "pending": pending}
     text = _text(settings.schema, state.revision, pending)
+    if outlying is not None:
+        payload["outliers"] = outlying
+        text += "\n" + _outliers_text(settings.schema, outlying)
     if maintenance is not None:
         payload["maintain"] = maintenance
         text += "\n" + _maintain_text(maintenance)
     return output.Result(int(status), payload, text)
+
+
+# Revision 2's cutoff: the UTC midnight this many days after the server's now
+# (MARGIN_DAYS in migrations/versions/826630e38563_partition_spans.py); rows
+# stamped at or after it are the conversion's outliers.
+CONVERSION_MARGIN_DAYS = 2
+
+
+def conversion_outliers(conn, state):
+    """Before the conversion of a plain spans (the head partitions it): the rows
+    it will treat as outliers, read through the service/start index (legacy
+    stores name the column start_ts). None when there is no such conversion ahead."""
+    from otelmig import schema as contract
+    from otelmig.verify import outliers
+    spans = contract.SPANS.name
+    if spans not in state.unpartitioned:
+        return None
+    key = "start_ts" if "%s.start_time" % spans in state.missing_columns else "start_time"
+    return outliers(conn, state.schema, CONVERSION_MARGIN_DAYS, key=key, loose=True)
+
+
+def _outliers_text(schema: str, found: dict) -> str:
+    if not found["count"]:
+        return "outliers: no span in %s.spans is stamped at or after %s (the conversion's cutoff)" % (
+            schema, found["since"])
+    key = next((k for k in found["newest"][0] if k != "id"), "start_time") if found["newest"] else "start_time"
+    shown = ", ".join("id %s at %s" % (row["id"], row[key]) for row in found["newest"])
+    return ("outliers: %d span(s) in %s.spans stamped at or after %s (the conversion's cutoff): the conversion "
+            "keeps them, queryable, outside its day partitions; newest: %s" % (found["count"], schema, found["since"],
+                                                                               shown))
 
 
 def maintain_preview(conn, schema: str):

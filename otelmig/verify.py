@@ -5,7 +5,7 @@ per column, so the cost does not grow with the data: it reads pg_catalog only.
 """
 
 import time
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 from otelmig import db, output, schema as contract
 from otelmig._version import HEAD_REVISION
@@ -97,6 +97,7 @@ class Report(NamedTuple):
     problems: List[Problem]
     extras: List[Problem]
     legacy: bool
+    facts: dict = {}  # what verify read besides the contract (DEFAULT rows, days ahead, outliers): JSON fields
 
 
 def read_catalog(conn, schema: str) -> LiveCatalog:
@@ -251,13 +252,31 @@ def verify(settings, err, strict: bool = False) -> output.Result:
     try:
         state = read_state(conn, settings.schema)
         catalog = read_catalog(conn, settings.schema)
-        report = compare(settings.schema, catalog)
+        report = with_write_checks(settings.schema, state, compare(settings.schema, catalog))
         if catalog.kinds.get(contract.SPANS.name) == "p":
             report = with_partition_checks(conn, settings.schema, report)
     finally:
         db.close(conn)
     status, message = _verdict(settings, state, report, strict)
     return _result(settings, status, state, report, message, started)
+
+
+def with_write_checks(schema: str, state, report: Report) -> Report:
+    """What rejects writes, now or from a known moment (state.read_state found it):
+    a leftover CHECK on the worker's tables is a problem, one on another table a
+    note; a stamp the partitioned spans routes nowhere is a problem."""
+    from otelmig.state import describe, fix_for
+    problems, extras = list(report.problems), list(report.extras)
+    for left in state.leftovers:
+        found = Problem("rejects_writes", "%s.%s.%s" % (schema, left.table, left.constraint),
+                        "%s: %s" % (describe(schema, left), fix_for(schema, left)))
+        (problems if left.worker_table else extras).append(found)
+    if state.refused_rows:
+        problems.append(Problem("rejects_writes", "%s.%s" % (schema, contract.SPANS.name),
+                                "no partition takes a row stamped %s, and there is no DEFAULT partition: every "
+                                "such insert fails; run `otelmig.pyz maintain`" % " nor ".join(state.refused_rows)))
+    facts = dict(report.facts, rejects_writes_from=[left.as_dict() for left in state.leftovers])
+    return report._replace(problems=problems, extras=extras, facts=facts)
 
 
 def with_partition_checks(conn, schema: str, report: Report) -> Report:
@@ -289,15 +308,105 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
                          "it" % (index, spans, schema, index))
                  for part, index in partitions.partitions_without_index(conn, schema)]
     extras = []
+    facts = dict(report.facts, default_partition=None,
+                 partitions_ahead_days=days_ahead(layout, partitions.server_now(conn)))
     if layout.default is None:
         problems.append(Problem("missing_default_partition", spans, "no DEFAULT partition: a row outside every "
                                 "partition is rejected; CREATE TABLE %s.%s PARTITION OF %s DEFAULT"
                                 % (schema, layout.partitioning.default, spans)))
-    elif partitions.default_has_rows(conn, layout):
-        extras.append(Problem("default_partition_rows", "%s.%s" % (schema, layout.default.name),
-                              "the DEFAULT partition holds rows no day partition covers; `otelmig.pyz maintain` "
-                              "moves those of the coming days into their partitions and reports the rest"))
-    return Report(report.problems + problems, report.extras + extras, report.legacy)
+    else:
+        held = default_rows(conn, schema, layout.default.name, layout.partitioning.key)
+        facts["default_partition"] = held
+        if held["rows"]:
+            extras.append(Problem("default_partition_rows", "%s.%s" % (schema, layout.default.name),
+                                  "the DEFAULT partition holds %d row(s) no other partition covers, %s from %s to "
+                                  "%s; `otelmig.pyz maintain` moves those of the coming days into their partitions "
+                                  "and reports the rest" % (held["rows"], layout.partitioning.key, held["oldest"],
+                                                            held["newest"])))
+    facts["outliers"] = outliers(conn, schema, layout.partitioning.ahead_days + 1)
+    extras += outlier_notes(schema, facts["outliers"])
+    return Report(report.problems + problems, report.extras + extras, report.legacy, facts)
+
+
+def days_ahead(layout, now) -> Optional[int]:
+    """How many whole UTC days after today the partitions hold without a break
+    (0: today only; None: not even today). Counted up to MAX_DAYS_AHEAD."""
+    import datetime
+    day = datetime.datetime.combine(now.date(), datetime.time())
+    held = -1
+    while held < MAX_DAYS_AHEAD and layout.covering(day, day + datetime.timedelta(days=1)) is not None:
+        held += 1
+        day += datetime.timedelta(days=1)
+    return None if held < 0 else held
+
+
+MAX_DAYS_AHEAD = 366
+
+# Every value as UTC text, never a timestamp for Python to parse: a span in year
+# 56890, BC or at infinity is a row like any other here.
+_DEFAULT_ROWS_SQL = """
+select count(*), (min({key}) at time zone 'UTC')::text, (max({key}) at time zone 'UTC')::text from {table}
+"""
+
+
+def default_rows(conn, schema: str, default: str, key: str) -> dict:
+    """Rows in the DEFAULT partition: count, oldest and newest (a scan of what it holds, meant to be little)."""
+    cursor = conn.cursor()
+    cursor.execute(_DEFAULT_ROWS_SQL.format(key=db.quote_ident(key), table="%s.%s" % (
+        db.quote_ident(schema), db.quote_ident(default))))
+    rows, oldest, newest = cursor.fetchone()
+    return {"rows": int(rows), "oldest": _utc_text(oldest), "newest": _utc_text(newest)}
+
+
+def _utc_text(text):
+    return None if text is None else text if text in ("infinity", "-infinity") else text + " UTC"
+
+
+# Spans stamped at or after a UTC midnight `days` ahead of the server's now: on a
+# partitioned spans, partition pruning reads only the partitions past it and the
+# DEFAULT one; on a plain one, a loose scan of ix_spans_service_start_time (one
+# index range per service, as revision 2 finds its newest row), never the table.
+_OUTLIERS_SQL = """
+with recursive since(at) as (select date_trunc('day', now() at time zone 'UTC') at time zone 'UTC'
+                                    + make_interval(days => %s)),
+{source}
+select ((select at from since) at time zone 'UTC')::text, count(*),
+       (select coalesce(json_agg(json_build_object('id', f.id, '{key}', f.shown) order by f.at desc), '[]')
+        from (select o.id, o.at, (o.at at time zone 'UTC')::text as shown from outlying o
+              order by o.at desc limit 5) f)
+from outlying
+"""
+_PARTITIONED_SOURCE = """outlying as (select t.id, t.{key} as at from {spans} t, since where t.{key} >= since.at)"""
+_LOOSE_SOURCE = """services(name) as (
+  (select service_name from {spans} order by service_name limit 1)
+  union all
+  select (select s.service_name from {spans} s where s.service_name > services.name order by s.service_name limit 1)
+  from services where services.name is not null),
+outlying as (select t.id, t.{key} as at from services, since
+             cross join lateral (select id, {key} from {spans} t where t.service_name = services.name
+                                 and t.{key} >= since.at) t
+             where services.name is not null)"""
+
+
+def outliers(conn, schema: str, days: int, key: str = "start_time", loose: bool = False) -> dict:
+    """Spans stamped at or after the UTC midnight `days` after the server's now:
+    count, the moment, and the newest few (id and value, as UTC text)."""
+    spans = "%s.%s" % (db.quote_ident(schema), db.quote_ident(contract.SPANS.name))
+    source = (_LOOSE_SOURCE if loose else _PARTITIONED_SOURCE).format(key=db.quote_ident(key), spans=spans)
+    cursor = conn.cursor()
+    cursor.execute(_OUTLIERS_SQL.format(source=source, key=key), (days,))
+    since, count, newest = cursor.fetchone()
+    return {"since": _utc_text(since), "count": int(count),
+            "newest": [{"id": row["id"], key: _utc_text(row[key])} for row in newest or ()]}
+
+
+def outlier_notes(schema: str, found: dict) -> List[Problem]:
+    if not found["count"]:
+        return []
+    shown = ", ".join("id %s at %s" % (row["id"], row["start_time"]) for row in found["newest"])
+    return [Problem("outlying_rows", "%s.%s" % (schema, contract.SPANS.name),
+                    "%d span(s) stamped at or after %s (past the days partitions are kept for), newest: %s; they "
+                    "stay queryable (check the writer's clock and units)" % (found["count"], found["since"], shown))]
 
 
 def _gap_problems(spans: str, layout) -> List[Problem]:
@@ -324,11 +433,15 @@ def _verdict(settings, state, report: Report, strict: bool):
             error = None
         else:
             return error.exit_status, error.message
+    rejecting = [p for p in problems if p.kind == "rejects_writes"]
     if error is not None:
         kind = "pending_revision" if isinstance(error, PendingError) else "unknown_revision"
         problems.insert(0, Problem(kind, "%s.%s" % (settings.schema, contract.VERSION_TABLE),
                                    "expected %s, found %s" % (HEAD_REVISION, state.revision)))
-        return error.exit_status, error.message
+        if not (rejecting and isinstance(error, PendingError)):
+            return error.exit_status, error.message
+    if rejecting:  # before anything else: the worker's inserts fail, or will
+        return ExitStatus.DRIFT, "%s; see the report" % rejecting[0].detail
     if problems or (strict and report.extras):
         counted = problems + (report.extras if strict else [])
         return ExitStatus.DRIFT, ("schema %s differs from the head contract: %d problem(s)%s; see the report"
@@ -342,16 +455,23 @@ def _result(settings, status, state, report, message, started) -> output.Result:
                "head": HEAD_REVISION, "database_revision": state.revision,
                "problems": [p.as_dict() for p in problems], "extras": [p.as_dict() for p in extras],
                "seconds": round(time.monotonic() - started, 4)}
+    payload.update(report.facts)
     if message:
         payload["message"] = message
-    return output.Result(int(status), payload, _text(settings.schema, status, problems, extras),
-                         prometheus_text(settings.schema, status, problems, extras), message)
+    return output.Result(int(status), payload, _text(settings.schema, status, problems, extras, report.facts),
+                         prometheus_text(settings.schema, status, problems, extras, state.leftovers, report.facts),
+                         message)
 
 
-def _text(schema: str, status, problems, extras) -> str:
+def _text(schema: str, status, problems, extras, facts=None) -> str:
     lines = []
     if status == ExitStatus.OK:
         lines.append("ok: schema %s matches the head contract" % schema)
+    facts = facts or {}
+    if "partitions_ahead_days" in facts:
+        ahead = facts["partitions_ahead_days"]
+        lines.append("partitions: %s" % ("none holds today" if ahead is None else
+                                         "today and the next %d day(s)" % ahead))
     rows = [("problem", p) for p in problems] + [("extra", p) for p in extras]
     if rows:
         width_kind = max(len(p.kind) for _, p in rows)
@@ -362,8 +482,23 @@ def _text(schema: str, status, problems, extras) -> str:
     return "\n".join(lines)
 
 
-def prometheus_text(schema: str, status, problems, extras) -> str:
+def prometheus_text(schema: str, status, problems, extras, leftovers=(), facts=None) -> str:
+    from otelmig.check import rejects_writes_gauge
     label = '{schema="%s"}' % schema
+    facts = facts or {}
+    gauges = rejects_writes_gauge(label, leftovers)
+    if facts.get("default_partition") is not None:
+        gauges += ["# HELP otelmig_verify_default_rows Rows in the DEFAULT partition of spans.",
+                   "# TYPE otelmig_verify_default_rows gauge",
+                   "otelmig_verify_default_rows%s %d" % (label, facts["default_partition"]["rows"])]
+    if facts.get("partitions_ahead_days") is not None:
+        gauges += ["# HELP otelmig_verify_partition_days_ahead Whole UTC days after today partitions hold.",
+                   "# TYPE otelmig_verify_partition_days_ahead gauge",
+                   "otelmig_verify_partition_days_ahead%s %d" % (label, facts["partitions_ahead_days"])]
+    if "outliers" in facts:
+        gauges += ["# HELP otelmig_verify_outlying_rows Spans stamped past the days partitions are kept for.",
+                   "# TYPE otelmig_verify_outlying_rows gauge",
+                   "otelmig_verify_outlying_rows%s %d" % (label, facts["outliers"]["count"])]
     lines = [
         "# HELP otelmig_verify_ok 1 when the schema matches the head contract.",
         "# TYPE otelmig_verify_ok gauge",
@@ -380,7 +515,7 @@ def prometheus_text(schema: str, status, problems, extras) -> str:
         "# HELP otelmig_verify_timestamp_seconds When the last verify ran.",
         "# TYPE otelmig_verify_timestamp_seconds gauge",
         "otelmig_verify_timestamp_seconds%s %.3f" % (label, time.time()),
-    ]
+    ] + gauges
     return "\n".join(lines) + "\n"
 
 

@@ -123,3 +123,87 @@ def test_contract_names_every_index_of_spec():
     assert {i.name for i in contract.INDEXES} == {
         "ix_traces_service_start_time", "ix_traces_start_time", "ix_spans_trace_id", "ix_spans_span_id",
         "ix_spans_service_start_time"}
+
+
+# ------------------------------------ what rejects writes, DEFAULT, days ahead, outliers (issue 19 items 1, 3, 7)
+
+import partition_layout  # noqa: E402
+from helpers import BASELINE  # noqa: E402
+
+# Every timestamp PostgreSQL accepts, as SQL, and as verify, check and plan print it (UTC text).
+ODD_STAMPS = {"'56890-01-01 00:00+00'": "56890-01-01 00:00:00 UTC", "'infinity'": "infinity",
+              "'0044-03-15 00:00+00 BC'": "0044-03-15 00:00:00 BC UTC", "'-infinity'": "-infinity"}
+
+
+def test_a_leftover_cutoff_is_a_problem_naming_its_moment_and_the_fix(db_url):
+    """An interrupted revision 2 leaves CHECK (start_time < cutoff) on the plain spans, at the baseline."""
+    load_legacy(db_url, traces=5)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    cutoff = sql(db_url, "select date_trunc('day', now() at time zone 'UTC') + interval '2 days'")[0][0]
+    sql(db_url, "ALTER TABLE otel.spans ADD CONSTRAINT spans_history_range CHECK (start_time < '%s+00') NOT VALID"
+        % cutoff)
+    result = run_cli("verify", "--format", "json", url=db_url)
+    assert result.code == 7 and one_line(result.err), result
+    moment = "%s UTC" % cutoff
+    assert moment in result.err and "otelmig.pyz upgrade" in result.err and "spans_history_range" in result.err
+    (problem,) = [p for p in result.json()["problems"] if p["kind"] == "rejects_writes"]
+    assert problem["object"] == "otel.spans.spans_history_range" and moment in problem["detail"]
+    metrics = parse_prometheus(run_cli("verify", "--format", "prometheus", url=db_url).out)
+    epoch = sql(db_url, "select extract(epoch from timestamptz '%s+00')::float8" % cutoff)[0][0]
+    assert metrics['otelmig_rejects_writes_from_timestamp_seconds{schema="otel"}'] == epoch
+    assert metrics['otelmig_verify_exit_code{schema="otel"}'] == 7
+
+
+def test_a_leftover_on_an_operator_table_is_a_note(head_url):
+    sql(head_url, "create table otel.audit (at timestamptz check (at < '2030-01-01 00:00+00'))")
+    result = run_cli("verify", "--format", "json", url=head_url)
+    assert result.code == 0, result
+    (extra,) = [e for e in result.json()["extras"] if e["kind"] == "rejects_writes"]
+    assert "2030-01-01 00:00:00 UTC" in extra["detail"] and "DROP CONSTRAINT" in extra["detail"]
+
+
+def test_default_rows_days_ahead_and_outliers_are_reported_whatever_their_stamp(db_url, pyz):
+    from conftest import run_pyz
+    partition_layout.build(db_url, cutoff_offset=-3, ahead=7)
+    partition_layout.insert_spans(db_url, list(ODD_STAMPS) + ["now() + interval '20 days'"])
+    result = run_pyz(pyz, "verify", "--format", "json", url=db_url)
+    assert result.code == 0, result
+    payload = result.json()
+    twenty = sql(db_url, "select (start_time at time zone 'UTC')::text || ' UTC' from otel.spans "
+                         "where start_time > now() + interval '19 days' and start_time < now() + interval '21 days'")[0][0]
+    # -infinity and BC sort before every bound: spans_history (MINVALUE) holds them
+    assert payload["default_partition"] == {"rows": 3, "oldest": twenty, "newest": "infinity"}
+    assert payload["partitions_ahead_days"] == 7
+    outliers = payload["outliers"]
+    assert outliers["count"] == 3
+    assert [row["start_time"] for row in outliers["newest"]] == ["infinity", "56890-01-01 00:00:00 UTC", twenty]
+    kinds = {e["kind"] for e in payload["extras"]}
+    assert {"default_partition_rows", "outlying_rows"} <= kinds
+    text = run_pyz(pyz, "verify", url=db_url)
+    assert text.code == 0 and "56890-01-01 00:00:00 UTC" in text.out and "today and the next 7 day(s)" in text.out
+    metrics = parse_prometheus(run_pyz(pyz, "verify", "--format", "prometheus", url=db_url).out)
+    assert metrics['otelmig_verify_default_rows{schema="otel"}'] == 3
+    assert metrics['otelmig_verify_partition_days_ahead{schema="otel"}'] == 7
+    assert metrics['otelmig_verify_outlying_rows{schema="otel"}'] == 3
+    for command in (["check"], ["current"], ["plan"]):
+        assert run_pyz(pyz, *command, url=db_url).code == 0, command
+
+
+def test_fewer_days_ahead_are_counted(db_url):
+    partition_layout.build(db_url, cutoff_offset=-1, ahead=2)
+    result = run_cli("verify", "--format", "json", url=db_url)
+    assert result.code == 7 and result.json()["partitions_ahead_days"] == 2
+    assert "missing_partition" in {p["kind"] for p in result.json()["problems"]}
+
+
+def test_odd_stamps_in_a_plain_spans_go_through_every_reading_command(db_url):
+    load_legacy(db_url, traces=5)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    partition_layout.insert_spans(db_url, list(ODD_STAMPS))
+    for command, code in ((["verify"], 5), (["check"], 5), (["current"], 0), (["plan"], 5)):
+        for output_format in ("text", "json"):
+            result = run_cli(*command, "--format", output_format, url=db_url)
+            assert result.code == code and "Traceback" not in result.err and "internal" not in result.err, result
+    outliers = run_cli("plan", "--format", "json", url=db_url).json()["outliers"]
+    assert outliers["count"] == 2
+    assert [row["start_time"] for row in outliers["newest"]] == ["infinity", "56890-01-01 00:00:00 UTC"]
