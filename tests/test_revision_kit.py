@@ -9,7 +9,20 @@ gets these checks by existing, on a legacy store with rows.
 - `plan --format json` lists exactly the statements the online run executes;
 - a crash (SIGKILL) after every statement the revision executes, upgrading
   and downgrading, then a plain rerun converges on what a run without the
-  crash gives, every row kept.
+  crash gives, every row kept; before that rerun (time may pass first), the
+  crashed store accepts a worker's writes stamped now, +3 and +30 days;
+- the same for a run still alive when it fails (SIGTERM, SIGINT, the lock
+  budget's exit 9): it leaves nothing that rejects those writes;
+- an interrupted downgrade converges when followed by `upgrade`;
+- the walks and the offline script under a non-UTC time zone with a
+  daylight-saving change ahead and non-ISO DateStyle / IntervalStyle give
+  what the UTC runs give, every partition bound a UTC midnight;
+- outlying timestamps (2099, +-infinity, year 56890, 4000 BC) go up and down
+  every revision, kept and queryable, and check / verify / plan do not crash;
+- a writer that inserts, updates and deletes during the upgrade and the
+  downgrade: the final table is what the writer did, row by row;
+- operator objects (a view, a CHECK, a column grant, an index) are carried
+  through up and down, or the revision refuses (exit 8, nothing changed).
 
 The checks are plain functions over a Kit (a repository root whose
 migrations/ the runs read, and the server), so the last tests run them on a
@@ -23,12 +36,16 @@ not pytest. Each run gets its own database, copied from a prepared template
 """
 
 import contextlib
+import datetime
 import json
 import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Dict, List, NamedTuple, Optional
@@ -42,6 +59,7 @@ from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Concurrent, Guard, Schema
 from otelmig.errors import RefusedError
 from otelmig.schema import OWN_TABLES
 from otelmig.settings import Settings, resolve_conninfo
+from pgcluster import bindir
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "revision_kit")
 TRACES = 200           # a few hundred traces, five spans each: indexes are built CONCURRENTLY
@@ -427,6 +445,8 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
     if count == 0:
         raise KitFailure("%s of %s executed no statement on a store with rows: nothing to crash" % (direction, revision))
     expected = state(kit, reference)
+    assert_accepts_writes(reference, "%s of %s" % (direction, revision))
+    rejecting = []
     for k in range(1, count + 1):
         url = store_at(kit, start_at)
         crashed = command(kit, url, target, "-v", crash_after=k)
@@ -437,15 +457,747 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
         if logged != k:  # the hook counts what the runner executes, and kills right after statement k
             raise KitFailure("%s of %s with %s=%d: killed after %d statement(s)"
                              % (direction, revision, CRASH_AFTER_ENV, k, logged))
-        what = "%s of %s killed after statement %d of %d (%s), then rerun" % (
+        point = "%s of %s killed after statement %d of %d (%s)" % (
             direction, revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        rejected = rejected_writes(url)  # before any rerun: time may pass before the operator reruns
+        if rejected:
+            rejecting.append("%s: %s" % (point, "; ".join(rejected)))
+        what = point + ", then rerun"
         must(command(kit, url, target), what)
         assert_same(expected, state(kit, url), what)
         if direction == "upgrade":
             assert_rows_kept(found, url, what)
+    if rejecting:
+        raise KitFailure("the reruns converged, but %d of %d crash points left a store that rejects a worker's "
+                         "writes until the rerun: %s" % (len(rejecting), count, " | ".join(rejecting)))
     if direction == "upgrade" and revision == head_of(kit):
         must(otelmig(kit, reference, "verify"), "verify after the upgrade to the head")
     return count
+
+
+# --- a worker's writes: what every state a revision leaves must accept (issue 19) ---
+
+# A worker writes rows stamped now; a leftover that rejects a row only later
+# (a CHECK with a constant cutoff) shows with rows stamped ahead.
+WRITE_STAMPS = (("now", "0 days"), ("now + 3 days", "3 days"), ("now + 30 days", "30 days"))
+WORKER_TABLES = ("traces", "spans")
+TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+TEXT_TYPES = ("text", "character varying", "character", "name")
+NUMBER_TYPES = ("bigint", "integer", "smallint", "numeric", "double precision", "real")
+
+
+def _error_text(exc: Exception) -> str:
+    """pg8000 puts the server's fields in args[0]: the SQLSTATE and message."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
+    return "%s %s" % (fields.get("C"), fields.get("M")) if fields else str(exc).splitlines()[0]
+
+
+def _sqlstate(exc: Exception) -> Optional[str]:
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
+    return fields.get("C") if fields else None
+
+
+def worker_insert(cursor, table: str, stamp: str, rows: int = 1, token: Optional[str] = None,
+                  overrides: Optional[dict] = None) -> str:
+    """An INSERT of `rows` rows into otel.TABLE as the worker would write them,
+    built from the table's columns as they are now (a revision may rename
+    them): every timestamp column without a default is `now() + stamp`, every
+    other NOT NULL column without a default a value of its type (text unique
+    per row). `overrides`: column -> SQL expression."""
+    cursor.execute("""select a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef,
+                             a.attgenerated <> '' or a.attidentity = 'a'
+                      from pg_attribute a where a.attrelid = to_regclass(%s) and a.attnum > 0
+                        and not a.attisdropped order by a.attnum""", ("%s.%s" % (SCHEMA, table),))
+    token = token or "k" + uuid.uuid4().hex[:8]
+    names, values = [], []
+    for name, type_name, not_null, has_default, generated in cursor.fetchall():
+        base_type = type_name.split("(")[0]
+        if name in (overrides or {}):
+            value = overrides[name]
+        elif generated or has_default:
+            continue
+        elif base_type in TIMESTAMP_TYPES:
+            value = "now() + interval '%s'" % stamp
+        elif not not_null:
+            continue
+        elif base_type in TEXT_TYPES:
+            value = "left('%s' || g, 16)" % token
+        elif base_type in ("jsonb", "json"):
+            value = "'{}'"
+        elif base_type in NUMBER_TYPES:
+            value = "0"
+        elif base_type == "boolean":
+            value = "false"
+        else:
+            raise KitFailure("the kit cannot write %s.%s.%s of type %s: teach worker_insert the type"
+                             % (SCHEMA, table, name, type_name))
+        names.append('"%s"' % name)
+        values.append(value)
+    if not names:
+        raise KitFailure("%s.%s has no columns (is it there?)" % (SCHEMA, table))
+    return "INSERT INTO %s.%s (%s) SELECT %s FROM generate_series(1, %d) g" % (
+        SCHEMA, table, ", ".join(names), ", ".join(values), rows)
+
+
+def rejected_writes(url: str) -> List[str]:
+    """The worker's writes (one row into each of traces and spans, stamped now,
+    +3 and +30 days, each in its own transaction, rolled back) that the store
+    rejects, each with the server's error."""
+    conn = connect(url, autocommit=False)
+    problems = []
+    try:
+        cursor = conn.cursor()
+        for table in WORKER_TABLES:
+            for label, stamp in WRITE_STAMPS:
+                try:
+                    cursor.execute("set local lock_timeout = '30s'")
+                    cursor.execute(worker_insert(cursor, table, stamp))
+                except KitFailure as exc:
+                    problems.append("%s stamped %s: %s" % (table, label, exc))
+                except Exception as exc:  # the server's refusal: that is what is reported
+                    problems.append("INSERT INTO %s.%s stamped %s: %s" % (SCHEMA, table, label, _error_text(exc)))
+                finally:
+                    conn.rollback()
+    finally:
+        conn.close()
+    return problems
+
+
+def assert_accepts_writes(url: str, what: str) -> None:
+    rejected = rejected_writes(url)
+    if rejected:
+        raise KitFailure("%s: the store rejects a worker's writes: %s" % (what, "; ".join(rejected)))
+
+
+# --- a run that fails while alive -------------------------------------------------
+
+def _blocker(url: str, ready, release):
+    """An open transaction holding ACCESS SHARE on spans and traces (a long
+    reader), so the next step that needs a stronger lock spends the lock budget."""
+    conn = connect(url, autocommit=False)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("set local lock_timeout = '60s'")
+        cursor.execute("LOCK TABLE %s.spans, %s.traces IN ACCESS SHARE MODE" % (SCHEMA, SCHEMA))
+        ready.set()
+        release.wait(DEADLINE)
+        conn.rollback()
+    except Exception:  # a lock it could not get: the run went on, the check says so
+        ready.set()
+    finally:
+        conn.close()
+
+
+LIVE_FAILURES = {  # how the run is stopped -> the exit it must then give
+    "SIGTERM": 143,
+    "SIGINT": 130,
+    "lock budget": 9,
+}
+
+
+def interrupted_run(kit: Kit, url: str, args: list, at_statement: int, how: str):
+    """`otelmig ARGS -v`, stopped while alive once statement `at_statement`
+    started (the runner logs each statement before it executes it): by a
+    signal, or by a reader's lock that exhausts the lock budget (0.2 s
+    attempts). Returns (exit, stderr); exit 0 when it finished first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES", "OTEL"))}
+    env["POSTGRES_URL"] = url
+    extra = ["--lock-timeout", "0.2"] if how == "lock budget" else []
+    proc = subprocess.Popen([sys.executable, "-m", "otelmig", *args, "-v", *extra], cwd=kit.root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ready, release, blocker = threading.Event(), threading.Event(), None
+    lines, started = [], 0
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if re.match(r"^  \S", line):
+                started += 1
+                if started == at_statement:
+                    if how == "lock budget":
+                        blocker = threading.Thread(target=_blocker, args=(url, ready, release), daemon=True)
+                        blocker.start()
+                    else:
+                        proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+        proc.wait(timeout=DEADLINE * 2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        release.set()
+        if blocker is not None:
+            blocker.join(DEADLINE)
+    return proc.returncode, "".join(lines)
+
+
+def check_live_failure_leaves_writable(kit: Kit, revision: str, direction: str, how: str) -> int:
+    """The run stopped while alive (how: LIVE_FAILURES) once each statement
+    k = 1..n started: it exits with the code for it (or 0 when it finished
+    first), and the store it leaves accepts a worker's writes stamped now,
+    +3 and +30 days before any rerun; the rerun then converges. Returns how
+    many runs were stopped (not finished first)."""
+    below = below_of(kit, revision)
+    start_at, target = (below, revision) if direction == "upgrade" else (revision, below)
+    command = upgrade if direction == "upgrade" else downgrade
+    reference = store_at(kit, start_at)
+    ran = executed_statements(must(command(kit, reference, target, "-v"), "%s of %s" % (direction, revision)).stderr)
+    expected = state(kit, reference)
+    count = len(ran.get(revision, []))
+    stopped, rejecting = 0, []
+    for k in range(1, count + 1):
+        url = store_at(kit, start_at)
+        code, err = interrupted_run(kit, url, [direction, target or "base"], k, how)
+        point = "%s of %s stopped by %s once statement %d of %d started (%s)" % (
+            direction, revision, how, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        if code not in (0, LIVE_FAILURES[how]):
+            raise KitFailure("%s: exit %d, expected %d: %s" % (point, code, LIVE_FAILURES[how], err.strip()[-400:]))
+        stopped += code != 0
+        rejected = rejected_writes(url)
+        if rejected:
+            rejecting.append("%s (exit %d): %s" % (point, code, "; ".join(rejected)))
+        must(command(kit, url, target), point + ", then rerun")
+        assert_same(expected, state(kit, url), point + ", then rerun")
+    if rejecting:
+        raise KitFailure("%d of %d live failures left a store that rejects a worker's writes: %s"
+                         % (len(rejecting), count, " | ".join(rejecting)))
+    return stopped
+
+
+# --- an interrupted downgrade, then upgrade -----------------------------------------
+
+def check_interrupted_downgrade_then_upgrade(kit: Kit, revision: str) -> int:
+    """SIGKILL after each statement of the downgrade, then `upgrade` back to
+    the revision: it converges on the revision's state, every row in
+    otel.spans (and every table) as before the downgrade. Returns n."""
+    below = below_of(kit, revision)
+    reference = store_at(kit, revision)
+    expected = state(kit, reference)
+    found = rows_before(reference)
+    ran = executed_statements(must(downgrade(kit, reference, below, "-v"), "downgrade of %s" % revision).stderr)
+    count = len(ran.get(revision, []))
+    for k in range(1, count + 1):
+        url = store_at(kit, revision)
+        crashed = downgrade(kit, url, below, crash_after=k)
+        if crashed.returncode != -signal.SIGKILL:
+            raise KitFailure("downgrade of %s with %s=%d: expected to be killed, exit %d"
+                             % (revision, CRASH_AFTER_ENV, k, crashed.returncode))
+        what = "downgrade of %s killed after statement %d of %d (%s), then upgrade" % (
+            revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        must(upgrade(kit, url, revision), what)
+        assert_rows_kept(found, url, what)
+        assert_same(expected, state(kit, url), what)
+    return count
+
+
+# --- session settings of the field: time zone, DateStyle, IntervalStyle ---------------
+
+UTC_SESSION = ("set timezone = 'UTC'", "set datestyle = 'ISO, YMD'", "set intervalstyle = 'postgres'")
+# What psql's session has when it applies the --sql script, other again than the database's.
+PSQL_SESSION = {"PGTZ": "Asia/Kolkata", "PGDATESTYLE": "SQL, DMY", "PGOPTIONS": "-c IntervalStyle=postgres_verbose"}
+
+
+def sql_utc(url: str, statement: str, params=()):
+    """sql(), in a session that reads time in UTC and ISO whatever the database's settings."""
+    conn = connect(url)
+    try:
+        cursor = conn.cursor()
+        for setting in UTC_SESSION:
+            cursor.execute(setting)
+        cursor.execute(statement, params)
+        return [list(row) for row in cursor.fetchall()] if cursor.description else None
+    finally:
+        conn.close()
+
+
+def julian_day(url: str, days_ahead: int) -> int:
+    """POSIX's Jn (1..365, February 29 never counted) of the server's UTC date + days_ahead."""
+    day = sql_utc(url, "select to_char((now() at time zone 'UTC')::date + %s, 'YYYY-MM-DD')", (days_ahead,))[0][0]
+    year, month, date = (int(part) for part in day.split("-"))
+    number = (datetime.date(year, month, date) - datetime.date(year, 1, 1)).days + 1
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if leap and month > 2:
+        return number - 1  # Jn skips February 29
+    return 59 if leap and month == 2 and date == 29 else number  # February 29 itself: February 28 (J59)
+
+
+def zone_with_transitions_ahead(url: str) -> str:
+    """A POSIX zone (UTC-3, daylight time UTC-2) whose daylight time begins 3
+    days and ends 6 days after the server's date: both changes fall inside the
+    days a revision makes partitions for. Checked on the server."""
+    zone = "AAA3BBB,J%d/2,J%d/2" % (julian_day(url, 3), julian_day(url, 6))
+    conn = connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("set timezone = '%s'" % zone)
+        cursor.execute("select count(distinct extract(timezone from now() + n * interval '1 day')) "
+                       "from generate_series(0, 10) n")
+        offsets = cursor.fetchone()[0]
+    finally:
+        conn.close()
+    if offsets < 2:
+        raise KitFailure("the server does not apply the daylight-saving rule of %r: the kit cannot test it" % zone)
+    return zone
+
+
+def field_settings(url: str) -> Dict[str, str]:
+    return {"TimeZone": zone_with_transitions_ahead(url), "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard"}
+
+
+@contextlib.contextmanager
+def database_settings(kit: Kit, url: str, settings: Dict[str, str]):
+    """ALTER DATABASE ... SET each setting for the block (every new session of
+    otelmig gets them); reset after it, so the kit's own reads are in UTC."""
+    name = database_name(url)
+    for setting, value in settings.items():
+        sql(kit.server.admin_url, "ALTER DATABASE %s SET %s = '%s'" % (name, setting, value.replace("'", "''")))
+    try:
+        yield
+    finally:
+        sql(kit.server.admin_url, "ALTER DATABASE %s RESET ALL" % name)
+
+
+BOUND_VALUE = re.compile(r"'([^']*)'")
+UTC_MIDNIGHT = re.compile(r"^\d{4,}-\d\d-\d\d 00:00:00\+00$")
+
+
+def bounds_not_at_utc_midnight(url: str) -> List[str]:
+    """Each partition bound of the schema's tables that is not a UTC midnight
+    (read in a UTC session): 'partition: bound'."""
+    found = []
+    for name, bound in sql_utc(url, """
+            select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_class c
+            join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = %s and c.relispartition order by 1""", (SCHEMA,)):
+        for value in BOUND_VALUE.findall(bound or ""):
+            if not UTC_MIDNIGHT.match(value):
+                found.append("%s: %s" % (name, bound))
+                break
+    return found
+
+
+def assert_bounds_at_utc_midnight(url: str, what: str) -> None:
+    wrong = bounds_not_at_utc_midnight(url)
+    if wrong:
+        raise KitFailure("%s: partition bounds that are not a UTC midnight: %s" % (what, "; ".join(wrong[:5])))
+
+
+def check_walks_under_field_settings(kit: Kit) -> None:
+    """The upgrade walk from base to the head, and the downgrade walk back,
+    with the database's TimeZone a zone with daylight-saving changes ahead,
+    DateStyle 'SQL, DMY' and IntervalStyle 'sql_standard': each revision lands
+    on the state the UTC run gives, every bound a UTC midnight."""
+    url = store_at(kit, None)
+    settings = field_settings(url)
+    for revision, _ in revision_chain(kit.root):
+        with database_settings(kit, url, settings):
+            must(upgrade(kit, url, revision), "upgrade to %s under %s" % (revision, settings))
+        what = "upgrade to %s under %s" % (revision, settings)
+        assert_bounds_at_utc_midnight(url, what)
+        assert_same(state(kit, store_at(kit, revision)), state(kit, url), what + " against the UTC run")
+    with database_settings(kit, url, settings):
+        for command in ("verify", "check"):
+            must(otelmig(kit, url, command), "%s at the head under %s" % (command, settings))
+    for revision, below in reversed(revision_chain(kit.root)):
+        with database_settings(kit, url, settings):
+            must(downgrade(kit, url, below), "downgrade of %s under %s" % (revision, settings))
+        what = "downgrade of %s under %s" % (revision, settings)
+        assert_bounds_at_utc_midnight(url, what)
+        assert_same(state(kit, store_at(kit, below)), state(kit, url), what + " against the UTC run")
+
+
+def psql_file_with(url: str, path: str, session: Dict[str, str]) -> subprocess.CompletedProcess:
+    """helpers.psql_file with the psql session's environment (PGTZ, PGDATESTYLE, PGOPTIONS)."""
+    info = resolve_conninfo(url, {})
+    psql = shutil.which("psql") or os.path.join(bindir(), "psql")
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("PG")}, PGPASSWORD=info.password, **session)
+    return subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", info.host, "-p", str(info.port),
+                           "-U", info.user, "-d", info.database, "-f", path],
+                          env=env, capture_output=True, text=True)
+
+
+def check_offline_under_field_settings(kit: Kit, revision: str, tmp_dir: str) -> None:
+    """`upgrade REV --sql` applied by psql with PGTZ / PGDATESTYLE / PGOPTIONS
+    of their own, on a database whose settings are the field's: the state the
+    online UTC run gives, every bound a UTC midnight, from base and from below."""
+    script = must(otelmig(kit, "postgresql://nobody@127.0.0.1:1/none", "upgrade", revision, "--sql"),
+                  "upgrade %s --sql" % revision).stdout
+    path = os.path.join(tmp_dir, "upgrade-%s.sql" % revision)
+    with open(path, "w") as handle:
+        handle.write(script)
+    expected = state(kit, store_at(kit, revision))
+    for start in sorted({None, below_of(kit, revision)}, key=str):
+        url = store_at(kit, start)
+        settings = field_settings(url)
+        what = "upgrade %s --sql from %s, database %s, psql %s" % (revision, start or "base", settings, PSQL_SESSION)
+        with database_settings(kit, url, settings):
+            applied = psql_file_with(url, path, PSQL_SESSION)
+        if applied.returncode != 0:
+            raise KitFailure("%s: %s" % (what, applied.stderr.strip()))
+        assert_bounds_at_utc_midnight(url, what)
+        assert_same(expected, state(kit, url), what + " against the online UTC run")
+
+
+# --- outlying timestamps in the store --------------------------------------------------
+
+# Values a unit mix-up, a sentinel or a bad clock writes; PostgreSQL accepts each.
+OUTLYING_STARTS = ("2099-06-01 12:00:00+00", "infinity", "-infinity", "56890-01-01 00:00:00+00",
+                   "4000-01-01 00:00:00+00 BC")
+OUTLIER_TRACE = "kit-outlier"
+
+
+def store_with_outliers(kit: Kit) -> str:
+    """The legacy store with rows, plus a span at each of OUTLYING_STARTS (and a trace at 2099)."""
+    key = ("outliers", None)
+    if key not in kit.templates:
+        url = new_database(kit, template_at(kit, None))
+        for number, start in enumerate(OUTLYING_STARTS, 1):
+            sql(url, "insert into %s.spans (trace_id, span_id, name, service_name, start_ts) "
+                     "values (%%s, %%s, 'outlier', 'svc-1', %%s::timestamptz)" % SCHEMA,
+                (OUTLIER_TRACE, "kit-outlier-%d" % number, start))
+        sql(url, "insert into %s.traces (trace_id, service_name, start_ts) values (%%s, 'svc-1', %%s::timestamptz)"
+            % SCHEMA, (OUTLIER_TRACE, OUTLYING_STARTS[0]))
+        kit.templates[key] = database_name(url)
+    return new_database(kit, kit.templates[key])
+
+
+def start_column(url: str) -> str:
+    """The spans column for a span's start, under whichever revision's name (the first timestamptz column)."""
+    return sql(url, """select attname from pg_attribute where attrelid = to_regclass(%s) and attnum > 0
+                       and not attisdropped and format_type(atttypid, atttypmod) = 'timestamp with time zone'
+                       order by attnum limit 1""", ("%s.spans" % SCHEMA,))[0][0]
+
+
+def assert_outliers_queryable(url: str, what: str) -> None:
+    """Each outlier is in otel.spans and found by its own start value."""
+    column = start_column(url)
+    for start in OUTLYING_STARTS:
+        found = sql_utc(url, 'select count(*) from %s.spans where trace_id = %%s and "%s" = %%s::timestamptz'
+                        % (SCHEMA, column), (OUTLIER_TRACE, start))[0][0]
+        if found != 1:
+            raise KitFailure("%s: the span started at %s is found %d times in %s.spans" % (what, start, found, SCHEMA))
+
+
+def assert_no_crash(kit: Kit, url: str, what: str) -> None:
+    """check, verify and plan may report (exit 4, 5, 7 ...), never crash (exit 1, a traceback, a signal)."""
+    for args in (("check",), ("verify",), ("plan",), ("verify", "--format", "json")):
+        ran = otelmig(kit, url, *args)
+        if ran.returncode in (1,) or ran.returncode < 0 or "Traceback" in ran.stderr:
+            raise KitFailure("%s: `%s` crashed, exit %d: %s" % (what, " ".join(args), ran.returncode,
+                                                                (ran.stderr or ran.stdout).strip()[-400:]))
+
+
+def partition_of_a_row_stamped(url: str, stamp: str) -> Optional[list]:
+    """For a partitioned otel.spans: [partition, its bound] that a worker's row
+    stamped now() + stamp goes to (inserted, then rolled back); None when spans
+    is not partitioned."""
+    if sql(url, "select relkind::text from pg_class where oid = to_regclass(%s)", ("%s.spans" % SCHEMA,)) != [["p"]]:
+        return None
+    conn = connect(url, autocommit=False)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(worker_insert(cursor, "spans", stamp) + " RETURNING tableoid")
+        partition = cursor.fetchone()[0]
+        cursor.execute("select relname, pg_get_expr(relpartbound, oid) from pg_class where oid = %s", (partition,))
+        return list(cursor.fetchone())
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def assert_new_rows_in_day_partitions(url: str, what: str) -> None:
+    """In a partitioned spans, a row stamped now or a day ahead goes to a
+    bounded partition (FROM a value TO a value), not DEFAULT nor one open
+    towards MINVALUE or MAXVALUE: outliers must not switch partitioning off."""
+    for label, stamp in (("now", "0 days"), ("now + 1 day", "1 day")):
+        found = partition_of_a_row_stamped(url, stamp)
+        if found is None:
+            return
+        name, bound = found
+        if bound == "DEFAULT" or "MINVALUE" in bound or "MAXVALUE" in bound or "infinity" in bound:
+            raise KitFailure("%s: a row stamped %s goes to %s (%s), not to a partition of its own day"
+                             % (what, label, name, bound))
+
+
+def check_outlying_timestamps(kit: Kit) -> None:
+    """A few spans at 2099, +-infinity, year 56890 and 4000 BC: every revision
+    goes up and down, every row kept, each outlier found by its value; new
+    rows still go to day partitions; check, verify and plan do not crash."""
+    url = store_with_outliers(kit)
+    found = rows_before(url)
+    assert_no_crash(kit, url, "the legacy store with outliers")
+    for revision, _ in revision_chain(kit.root):
+        what = "upgrade to %s with outlying timestamps" % revision
+        must(upgrade(kit, url, revision), what)
+        assert_rows_kept(found, url, what)
+        assert_outliers_queryable(url, what)
+        assert_no_crash(kit, url, what)
+        assert_new_rows_in_day_partitions(url, what)
+        assert_bounds_at_utc_midnight(url, what)
+    for revision, below in reversed(revision_chain(kit.root)):
+        what = "downgrade of %s with outlying timestamps" % revision
+        must(downgrade(kit, url, below), what)
+        assert_rows_kept(found, url, what)
+        assert_outliers_queryable(url, what)
+        assert_no_crash(kit, url, what)
+
+
+# --- a writer during the upgrade and the downgrade ------------------------------------
+
+RECENT_ROWS = 12000  # spans stamped over the coming two days: the downgrade moves them (more than one batch)
+
+
+def spans_id_and_name(cursor) -> Dict[str, str]:
+    """The id and name columns of otel.spans by position, 1st and 5th (a
+    rename keeps the position; so does the partitioned copy of the table)."""
+    cursor.execute("""select attname from pg_attribute where attrelid = to_regclass(%s) and attnum > 0
+                      and not attisdropped order by attnum""", ("%s.spans" % SCHEMA,))
+    columns = [row[0] for row in cursor.fetchall()]
+    return {"id": columns[0], "name": columns[4]}
+
+
+class Writer:
+    """A worker on its own connection that inserts, updates and deletes spans
+    in otel.spans while a run goes on, keeping what the table must then hold:
+    id -> name. Each write is one autocommit statement: one that fails did not
+    happen (kept in `failed`); a column renamed under it is looked up again."""
+
+    def __init__(self, url: str):
+        self.url, self.random = url, random.Random(19)
+        self.expected = {str(i): name for i, name in sql(url, "select id::text, name from %s.spans" % SCHEMA)}
+        self.live = sorted(self.expected)
+        self.failed, self.unmatched, self.done = [], [], 0
+        self.stop, self.thread = threading.Event(), threading.Thread(target=self._run, daemon=True)
+
+    def _one_write(self, cursor, names: dict, number: int) -> None:
+        kind = number % 3
+        if kind == 0 or not self.live:
+            token = "w%07d" % number
+            cursor.execute(worker_insert(cursor, "spans", "%d hours" % (number % 40), token=token,
+                                         overrides={names["name"]: "'%s'" % token}) + ' RETURNING "%s"::text' % names["id"])
+            new_id = cursor.fetchone()[0]
+            self.expected[new_id] = token
+            self.live.append(new_id)
+            return
+        target = self.live[self.random.randrange(len(self.live))]
+        if kind == 1:
+            value = "u%07d" % number
+            cursor.execute('UPDATE %s.spans SET "%s" = %%s WHERE "%s" = %%s::bigint' % (SCHEMA, names["name"], names["id"]),
+                           (value, target))
+            self.expected[target] = value
+        else:
+            cursor.execute('DELETE FROM %s.spans WHERE "%s" = %%s::bigint' % (SCHEMA, names["id"]), (target,))
+            del self.expected[target]
+            self.live.remove(target)
+        if cursor.rowcount != 1:  # the row is in otel.spans by what the writer did: hidden from it
+            self.unmatched.append("%s of id %s matched %d rows" % (("UPDATE", "DELETE")[kind - 1], target,
+                                                                    cursor.rowcount))
+
+    def _run(self) -> None:
+        conn = connect(self.url)
+        try:
+            cursor = conn.cursor()
+            names = spans_id_and_name(cursor)
+            number = 0
+            while not self.stop.is_set():
+                number += 1
+                try:
+                    self._one_write(cursor, names, number)
+                except Exception as exc:  # did not happen: the final table says whether that was so
+                    self.failed.append((_sqlstate(exc), _error_text(exc)))
+                    if _sqlstate(exc) == "42703":
+                        names = spans_id_and_name(cursor)
+                self.done += 1
+                time.sleep(0.002)
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        self.thread.start()
+        wait_until(lambda: self.done >= 20, "the writer's first writes")
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.thread.is_alive():
+            base = self.done
+            wait_until(lambda: self.done >= base + 20 or not self.thread.is_alive(), "the writer's last writes")
+        self.stop.set()
+        self.thread.join(DEADLINE)
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise KitFailure("timed out waiting for " + what)
+        time.sleep(0.01)
+
+
+def add_recent_rows(url: str) -> None:
+    """RECENT_ROWS spans stamped over the coming 40 hours: day partitions hold them once converted."""
+    conn = connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(worker_insert(cursor, "spans", "0 days", rows=RECENT_ROWS).replace(
+            "now() + interval '0 days'", "now() + mod(g, 40) * interval '1 hour'"))
+    finally:
+        conn.close()
+
+
+def check_writer_during(kit: Kit, revision: str, direction: str) -> int:
+    """A writer inserting, updating and deleting spans through the whole run:
+    the run succeeds, and otel.spans then holds exactly what the writer's
+    writes leave, row by row (id and name), with no write of it rejected but
+    for a column renamed under it. Returns how many writes it made."""
+    below = below_of(kit, revision)
+    start_at, target = (below, revision) if direction == "upgrade" else (revision, below)
+    command = upgrade if direction == "upgrade" else downgrade
+    url = store_at(kit, start_at)
+    add_recent_rows(url)
+    what = "%s of %s with a writer" % (direction, revision)
+    with Writer(url) as writer:
+        ran = command(kit, url, target)
+    must(ran, what)
+    rejected = [text for code, text in writer.failed if code != "42703"]
+    problems = []
+    if rejected:
+        problems.append("%d of %d writes rejected: %s" % (len(rejected), writer.done, "; ".join(sorted(set(rejected))[:3])))
+    if writer.unmatched:
+        problems.append("%d writes found no row: %s" % (len(writer.unmatched), "; ".join(writer.unmatched[:3])))
+    conn = connect(url)
+    try:
+        names = spans_id_and_name(conn.cursor())
+    finally:
+        conn.close()
+    final = {i: name for i, name in sql(url, 'select "%s"::text, "%s" from %s.spans' % (names["id"], names["name"], SCHEMA))}
+    missing = sorted(set(writer.expected) - set(final), key=int)
+    extra = sorted(set(final) - set(writer.expected), key=int)
+    changed = sorted((i for i in set(final) & set(writer.expected) if final[i] != writer.expected[i]), key=int)
+    for label, ids in (("missing (written or kept, not there)", missing), ("there but deleted", extra),
+                       ("with a value the writer did not leave", changed)):
+        if ids:
+            problems.append("%d rows %s, e.g. id %s" % (len(ids), label, ", ".join(ids[:5])))
+    if problems:
+        raise KitFailure("%s (%d writes): %s" % (what, writer.done, " | ".join(problems)))
+    return writer.done
+
+
+# --- operator objects in front of a revision ------------------------------------------
+
+OPERATOR_VIEW = "kit_span_names"            # a view on spans
+OPERATOR_CHECK = "kit_kind_known"           # a CHECK constraint of the operator's on spans
+OPERATOR_INDEX = "kit_ix_spans_name_kind"   # an index of the operator's on spans
+
+
+def add_operator_objects(url: str, role: str) -> None:
+    """A view on spans, a CHECK, a column-level INSERT grant to `role` (the
+    columns the worker writes) and an index, as an operator adds them."""
+    conn = connect(url)
+    try:
+        cursor = conn.cursor()
+        columns = re.search(r"\(([^)]*)\) SELECT", worker_insert(cursor, "spans", "0 days")).group(1)
+        for statement in (
+                "CREATE VIEW %s.%s AS SELECT id, name, kind FROM %s.spans" % (SCHEMA, OPERATOR_VIEW, SCHEMA),
+                "ALTER TABLE %s.spans ADD CONSTRAINT %s CHECK (kind IS NULL OR kind LIKE 'SPAN_KIND_%%')"
+                % (SCHEMA, OPERATOR_CHECK),
+                "GRANT USAGE ON SCHEMA %s TO %s" % (SCHEMA, role),
+                "GRANT INSERT (%s, kind) ON %s.spans TO %s" % (columns, SCHEMA, role),
+                "GRANT USAGE ON ALL SEQUENCES IN SCHEMA %s TO %s" % (SCHEMA, role),
+                "CREATE INDEX %s ON %s.spans (name, kind)" % (OPERATOR_INDEX, SCHEMA)):
+            cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+def operator_objects_broken(url: str, role: str, names_kept: bool) -> List[str]:
+    """What of the operator's objects no longer works on otel.spans: the view
+    shows a new row, the CHECK rejects a new row that breaks it, the role
+    inserts with its column grant, the index is on otel.spans (under its own
+    name when names_kept). Every write is rolled back."""
+    broken = []
+    conn = connect(url, autocommit=False)
+    try:
+        cursor = conn.cursor()
+        attempts = (
+            ("the view %s shows a new row" % OPERATOR_VIEW, lambda: _view_sees_new_row(cursor)),
+            ("the CHECK %s applies to a new row" % OPERATOR_CHECK, lambda: _check_rejects_new_row(cursor)),
+            ("the column grant lets %s insert" % role, lambda: _role_inserts(cursor, role)),
+            ("the index %s is on spans" % OPERATOR_INDEX, lambda: _index_on_spans(cursor, names_kept)))
+        for what, attempt in attempts:
+            try:
+                problem = attempt()
+            except Exception as exc:
+                problem = _error_text(exc)
+            finally:
+                conn.rollback()
+            if problem:
+                broken.append("%s: %s" % (what, problem))
+    finally:
+        conn.close()
+    return broken
+
+
+def _view_sees_new_row(cursor) -> Optional[str]:
+    cursor.execute(worker_insert(cursor, "spans", "0 days") + " RETURNING id")
+    new_id = cursor.fetchone()[0]
+    cursor.execute("select count(*) from %s.%s where id = %%s" % (SCHEMA, OPERATOR_VIEW), (new_id,))
+    return None if cursor.fetchone()[0] == 1 else "a row inserted into spans is not in the view"
+
+
+def _check_rejects_new_row(cursor) -> Optional[str]:
+    cursor.execute(worker_insert(cursor, "spans", "0 days", overrides={"kind": "'kit-bad-kind'"}))
+    return "a row with kind 'kit-bad-kind' was accepted"
+
+
+def _role_inserts(cursor, role: str) -> Optional[str]:
+    cursor.execute("SET LOCAL ROLE %s" % role)
+    cursor.execute(worker_insert(cursor, "spans", "0 days", overrides={"kind": "'SPAN_KIND_SERVER'"}))
+    return None
+
+
+def _index_on_spans(cursor, names_kept: bool) -> Optional[str]:
+    cursor.execute("""select c.relname from pg_index x join pg_class c on c.oid = x.indexrelid
+                      where x.indrelid = to_regclass(%s) and pg_get_indexdef(x.indexrelid) like %s""",
+                   ("%s.spans" % SCHEMA, "%(name, kind)"))
+    found = [row[0] for row in cursor.fetchall()]
+    if not found:
+        return "no index on (name, kind)"
+    if names_kept and OPERATOR_INDEX not in found:
+        return "it is named %s" % ", ".join(found)
+    return None
+
+
+def check_operator_objects(kit: Kit, revision: str) -> str:
+    """The operator's view, CHECK, column grant and index on spans in front of
+    the revision: its upgrade and then its downgrade each either carry them
+    (still working, the index's name given back by the downgrade) or refuse
+    (exit 8) with nothing changed. Returns what happened."""
+    below = below_of(kit, revision)
+    role = "kit_worker_" + uuid.uuid4().hex[:8]
+    url = store_at(kit, below)
+    sql(kit.server.admin_url, "CREATE ROLE %s NOLOGIN" % role)
+    try:
+        add_operator_objects(url, role)
+        before = state(kit, url)
+        up = upgrade(kit, url, revision)
+        if up.returncode == 8:
+            assert_same(before, state(kit, url), "upgrade to %s refused (exit 8) with operator objects" % revision)
+            return "upgrade refused"
+        must(up, "upgrade to %s with operator objects" % revision)
+        broken = operator_objects_broken(url, role, names_kept=False)
+        if broken:
+            raise KitFailure("upgrade to %s with operator objects: %s" % (revision, "; ".join(broken)))
+        at_revision = state(kit, url)
+        down = downgrade(kit, url, below)
+        if down.returncode == 8:
+            assert_same(at_revision, state(kit, url), "downgrade of %s refused (exit 8) with operator objects" % revision)
+            return "carried up, downgrade refused"
+        must(down, "downgrade of %s with operator objects" % revision)
+        broken = operator_objects_broken(url, role, names_kept=True)
+        if broken:
+            raise KitFailure("downgrade of %s with operator objects: %s" % (revision, "; ".join(broken)))
+        return "carried up and down"
+    finally:
+        sql(url, "DROP OWNED BY %s" % role)
+        sql(kit.server.admin_url, "DROP ROLE %s" % role)
 
 
 # --- the kit, over every revision in migrations/versions/ ---------------------------
@@ -500,6 +1252,44 @@ def test_crash_after_every_statement_then_rerun_converges(kit, revision, directi
     assert check_crash_at_every_statement(kit, revision, direction) > 1
 
 
+# --- what the field found (issue 19): time after a crash, live failures, settings, outliers, writers, objects ---
+
+@pytest.mark.parametrize("direction,how", [("upgrade", "SIGTERM"), ("upgrade", "lock budget"), ("downgrade", "SIGTERM")])
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_a_run_that_fails_alive_leaves_a_writable_store(kit, revision, direction, how):
+    check_live_failure_leaves_writable(kit, revision, direction, how)
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_an_interrupted_downgrade_then_upgrade_converges(kit, revision):
+    assert check_interrupted_downgrade_then_upgrade(kit, revision) > 1
+
+
+def test_walks_under_a_daylight_saving_zone_and_other_date_styles(kit):
+    check_walks_under_field_settings(kit)
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_offline_script_under_a_daylight_saving_zone_and_other_date_styles(kit, revision, tmp_path):
+    check_offline_under_field_settings(kit, revision, str(tmp_path))
+
+
+def test_outlying_timestamps_go_up_and_down_every_revision(kit):
+    check_outlying_timestamps(kit)
+
+
+@pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_a_writer_during_the_run_gets_what_it_wrote(kit, revision, direction):
+    assert check_writer_during(kit, revision, direction) > 40
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_operator_objects_are_carried_or_refused(kit, revision):
+    assert check_operator_objects(kit, revision) in ("carried up and down", "carried up, downgrade refused",
+                                                     "upgrade refused")
+
+
 # --- the kit catches a broken revision -------------------------------------------------
 
 def repository_with(tmp_path, fixture: str, revision: str) -> str:
@@ -536,6 +1326,19 @@ def test_the_kit_fails_a_downgrade_that_leaves_its_column(broken_kit):
     with pytest.raises(KitFailure, match=r"downgrade of kit000000002 after its upgrade: the catalog differs.*"
                                          r"kit_leftover"):
         check_up_down_up(broken_kit, "kit000000002")
+
+
+@pytest.mark.parametrize("broken_kit", [("leaves_a_check.py", "kit000000003")], indirect=True)
+def test_the_kit_fails_a_revision_that_leaves_a_check_when_interrupted(broken_kit):
+    """CHECK (start_time < now() + 2 days, a constant) committed before a
+    concurrent build and dropped after it: every rerun converges, but the
+    store a crash or a live failure (the lock budget's exit 9) leaves rejects
+    rows stamped 3 days ahead until the rerun."""
+    with pytest.raises(KitFailure, match=r"the reruns converged, but .* crash points left a store that rejects .*"
+                                         r"stamped now \+ 3 days: 23514 .*kit_cutoff"):
+        check_crash_at_every_statement(broken_kit, "kit000000003", "upgrade")
+    with pytest.raises(KitFailure, match=r"live failures left a store that rejects .*lock budget.*kit_cutoff"):
+        check_live_failure_leaves_writable(broken_kit, "kit000000003", "upgrade", "lock budget")
 
 
 # --- the offline script decides each kind of step as the online runner does ------------
