@@ -788,7 +788,7 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         # its own column defaults (generated columns) and constraints go with it
         "and not (d.classid = 'pg_attrdef'::regclass and (select adrelid from pg_attrdef where oid = d.objid) in %s) "
         "and not (d.classid = 'pg_constraint'::regclass and (select conrelid from pg_constraint where oid = d.objid) "
-        "in %s))" % (_described("w.ev_class"), objects, objects, objects, objects),
+        "in %s))" % (_relation_described("w.ev_class"), objects, objects, objects, objects),
         "(select 'rules (drop them): ' || string_agg(rulename || ' on ' || %s, ', ') "
         "from pg_rewrite where ev_class in %s and rulename <> '_RETURN')" % (_identity("ev_class"), objects),
         "(select 'triggers (drop them): ' || string_agg(tgname || ' on ' || %s, ', ') "
@@ -830,7 +830,7 @@ def _identity(relation_oid: str) -> str:
     return "(pg_identify_object('pg_class'::regclass, %s, 0)).identity" % relation_oid
 
 
-def _described(relation_oid: str) -> str:
+def _relation_described(relation_oid: str) -> str:
     """SQL: 'view otel.x' (its kind and qualified name)."""
     return "(select o.type || ' ' || o.identity from pg_identify_object('pg_class'::regclass, %s, 0) o)" % relation_oid
 
