@@ -23,7 +23,13 @@ NO_DATABASE = ("heads",)  # commands that never connect
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of usage + message
+        if "--format" in message and "'prometheus'" in message:
+            message = "--format prometheus is for %s only" % _listed(PROMETHEUS_COMMANDS)
         raise UsageError("%s; see `%s --help`" % (message, PROG))
+
+
+def _listed(names) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
 # Which options each command takes: a command lists only those that apply to it.
@@ -32,7 +38,7 @@ COMMAND_OPTIONS = {
     "upgrade": (DATABASE, LOCKS, JSON), "downgrade": (DATABASE, LOCKS, JSON), "rollback": (DATABASE, LOCKS, JSON),
     "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS),
     "current": (DATABASE, JSON), "history": (DATABASE, JSON), "plan": (DATABASE, JSON),
-    "check": (DATABASE, JSON), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
+    "check": (DATABASE, JSON, PROMETHEUS), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
 }
 
 EXIT_CODES_HELP = """exit codes:
@@ -223,12 +229,12 @@ HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _pl
 # The module of each command: its FAILURE_FIELDS (and failure_prometheus) shape
 # a failed run's JSON (and Prometheus) output, so _fail knows no command's fields.
 COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan", "maintain": "maintain"}
-PROMETHEUS_COMMANDS = ("verify", "maintain")
+PROMETHEUS_COMMANDS = tuple(sorted(name for name, kinds in COMMAND_OPTIONS.items() if PROMETHEUS in kinds))
 
 
 def dispatch(args, settings, out, err) -> int:
     if settings.output_format == "prometheus" and args.command not in PROMETHEUS_COMMANDS:
-        raise UsageError("--format prometheus is for %s only" % " and ".join(PROMETHEUS_COMMANDS))
+        raise UsageError("--format prometheus is for %s only" % _listed(PROMETHEUS_COMMANDS))
     if getattr(args, "sql", False):
         return _sql(args, settings, out, err)  # a script streamed to out, not a result
     from otelmig.output import print_result

@@ -102,7 +102,7 @@ def test_redactor_masks_registered_and_url_passwords():
     (["upgrade", "--lock-timeout", "x"], "--lock-timeout must be a number"),
     (["rollback", "-3"], "rollback takes a positive number of revisions, not -3"),
     (["rollback", "zero"], "rollback takes a number"),
-    (["current", "--format", "prometheus"], "prometheus is for verify and maintain only"),
+    (["current", "--format", "prometheus"], "prometheus is for check, maintain and verify only"),
     ([], "no command given"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, fragment):
