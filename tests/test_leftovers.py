@@ -116,8 +116,6 @@ def first_statement_with(statements, pattern: str) -> int:
     return next(i for i, s in enumerate(statements, 1) if re.search(pattern, s))
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_a_run_stopped_alive_at_any_statement_leaves_nothing_that_rejects_a_write(baseline_template, copy_of):
     template, _ = baseline_template
     total = len(statements_of_upgrade(copy_of(template)))
@@ -132,8 +130,6 @@ def test_a_run_stopped_alive_at_any_statement_leaves_nothing_that_rejects_a_writ
         assert code == 0, "rerun after SIGTERM at %d: %s" % (k, err)
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_sigint_after_the_cutoff_removes_it_before_exiting(baseline_template, copy_of):
     template, _ = baseline_template
     k = first_statement_with(statements_of_upgrade(copy_of(template)), "spans_history_range")
@@ -144,8 +140,6 @@ def test_sigint_after_the_cutoff_removes_it_before_exiting(baseline_template, co
     assert_writes_accepted(url, "SIGINT after the cutoff")
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_lock_budget_exhausted_after_the_cutoff_removes_it_before_exiting(baseline_template, copy_of, tmp_path):
     """Exit 9: the switch waits for a reader that never lets go; the run gives up and cleans up."""
     template, _ = baseline_template
@@ -172,8 +166,6 @@ def test_lock_budget_exhausted_after_the_cutoff_removes_it_before_exiting(baseli
     assert_writes_accepted(url, "exit 9 after the cutoff")
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_after_sigkill_the_next_command_repairs_first_then_rollback_returns_the_layout_found(baseline_template,
                                                                                               copy_of):
     template, legacy_layout = baseline_template

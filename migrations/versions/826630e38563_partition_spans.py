@@ -740,9 +740,10 @@ def downgrade_steps(n: SchemaSQL):
                    when="%s and %s" % (layout.plain_spans, _plain_index_on(n, HISTORY_PKEY, "spans")),
                    table="spans", lock=Lock.ACCESS_EXCLUSIVE),
         _move_rows_step(n, layout),
-        Statement("DROP INDEX IF EXISTS %s" % n.table(index),
-                  when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
-                  table=table, lock=Lock.ACCESS_EXCLUSIVE),
+        # Concurrently: readers of traces never queue behind the downgrade's last transaction.
+        Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
+                   when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
+                   table=table, lock=Lock.ACCESS_EXCLUSIVE),
         Statement("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision)),
                   when="not %s" % _moving(n, layout)),
     ]
