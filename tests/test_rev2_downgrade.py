@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+import partition_layout
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line, spawn, verify_ok, wait_for, wait_for_statement
 from otelmig.ddl import CRASH_AFTER_ENV, OnlineRunner, SchemaSQL
@@ -36,16 +37,18 @@ def revision2():
 
 
 def at_head_with_rows_in_days(url, traces=50, later=0):
-    """A converted store: the legacy rows in the history partition, `later`
-    spans in the day partitions after the cutoff (two days of them) and one in
-    DEFAULT."""
+    """A converted store in service: the legacy rows in the history partition,
+    `later` spans in the day partitions of the three days before today (the
+    conversion aged by partition_layout.age_conversion: a store converted
+    days ago) and one in DEFAULT."""
     load_legacy(url, traces=traces)
     result = run_cli("upgrade", url=url)
     assert result.code == 0, result.err
     if later:
+        first = partition_layout.age_conversion(url, days_ago=3 + revision2().MARGIN_DAYS)
         sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
-                 "select 'later', 'later-' || g, 'op', 'svc', %s + g * (interval '2 days' / %s) "
-                 "from generate_series(1, %s) g" % (cutoff_sql(), later, later))
+                 "select 'later', 'later-' || g, 'op', 'svc', timestamptz '%s 00:00:00+00' + g * (interval '3 days' / %s) "
+                 "from generate_series(0, %s - 1) g" % (first.isoformat(), later, later))
     sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
              "values ('late', 'late', 'op', 'svc', '2999-01-01')")
     sql(url, "analyze otel.spans")
