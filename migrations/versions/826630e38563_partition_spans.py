@@ -371,11 +371,14 @@ def _dependents(n: SchemaSQL) -> str:
                     "|| %s end from pg_rewrite r join pg_class c on c.oid = r.ev_class "
                     "where r.oid = d.objid)" % (_named("c.oid"), _named("c.oid")))
     return "concat_ws('; ', %s)" % ", ".join([
-        _listed("views, rules and functions that read it (they would read the history partition only)",
+        # A plain view is carried (the switch points it at the partitioned spans: _read_views).
+        _listed("materialized views, rules and functions that read it (they would read the history partition only)",
                 "case when d.classid = 'pg_rewrite'::regclass then %s else %s end"
                 % (rewrite_name, _described("d.classid", "d.objid", "0")),
                 "from pg_depend d where d.refclassid = 'pg_class'::regclass and d.refobjid = %s "
-                "and d.classid in ('pg_rewrite'::regclass, 'pg_proc'::regclass)" % spans),
+                "and d.classid in ('pg_rewrite'::regclass, 'pg_proc'::regclass) and not exists (select 1 from "
+                "pg_rewrite r join pg_class c on c.oid = r.ev_class where r.oid = d.objid "
+                "and d.classid = 'pg_rewrite'::regclass and r.rulename = '_RETURN' and c.relkind = 'v')" % spans),
         _listed("what uses its row type (it would become the history partition's)",
                 _described("d.classid", "d.objid", "d.objsubid"),
                 "from pg_depend d where d.refclassid = 'pg_type'::regclass and d.refobjid = "
@@ -745,7 +748,7 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
     lines = [
         "DO $switch$",
         "DECLARE cutoff timestamptz; id_sequence text; ix record; columns text; service record; moved bigint; "
-        "held bigint := 0;",
+        "held bigint := 0; %s" % VIEW_VARIABLES,
         "BEGIN",
         UTC_SESSION,
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
@@ -755,7 +758,7 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
         # What the attach's proof needs, made true under this lock: no row at or after the cutoff in spans itself.
     ] + _hold_outliers_lines(layout, limit=None) + _release_held_rows(n, layout) + [
         "  DROP TRIGGER %s ON %s;" % (quote(HOLD_FUNCTION), spans),
-        "  DROP FUNCTION %s;" % layout.hold_function]
+        "  DROP FUNCTION %s;" % layout.hold_function] + _read_views(n.regclass("spans"))
     lines += _rename_indexes(n, n.regclass("spans"), "'%s_' || ix.name" % LAYOUT.history)
     lines += [
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS spans_pkey;" % spans,
@@ -769,7 +772,7 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  EXECUTE format(%s, %s);" % (quote_literal(attach), _utc_text("cutoff at time zone 'UTC'")),
         "  ALTER TABLE %s DROP CONSTRAINT %s;" % (history, quote(CUTOFF_CHECK)),
         "  DROP FUNCTION %s;" % layout.cutoff_function,
-    ] + _sequence_owned_by(spans) + [
+    ] + _replace_views() + _sequence_owned_by(spans) + [
         "END",
         "$switch$"]
     return Statement("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
@@ -791,6 +794,36 @@ def _release_held_rows(n: SchemaSQL, layout: Layout) -> list:
         "    DROP TABLE %s;" % layout.holding,
         "    %s;" % _forget_holding(n),
         "  END IF;"]
+
+
+def _read_views(table_regclass: str) -> list:
+    """PL/pgSQL: the plain views that read `table` directly (names, bodies and
+    options into view_names, view_bodies, view_options), read under a
+    search_path of pg_catalog alone so every name in a body is schema-qualified.
+    Once the tables swapped names, _replace_views points each at the table that
+    now has the name (CREATE OR REPLACE VIEW keeps its oid, owner, grants,
+    comments and the views built on it)."""
+    return [
+        "  PERFORM set_config('search_path', 'pg_catalog', true);",
+        "  FOR v IN SELECT DISTINCT c.oid::regclass::text AS name, rtrim(pg_get_viewdef(c.oid), ';') AS body,",
+        "      coalesce(' WITH (' || array_to_string(c.reloptions, ', ') || ')', '') AS options",
+        "      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class c ON c.oid = r.ev_class",
+        "      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass",
+        "        AND d.refobjid = %s AND c.relkind = 'v' AND c.oid <> d.refobjid ORDER BY 1 LOOP" % table_regclass,
+        "    view_names := view_names || v.name; view_bodies := view_bodies || v.body;",
+        "    view_options := view_options || v.options;",
+        "  END LOOP;"]
+
+
+def _replace_views() -> list:
+    """PL/pgSQL: each view _read_views read, over the table that has the name now."""
+    return [
+        "  FOR i IN 1 .. coalesce(array_length(view_names, 1), 0) LOOP",
+        "    EXECUTE format('CREATE OR REPLACE VIEW %s%s AS %s', view_names[i], view_options[i], view_bodies[i]);",
+        "  END LOOP;"]
+
+
+VIEW_VARIABLES = "v record; view_names text[] := '{}'; view_bodies text[] := '{}'; view_options text[] := '{}';"
 
 
 def _sequence_owned_by(spans: str) -> list:
@@ -903,10 +936,14 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "from pg_identify_object(d.classid, d.objid, d.objsubid) o) end, ', ') from pg_depend d "
         "where d.refclassid = 'pg_class'::regclass and d.refobjid in %s and d.deptype = 'n' "
         "and not (d.classid = 'pg_class'::regclass and d.objid in %s) "
+        # a plain view of the partitioned spans itself is carried to the plain spans (_read_views)
+        "and not (d.refobjid = %s and d.classid = 'pg_rewrite'::regclass and exists (select 1 from pg_rewrite w2 "
+        "join pg_class v2 on v2.oid = w2.ev_class where w2.oid = d.objid and w2.rulename = '_RETURN' "
+        "and v2.relkind = 'v')) "
         # its own column defaults (generated columns) and constraints go with it
         "and not (d.classid = 'pg_attrdef'::regclass and (select adrelid from pg_attrdef where oid = d.objid) in %s) "
         "and not (d.classid = 'pg_constraint'::regclass and (select conrelid from pg_constraint where oid = d.objid) "
-        "in %s))" % (_relation_described("w.ev_class"), objects, objects, objects, objects),
+        "in %s))" % (_relation_described("w.ev_class"), objects, objects, dropped, objects, objects),
         "(select 'rules (drop them): ' || string_agg(rulename || ' on ' || %s, ', ') "
         "from pg_rewrite where ev_class in %s and rulename <> '_RETURN')" % (_identity("ev_class"), objects),
         "(select 'triggers (drop them): ' || string_agg(tgname || ' on ' || %s, ', ') "
@@ -937,6 +974,8 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "(select 'a relation named %s that is not the index the downgrade builds (rename it)' "
         "from pg_class c where c.oid = %s and not exists (select 1 from pg_index x where x.indexrelid = c.oid "
         "and x.indrelid = %s and x.indisunique))" % (HISTORY_ID_KEY, n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history)),
+        "(select 'a relation named %s, the name the partitioned table takes for a moment in the switch-back "
+        "(rename it)' where %s and %s is not null)" % (NEW_PARENT, n.is_partitioned("spans"), n.regclass(NEW_PARENT)),
     ])
     return Refusal(when="%s is not null and %s <> ''" % (dropped, found), table="spans", detail=found, message=(
         "the downgrade of %s.spans from time partitions would stop half way, or lose what is attached to the "
@@ -1013,7 +1052,7 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         % quote_literal(spans),
         "  names text[] := '{}'; uniques text[] := '{}'; bodies text[] := '{}'; own_parts regclass[] := '{}';",
         "  children regclass[] := '{}';",
-        "  child regclass; owner_name text; note text; has_rows boolean;",
+        "  child regclass; owner_name text; note text; has_rows boolean; %s" % VIEW_VARIABLES,
         "BEGIN",
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
         # Each index of the partitioned table and the history's part of it, which takes its name back.
@@ -1054,9 +1093,13 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  IF id_sequence IS NOT NULL THEN  -- so that dropping the partitioned table keeps it",
         "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % history.replace("'", "''"),
         "  END IF;",
-        "  DROP TABLE %s;" % spans,
+    ] + _read_views(n.regclass("spans")) + [
+        # The partitioned table steps aside (its views follow it by oid) until they read the plain spans.
+        "  ALTER TABLE %s RENAME TO %s;" % (spans, quote(NEW_PARENT)),
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s;" % (history, quote(HISTORY_PKEY)),
         "  ALTER TABLE %s RENAME TO spans;" % history,
+    ] + _replace_views() + [
+        "  DROP TABLE %s;" % layout.parent,
         "  ALTER TABLE %s ADD CONSTRAINT spans_pkey PRIMARY KEY USING INDEX %s;" % (spans, quote(HISTORY_ID_KEY)),
         "  IF (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s) <> owner_name THEN" % n.regclass("spans"),
         "    EXECUTE format('ALTER TABLE %s OWNER TO %%I', owner_name);" % in_format,
