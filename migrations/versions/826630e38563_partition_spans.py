@@ -175,6 +175,12 @@ class Layout:
 
 
 def repair_steps(n: SchemaSQL) -> list:
+    """What a stopped run of this revision left, undone (otelmig/repair.py runs
+    this first in every run and on a failing run's way out)."""
+    return _undo_stopped_conversion(n) + [_drop_stopped_downgrade_index(n)]
+
+
+def _undo_stopped_conversion(n: SchemaSQL) -> list:
     """What a stopped conversion left, undone, so the next run starts again
     from a fresh cutoff: the hold trigger, the cutoff CHECK and their
     functions, and the rows held in otel.spans_outliers (put back). None of it
@@ -218,15 +224,20 @@ def repair_steps(n: SchemaSQL) -> list:
         layout.plain_spans, layout.conversion_started, layout.ours),
         table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
         label="undo a stopped conversion: drop its hold trigger, cutoff CHECK and functions from the plain spans, "
-              "put the rows held in %s back" % HOLDING),
-        # A downgrade stopped before its switch-back leaves the unique (id) index it builds on the
-        # history partition, which would reject a late span whose id the history holds.
-        Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
+              "put the rows held in %s back" % HOLDING)]
+
+
+def _drop_stopped_downgrade_index(n: SchemaSQL) -> Concurrent:
+    """A downgrade stopped before its switch-back leaves the unique (id) index it
+    builds on the history partition, which would reject a late span whose id
+    the history holds. Not among the downgrade's own first steps: a retry of
+    its switch-back must not drop the index it has just built."""
+    return Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
                    when="exists (select 1 from pg_index x join pg_inherits i on i.inhrelid = x.indrelid "
                         "where x.indexrelid = %s and x.indrelid = %s and i.inhparent = %s)"
                    % (n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history), n.regclass("spans")),
                    table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE,
-                   label="drop the unique (id) index a stopped downgrade built on %s" % LAYOUT.history)]
+                   label="drop the unique (id) index a stopped downgrade built on %s" % LAYOUT.history)
 
 
 def _forget_holding(n: SchemaSQL) -> str:
@@ -870,6 +881,8 @@ def downgrade_steps(n: SchemaSQL):
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(HISTORY_ID_KEY), n.index_invalid(HISTORY_ID_KEY))
     return [
         Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+        # A partly applied upgrade is undone by these steps alone (plain alembic, repair.undo_partly_applied).
+        *_undo_stopped_conversion(n),
         _blockers_refusal(n, layout),
         _duplicate_ids_refusal(n, layout),
         _history_table_step(n, layout),
