@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -464,3 +465,48 @@ def test_rows_an_older_downgrade_stranded_in_spans_partitioned_come_back(db_url)
     assert result.code == 0, result.err
     assert every_row(db_url) == rows
     verify_ok(db_url)
+
+
+def test_what_was_set_on_the_partitioned_spans_comes_back_to_the_plain_one(db_url, pyz):
+    """Column grants, column comments, row level security, replica identity and
+    statistics targets set on the partitioned spans after the upgrade are on the
+    plain spans after the downgrade: a worker granted INSERT on some columns
+    only still writes (adversary finding F1)."""
+    at_head_with_rows_in_days(db_url, later=30)
+    role = "colworker_%s" % random.randrange(10 ** 6)
+    for statement in (
+            "create role %s login password 'col-pw'" % role,
+            "grant usage on schema otel to %s" % role,
+            "grant usage on sequence otel.spans_id_seq to %s" % role,
+            "grant insert (trace_id, span_id, name, service_name, start_time) on otel.spans to %s" % role,
+            "comment on column otel.spans.name is 'span name, set after the upgrade'",
+            "alter table otel.spans alter column service_name set statistics 321",
+            "alter table otel.spans replica identity full",
+            "alter table otel.spans enable row level security",
+            "alter table otel.spans force row level security"):
+        sql(db_url, statement)
+    result = run_pyz(pyz, "downgrade", BASELINE, url=db_url)
+    assert result.code == 0, result.err
+    assert spans_is_plain(db_url)
+    assert sql(db_url, "select has_column_privilege('%s', 'otel.spans', 'name', 'INSERT'), "
+                       "has_column_privilege('%s', 'otel.spans', 'kind', 'INSERT')" % (role, role)) == [[True, False]]
+    assert sql(db_url, "select col_description('otel.spans'::regclass, "
+                       "(select attnum from pg_attribute where attrelid = 'otel.spans'::regclass and attname = 'name'))"
+               ) == [["span name, set after the upgrade"]]
+    assert sql(db_url, "select attstattarget from pg_attribute where attrelid = 'otel.spans'::regclass "
+                       "and attname = 'service_name'") == [[321]]
+    assert sql(db_url, "select relreplident::text, relrowsecurity, relforcerowsecurity from pg_class "
+                       "where oid = 'otel.spans'::regclass") == [["f", True, True]]
+    sql(db_url, "alter table otel.spans no force row level security")
+    sql(db_url, "alter table otel.spans disable row level security")
+    parts = urllib.parse.urlsplit(db_url)
+    as_role = urllib.parse.urlunsplit(parts._replace(netloc="%s:col-pw@%s" % (role, parts.netloc.rsplit("@", 1)[1])))
+    conn = connect(as_role, autocommit=True)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("select current_user")
+        assert cursor.fetchone()[0] == role
+        cursor.execute("insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                       "values ('col', 'col', 'op', 'svc', now())")
+    finally:
+        conn.close()
