@@ -795,13 +795,20 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
 def _release_held_rows(n: SchemaSQL, layout: Layout) -> list:
     """PL/pgSQL: the outliers held in the holding child into the new partitioned
     table (DEFAULT or their day), and the child dropped (a table to attach may
-    have no children): before the renames, while both names are still ours."""
+    have no children): before the renames, while both names are still ours.
+    A held row a writer has since stamped before the cutoff (triggers are not
+    inherited, so nothing moved it) goes back into spans itself, the future
+    history partition: in DEFAULT it would fail the attach."""
+    move = ("WITH moved AS (DELETE FROM ONLY %s WHERE start_time %%2$s $1 RETURNING *) "
+            "INSERT INTO %%3$s (%%1$s) SELECT %%1$s FROM moved"
+            % layout.holding.replace("'", "''"))
     return [
         "  IF %s THEN" % layout.holding_child,
         "    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
         "      WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass(HOLDING),
-        "    EXECUTE format('INSERT INTO %s (%%1$s) SELECT %%1$s FROM ONLY %s', columns);"
-        % (layout.parent.replace("'", "''"), layout.holding.replace("'", "''")),
+        "    EXECUTE format(%s, columns, '<', %s) USING cutoff;"
+        % (quote_literal(move), quote_literal(layout.spans)),
+        "    EXECUTE format(%s, columns, '>=', %s) USING cutoff;" % (quote_literal(move), quote_literal(layout.parent)),
         "    DROP TABLE %s;" % layout.holding,
         "    %s;" % _forget_holding(n),
         "  END IF;"]
