@@ -350,7 +350,11 @@ def _operator_object_refusals(n: SchemaSQL, layout: Layout) -> list:
                         "which the switch would rebuild under its ACCESS EXCLUSIVE lock: REINDEX INDEX "
                         "CONCURRENTLY or DROP INDEX CONCURRENTLY each, then rerun: " % n.schema),
             _refusal_of(layout, _taken_names(n), "revision %s would create objects in schema %s under names that "
-                        "are taken or too long; rename each as said, then rerun: " % (revision, n.schema))]
+                        "are taken or too long; rename each as said, then rerun: " % (revision, n.schema)),
+            _refusal_of(layout, _views_not_replaceable(n.regclass("spans")), "%s.spans has views that the switch "
+                        "points at the partitioned table, which this role may not replace; run otelmig as a role "
+                        "that may (their owner, or a member of it, with CREATE on their schema), or drop them "
+                        "and recreate them after the upgrade, then rerun: " % n.schema)]
 
 
 def _refusal_of(layout: Layout, found: str, message: str) -> Refusal:
@@ -833,6 +837,20 @@ def _read_views(table_regclass: str) -> list:
         "  END LOOP;"]
 
 
+def _views_not_replaceable(table_regclass: str) -> str:
+    """SQL: the plain views _read_views finds on the table that the running
+    role could not CREATE OR REPLACE (it must have its owner's privileges and
+    USAGE and CREATE on its schema), each with its owner, or null."""
+    return ("(select string_agg(distinct quote_ident(ns.nspname) || '.' || quote_ident(c.relname) || ' (owner ' "
+            "|| quote_ident(pg_get_userbyid(c.relowner)) || ')', ', ') "
+            "from pg_depend d join pg_rewrite r on r.oid = d.objid join pg_class c on c.oid = r.ev_class "
+            "join pg_namespace ns on ns.oid = c.relnamespace "
+            "where d.classid = 'pg_rewrite'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = %s "
+            "and c.relkind = 'v' and c.oid <> d.refobjid and not (pg_has_role(current_user, c.relowner, 'USAGE') "
+            "and has_schema_privilege(current_user, c.relnamespace, 'USAGE') "
+            "and has_schema_privilege(current_user, c.relnamespace, 'CREATE')))" % table_regclass)
+
+
 def _replace_views() -> list:
     """PL/pgSQL: each view _read_views read, over the table that has the name now."""
     return [
@@ -991,6 +1009,9 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "and c.oid in %s and not exists (select 1 from pg_constraint k2 where k2.conrelid = c.oid "
         "and k2.conname = k.conname and k2.contype = 'c'))" % (_identity("c.oid"), r["heir"], quote_literal(CUTOFF_CHECK),
                                                          others),
+        "(select 'views it points back at the plain spans that this role may not replace (run otelmig as their "
+        "owner or a member of it, with CREATE on their schema, or drop them and recreate them after): ' || %s)"
+        % _views_not_replaceable(dropped),
         "(select 'a relation named %s that is not the index the downgrade builds (rename it)' "
         "from pg_class c where c.oid = %s and not exists (select 1 from pg_index x where x.indexrelid = c.oid "
         "and x.indrelid = %s and x.indisunique))" % (HISTORY_ID_KEY, n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history)),
