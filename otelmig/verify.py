@@ -287,7 +287,6 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     A layout the operator made, which revision 2 adopted as found, is checked
     for gaps and unfinished detaches only: its partitions are the operator's."""
     from otelmig import partitions
-    from otelmig.maintain import decide
 
     layout = partitions.read_layout(conn, schema)
     if layout.problem():
@@ -297,7 +296,8 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     if partitions.adopted_as_found(conn, schema, layout.partitioning):
         return Report(report.problems + _gap_problems(spans, layout) + _pending_problems(schema, layout, fix),
                       report.extras, report.legacy)
-    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
+    decision = partitions.decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None,
+                                 partitions.read_ownership(conn, schema))
     problems = [Problem("missing_partition", "%s.%s" % (schema, new.name), "no partition holds %s to %s (today "
                         "and the next %d days need one; meanwhile rows go to the DEFAULT partition): %s"
                         % (new.lower, new.upper, layout.partitioning.ahead_days, fix)) for new in decision.create]

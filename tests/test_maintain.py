@@ -64,17 +64,22 @@ def test_after_the_upgrade_a_row_in_default_moves_into_its_new_day(db_url):
     assert count(db_url, "otel.spans") == 2
 
 
-def test_after_the_upgrade_history_is_kept_whole_and_old_traces_go(db_url):
-    """The conversion's cutoff is two days ahead: every legacy row (2026-01-01)
-    stays until the cutoff leaves the window; their traces go at once."""
+def test_after_the_upgrade_old_history_rows_go_with_their_traces(db_url):
+    """Issue 22 item 4: the conversion's cutoff is two days ahead, so the history
+    partition straddles any window: its rows older than the window go by batched
+    DELETE (the partition stays), and their traces with them, none orphaned."""
     upgraded(db_url, legacy_traces=50)
-    spans_before = count(db_url, "otel.spans")
+    assert count(db_url, "otel.spans") == 250
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                "values ('fresh', 'fresh', 'op', 'svc', now() - interval '1 day')")
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
     payload = json_of(result)
-    assert payload["dropped"] == [] and payload["trace_rows_deleted"] == 50
-    assert count(db_url, "otel.spans") == spans_before == 250
+    assert payload["dropped"] == [] and payload["span_rows_deleted"] == 250
+    assert payload["trace_rows_deleted"] == 50 and payload["trace_rows_kept"] == 0
+    assert [r[0] for r in sql(db_url, "select span_id from otel.spans")] == ["fresh"]
     assert count(db_url, "otel.traces") == 0
+    assert "spans_history" in layout.partitions(db_url)
     assert run_cli("verify", url=db_url).code == 0
 
 
@@ -187,19 +192,28 @@ def test_retain_drops_exactly_the_wholly_old_partitions_and_old_history(db_url):
     assert sql(db_url, "select count(*) from pg_class where relname = 'spans_id_seq'")[0][0] == 1
 
 
-def test_history_is_kept_whole_until_its_cutoff_leaves_the_window(db_url):
+def test_old_rows_of_partitions_that_straddle_the_window_go_and_the_rest_stays(db_url):
+    """No span older than the window is left anywhere: the history partition (its
+    cutoff inside the window) and the day that holds the window's start lose
+    their old rows by batched DELETE; whole old partitions are dropped; no row
+    inside the window goes."""
     today = layout.build(db_url, cutoff_offset=-5, ahead=7)
-    layout.insert_spans(db_url, ["now() - interval '400 days'", "now() - interval '6 days'"])
+    layout.insert_spans(db_url, ["now() - interval '400 days'", "now() - interval '6 days'",
+                                 "now() - interval '4 days' - interval '1 minute'",
+                                 "now() - interval '4 days' + interval '1 minute'", "now()"])
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
-    assert json_of(result)["dropped"] == []
+    assert json_of(result)["dropped"] == [] and json_of(result)["span_rows_deleted"] == 1  # the one 400 days old
     assert "spans_history" in layout.partitions(db_url)
-    assert count(db_url, "otel.spans_history") == 2
+    assert sorted(span for _, span in layout.partition_of_rows(db_url)) == ["s1", "s2", "s3", "s4"]
     shorter = run_cli("maintain", "--retain", "4d", "--format", "json", url=db_url)
     assert shorter.code == 0, shorter.err
     # now() - 4 days is past the cutoff (today - 5 days): all of history left the window, and the first day
     assert set(json_of(shorter)["dropped"]) == {"spans_history", layout.day_name(today - 5 * DAY)}
-    assert layout.day_name(today - 4 * DAY) in layout.partitions(db_url)  # ends after now() - 4 days: kept
+    straddling = layout.day_name(today - 4 * DAY)
+    assert straddling in layout.partitions(db_url)  # ends after now() - 4 days: kept, its old rows deleted
+    assert sorted(span for _, span in layout.partition_of_rows(db_url)) == ["s3", "s4"]
+    assert json_of(shorter)["span_rows_deleted"] == 1  # s2, in the straddling day; s1 went with the history
 
 
 def test_retain_36h_drops_by_the_hour(db_url):
@@ -265,13 +279,16 @@ def test_tables_named_like_day_partitions_do_not_confuse_it(db_url):
 # -- a half-done run converges -------------------------------------------------------
 
 def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
+    """Ours (recorded): a run stopped between a concurrent DETACH and the DROP."""
     today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    assert run_cli("maintain", url=db_url).code == 0  # records the layout's partitions as otelmig's
     old = layout.day_name(today - 18 * DAY)
     sql(db_url, "alter table otel.spans detach partition otel.%s" % old)  # a crash after DETACH
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
     assert old in json_of(result)["dropped"]
     assert sql(db_url, "select to_regclass('otel.%s') is null" % old)[0][0]
+    assert sql(db_url, "select count(*) from otel.otelmig_objects where object_name = %s", (old,))[0][0] == 0
 
 
 def test_a_pending_concurrent_detach_is_finalized(db_url):
@@ -534,7 +551,7 @@ def test_verify_leaves_an_operators_own_layout_its_days_but_not_its_gaps(db_url)
     sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))
     sql(db_url, "drop table otel.spans_default")
     assert run_cli("verify", url=db_url).code == 0
-    sql(db_url, "drop table otel.%s" % layout.day_name(today))
+    sql(db_url, "drop table otel.%s" % layout.day_name(today - DAY))  # a gap (today's day stays: writes go on)
     payload = json_of(run_cli("verify", "--format", "json", url=db_url))
     assert [p["kind"] for p in payload["problems"]] == ["partition_gap"]
 
