@@ -281,6 +281,17 @@ class _Runner:
         crash_point_for_tests()
         return cursor.rowcount
 
+    def query(self, statement: str, params=()):
+        """A statement that changes rows and returns one row (a counted step, like execute)."""
+        self.say(statement.strip().replace("\n", "\n      "), level=1)
+        cursor = self.conn.cursor()
+        if params:
+            cursor.execute(statement, params)
+        else:
+            cursor.execute(statement)
+        crash_point_for_tests()
+        return cursor.fetchone()
+
     def restore(self) -> None:
         self._execute_alone("RESET lock_timeout")
 

@@ -128,7 +128,7 @@ def delete_old_traces(runner, schema: str, window_start: partitions.Moment, wind
     newest_kept: Optional[partitions.Moment] = None
     while True:
         statement = _trace_page(schema, window_start, after)
-        row = runner.run(lambda: _one_row(runner, statement, params), "deleting old traces")
+        row = runner.run(lambda: runner.query(statement, params), "deleting old traces")
         gone, held, kept_text, kept_epoch, page_end, page_id, seen = row
         deleted, kept = deleted + gone, kept + held
         if kept_text is not None and (newest_kept is None or kept_epoch > newest_kept.epoch):
@@ -143,13 +143,6 @@ def delete_old_traces(runner, schema: str, window_start: partitions.Moment, wind
     if newest_kept is not None:
         until = runner.read(lambda: _plus(runner.conn, newest_kept, window))
     return KeptTraces(deleted, kept, until)
-
-
-def _one_row(runner, statement: str, params):
-    runner.say(statement.strip().replace("\n", "\n      "), level=1)
-    cursor = runner.conn.cursor()
-    cursor.execute(statement, params) if params else cursor.execute(statement)
-    return cursor.fetchone()
 
 
 # 294277-01-01 00:00:00 UTC, just past PostgreSQL's last timestamp.
