@@ -298,8 +298,8 @@ class _Runner:
 
 def _carry_out(runner: _Runner, layout: partitions.Layout, decision: Decision,
                window_start: Optional[partitions.Moment], window: Optional[int]) -> Outcome:
+    runner.run(lambda: _tidy_record(runner, layout.schema, decision.adopt), "recording otelmig's partitions")
     if decision.adopt:
-        runner.run(lambda: _record(runner, layout.schema, decision.adopt), "recording otelmig's partitions")
         runner.say("recorded as otelmig's (converted before partitions were recorded): %s"
                    % ", ".join(decision.adopt), level=1)
     conflicts, kept = list(decision.conflicts), list(decision.kept)
@@ -324,6 +324,22 @@ def _carry_out(runner: _Runner, layout: partitions.Layout, decision: Decision,
         traces = retention.delete_old_traces(runner, layout.schema, window_start, window)
     return Outcome(created, dropped, finalized, moved, traces.deleted, conflicts, kept, spans_deleted, traces,
                    decision.adopt)
+
+
+def _tidy_record(runner: _Runner, schema: str, adopt: List[str]) -> None:
+    """The adopted partitions recorded; a partition recorded but gone (dropped by
+    hand) forgotten, so that a table someone makes later under its name is theirs."""
+    if adopt:
+        _record(runner, schema, adopt)
+    if not partitions.record_exists(runner.conn, schema):
+        return
+    cursor = runner.conn.cursor()
+    cursor.execute("select exists (select 1 from %s r where r.object_kind = %%s and to_regclass(format('%%I.%%I', "
+                   "%%s::text, r.object_name)) is null)" % SchemaSQL(schema).record_table(),
+                   (partitions.PARTITION_KIND, schema))
+    if cursor.fetchone()[0]:
+        runner.execute("DELETE FROM %s r WHERE r.object_kind = %%s AND to_regclass(format('%%I.%%I', %%s::text, "
+                       "r.object_name)) IS NULL" % SchemaSQL(schema).record_table(), (partitions.PARTITION_KIND, schema))
 
 
 def _record(runner: _Runner, schema: str, names: List[str]) -> None:
