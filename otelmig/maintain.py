@@ -55,6 +55,13 @@ NOT_IN_PREREQUISITE_STATE = "55000"  # e.g. a concurrent detach while another on
 # A DEFAULT partition at most this big is scanned and emptied of a day's rows
 # under a lock (milliseconds); a bigger one is replaced by a copy.
 DIRECT_MAX_BYTES = 512 * 1024
+# While a lock request of maintain waits, every writer that comes after queues
+# behind it: each attempt waits at most this long (upgrade's attempts grow to
+# --lock-timeout), and the run retries within the same budget (6 x
+# --lock-timeout, then exit 9). A reader that never lets go makes maintain give
+# up rather than stall the writers; nothing is lost meanwhile (rows wait in
+# DEFAULT, visible).
+MAX_ATTEMPT_WAIT = 0.2
 
 
 def lock_budget(settings) -> float:
@@ -211,8 +218,8 @@ def _range_sql(layout, new: NewPartition) -> str:
 
 class _Runner:
     """Runs each change as its own short transaction on the migration session's
-    pg8000 connection, retried on a lock timeout like upgrade's DDL (short
-    attempts growing to --lock-timeout; exit 9 after 6 times it)."""
+    pg8000 connection, retried on a lock timeout like upgrade's DDL (attempts of
+    100 ms growing to MAX_ATTEMPT_WAIT; exit 9 after 6 x --lock-timeout)."""
 
     def __init__(self, settings, err, conn):
         self.settings, self.err, self.conn = settings, err, conn
@@ -228,7 +235,7 @@ class _Runner:
         deadline = time.monotonic() + lock_budget(self.settings)
         attempt = 0
         while True:
-            wait = min(self.settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
+            wait = min(self.settings.lock_timeout, MAX_ATTEMPT_WAIT, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
             self._execute_alone("SET lock_timeout = '%dms'" % max(1, int(wait * 1000)))
             try:
                 return self._once(action, outside_transaction)
