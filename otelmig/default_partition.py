@@ -56,7 +56,7 @@ import datetime
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from otelmig import db, partitions
-from otelmig.ddl import RECORD_DDL, SchemaSQL, Lock, Statement, Effect
+from otelmig.ddl import RECORD_DDL, Lock, SchemaSQL, Statement
 from otelmig.errors import ExitStatus, OtelmigError
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING
 

@@ -39,7 +39,7 @@ import re
 import time
 from typing import List, NamedTuple, Optional, Tuple
 
-from otelmig import db, default_partition, output, partitions, retention
+from otelmig import db, default_partition, migration_session, output, partitions, retention
 from otelmig._version import HEAD_REVISION
 from otelmig.ddl import RECORD_DDL, SchemaSQL, crash_point_for_tests
 from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
@@ -66,8 +66,7 @@ MAX_ATTEMPT_WAIT = 0.2
 
 def lock_budget(settings) -> float:
     """Seconds of lock waits a step may take in all: upgrade's budget."""
-    from otelmig.migrate import LOCK_BUDGET_FACTOR
-    return LOCK_BUDGET_FACTOR * settings.lock_timeout
+    return migration_session.LOCK_BUDGET_FACTOR * settings.lock_timeout
 
 
 def parse_retain(text: Optional[str]) -> Optional[int]:
@@ -124,8 +123,7 @@ def maintain(settings, err, ahead: Optional[str] = None, retain: Optional[str] =
     ahead_days, window = parse_ahead(ahead), parse_retain(retain)  # bad input: exit 2 before connecting
     if dry_run:
         return _dry_run(settings, ahead_days, window, retain)
-    from otelmig.migrate import migration_session
-    with migration_session(settings, err) as (lock, state, connection, watch):
+    with migration_session.migration_session(settings, err) as (lock, state, connection, watch):
         _refuse_unless_ready(state)
         raw = connection.connection.dbapi_connection
         runner = _Runner(settings, err, raw)
@@ -231,11 +229,12 @@ class _Runner:
         return self.run(query, "reading the partitions")
 
     def run(self, action, what: str, outside_transaction: bool = False):
-        from otelmig.migrate import FIRST_LOCK_TIMEOUT, LOCK_TIMEOUT_GROWTH, RETRY_PAUSE
+        budget = migration_session
         deadline = time.monotonic() + lock_budget(self.settings)
         attempt = 0
         while True:
-            wait = min(self.settings.lock_timeout, MAX_ATTEMPT_WAIT, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
+            wait = min(self.settings.lock_timeout, MAX_ATTEMPT_WAIT,
+                       budget.FIRST_LOCK_TIMEOUT * budget.LOCK_TIMEOUT_GROWTH ** attempt)
             self._execute_alone("SET lock_timeout = '%dms'" % max(1, int(wait * 1000)))
             try:
                 return self._once(action, outside_transaction)
@@ -245,7 +244,7 @@ class _Runner:
                 if time.monotonic() >= deadline:
                     raise self._busy(what, exc) from None
                 reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
-            pause = random.uniform(*RETRY_PAUSE)
+            pause = random.uniform(*budget.RETRY_PAUSE)
             self.say("%s: a table is busy (%s); retrying in %.2fs" % (what, reason, pause),
                      level=0 if attempt % 20 == 0 else 1)
             time.sleep(pause)
@@ -346,7 +345,8 @@ def _tidy_record(runner: _Runner, schema: str, adopt: List[str]) -> None:
                    (partitions.PARTITION_KIND, schema))
     if cursor.fetchone()[0]:
         runner.execute("DELETE FROM %s r WHERE r.object_kind = %%s AND to_regclass(format('%%I.%%I', %%s::text, "
-                       "r.object_name)) IS NULL" % SchemaSQL(schema).record_table(), (partitions.PARTITION_KIND, schema))
+                       "r.object_name)) IS NULL" % SchemaSQL(schema).record_table(),
+                       (partitions.PARTITION_KIND, schema))
 
 
 def _record(runner: _Runner, schema: str, names: List[str]) -> None:
@@ -363,7 +363,8 @@ class _DefaultTooBig(Exception):
     """DEFAULT grew past DIRECT_MAX_BYTES: the day is made by the promotion instead."""
 
 
-def _make_days(runner: _Runner, layout: partitions.Layout, days: List[NewPartition]) -> Tuple[List[str], int, List[str]]:
+def _make_days(runner: _Runner, layout: partitions.Layout,
+               days: List[NewPartition]) -> Tuple[List[str], int, List[str]]:
     """(created, rows moved out of DEFAULT, what could not be made)."""
     if not days:
         return [], 0, []

@@ -114,8 +114,9 @@ def writes_accepted(url, coming, tag):
 def converged(url, coming):
     """The coming day is a partition; DEFAULT is plain again (no CHECK, no trigger) with its index names;
     nothing of the promotion is left; verify finds no problem."""
-    assert day_name(coming) in [r[0] for r in sql(url, "select c.relname::text from pg_inherits i join pg_class c "
-                                                       "on c.oid = i.inhrelid where i.inhparent = 'otel.spans'::regclass")]
+    attached = sql(url, "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                        "where i.inhparent = 'otel.spans'::regclass")
+    assert day_name(coming) in [r[0] for r in attached]
     assert sql(url, "select pg_get_expr(relpartbound, 0) from pg_class where oid = 'otel.spans_default'::regclass"
                ) == [["DEFAULT"]]
     assert sql(url, "select count(*) from pg_constraint where conrelid = 'otel.spans_default'::regclass "
