@@ -158,6 +158,11 @@ def blockers(conn, layout: partitions.Layout, work: Sequence[str], names: Sequen
     taken = cursor.fetchone()[0]
     if taken:
         found.append("names it would use are taken by tables otelmig did not make: %s" % taken)
+    cursor.execute("select exists (select 1 from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+                   "where n.nspname = %s and p.proname = %s)", (layout.schema, FUNCTION))
+    if cursor.fetchone()[0]:
+        found.append("a function named %s.%s exists (otelmig names its trigger function so)" % (layout.schema,
+                                                                                               FUNCTION))
     return "; ".join(f for f in found if f)
 
 
