@@ -55,6 +55,10 @@ def migration_session(settings, err):
         except BaseException as exc:
             # A refusal or a usage error stops a run before it changes anything: nothing to repair.
             if ours and not isinstance(exc, (RefusedError, UsageError)):
+                # Our session ends first: what it left is then a stopped run's (revision 2's
+                # repair_steps keep what the converting session still holds).
+                with contextlib.suppress(Exception):
+                    connection.close()
                 repair_on_the_way_out(settings, err, engine)
             raise
         finally:
