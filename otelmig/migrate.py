@@ -5,137 +5,17 @@ built in code and handed an open connection; the URL never enters it.
 """
 
 import contextlib
-import functools
-import random
 import time
 from typing import List, Optional
 
-from otelmig import db, interrupt, output, preflight, progress, repair, session
+from otelmig import db, output, preflight, repair
 from otelmig.revisions import HEAD_REVISION
-from otelmig.state import assess, ensure_known, read_state
-from otelmig.errors import (ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError,
-                            UnknownRevisionError, UsageError)
-from otelmig.lock import MigrationLock
-from otelmig.scripts import (alembic_config, engine_for, lock_timeout_ms, resolve_revision, revisions_between,
-                             script_directory)
-
-# Lock waits. While an ALTER waits for its lock, every reader and writer of
-# that table queues behind it, for as long as the attempt lasts. So attempts
-# are short and nearly back to back: a queued ALTER gets the lock the moment
-# the query ahead of it ends, and short attempts catch that moment without
-# holding the writers up for a whole long query (bench/README.md: at 10M
-# spans, growth 1.5 let the writer wait 342 ms; 1.1 keeps attempts short for
-# ~10 tries). They grow slowly, up to --lock-timeout each, to outlast a holder
-# that never pauses.
-FIRST_LOCK_TIMEOUT = 0.1     # seconds, the first attempt's wait
-LOCK_TIMEOUT_GROWTH = 1.1    # each later attempt waits this much longer, up to --lock-timeout
-LOCK_BUDGET_FACTOR = 6       # give up (exit 9) after this many times --lock-timeout
-RETRY_PAUSE = (0.005, 0.03)  # seconds between attempts, jittered
-MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
-
-
-@contextlib.contextmanager
-def migration_session(settings, err):
-    """The migration lock, then a SQLAlchemy connection set up for DDL."""
-    say = lambda line: output.progress(settings, err, line)  # noqa: E731
-    session.idle_timeout()  # a malformed OTELMIG_IDLE_TIMEOUT is exit 2 before anything happens
-    with MigrationLock(settings.conninfo, settings.schema, settings.lock_wait, say) as lock:
-        state = read_state(lock.conn, settings.schema)
-        engine = engine_for(settings.conninfo)
-        connection = engine.connect()
-        pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
-        ours = not isinstance(assess(state), UnknownRevisionError)  # a newer otelmig's layout is not ours to repair
-        try:
-            # On SIGINT/SIGTERM, end our own backend so its transaction is
-            # rolled back now, before the lock is released.
-            with interrupt.cleanup_on_signal(lambda: lock.stop_backend(pid)):
-                _prepare_session(connection, settings)
-                if ours:
-                    _repair_first(settings, err, connection)
-                watch = functools.partial(progress.watch_index_build, settings.conninfo, pid, say)
-                yield lock, state, connection, watch
-                _restore_session(connection)
-        except BaseException as exc:
-            # A refusal or a usage error stops a run before it changes anything: nothing to repair.
-            if ours and not isinstance(exc, (RefusedError, UsageError)):
-                # Our session ends first: what it left is then a stopped run's (revision 2's
-                # repair_steps keep what the converting session still holds).
-                with contextlib.suppress(Exception):
-                    connection.close()
-                _repair_on_the_way_out(settings, err, engine)
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                connection.close()
-            engine.dispose()
-
-
-def _repair_first(settings, err, connection) -> None:
-    """Before anything else: what an interrupted run left that could reject a write (otelmig/repair.py)."""
-    done = []
-    _run_with_retries(settings, err, connection, lambda: done.extend(repair.run_repairs(connection, settings.schema)))
-    if done:
-        output.progress(settings, err, "repaired what an interrupted run left (%d statement(s)); "
-                        "it could have rejected writes" % len(done))
-        for statement in done:
-            output.progress(settings, err, "  " + statement.replace("\n", "\n      "), level=1)
-
-
-# The repair on the way out of a failed run: a short lock budget (a container
-# stopped with SIGTERM gets a grace period of seconds, not minutes).
-EXIT_REPAIR_LOCK_TIMEOUT = 1.0  # seconds per attempt, so 6 s in all (LOCK_BUDGET_FACTOR)
-
-
-def _repair_on_the_way_out(settings, err, engine) -> None:
-    """A run that failed while alive removes, before it exits, whatever it left that
-    could reject a future write, on a new connection (its own may have been ended)."""
-    import dataclasses
-    short = dataclasses.replace(settings, lock_timeout=min(settings.lock_timeout, EXIT_REPAIR_LOCK_TIMEOUT))
-    try:
-        with contextlib.closing(engine.connect()) as connection:
-            _prepare_session(connection, short)
-            _repair_first(short, err, connection)
-    except Exception as exc:
-        error = db.translate(exc) or exc
-        output.progress(settings, err, "could not remove what this run left (%s); the next upgrade, downgrade "
-                        "or maintain removes it first" % getattr(error, "message", str(error)))
-
-
-def _prepare_session(connection, settings) -> None:
-    """What the session list (otelmig/session.py) leaves to run time: the
-    read-only refusal, the lock timeout and the index builds' memory."""
-    _refuse_read_only(connection)
-    connection.exec_driver_sql("SET lock_timeout = '%dms'" % lock_timeout_ms(settings))
-    # Index builds sort in memory up to maintenance_work_mem; the server default
-    # (64 MB) spills a million spans to disk. Raise it for this session only,
-    # never lower what the operator configured.
-    connection.exec_driver_sql(
-        "select set_config('maintenance_work_mem', '%dMB', false) "
-        "where pg_size_bytes(current_setting('maintenance_work_mem')) < %d"
-        % (MAINTENANCE_WORK_MEM_MB, MAINTENANCE_WORK_MEM_MB * 1024 * 1024))
-    connection.commit()
-
-
-# Where default_transaction_read_only came from (pg_settings.source), for the fix.
-_READ_ONLY_SOURCES = {"database": "ALTER DATABASE ... SET", "user": "ALTER ROLE ... SET",
-                      "database user": "ALTER ROLE ... IN DATABASE ... SET",
-                      "configuration file": "the server configuration"}
-
-
-def _refuse_read_only(connection) -> None:
-    """default_transaction_read_only is the operator's (session.SETTINGS never
-    overrides it): a read-only session or a standby is refused, nothing changed."""
-    read_only, standby, source = connection.exec_driver_sql(
-        "select current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
-        "(select source from pg_settings where name = 'default_transaction_read_only')").one()
-    connection.rollback()
-    if standby:
-        raise RefusedError("the database is read-only: this server is a standby (in recovery); nothing was "
-                           "changed: run against the primary")
-    if read_only:
-        raise RefusedError("the database is read-only for this session: default_transaction_read_only is on "
-                           "(set by %s); nothing was changed: run as a role that may write, or set it off there"
-                           % _READ_ONLY_SOURCES.get(source, source))
+from otelmig.state import ensure_known
+from otelmig.errors import ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
+from otelmig.migration_session import (  # noqa: F401  (the lock budget and the session, named here too)
+    FIRST_LOCK_TIMEOUT, LOCK_BUDGET_FACTOR, LOCK_TIMEOUT_GROWTH, MAINTENANCE_WORK_MEM_MB, RETRY_PAUSE,
+    migration_session, prepare_session as _prepare_session, run_with_retries as _run_with_retries)
+from otelmig.scripts import alembic_config, resolve_revision, revisions_between, script_directory
 
 
 def _final_revision(connection, schema: str) -> Optional[str]:
@@ -152,52 +32,6 @@ def _final_revision_or_none(connection, schema: str) -> Optional[str]:
     exists = connection.exec_driver_sql("select to_regclass(%s) is not null" % db.quote_literal(
         "%s.%s" % (db.quote_ident(schema), VERSION_TABLE))).scalar()
     return _final_revision(connection, schema) if exists else None
-
-
-def _restore_session(connection) -> None:
-    connection.rollback()
-    connection.exec_driver_sql("RESET lock_timeout")
-    connection.commit()
-
-
-def _run_with_retries(settings, err, connection, action) -> None:
-    """Run a migration command; when its transaction was rolled back by a
-    conflict (a lock timeout 55P03, a deadlock, a serialization failure), retry
-    it (see LOCK_*). With -v, a failing statement is printed whole (the error
-    line names only its start)."""
-    from alembic.util import CommandError
-
-    deadline = time.monotonic() + LOCK_BUDGET_FACTOR * settings.lock_timeout
-    attempt = 0
-    while True:
-        wait = min(settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
-        _set_lock_timeout(connection, wait)
-        try:
-            return action()
-        except CommandError as exc:  # e.g. `upgrade base` from the head
-            raise UsageError("%s; see `otelmig history`" % exc) from None
-        except Exception as exc:
-            if not db.is_conflict(exc) or time.monotonic() >= deadline:
-                _print_failed_statement(settings, err, exc)
-                raise
-            reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
-        pause = random.uniform(*RETRY_PAUSE)
-        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs"
-                        % (reason, pause), level=0 if attempt % 20 == 0 else 1)
-        time.sleep(pause)
-        attempt += 1
-
-
-def _print_failed_statement(settings, err, exc) -> None:
-    statement = db.failed_statement(exc)
-    if statement:
-        output.progress(settings, err, "failed statement: %s" % statement, level=1)
-
-
-def _set_lock_timeout(connection, seconds: float) -> None:
-    connection.rollback()
-    connection.exec_driver_sql("SET lock_timeout = '%dms'" % max(1, int(seconds * 1000)))
-    connection.commit()
 
 
 def _applied_reporter(settings, err, applied: List[dict]):

@@ -28,17 +28,6 @@ where c.relkind not in ('p', 'I')
 """
 
 
-def _read_only_connection(conninfo):
-    """A connection in a READ ONLY transaction. Behind PgBouncer's statement
-    pooling, which closes a client that opens a transaction, a plain one
-    (plan runs only SELECTs; otelmig/pooler.py)."""
-    import pg8000.dbapi
-    conn = db.connect(conninfo, autocommit=False, probe=True)
-    try:
-        conn.cursor().execute("SET TRANSACTION READ ONLY")
-    except pg8000.dbapi.InterfaceError:  # closed at BEGIN: a real outage fails to reconnect (exit 3)
-        conn = db.connect(conninfo, autocommit=True, probe=True)
-    return conn
 
 
 # The JSON fields of a failed plan (cli adds exit_code, schema, message).
@@ -46,7 +35,7 @@ FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
 
 
 def plan(settings, err) -> output.Result:
-    conn = _read_only_connection(settings.conninfo)
+    conn = db.read_only_connection(settings.conninfo)
     try:
         cursor = conn.cursor()
         state = read_state(conn, settings.schema)
@@ -108,13 +97,13 @@ def maintain_preview(conn, schema: str):
     """What `otelmig maintain` (default --ahead, no --retain) would do now, when
     spans is partitioned; None when it is not. Reads the catalog only."""
     from otelmig import partitions
-    from otelmig.maintain import decide
 
     layout = partitions.read_layout(conn, schema)
     if not layout.partitioned or layout.problem() or partitions.adopted_as_found(conn, schema):
         return None  # maintain would refuse: nothing of its to show
-    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
-    return {"create": [new.name for new in decision.create], "finalize": decision.finalize,
+    decision = partitions.decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None,
+                                 partitions.read_ownership(conn, schema))
+    return {"create": [new.name for new in decision.fill + decision.create], "finalize": decision.finalize,
             "conflicts": decision.conflicts, "ahead_days": layout.partitioning.ahead_days,
             "partitions": len(layout.partitions)}
 

@@ -40,11 +40,13 @@ from (select 1) one left join pg_namespace n on n.nspname = %s
 # timestamptz key (the head's layout) routes to no partition: no range holds
 # it and there is no DEFAULT partition (null when spans is not so partitioned).
 # A partition a DETACH ... CONCURRENTLY is taking away (14+) holds nothing.
+# pg_get_expr(relpartbound, 0): a bound holds constants only, and with the
+# partition's oid pg_get_expr would lock it (waiting behind a lock on spans).
 _WRITES_SQL = """(select array(select m.label from (values (1, 'now', now()), (2, 'an hour from now',
                                                                    now() + interval '1 hour')) m(n, label, at)
                where not exists (
                  select 1 from pg_inherits i join pg_class p on p.oid = i.inhrelid
-                 cross join lateral (select pg_get_expr(p.relpartbound, p.oid) as bound) e
+                 cross join lateral (select pg_get_expr(p.relpartbound, 0) as bound) e
                  where i.inhparent = sp.oid and {attached}
                    and (e.bound = 'DEFAULT'
                         or ((e.bound ~ '^FOR VALUES FROM \\(MINVALUE\\)'
@@ -92,7 +94,7 @@ _LEFTOVERS_SQL = """(select coalesce(json_agg(json_build_object(
           join pg_partitioned_table ppt on ppt.partrelid = pi.inhparent and ppt.partstrat = 'r' and ppt.partnatts = 1
           join pg_attribute pa on pa.attrelid = pi.inhparent and pa.attnum = ppt.partattrs[0]
           where pi.inhrelid = l.oid and pa.attname::text = l.col
-            and (regexp_match(pg_get_expr(pc.relpartbound, pc.oid), ' TO \\(''([^'']*)''\\)$'))[1]::timestamptz
+            and (regexp_match(pg_get_expr(pc.relpartbound, 0), ' TO \\(''([^'']*)''\\)$'))[1]::timestamptz
                 <= l.at))"""
 _IDENT = r'("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)'
 _CONSTANT = r"'([^']*)'::(?:timestamp with time zone|timestamp without time zone|date)"

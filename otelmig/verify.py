@@ -328,8 +328,7 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     partition (a note). Partitions carry the parent's columns by construction.
     A layout the operator made, which revision 2 adopted as found, is checked
     for gaps and unfinished detaches only: its partitions are the operator's."""
-    from otelmig import partitions
-    from otelmig.maintain import decide
+    from otelmig import default_partition, partitions
 
     layout = partitions.read_layout(conn, schema)
     if layout.problem():
@@ -339,12 +338,17 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     if partitions.adopted_as_found(conn, schema, layout.partitioning):
         return Report(report.problems + _gap_problems(spans, layout) + _pending_problems(schema, layout, fix),
                       report.extras, report.legacy)
-    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
+    decision = partitions.decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None,
+                                 partitions.read_ownership(conn, schema))
     problems = [Problem("missing_partition", "%s.%s" % (schema, new.name), "no partition holds %s to %s (today "
                         "and the next %d days need one; meanwhile rows go to the DEFAULT partition): %s"
                         % (new.lower, new.upper, layout.partitioning.ahead_days, fix)) for new in decision.create]
     problems += [Problem("missing_partition", spans, conflict) for conflict in decision.conflicts]
     problems += _gap_problems(spans, layout) + _pending_problems(schema, layout, fix)
+    problems += [Problem("maintain_leftover", name, "left by a maintain that stopped while it made day partitions "
+                         "out of the DEFAULT partition (%s; it rejects no write): the next maintain, upgrade or "
+                         "downgrade removes it first" % what)
+                 for name, what in default_partition.leftovers(conn, schema)]
     problems += [Problem("partition_index_missing", "%s.%s" % (schema, part), "lacks index %s of %s (never "
                          "attached, or invalid): create it on the partition and ALTER INDEX %s.%s ATTACH PARTITION "
                          "it" % (index, spans, schema, index))
