@@ -11,7 +11,7 @@ schemas never wait on each other.
 import time
 import zlib
 
-from otelmig import db
+from otelmig import db, run
 from otelmig.errors import BusyError
 
 NAMESPACE_KEY = 0x6F74656C  # "otel": the first key, the same for every otelmig
@@ -64,7 +64,15 @@ class MigrationLock:
         return bool(cursor.fetchone()[0])
 
     def _acquire(self) -> None:
-        deadline = time.monotonic() + self.budget
+        started = time.monotonic()
+        if self._try():
+            return
+        try:
+            self._wait(started + self.budget)
+        finally:  # a wait is part of the run's record (otelmig/run.py), however it ended
+            run.lock_waited("migration lock", time.monotonic() - started)
+
+    def _wait(self, deadline: float) -> None:
         next_report = 0.0
         while not self._try():
             now = time.monotonic()
