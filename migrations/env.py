@@ -67,6 +67,16 @@ def _destination():
         return None
 
 
+def _writes() -> bool:
+    """Whether the command moves the version table (upgrade, downgrade, stamp: even to base, whose
+    revision argument reads None), as opposed to one that only reads it (current)."""
+    try:
+        context.get_revision_argument()
+    except KeyError:
+        return False
+    return True
+
+
 def _command() -> str:
     """The Alembic command that runs (upgrade, downgrade, stamp), for the run history."""
     cmd = getattr(getattr(config, "cmd_opts", None), "cmd", None)
@@ -81,7 +91,7 @@ def main() -> None:
         run_migrations(handed, handed_schema())  # the otelmig CLI
         return
     destination = _destination()
-    with authors.session(config.attributes, engine=handed, command=_command() if destination else None) \
+    with authors.session(config.attributes, engine=handed, command=_command() if _writes() else None) \
             as (connection, schema):
         authors.refuse_before_the_first_change(connection, schema, context.script, destination)
         run_migrations(connection, schema)
