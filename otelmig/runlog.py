@@ -216,6 +216,7 @@ class History:
         self.read_only = False
         self.started_at = self.start_lsn = None
         self.found_revision: Optional[str] = None
+        self.warnings: List[str] = []  # said when the run ends, unless it was refused (its one line stays one)
 
     # -- opening -----------------------------------------------------------------
 
@@ -231,7 +232,10 @@ class History:
             return  # a standby or a read-only session: the run is refused next, and nothing can be written
         self._execute("select pg_advisory_lock(%s)" % KEY_SQL, (self.run.span_id,))
         if not exists and schema_exists:
-            self._create_table()
+            try:
+                self._create_table()
+            except Exception:  # a role that may not create it: tried again once the run changes something
+                return
             exists = True
         if exists:
             self._insert()
@@ -283,9 +287,11 @@ class History:
     def close(self) -> None:
         """Write how the run ended, or drop the table this run created if it ended
         without changing anything; then end the connection (and its lock)."""
-        if self.conn is None:
-            return
         try:
+            if self.conn is None:
+                return
+            if not self.written and self.run.outcome == run_model.OK:
+                self.changing()  # a maintain on a store without a history: it is made now
             if self.written:
                 if self._left_as_found():
                     self._drop_created_table()
@@ -294,8 +300,17 @@ class History:
         except Exception as exc:
             self._warn("could not be closed", exc)
         finally:
-            db.close(self.conn)
-            self.conn = None
+            if self.conn is not None:
+                db.close(self.conn)
+                self.conn = None
+            self._say_warnings()
+
+    def _say_warnings(self) -> None:
+        """A refused run, or bad input, keeps its one line: its history warnings are not said."""
+        if self.run.outcome != run_model.REFUSED and self.run.exit_code != 2:
+            for line in self.warnings:
+                self.say(line)
+        self.warnings = []
 
     def _left_as_found(self) -> bool:
         """A run that created the history and was refused, or stopped before its first change."""
@@ -338,8 +353,8 @@ class History:
         self.conn.cursor().execute(statement, params)
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        self.say("warning: the run history in %s.%s %s (%s); the run goes on"
-                 % (self.schema, RUNS_TABLE, what, describe_error(exc)))
+        self.warnings.append("warning: the run history in %s.%s %s (%s); the run's outcome stands"
+                             % (self.schema, RUNS_TABLE, what, describe_error(exc)))
 
 
 def with_rollback(conn) -> None:
