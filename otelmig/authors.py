@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Mapping, Optional
 
-from otelmig import preflight, redact, repair
+from otelmig import preflight, redact, repair, run, runlog
 from otelmig.errors import ExitStatus, OtelmigError, RefusedError, UsageError
 from otelmig.revisions import HEAD_REVISION
 from otelmig.settings import (DEFAULT_LOCK_WAIT, DEFAULT_SCHEMA, ENV_LOCK_WAIT, ENV_SCHEMA, parse_seconds,
@@ -103,11 +103,11 @@ def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None, 
         attributes.setdefault("head", HEAD_REVISION)
         wait = parse_seconds(env[ENV_LOCK_WAIT], ENV_LOCK_WAIT) if env.get(ENV_LOCK_WAIT) else DEFAULT_LOCK_WAIT
         conninfo = _conninfo_of(engine, env) if engine is not None else resolve_conninfo(None, env)
-        with MigrationLock(conninfo, schema, wait, say):
+        with MigrationLock(conninfo, schema, wait, say) as lock:
             own_engine = engine is None
             engine = engine if engine is not None else engine_for(conninfo)
             try:
-                with _recorded(conninfo, schema, command), engine.connect() as connection:
+                with _recorded(lock, schema, command), engine.connect() as connection:
                     repair.run_repairs(connection, schema)  # what an interrupted run left, first
                     yield connection, schema
             finally:
@@ -116,11 +116,9 @@ def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None, 
 
 
 @contextlib.contextmanager
-def _recorded(conninfo, schema: str, command: Optional[str]):
+def _recorded(lock, schema: str, command: Optional[str]):
     """A writing Alembic command is recorded in the run history (otelmig/runlog.py),
     its outcome mapped to the exit code otelmig would have given (Alembic exits 1 or 255)."""
-    from otelmig import run, runlog
-
     if command is None:
         yield
         return
@@ -128,7 +126,7 @@ def _recorded(conninfo, schema: str, command: Optional[str]):
     arguments = sys.argv[1:] if program.startswith("alembic") else [command]
     recorded = run.begin(run.Run(command, arguments, via="alembic"))
     try:
-        runlog.open_history(conninfo, schema, say)
+        runlog.open_history(lock, schema, say)
         yield
     except BaseException as exc:
         status, message = _exit_of(exc)

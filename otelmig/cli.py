@@ -332,7 +332,7 @@ def _start_recorded(args, argv, env, settings, err):
     is kept only when exported or stored (--record-trace)."""
     from otelmig import run as run_model, runlog
     record_trace = getattr(args, "record_trace", False) or _flag(env, ENV_RECORD_TRACE)
-    exporter = _exporter(env, err, settings)
+    exporter = _exporter(env, err)
     recorded = run_model.Run(args.command, argv, traced=bool(exporter or record_trace),
                              traceparent=env.get("TRACEPARENT"))
     info = settings.conninfo
@@ -358,7 +358,7 @@ def _service(env) -> str:
     return env.get("OTEL_SERVICE_NAME") or "otelmig"
 
 
-def _exporter(env, err, settings):
+def _exporter(env, err):
     """The OTLP exporter when an endpoint is set and the SDK is not disabled; None
     otherwise, without importing it (otelmig/otlp.py: check's path stays as it is)."""
     if not any(env.get(name) for name in OTLP_ENDPOINTS) or _flag(env, "OTEL_SDK_DISABLED"):

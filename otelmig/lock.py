@@ -45,6 +45,9 @@ class MigrationLock:
         self.conninfo, self.schema, self.budget, self.say = conninfo, schema, budget, say
         self.keys = lock_keys(schema)
         self.conn = None
+        # The run history (otelmig/runlog.py) writes its row on this connection and
+        # keeps it, and the lock, past the block until the row is closed (release()).
+        self.keep_for_history = False
 
     def __enter__(self):
         # Through transaction pooling a session lock (and the session's
@@ -105,11 +108,21 @@ class MigrationLock:
             time.sleep(0.05)
 
     def __exit__(self, *exc_info):
+        if not self.keep_for_history:
+            self.release()
+        return False
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
         try:
             cursor = self.conn.cursor()
             cursor.execute("select pg_advisory_unlock(%s, %s)", self.keys)
         except Exception:
             pass  # closing the session below releases it anyway
         finally:
-            self.conn.close()
-        return False
+            try:
+                self.conn.close()
+            except Exception:  # a connection the server already ended
+                pass
+            self.conn = None

@@ -40,7 +40,7 @@ def migration_session(settings, err):
     say = lambda line: output.progress(settings, err, line)  # noqa: E731
     session.idle_timeout()  # a malformed OTELMIG_IDLE_TIMEOUT is exit 2 before anything happens
     with MigrationLock(settings.conninfo, settings.schema, settings.lock_wait, say) as lock:
-        runlog.open_history(settings.conninfo, settings.schema, say)  # the run's row, on its own connection
+        runlog.open_history(lock, settings.schema, say)  # the run's row, on the lock's connection
         state = read_state(lock.conn, settings.schema)
         engine = engine_for(settings.conninfo)
         connection = engine.connect()

@@ -12,12 +12,15 @@ transactions can take it away:
   interrupted), with its exit code, SQLSTATE, redacted message, lock waits,
   retries, the revision left and the WAL position after its last commit.
 
-For as long as the run lives, its connection holds a session advisory lock
-keyed on the run's span id: a row still `running` whose lock nobody holds
-belongs to a process that died without closing it (SIGKILL, out of memory, a
-lost machine, a --sql script stopped by an error), and the next run that
-opens a row marks it `unfinished`. `log` and `verify` read them the same way
-and write nothing.
+The row is written on the migration lock's own connection (otelmig/lock.py:
+autocommit, and never the migration's), which stays open, and the lock held,
+until the row is closed. So a row is only ever `running` while its run holds
+the migration lock of its database and schema: a run that takes the lock and
+finds a row still `running` knows that its process died without closing it
+(SIGKILL, out of memory, a lost machine, a --sql script stopped by an error:
+the lock went with its session) and marks it `unfinished`. `log` and `verify`
+read such a row as `unfinished` when nobody holds the lock, and write nothing.
+No connection is added: otelmig still needs three.
 
 Where the table is missing, the first run that may write creates it (once
 the schema exists: an upgrade of an empty database, right after it created
@@ -38,20 +41,11 @@ import socket
 import sys
 from typing import List, Optional
 
-from otelmig import db, redact, run as run_model, session
+from otelmig import db, redact, run as run_model
 from otelmig._version import __version__
+from otelmig.lock import lock_keys
 from otelmig.schema import RUN_OUTCOMES, RUNS, RUNS_TABLE, VERSION_TABLE
 
-# A second int4 key space would be shared with the migration lock; runs take the
-# bigint form (pg_locks.objsubid = 1), keyed on the root span id.
-KEY_SQL = "('x' || %s)::bit(64)::bigint"
-CREATE_LOCK_KEYS = (0x6F74656C, 0x72756E73)  # "otel", "runs": one creator of the table at a time
-
-
-def run_key(span_id: str) -> int:
-    """pg_advisory_lock's bigint for a span id (16 hex digits), as KEY_SQL computes it."""
-    value = int(span_id, 16)
-    return value - (1 << 64) if value >= (1 << 63) else value
 
 
 def create_table_sql(schema: str) -> str:
@@ -72,16 +66,12 @@ def table(schema: str) -> str:
     return "%s.%s" % (db.quote_ident(schema), db.quote_ident(RUNS_TABLE))
 
 
-def create_table_statements(schema: str) -> List[str]:
-    """The table, made by one creator at a time (two first runs at once would race in the catalog)."""
-    return ["select pg_advisory_xact_lock(%d, %d)" % CREATE_LOCK_KEYS, create_table_sql(schema)]
-
-
-def _alive(alias: str) -> str:
-    """SQL: the run of row `alias` still holds its advisory lock (its process lives)."""
-    return ("exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
+def migration_lock_held(schema: str) -> str:
+    """SQL: some session holds the migration lock of this database and schema (a run is alive)."""
+    classid, objid = (key & 0xFFFFFFFF for key in lock_keys(schema))
+    return ("exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.granted and l.objsubid = 2 "
             "and l.database = (select oid from pg_database where datname = current_database()) "
-            "and ((l.classid::int8 << 32) | l.objid::int8) = %s)" % (KEY_SQL % ("%s.span_id" % alias)))
+            "and l.classid = %d::bigint::oid and l.objid = %d::bigint::oid)" % (classid, objid))
 
 
 UNFINISHED_MESSAGE = ("its process ended without recording how (SIGKILL, out of memory, a lost machine, or a --sql "
@@ -89,10 +79,10 @@ UNFINISHED_MESSAGE = ("its process ended without recording how (SIGKILL, out of 
 
 
 def mark_unfinished_sql(schema: str, found_by_sql: str) -> str:
-    """Rows still `running` whose process is gone become `unfinished` (written by the
-    next run; found_by_sql is an SQL expression for that run's id)."""
-    return ("update %s r set outcome = 'unfinished', message = %s || %s where r.outcome = 'running' and not %s"
-            % (table(schema), db.quote_literal(UNFINISHED_MESSAGE), found_by_sql, _alive("r")))
+    """Rows still `running` when a run holds the migration lock are dead: `unfinished`
+    (found_by_sql is an SQL expression for the id of the run that found them)."""
+    return ("update %s set outcome = 'unfinished', message = %s || %s where outcome = 'running'"
+            % (table(schema), db.quote_literal(UNFINISHED_MESSAGE), found_by_sql))
 
 
 # -- the --sql script's run (offline.py): psql opens and closes its row -----------------
@@ -101,8 +91,8 @@ def mark_unfinished_sql(schema: str, found_by_sql: str) -> str:
 # (otelmig.run_*) and writes its row in DO blocks: opened after the guards when
 # the history exists, closed (created first where it is missing) after its last
 # revision. A script that psql stops on an error leaves its row `running`; its
-# session, and with it the run's advisory lock, ends with psql, so the next run
-# marks it `unfinished`. The settings the script's decisions depend on (TimeZone,
+# session, and with it the migration lock its guards took, ends with psql, so the
+# next run marks it `unfinished`. The settings the script's decisions depend on (TimeZone,
 # DateStyle) are set at its top, so the times it keeps as text read back the same.
 DOLLAR = "$otelmig$"
 _SETTING = "current_setting('otelmig.run_%s')"
@@ -139,35 +129,41 @@ def script_open(schema: str, command: str, arguments: List[str]) -> str:
         "    EXECUTE %s INTO found;" % db.quote_literal("select max(version_num) from %s" % version),
         "  END IF;",
         "  PERFORM set_config('otelmig.run_found', coalesce(found, ''), false);",
-        "  -- held until psql exits: a row still running without it belongs to a script that stopped",
-        "  PERFORM pg_advisory_lock(%s);" % (KEY_SQL % (_SETTING % "span")),
         "  IF to_regclass(%s) IS NOT NULL THEN" % db.quote_literal(table(schema)),
-        "    %s;" % mark_unfinished_sql(schema, _SETTING % "id"),
-        "    %s;" % _script_insert(schema, command, arguments_of(arguments)),
+        "    BEGIN",
+        "      %s;" % mark_unfinished_sql(schema, _SETTING % "id"),
+        "      %s;" % _script_insert(schema, command, arguments_of(arguments)),
+        _NEVER_IN_THE_WAY % db.quote_literal(table(schema)),
         "  END IF;", "END", "%s;" % DOLLAR, ""])
+
+
+# The history never stops the script: a failure to write it is one WARNING.
+_NEVER_IN_THE_WAY = ("    EXCEPTION WHEN others THEN\n"
+                     "      RAISE WARNING 'otelmig: the run history in %% was not written (%%); the script goes on', "
+                     "%s, SQLERRM;\n    END;")
 
 
 def script_close(schema: str, command: str, arguments: List[str]) -> str:
     """The DO block that ends the script's run as `ok` (creating the history where it is missing)."""
     version = "%s.%s" % (db.quote_ident(schema), VERSION_TABLE)
-    key = "%s, %s" % CREATE_LOCK_KEYS
     run_row = "run_id = %s and span_id = %s" % (_SETTING % "id", _SETTING % "span")
     return "\n".join([
         "-- the run history: this run ended ok",
         "DO %s" % DOLLAR, "DECLARE left_at text;", "BEGIN",
-        "  IF to_regclass(%s) IS NULL THEN" % db.quote_literal(table(schema)),
-        "    PERFORM pg_advisory_xact_lock(%s);" % key,
-        "    EXECUTE %s;" % db.quote_literal(create_table_sql(schema)),
-        "  END IF;",
-        "  IF NOT EXISTS (SELECT 1 FROM %s WHERE %s) THEN" % (table(schema), run_row),
-        "    %s;" % _script_insert(schema, command, arguments_of(arguments)),
-        "  END IF;",
         "  IF to_regclass(%s) IS NOT NULL THEN" % db.quote_literal(version),
         "    EXECUTE %s INTO left_at;" % db.quote_literal("select max(version_num) from %s" % version),
         "  END IF;",
-        "  UPDATE %s SET outcome = 'ok', exit_code = 0, ended_at = clock_timestamp(), to_revision = left_at, "
+        "  BEGIN",
+        "    IF to_regclass(%s) IS NULL THEN" % db.quote_literal(table(schema)),
+        "      EXECUTE %s;" % db.quote_literal(create_table_sql(schema)),
+        "    END IF;",
+        "    IF NOT EXISTS (SELECT 1 FROM %s WHERE %s) THEN" % (table(schema), run_row),
+        "      %s;" % _script_insert(schema, command, arguments_of(arguments)),
+        "    END IF;",
+        "    UPDATE %s SET outcome = 'ok', exit_code = 0, ended_at = clock_timestamp(), to_revision = left_at, "
         "commit_lsn = pg_current_wal_insert_lsn(), wal_bytes = pg_wal_lsn_diff(pg_current_wal_insert_lsn(), "
         "start_lsn)::bigint WHERE %s AND outcome IN ('running', 'unfinished');" % (table(schema), run_row),
+        _NEVER_IN_THE_WAY.replace("\n    ", "\n  ") % db.quote_literal(table(schema)),
         "END", "%s;" % DOLLAR, ""])
 
 
@@ -206,11 +202,11 @@ _OPEN_SQL = """select clock_timestamp() - make_interval(secs => %s), pg_is_in_re
 
 
 class History:
-    """The history row of one run, on its own autocommit connection (see the module doc)."""
+    """The history row of one run, on the migration lock's connection (see the module doc)."""
 
-    def __init__(self, conninfo, schema: str, run_: "run_model.Run", say):
-        self.conninfo, self.schema, self.run, self.say = conninfo, schema, run_, say
-        self.conn = None
+    def __init__(self, lock, schema: str, run_: "run_model.Run", say):
+        self.lock, self.schema, self.run, self.say = lock, schema, run_, say
+        self.conn = lock.conn
         self.written = False        # the row is in the table
         self.created_table = False  # this run created the table
         self.read_only = False
@@ -221,7 +217,6 @@ class History:
     # -- opening -----------------------------------------------------------------
 
     def open(self) -> None:
-        self.conn = db.connect(self.conninfo, autocommit=True, purpose=session.LOCK)
         self.started_at, self.read_only, self.start_lsn, schema_exists, exists, versioned = self._one(
             _OPEN_SQL, (self.run.seconds, self.schema, table(self.schema),
                         "%s.%s" % (db.quote_ident(self.schema), VERSION_TABLE)))
@@ -230,7 +225,6 @@ class History:
                                             % (db.quote_ident(self.schema), VERSION_TABLE))[0]
         if self.read_only:
             return  # a standby or a read-only session: the run is refused next, and nothing can be written
-        self._execute("select pg_advisory_lock(%s)" % KEY_SQL, (self.run.span_id,))
         if not exists and schema_exists:
             try:
                 self._create_table()
@@ -252,15 +246,14 @@ class History:
             self._warn("could not be created", exc)
 
     def _create_table(self) -> None:
+        """Under the migration lock, which every creator holds: no two race in the catalog."""
         cursor = self.conn.cursor()
         self.conn.autocommit = False
         try:
-            lock, create = create_table_statements(self.schema)
-            cursor.execute(lock)
             cursor.execute("select to_regclass(%s) is null", (table(self.schema),))
             missing = cursor.fetchone()[0]
             if missing:
-                cursor.execute(create)
+                cursor.execute(create_table_sql(self.schema))
             self.conn.commit()
         except BaseException:
             with_rollback(self.conn)
@@ -286,11 +279,11 @@ class History:
 
     def close(self) -> None:
         """Write how the run ended, or drop the table this run created if it ended
-        without changing anything; then end the connection (and its lock)."""
+        without changing anything; then release the migration lock and its connection."""
         try:
             if self.conn is None:
                 return
-            if not self.written and self.run.outcome == run_model.OK:
+            if not self.written and self.run.outcome == run_model.OK and not self.read_only:
                 self.changing()  # a maintain on a store without a history: it is made now
             if self.written:
                 if self._left_as_found():
@@ -301,8 +294,8 @@ class History:
             self._warn("could not be closed", exc)
         finally:
             if self.conn is not None:
-                db.close(self.conn)
                 self.conn = None
+                self.lock.release()
             self._say_warnings()
 
     def _say_warnings(self) -> None:
@@ -370,15 +363,18 @@ def describe_error(exc: BaseException) -> str:
     return redact.redact(" ".join(str(text).split()))
 
 
-def open_history(conninfo, schema: str, say) -> None:
-    """Open the current run's row (no run, or one already open: nothing). Called by
-    the migration session once it holds the migration lock, and by the alembic path."""
+def open_history(lock, schema: str, say) -> None:
+    """Open the current run's row on the migration lock's connection, which the run
+    history then keeps (and the lock with it) until the row is closed (no run, or
+    one already open: nothing). Called once the migration lock is held: by the
+    migration session, and by the alembic path."""
     run_ = run_model.current()
     if run_ is None or run_.history is not None:
         return
     run_.reached_database = True
-    history = History(conninfo, schema, run_, say)
+    history = History(lock, schema, run_, say)
     run_.history = history
+    lock.keep_for_history = True  # released by History.close, after the row is closed
     try:
         history.open()
     except Exception as exc:
@@ -386,9 +382,6 @@ def open_history(conninfo, schema: str, say) -> None:
             history.read_only = True  # the run is refused as read-only next
         else:
             history._warn("could not be written", exc)
-        if history.conn is not None and not history.written:
-            db.close(history.conn)
-            history.conn = None
     if run_.changing:  # the alembic path opens after its checks
         history.changing()
 
@@ -417,7 +410,7 @@ def read_runs(conn, schema: str, limit: Optional[int]) -> Optional[List[dict]]:
                        for c in _READ_COLUMNS)
     cursor.execute("select %s, %s, extract(epoch from r.ended_at - r.started_at)::float8 from %s r "
                    "order by r.started_at desc, r.run_id desc, r.span_id desc %s"
-                   % (select, _alive("r"), table(schema), "limit %d" % limit if limit else ""))
+                   % (select, migration_lock_held(schema), table(schema), "limit %d" % limit if limit else ""))
     rows = []
     for values in cursor.fetchall():
         row = dict(zip(_READ_COLUMNS, values[:len(_READ_COLUMNS)]))

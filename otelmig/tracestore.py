@@ -16,6 +16,7 @@ import datetime
 import json
 
 from otelmig import db, run as run_model, session
+from otelmig.runlog import describe_error
 from otelmig.revisions import HEAD_REVISION
 from otelmig.schema import SPANS, TRACES
 
@@ -79,7 +80,6 @@ def record(settings, err, run_, service_name: str = "otelmig") -> None:
     try:
         _record(settings, run_, service_name)
     except Exception as exc:
-        from otelmig.runlog import describe_error
         err.write("warning: --record-trace: the run's trace was not written into %s.%s: %s; the run's outcome "
                   "stands\n" % (settings.schema, SPANS.name, describe_error(exc)))
 
