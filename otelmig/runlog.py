@@ -3,8 +3,8 @@
 One row per run of upgrade, downgrade/rollback, stamp and maintain, whether
 otelmig ran it, psql ran its --sql script (offline.py renders the SQL from
 here), or plain `alembic` did (otelmig/authors.py). The row is written on a
-connection of its own, in autocommit, so no rollback of the migration's
-transactions can take it away:
+connection other than the migration's, in autocommit, so no rollback of the
+migration's transactions can take it away:
 
 - opened once the run holds the migration lock (outcome `running`), with the
   revision found, who runs it (database and OS) and where the WAL was;
