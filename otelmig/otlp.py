@@ -186,8 +186,12 @@ def send(settings: Config, body: bytes) -> Optional[str]:
     worker.start()
     worker.join(settings.timeout)
     if not outcome:
-        return "no answer within %gs (OTEL_EXPORTER_OTLP_TIMEOUT)" % settings.timeout
+        return _silent(settings)
     return outcome[0]
+
+
+def _silent(settings: Config) -> str:
+    return "no answer within %gs (OTEL_EXPORTER_OTLP_TIMEOUT)" % settings.timeout
 
 
 def _post(settings: Config, body: bytes) -> Optional[str]:
@@ -199,7 +203,10 @@ def _post(settings: Config, body: bytes) -> Optional[str]:
     except urllib.error.HTTPError as exc:
         return "HTTP %d %s" % (exc.code, exc.reason)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", None) or exc)
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, (socket.timeout, TimeoutError)):  # the socket's own timeout, the same bound
+            return _silent(settings)
+        return str(reason)
     return _partial_success(answer)
 
 

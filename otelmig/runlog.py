@@ -176,16 +176,34 @@ def arguments_of(argv: List[str]) -> List[str]:
 
 def pyz_sha256() -> Optional[str]:
     """The sha256 of dist/otelmig.pyz when this process runs from one (shiv unpacks
-    the package under <SHIV_ROOT>/<pyz name>_<build id>/), else None."""
+    the package under <SHIV_ROOT>/<pyz name>_<build id>/), else None. Hashing 3 MB
+    costs ~10 ms, so the digest is kept beside the unpacked package, keyed by the
+    archive's path, size and mtime, and read back by the next run."""
     archive = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     marker = os.sep + os.path.basename(archive) + "_"
-    if not archive.endswith(".pyz") or marker not in os.path.abspath(__file__) or not os.path.isfile(archive):
+    package = os.path.abspath(__file__)
+    if not archive.endswith(".pyz") or marker not in package or not os.path.isfile(archive):
         return None
-    digest = hashlib.sha256()
+    stat = os.stat(archive)
+    key = "%s %d %d" % (archive, stat.st_size, stat.st_mtime_ns)
+    cache = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(package))), "otelmig-pyz.sha256")
+    try:
+        with open(cache, encoding="utf-8") as handle:
+            cached_key, _, digest = handle.read().rpartition(" ")
+        if cached_key == key and len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    hasher = hashlib.sha256()
     with open(archive, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            hasher.update(block)
+    try:
+        with open(cache, "w", encoding="utf-8") as handle:
+            handle.write("%s %s" % (key, hasher.hexdigest()))
+    except OSError:  # a read-only unpack directory: hashed again next time
+        pass
+    return hasher.hexdigest()
 
 
 def _os_user() -> Optional[str]:

@@ -18,8 +18,8 @@ import threading
 import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
-from helpers import (BASELINE, DEADLINE_SECONDS, error_line, one_line, psql_file, spawn, upgrade_blocked_on_spans,
-                     wait_for, write_sql)
+from helpers import (BASELINE, DEADLINE_SECONDS, PSQL_SCRIPT_ERROR, error_line, one_line, psql_file,
+                     upgrade_blocked_on_spans, wait_for, write_sql)
 from otelmig import schema as contract
 from otelmig._version import __version__
 from otelmig.revisions import HEAD_REVISION
@@ -67,8 +67,9 @@ def test_a_success_has_its_row_from_the_pyz(pyz, db_url, tmp_path):
     # the server's clock: both times lie within what the server saw
     assert sql(db_url, "select %s::timestamptz <= now() and %s::timestamptz <= now()",
                (row["started_at"], row["ended_at"])) == [[True]]
+    assert run_pyz(pyz, "upgrade", url=db_url, env={"SHIV_ROOT": str(tmp_path)}).code == 0  # the digest kept
     assert run_cli("upgrade", url=db_url).code == 0  # run in-process: no pyz, no sha
-    assert [r["pyz_sha256"] is None for r in runs(db_url)] == [False, True]
+    assert [r["pyz_sha256"] for r in runs(db_url)] == [row["pyz_sha256"]] * 2 + [None]
 
 
 def test_read_only_commands_write_nothing(db_url):
@@ -184,6 +185,20 @@ def test_sql_script_applied_by_psql_is_recorded(tmp_path, db_url):
     # applied again (a rerun does only what is left): a row of its own
     assert psql_file(db_url, script).returncode == 0
     assert [r["via"] for r in runs(db_url)] == ["otelmig", "psql", "psql"]
+
+
+def test_sql_script_stopped_by_an_error_is_found_unfinished(tmp_path, db_url):
+    load_legacy(db_url, traces=10)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    sql(db_url, "update otel.spans set status_message = 'kept' where id <= 2")
+    stopped = psql_file(db_url, write_sql(tmp_path, "downgrade", "base", "--sql"))
+    assert stopped.returncode == PSQL_SCRIPT_ERROR and "2 rows in otel.spans.status_message" in stopped.stderr
+    script_row = runs(db_url)[-1]
+    assert (script_row["via"], script_row["outcome"]) == ("psql", "running")  # psql stopped before its end
+    logged = run_cli("log", "--format", "json", url=db_url).json()["runs"][0]
+    assert logged["run_id"] == script_row["run_id"] and logged["outcome"] == "unfinished"
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert [r["outcome"] for r in runs(db_url)] == ["ok", "unfinished", "ok"]
 
 
 def test_sql_script_on_an_empty_database_creates_the_history_at_its_end(tmp_path, db_url):

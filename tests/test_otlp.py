@@ -9,7 +9,6 @@ receiver turns those fields to base64 first, as a collector does.
 """
 
 import base64
-import contextlib
 import http.server
 import json
 import os
@@ -22,8 +21,8 @@ import time
 import pytest
 
 from conftest import REPO, connect, load_legacy, run_cli, run_pyz, sql
-from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line
-from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
+from helpers import BASELINE, DEADLINE_SECONDS, error_line
+from otelmig.revisions import KNOWN_REVISIONS
 
 json_format = pytest.importorskip("google.protobuf.json_format")  # requirements-dev.lock pins it (CPython 3.10+)
 trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
