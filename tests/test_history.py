@@ -1,7 +1,7 @@
 """The run history (issue 21 part 1): {schema}.otelmig_runs on a real server.
 
 One row per run of upgrade, downgrade/rollback, stamp and maintain, written on
-a connection of its own: a success, a refusal (exit 8), a failure from the
+the migration lock's connection (never the migration's): a success, a refusal (exit 8), a failure from the
 server (the lock budget, exit 9), SIGTERM, SIGKILL found by the next run, a
 --sql script applied by psql, plain alembic; read by `log` and `verify`; kept
 by `downgrade base`; never holding a password; never created by a refused run.
@@ -157,6 +157,10 @@ def test_sigkill_leaves_the_row_open_and_the_next_run_marks_it_unfinished(db_url
     assert first["run_id"] == killed["run_id"] and first["outcome"] == "unfinished" and first["exit_code"] is None
     assert first["message"].endswith("found by run %s" % second["run_id"]) and "SIGKILL" in first["message"]
     assert second["outcome"] == "ok"
+    # verify's unfinished_run names a stopped revision's objects, not the history: the store is whole
+    payload = run_cli("verify", "--format", "json", url=db_url).json()
+    assert payload["exit_code"] == 0 and "unfinished_run" not in payload, payload
+    assert payload["last_run"]["run_id"] == second["run_id"]
 
 
 def test_a_second_run_waiting_for_the_lock_does_not_mark_a_live_run(db_url):
@@ -276,6 +280,20 @@ def test_rollback_to_base_keeps_the_history(db_url):
     ours = ("otelmig_runs", "alembic_version")  # the empty version table stays too, as it always did
     assert {c for c in after["columns"] if not c[0].startswith(ours)} == set(before["columns"])
     assert run_cli("upgrade", url=db_url).code == 0 and len(runs(db_url)) == 3
+
+
+def test_a_rerun_of_downgrade_base_at_base_is_recorded_ok(db_url):
+    """`downgrade base` at base exits 0 (it undoes only what an interrupted upgrade of the
+    baseline left): a run like any other, from no revision to none."""
+    load_legacy(db_url, traces=10)
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
+    again = run_cli("downgrade", "base", url=db_url)
+    assert again.code == 0, again
+    *_, last = runs(db_url)
+    assert (last["command"], last["outcome"], last["exit_code"]) == ("downgrade", "ok", 0)
+    assert (last["from_revision"], last["to_revision"]) == (None, None) and last["ended_at"]
+    assert [r["command"] for r in runs(db_url)] == ["upgrade", "downgrade", "downgrade"]
 
 
 def test_a_refused_run_never_creates_the_history(db_url):
