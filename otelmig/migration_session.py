@@ -10,7 +10,7 @@ import functools
 import random
 import time
 
-from otelmig import db, interrupt, output, progress, repair, session
+from otelmig import db, interrupt, output, progress, repair, run, runlog, session
 from otelmig.errors import RefusedError, UnknownRevisionError, UsageError
 from otelmig.lock import MigrationLock
 from otelmig.scripts import engine_for, lock_timeout_ms
@@ -37,6 +37,7 @@ def migration_session(settings, err):
     say = lambda line: output.progress(settings, err, line)  # noqa: E731
     session.idle_timeout()  # a malformed OTELMIG_IDLE_TIMEOUT is exit 2 before anything happens
     with MigrationLock(settings.conninfo, settings.schema, settings.lock_wait, say) as lock:
+        runlog.open_history(lock, settings.schema, say)  # the run's row, on the lock's connection
         state = read_state(lock.conn, settings.schema)
         engine = engine_for(settings.conninfo)
         connection = engine.connect()
@@ -158,11 +159,15 @@ def run_with_retries(settings, err, connection, action) -> None:
         except CommandError as exc:  # e.g. `upgrade base` from the head
             raise UsageError("%s; see `otelmig history`" % exc) from None
         except Exception as exc:
+            if db.is_lock_timeout(exc):
+                run.lock_waited("table lock", wait, {"db.response.status_code": db.LOCK_NOT_AVAILABLE})
             if not db.is_conflict(exc) or time.monotonic() >= deadline:
                 print_failed_statement(settings, err, exc)
                 raise
             reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
+            conflict = db.sqlstate(exc)
         pause = random.uniform(*RETRY_PAUSE)
+        run.retried(attempt + 1, reason, conflict, pause)
         output.progress(settings, err, "a table is busy (%s); retrying in %.2fs"
                         % (reason, pause), level=0 if attempt % 20 == 0 else 1)
         time.sleep(pause)

@@ -7,7 +7,7 @@ per column, so the cost does not grow with the data: it reads pg_catalog only.
 import time
 from typing import Dict, List, NamedTuple, Optional
 
-from otelmig import db, output, schema as contract
+from otelmig import db, output, runlog, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.state import assess, read_state
 from otelmig.errors import ExitStatus, PendingError
@@ -256,6 +256,8 @@ def verify(settings, err, strict: bool = False) -> output.Result:
         report = with_unfinished_runs(conn, settings.schema, report)
         if catalog.kinds.get(contract.SPANS.name) == "p":
             report = with_partition_checks(conn, settings.schema, report)
+        # The last run of the history (otelmig/runlog.py), as a fact: it never makes drift.
+        report = report._replace(facts=dict(report.facts, last_run=runlog.last_run(conn, settings.schema)))
     finally:
         db.close(conn)
     status, message = _verdict(settings, state, report, strict)
@@ -518,6 +520,8 @@ def _text(schema: str, status, problems, extras, facts=None) -> str:
         ahead = facts["partitions_ahead_days"]
         lines.append("partitions: %s" % ("none holds today" if ahead is None else
                                          "today and the next %d day(s)" % ahead))
+    if facts.get("last_run"):
+        lines.append("last run: %s" % runlog.describe_run(facts["last_run"]))
     rows = [("problem", p) for p in problems] + [("extra", p) for p in extras]
     if rows:
         width_kind = max(len(p.kind) for _, p in rows)
@@ -541,6 +545,12 @@ def prometheus_text(schema: str, status, problems, extras, leftovers=(), facts=N
         gauges += ["# HELP otelmig_verify_partition_days_ahead Whole UTC days after today partitions hold.",
                    "# TYPE otelmig_verify_partition_days_ahead gauge",
                    "otelmig_verify_partition_days_ahead%s %d" % (label, facts["partitions_ahead_days"])]
+    last = facts.get("last_run")
+    if last and last.get("exit_code") is not None:
+        gauges += ["# HELP otelmig_last_run_exit_code Exit code of the last recorded run (upgrade, downgrade, "
+                   "stamp, maintain).",
+                   "# TYPE otelmig_last_run_exit_code gauge",
+                   "otelmig_last_run_exit_code%s %d" % (label, last["exit_code"])]
     if "outliers" in facts:
         gauges += ["# HELP otelmig_verify_outlying_rows Spans stamped past the days partitions are kept for.",
                    "# TYPE otelmig_verify_outlying_rows gauge",
