@@ -10,7 +10,7 @@ import random
 import time
 from typing import List, Optional
 
-from otelmig import db, interrupt, output, preflight, progress, repair, session
+from otelmig import db, interrupt, output, preflight, progress, replicas, repair, session
 from otelmig.revisions import HEAD_REVISION
 from otelmig.state import assess, ensure_known, read_state
 from otelmig.errors import (ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError,
@@ -109,6 +109,7 @@ def _prepare_session(connection, settings) -> None:
         "select set_config('maintenance_work_mem', '%dMB', false) "
         "where pg_size_bytes(current_setting('maintenance_work_mem')) < %d"
         % (MAINTENANCE_WORK_MEM_MB, MAINTENANCE_WORK_MEM_MB * 1024 * 1024))
+    connection.exec_driver_sql(replicas.session_bound_sql(settings))  # a row move's pause reads it
     connection.commit()
 
 
@@ -215,6 +216,7 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
     if target is None:
         raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s`" % (revision, revision))
     applied: List[dict] = []
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
@@ -231,7 +233,8 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
             command.upgrade(config, target)
         _run_with_retries(settings, err, connection, action)
         final = _final_revision(connection, settings.schema)
-    return _report(settings, "upgrade", state.revision, final, applied)
+    return replicas.after_change(settings, err, _report(settings, "upgrade", state.revision, final, applied),
+                                 "the upgrade")
 
 
 def _preflight(settings, connection, pending) -> None:
@@ -251,6 +254,7 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
     from alembic import command
 
     applied: List[dict] = []
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         target = resolve_revision(settings, revision, state.revision)
@@ -265,7 +269,8 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         with _naming_where_it_stopped(settings, connection, state.revision):
             _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
-    return _report(settings, "downgrade", state.revision, final, applied)
+    return replicas.after_change(settings, err, _report(settings, "downgrade", state.revision, final, applied),
+                                 "the downgrade")
 
 
 def _refuse_along_the_path(settings, connection, current, target, allow_data_loss: bool) -> None:

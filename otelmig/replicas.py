@@ -1,0 +1,334 @@
+"""Standbys that have caught up (docs/standbys.md).
+
+Three things, all read on the primary:
+
+- wait_for_standbys: after a run's last commit (upgrade, downgrade,
+  rollback, maintain with --wait-replicas), wait until every standby has
+  replayed it: those streaming now (pg_stat_replication) and those that hold
+  a physical replication slot without being connected (pg_replication_slots,
+  whose restart_lsn says how far they got). Exit 10 (ReplicasBehindError)
+  when the time runs out; the change stays committed.
+- pause_while_behind and pause_lines: between two committed batches of a row
+  move, wait while a connected standby's replay lag exceeds the bound
+  (OTELMIG_MAX_REPLICA_LAG, the session setting otelmig.max_replica_lag), in
+  Python or as PL/pgSQL for a DO block. A slot holder that is not connected
+  never holds a move back: it could be away for days.
+- refuse_unseen_standbys: --wait-replicas needs a role that may read the
+  standbys' replay positions (pg_monitor); refused before any change.
+
+Below the commands: it imports connections and settings only.
+"""
+
+import re
+import time
+from typing import List, NamedTuple, Optional
+
+from otelmig import db, output, session
+from otelmig.errors import RefusedError, ReplicasBehindError
+from otelmig.settings import DEFAULT_MAX_REPLICA_LAG, ENV_MAX_REPLICA_LAG
+
+POLL_SECONDS = 0.2          # how often the wait and the pause look again
+REPORT_EVERY_SECONDS = 1.0  # at most one lag line per standby this often, and only when its lag changed
+PAUSE_REPORT_EVERY_SECONDS = 10.0  # while a move pauses, one line this often
+BOUND_SETTING = "otelmig.max_replica_lag"  # the session setting the PL/pgSQL pause reads (seconds)
+GRANT_HINT = ("GRANT pg_monitor TO %s (only superusers and members of pg_read_all_stats, which pg_monitor "
+              "includes, see the standbys' positions in pg_stat_replication)")
+
+# Physical standbys as the primary sees them. A walsender of a logical slot is
+# a subscriber, not a standby; a base backup's walsender (state 'backup') and a
+# WAL receiver that reports no replay position (pg_receivewal, pg_basebackup's
+# WAL stream) replay nothing. `visible` is false when the role may not read the
+# row's positions (then state and every LSN are null).
+_STREAMING = """
+select coalesce(nullif(r.application_name, ''), s.slot_name, 'pid ' || r.pid) as name, s.slot_name::text as slot,
+       coalesce(host(r.client_addr), 'local socket') as client, true as connected, r.state is not null as visible,
+       r.replay_lsn, extract(epoch from r.replay_lag)::float8 as replay_lag
+from pg_stat_replication r left join pg_replication_slots s on s.active_pid = r.pid
+where coalesce(s.slot_type, 'physical') = 'physical' and r.state is distinct from 'backup'
+  and not (r.replay_lsn is null and r.flush_lsn is not null)"""
+
+_SLOT_HOLDERS = """
+select s.slot_name::text, s.slot_name::text, null::text, false, true, s.restart_lsn, null::float8
+from pg_replication_slots s where s.slot_type = 'physical' and not s.active"""
+
+# Every standby and how far it is from a target LSN (the parameter).
+_STANDBYS_SQL = """
+select name, slot, client, connected, visible, position::text,
+       greatest(pg_wal_lsn_diff(%%s::pg_lsn, position), 0)::bigint, replay_lag
+from (%s union all %s) st(name, slot, client, connected, visible, position, replay_lag)
+order by connected desc, name""" % (_STREAMING, _SLOT_HOLDERS)
+
+# The connected standbys' replay lag in seconds, as PostgreSQL measures it
+# (pg_stat_replication.replay_lag: how old the WAL it replayed last was, growing
+# while its replay is stuck); 0 once it has replayed all the primary has written.
+_CONNECTED_LAG_SQL = """
+select st.name, st.client,
+       case when st.replay_lsn >= pg_current_wal_lsn() then 0 else coalesce(st.replay_lag, 0) end as lag_seconds
+from (%s) st where st.visible""" % _STREAMING
+
+
+class Standby(NamedTuple):
+    name: str                 # application_name (a standby's cluster_name), else its slot's name
+    slot: Optional[str]
+    client: Optional[str]     # client address; None for a slot holder that is not connected
+    connected: bool
+    visible: bool             # false: the role may not read its positions
+    position: Optional[str]   # replay_lsn (connected) or restart_lsn (slot holder)
+    lag_bytes: Optional[int]  # behind the target; None when unknown (a slot never used)
+    lag_seconds: Optional[float]  # replay_lag as the primary measured it (connected only)
+
+    @property
+    def caught_up(self) -> bool:
+        return self.visible and self.lag_bytes == 0
+
+    def label(self) -> str:
+        where = [self.client] if self.connected else ["not connected"]
+        if self.slot and self.slot != self.name:
+            where.append("slot " + self.slot)
+        return "%s%s (%s)" % ("" if self.connected else "slot ", self.name, ", ".join(where))
+
+    def lag_text(self) -> str:
+        if not self.visible:
+            return "position not visible to this role"
+        if self.lag_bytes is None:
+            return "position unknown (its slot was never used)"
+        seconds = "" if self.lag_seconds is None else ", replay lag %.1fs" % self.lag_seconds
+        return "%d bytes behind%s" % (self.lag_bytes, seconds)
+
+    def as_dict(self, caught_up_after: Optional[float] = None) -> dict:
+        return {"name": self.name, "slot": self.slot, "client_addr": self.client, "connected": self.connected,
+                "position": self.position, "lag_bytes": self.lag_bytes,
+                "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+                "caught_up": self.caught_up, "caught_up_after_seconds": caught_up_after}
+
+
+# -- before the change ---------------------------------------------------------------
+
+def refuse_unseen_standbys(settings) -> None:
+    """With --wait-replicas, refuse (exit 8, before any change) a role that cannot read
+    a streaming standby's position: the wait could never tell when it has caught up."""
+    if settings.wait_replicas is None:
+        return
+    conn = db.connect(settings.conninfo, purpose=session.LOCK)
+    try:
+        cursor = conn.cursor()
+        # On a standby the migration session refuses (exit 8) with its own message.
+        cursor.execute("select pg_is_in_recovery(), current_user::text, "
+                       "(select string_agg(name, ', ') from (%s) st where not visible)" % _STREAMING)
+        in_recovery, role, unseen = cursor.fetchone()
+    finally:
+        db.close(conn)
+    if unseen and not in_recovery:
+        raise RefusedError("--wait-replicas cannot see how far the standbys (%s) have replayed: role %s may not "
+                           "read their positions; nothing was changed: %s, or run without --wait-replicas"
+                           % (unseen, role, GRANT_HINT % _role_name(role)))
+
+
+# -- after the change ----------------------------------------------------------------
+
+def after_change(settings, err, result: output.Result, what: str) -> output.Result:
+    """The result of a run, once every standby has replayed its last commit (with
+    --wait-replicas; the result unchanged without it). On timeout, exit 10."""
+    if settings.wait_replicas is None:
+        return result
+    try:
+        report = wait_for_standbys(settings, err, settings.wait_replicas, what)
+    except ReplicasBehindError as error:
+        error.details.update({key: value for key, value in result.payload.items() if key != "exit_code"})
+        error.args = ("%s; %s" % (error.message, result.text.splitlines()[0] if result.text else what),)
+        raise
+    payload = dict(result.payload, replicas=report)
+    text = result.text + "\n" + _caught_up_text(report)
+    return result._replace(payload=payload, text=text)
+
+
+def _caught_up_text(report: dict) -> str:
+    names = [standby["name"] for standby in report["standbys"]]
+    if not names:
+        return "standbys: none (no standby streams and no physical replication slot is held)"
+    return "standbys: all %d have replayed %s (%s)" % (len(names), report["target_lsn"], ", ".join(names))
+
+
+def wait_for_standbys(settings, err, timeout: float, what: str = "the change") -> dict:
+    """Until every standby has replayed what the primary holds now (the run's last
+    commit and anything before it), or ReplicasBehindError after `timeout` seconds.
+    Its lag is printed on stderr as it shrinks (one line per standby per change,
+    at most every REPORT_EVERY_SECONDS). The report: target_lsn, waited_seconds, standbys."""
+    say = lambda line: output.progress(settings, err, "replicas: " + line)  # noqa: E731
+    conn = db.connect(settings.conninfo, purpose=session.LOCK)  # autocommit: a fresh view on every look
+    try:
+        cursor = conn.cursor()
+        target = _target_lsn(cursor)
+        started = time.monotonic()
+        reporter = _LagReporter(say, started)
+        while True:
+            standbys = _read_standbys(cursor, target)
+            _refuse_unseen(standbys, cursor, what)
+            elapsed = time.monotonic() - started
+            reporter.update(standbys, elapsed, target, timeout)
+            behind = [standby for standby in standbys if not standby.caught_up]
+            if not behind:
+                return reporter.report(standbys, target, elapsed)
+            if elapsed >= timeout:
+                raise _timed_out(behind, target, timeout, what, reporter.report(standbys, target, elapsed))
+            time.sleep(min(POLL_SECONDS, max(0.0, timeout - elapsed)))
+    finally:
+        db.close(conn)
+
+
+def _target_lsn(cursor) -> str:
+    """The end of everything inserted into the WAL so far, so of the run's last commit
+    (the insert position: under synchronous_commit = off the write position can still
+    be before it). Right after a page header nothing was written on the page yet, and
+    a standby that replayed up to the page's start has it all: the target is the start."""
+    cursor.execute("select pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int")
+    text, block = cursor.fetchone()
+    high, low = (int(part, 16) for part in text.split("/"))
+    lsn = (high << 32) | low
+    if 0 < lsn % block <= MAX_PAGE_HEADER:
+        lsn -= lsn % block
+    return "%X/%X" % (lsn >> 32, lsn & 0xFFFFFFFF)
+
+
+MAX_PAGE_HEADER = 40  # SizeOfXLogLongPHD: no record ends within a page's first 40 bytes
+
+
+def _read_standbys(cursor, target: str) -> List[Standby]:
+    cursor.execute(_STANDBYS_SQL, (target,))
+    return [Standby(*row) for row in cursor.fetchall()]
+
+
+def _refuse_unseen(standbys, cursor, what: str) -> None:
+    """A standby that began streaming after the run started, whose position this role may not read."""
+    unseen = [standby.name for standby in standbys if not standby.visible]
+    if unseen:
+        cursor.execute("select current_user::text")
+        role = cursor.fetchone()[0]
+        raise ReplicasBehindError("cannot see how far the standbys %s have replayed %s: role %s may not read their "
+                                  "positions; %s" % (", ".join(unseen), what, role, GRANT_HINT % _role_name(role)))
+
+
+def _role_name(role: str) -> str:
+    """A role as a GRANT names it: quoted only when it must be."""
+    return role if re.fullmatch(r"[a-z_][a-z0-9_$]*", role) else db.quote_ident(role)
+
+
+def _timed_out(behind, target: str, timeout: float, what: str, report: dict) -> ReplicasBehindError:
+    names = "; ".join("%s: %s" % (standby.label(), standby.lag_text()) for standby in behind)
+    error = ReplicasBehindError(
+        "%d standby(s) had not replayed %s (WAL %s) after %gs: %s; the change itself is committed on the primary: "
+        "wait for them with `otelmig check --wait SECONDS` against each standby, or find why they lag (a stopped "
+        "standby: start it, or drop its slot if it is gone for good)" % (len(behind), what, target, timeout, names))
+    error.details["replicas"] = report
+    return error
+
+
+class _LagReporter:
+    """One line per standby when its lag changed, at most every REPORT_EVERY_SECONDS each."""
+
+    def __init__(self, say, started: float):
+        self.say, self.started = say, started
+        self.last = {}        # name -> (lag_bytes, when printed)
+        self.caught_up = {}   # name -> seconds into the wait
+        self.announced = False
+
+    def update(self, standbys, elapsed: float, target: str, timeout: float) -> None:
+        behind = [standby for standby in standbys if not standby.caught_up]
+        if not self.announced and behind:
+            self.say("waiting up to %gs for %d standby(s) to replay WAL %s" % (timeout, len(standbys), target))
+        self.announced = True
+        now = time.monotonic()
+        for standby in standbys:
+            if standby.caught_up:
+                if standby.name not in self.caught_up:
+                    self.caught_up[standby.name] = round(elapsed, 3)
+                    if standby.name in self.last:  # it was reported behind: say it made it
+                        self.say("%s has replayed it after %.1fs" % (standby.label(), elapsed))
+                continue
+            lag, printed = self.last.get(standby.name, (None, None))
+            if printed is None or (standby.lag_bytes != lag and now - printed >= REPORT_EVERY_SECONDS):
+                self.say("%s: %s" % (standby.label(), standby.lag_text()))
+                self.last[standby.name] = (standby.lag_bytes, now)
+
+    def report(self, standbys, target: str, elapsed: float) -> dict:
+        return {"target_lsn": target, "waited_seconds": round(elapsed, 3),
+                "standbys": [standby.as_dict(self.caught_up.get(standby.name)) for standby in standbys]}
+
+
+# -- between two batches of a row move ------------------------------------------------
+
+def session_bound_sql(settings) -> str:
+    """Sets otelmig.max_replica_lag (seconds) for the session, which pause_lines reads."""
+    return "select set_config(%s, %s, false)" % (db.quote_literal(BOUND_SETTING),
+                                                 db.quote_literal(_seconds_text(settings.max_replica_lag)))
+
+
+def _seconds_text(seconds: float) -> str:
+    return ("%.3f" % seconds).rstrip("0").rstrip(".")
+
+
+def pause_while_behind(conn, bound: float, say, poll: float = POLL_SECONDS) -> float:
+    """Between two committed batches: wait while a connected standby's replay lag
+    exceeds `bound` seconds (0 or less: never). `conn` is a pg8000 connection
+    with no transaction open; each look is its own short transaction, so the pause
+    holds no lock and no snapshot. `say(line)` gets a line when the pause starts
+    and every PAUSE_REPORT_EVERY_SECONDS. Returns the seconds paused."""
+    if bound <= 0:
+        return 0.0
+    started = time.monotonic()
+    told = None
+    while True:
+        behind = _lagging(conn, bound)
+        if not behind:
+            return time.monotonic() - started
+        now = time.monotonic()
+        if told is None or now - told >= PAUSE_REPORT_EVERY_SECONDS:
+            say("pausing the batches while standbys replay: %s (the bound is %ss, %s)"
+                % (", ".join("%s (%s) %.1fs behind" % row for row in behind), _seconds_text(bound),
+                   ENV_MAX_REPLICA_LAG))
+            told = now
+        time.sleep(poll)
+
+
+def _lagging(conn, bound: float) -> list:
+    cursor = conn.cursor()
+    try:
+        cursor.execute("select name, client, lag_seconds from (%s) l where lag_seconds > %%s order by name"
+                       % _CONNECTED_LAG_SQL, (bound,))
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        if not conn.autocommit:
+            conn.rollback()
+
+
+def pause_lines(indent: str = "    ") -> List[str]:
+    """PL/pgSQL for a DO block's loop, between a COMMIT and the next batch: wait
+    while a connected standby's replay lag exceeds otelmig.max_replica_lag seconds
+    (unset, as under plain `alembic` or psql: the default bound; 0: never). A block
+    of its own, with no EXCEPTION clause, so the loop may still COMMIT after it.
+    Every PAUSE_REPORT_EVERY_SECONDS it raises a NOTICE naming the standbys."""
+    lag_query = " ".join(_CONNECTED_LAG_SQL.split())
+    lines = [
+        "DECLARE",
+        "  otelmig_bound float8 := coalesce(nullif(current_setting(%s, true), '')::float8, %s);"
+        % (db.quote_literal(BOUND_SETTING), _seconds_text(DEFAULT_MAX_REPLICA_LAG)),
+        "  otelmig_behind text;",
+        "  otelmig_told timestamptz;",
+        "BEGIN",
+        "  LOOP",
+        "    EXIT WHEN otelmig_bound <= 0;",
+        "    SELECT string_agg(format('%s (%s) %s s behind', l.name, l.client, round(l.lag_seconds::numeric, 1)),",
+        "                      ', ' ORDER BY l.name)",
+        "      INTO otelmig_behind FROM (%s) l WHERE l.lag_seconds > otelmig_bound;" % lag_query,
+        "    EXIT WHEN otelmig_behind IS NULL;",
+        "    IF otelmig_told IS NULL OR clock_timestamp() >= otelmig_told + interval '%d seconds' THEN"
+        % PAUSE_REPORT_EVERY_SECONDS,
+        "      RAISE NOTICE 'otelmig: pausing the batches while standbys replay: % (the bound is % s, %)',",
+        "        otelmig_behind, otelmig_bound, %s;" % db.quote_literal(ENV_MAX_REPLICA_LAG),
+        "      otelmig_told := clock_timestamp();",
+        "    END IF;",
+        "    PERFORM pg_sleep(%s);" % POLL_SECONDS,
+        "  END LOOP;",
+        "END;",
+    ]
+    return [indent + line for line in lines]
