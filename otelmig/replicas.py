@@ -8,7 +8,7 @@ Three things, all read on the primary:
   a physical replication slot without being connected (pg_replication_slots,
   whose restart_lsn says how far they got). Exit 10 (ReplicasBehindError)
   when the time runs out; the change stays committed.
-- pause_while_behind and pause_lines: between two committed batches of a row
+- ReplayThrottle and pause_lines: between two committed batches of a row
   move, wait while a connected standby's replay lag exceeds the bound
   (OTELMIG_MAX_REPLICA_LAG, the session setting otelmig.max_replica_lag), in
   Python or as PL/pgSQL for a DO block. A slot holder that is not connected
@@ -30,7 +30,15 @@ from otelmig.settings import DEFAULT_MAX_REPLICA_LAG, ENV_MAX_REPLICA_LAG
 POLL_SECONDS = 0.2          # how often the wait and the pause look again
 REPORT_EVERY_SECONDS = 1.0  # at most one lag line per standby this often, and only when its lag changed
 PAUSE_REPORT_EVERY_SECONDS = 10.0  # while a move pauses, one line this often
+# A standby reports how far it has replayed when WAL reaches it, else only every
+# wal_receiver_status_interval (10 s by default): so the primary would see an
+# idle standby as behind for up to 10 s after it has caught up. While it waits
+# for a connected standby, otelmig writes a commit record this often (an empty
+# transaction id: pg_current_xact_id()), to which each standby replies at once.
+NUDGE_EVERY_SECONDS = 1.0
+_NUDGE_SQL = "select pg_current_xact_id()"
 BOUND_SETTING = "otelmig.max_replica_lag"  # the session setting the PL/pgSQL pause reads (seconds)
+MARKS_SETTING = "otelmig.replica_marks"    # the PL/pgSQL pause's batch marks, kept in the session
 GRANT_HINT = ("GRANT pg_monitor TO %s (only superusers and members of pg_read_all_stats, which pg_monitor "
               "includes, see the standbys' positions in pg_stat_replication)")
 
@@ -58,13 +66,37 @@ select name, slot, client, connected, visible, position::text,
 from (%s union all %s) st(name, slot, client, connected, visible, position, replay_lag)
 order by connected desc, name""" % (_STREAMING, _SLOT_HOLDERS)
 
-# The connected standbys' replay lag in seconds, as PostgreSQL measures it
-# (pg_stat_replication.replay_lag: how old the WAL it replayed last was, growing
-# while its replay is stuck); 0 once it has replayed all the primary has written.
+# The connected standbys' replay lag in seconds: the larger of PostgreSQL's
+# measure (pg_stat_replication.replay_lag: how old the WAL it replayed last was;
+# 0 once it has replayed all the primary has written) and the age of the
+# oldest batch mark it has not replayed. The marks are the move's own clock
+# (gh-ost's heartbeat): after each batch, where the WAL was and when. They are
+# needed because replay_lag stays null, or stale, for a standby whose replay
+# stopped right after an idle spell (nothing to interpolate from).
+# {lsns} and {times}: the marks, a pg_lsn[] and a float8[] of epochs.
 _CONNECTED_LAG_SQL = """
-select st.name, st.client,
-       case when st.replay_lsn >= pg_current_wal_lsn() then 0 else coalesce(st.replay_lag, 0) end as lag_seconds
+select st.name, st.client, st.replay_lsn,
+       greatest(case when st.replay_lsn >= pg_current_wal_lsn() then 0 else coalesce(st.replay_lag, 0) end,
+                coalesce((select extract(epoch from clock_timestamp())::float8 - min(m.at)
+                          from unnest({lsns}, {times}) m(lsn, at) where m.lsn > st.replay_lsn), 0)) as lag_seconds
 from (%s) st where st.visible""" % _STREAMING
+
+# Where the WAL ends now, and the server's clock (an epoch). The insert
+# position: under synchronous_commit = off the write position can still be
+# before the last commit. Right after a page header (a new page, or a new
+# segment after a switch) nothing was written on the page yet, and a standby
+# that replayed up to the page's start has it all: the position is the page's
+# start then (no record ends in a page's first 40 bytes, SizeOfXLogLongPHD).
+# The low 32 bits are taken apart by hand: pg_lsn - numeric is PostgreSQL 14+.
+_WAL_POSITION_SQL = """
+select case when mod(p.low, p.block) between 1 and 40
+            then (split_part(p.lsn::text, '/', 1) || '/' || to_hex(p.low - mod(p.low, p.block)))::pg_lsn
+            else p.lsn end::text,
+       p.epoch
+from (select i.lsn, current_setting('wal_block_size')::int as block,
+             ('x' || lpad(split_part(i.lsn::text, '/', 2), 8, '0'))::bit(32)::bigint as low,
+             extract(epoch from clock_timestamp())::float8 as epoch
+      from (select pg_current_wal_insert_lsn() as lsn offset 0) i) p"""
 
 
 class Standby(NamedTuple):
@@ -161,6 +193,7 @@ def wait_for_standbys(settings, err, timeout: float, what: str = "the change") -
         target = _target_lsn(cursor)
         started = time.monotonic()
         reporter = _LagReporter(say, started)
+        nudged = None
         while True:
             standbys = _read_standbys(cursor, target)
             _refuse_unseen(standbys, cursor, what)
@@ -171,26 +204,29 @@ def wait_for_standbys(settings, err, timeout: float, what: str = "the change") -
                 return reporter.report(standbys, target, elapsed)
             if elapsed >= timeout:
                 raise _timed_out(behind, target, timeout, what, reporter.report(standbys, target, elapsed))
+            if any(standby.connected for standby in behind):
+                nudged = _nudge(conn, nudged)
             time.sleep(min(POLL_SECONDS, max(0.0, timeout - elapsed)))
     finally:
         db.close(conn)
 
 
+def _nudge(conn, last: Optional[float]) -> Optional[float]:
+    """A commit record every NUDGE_EVERY_SECONDS, so the connected standbys report
+    their replay now (the time of this one, or `last` when it was too soon)."""
+    now = time.monotonic()
+    if last is not None and now - last < NUDGE_EVERY_SECONDS:
+        return last
+    conn.cursor().execute(_NUDGE_SQL)
+    if not conn.autocommit:
+        conn.commit()
+    return now
+
+
 def _target_lsn(cursor) -> str:
-    """The end of everything inserted into the WAL so far, so of the run's last commit
-    (the insert position: under synchronous_commit = off the write position can still
-    be before it). Right after a page header nothing was written on the page yet, and
-    a standby that replayed up to the page's start has it all: the target is the start."""
-    cursor.execute("select pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int")
-    text, block = cursor.fetchone()
-    high, low = (int(part, 16) for part in text.split("/"))
-    lsn = (high << 32) | low
-    if 0 < lsn % block <= MAX_PAGE_HEADER:
-        lsn -= lsn % block
-    return "%X/%X" % (lsn >> 32, lsn & 0xFFFFFFFF)
-
-
-MAX_PAGE_HEADER = 40  # SizeOfXLogLongPHD: no record ends within a page's first 40 bytes
+    """The end of everything inserted into the WAL so far, so of the run's last commit."""
+    cursor.execute(_WAL_POSITION_SQL)
+    return cursor.fetchone()[0]
 
 
 def _read_standbys(cursor, target: str) -> List[Standby]:
@@ -267,68 +303,125 @@ def _seconds_text(seconds: float) -> str:
     return ("%.3f" % seconds).rstrip("0").rstrip(".")
 
 
-def pause_while_behind(conn, bound: float, say, poll: float = POLL_SECONDS) -> float:
-    """Between two committed batches: wait while a connected standby's replay lag
-    exceeds `bound` seconds (0 or less: never). `conn` is a pg8000 connection
-    with no transaction open; each look is its own short transaction, so the pause
-    holds no lock and no snapshot. `say(line)` gets a line when the pause starts
-    and every PAUSE_REPORT_EVERY_SECONDS. Returns the seconds paused."""
-    if bound <= 0:
-        return 0.0
-    started = time.monotonic()
-    told = None
-    while True:
-        behind = _lagging(conn, bound)
-        if not behind:
-            return time.monotonic() - started
-        now = time.monotonic()
-        if told is None or now - told >= PAUSE_REPORT_EVERY_SECONDS:
-            say("pausing the batches while standbys replay: %s (the bound is %ss, %s)"
-                % (", ".join("%s (%s) %.1fs behind" % row for row in behind), _seconds_text(bound),
-                   ENV_MAX_REPLICA_LAG))
-            told = now
-        time.sleep(poll)
+class ReplayThrottle:
+    """Between two committed batches of a row move, pause() waits while a connected
+    standby's replay lag exceeds `bound` seconds (0 or less: never). `conn` is a
+    pg8000 connection with no transaction open; each look is its own short
+    transaction, so a pause holds no lock and no snapshot. `say(line)` gets a line
+    when a pause starts and every PAUSE_REPORT_EVERY_SECONDS while it lasts. One
+    throttle per move: it keeps the marks of the batches not replayed yet."""
+
+    def __init__(self, conn, bound: float, say, poll: float = POLL_SECONDS):
+        self.conn, self.bound, self.say, self.poll = conn, bound, say, poll
+        self.marks = []  # (lsn as an int, lsn text, server epoch), oldest first
+
+    def pause(self) -> float:
+        """After a batch's COMMIT: the seconds paused (0.0 when no standby lags)."""
+        if self.bound <= 0:
+            return 0.0
+        started = time.monotonic()
+        self._mark()
+        told = nudged = None
+        while True:
+            behind = self._lagging()
+            if not behind:
+                return time.monotonic() - started
+            nudged = _nudge(self.conn, nudged)
+            now = time.monotonic()
+            if told is None or now - told >= PAUSE_REPORT_EVERY_SECONDS:
+                self.say("pausing the batches while standbys replay: %s (the bound is %ss, %s)"
+                         % (", ".join("%s (%s) %.1fs behind" % row for row in behind), _seconds_text(self.bound),
+                            ENV_MAX_REPLICA_LAG))
+                told = now
+            time.sleep(self.poll)
+
+    def _query(self, statement: str, params=()):
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(statement, params)
+            return cursor.fetchall()
+        finally:
+            if not self.conn.autocommit:
+                self.conn.rollback()
+
+    def _mark(self) -> None:
+        lsn, epoch = self._query(_WAL_POSITION_SQL)[0]
+        self.marks.append((_lsn_int(lsn), lsn, epoch))
+
+    def _lagging(self) -> list:
+        """(name, client, seconds) of each connected standby past the bound; forgets the
+        marks every connected standby has replayed."""
+        statement = _CONNECTED_LAG_SQL.format(lsns="%s::pg_lsn[]", times="%s::float8[]")
+        rows = self._query(statement, ([text for _, text, _ in self.marks], [at for _, _, at in self.marks]))
+        replayed = min((_lsn_int(lsn) for _, _, lsn, _ in rows if lsn), default=None)
+        if not rows:  # no standby connected: nothing to measure the marks against
+            self.marks = []
+        elif replayed is not None:
+            self.marks = [mark for mark in self.marks if mark[0] > replayed]
+        return [(name, client, seconds) for name, client, _, seconds in sorted(rows) if seconds > self.bound]
 
 
-def _lagging(conn, bound: float) -> list:
-    cursor = conn.cursor()
-    try:
-        cursor.execute("select name, client, lag_seconds from (%s) l where lag_seconds > %%s order by name"
-                       % _CONNECTED_LAG_SQL, (bound,))
-        return [tuple(row) for row in cursor.fetchall()]
-    finally:
-        if not conn.autocommit:
-            conn.rollback()
+def _lsn_int(text: str) -> int:
+    high, low = (int(part, 16) for part in text.split("/"))
+    return (high << 32) | low
 
 
 def pause_lines(indent: str = "    ") -> List[str]:
-    """PL/pgSQL for a DO block's loop, between a COMMIT and the next batch: wait
-    while a connected standby's replay lag exceeds otelmig.max_replica_lag seconds
-    (unset, as under plain `alembic` or psql: the default bound; 0: never). A block
-    of its own, with no EXCEPTION clause, so the loop may still COMMIT after it.
-    Every PAUSE_REPORT_EVERY_SECONDS it raises a NOTICE naming the standbys."""
-    lag_query = " ".join(_CONNECTED_LAG_SQL.split())
+    """PL/pgSQL for a DO block's batch loop, right after a COMMIT: wait while a
+    connected standby's replay lag exceeds otelmig.max_replica_lag seconds (unset,
+    as under plain `alembic` or psql: the default bound; 0: never). A block of its
+    own, with no EXCEPTION clause; it COMMITs (an empty transaction id every
+    NUDGE_EVERY_SECONDS of a pause, to make the standbys report), so it goes
+    where the loop may COMMIT: right after the batch's own COMMIT. The batch
+    marks live in the session setting otelmig.replica_marks ("lsn@epoch ..."), so
+    the block needs no variable of the loop's. Every PAUSE_REPORT_EVERY_SECONDS of
+    a pause it raises a NOTICE naming the standbys."""
+    marks = "(SELECT array_agg(split_part(m, '@', %d)::%s ORDER BY o) FROM unnest(otelmig_marks) WITH ORDINALITY x(m, o))"
+    lag_query = " ".join(_CONNECTED_LAG_SQL.format(lsns=marks % (1, "pg_lsn"), times=marks % (2, "float8")).split())
     lines = [
         "DECLARE",
         "  otelmig_bound float8 := coalesce(nullif(current_setting(%s, true), '')::float8, %s);"
         % (db.quote_literal(BOUND_SETTING), _seconds_text(DEFAULT_MAX_REPLICA_LAG)),
+        "  otelmig_marks text[];",
+        "  otelmig_standbys bigint;",
+        "  otelmig_replayed pg_lsn;",
         "  otelmig_behind text;",
         "  otelmig_told timestamptz;",
+        "  otelmig_nudged timestamptz;",
         "BEGIN",
-        "  LOOP",
-        "    EXIT WHEN otelmig_bound <= 0;",
-        "    SELECT string_agg(format('%s (%s) %s s behind', l.name, l.client, round(l.lag_seconds::numeric, 1)),",
-        "                      ', ' ORDER BY l.name)",
-        "      INTO otelmig_behind FROM (%s) l WHERE l.lag_seconds > otelmig_bound;" % lag_query,
-        "    EXIT WHEN otelmig_behind IS NULL;",
-        "    IF otelmig_told IS NULL OR clock_timestamp() >= otelmig_told + interval '%d seconds' THEN"
+        "  IF otelmig_bound > 0 THEN",
+        "    SELECT coalesce(string_to_array(nullif(current_setting(%s, true), ''), ' '), '{}')"
+        % db.quote_literal(MARKS_SETTING),
+        "           || (mark.l::text || '@' || mark.e::text)",
+        "      INTO otelmig_marks FROM (%s) mark(l, e);" % " ".join(_WAL_POSITION_SQL.split()),
+        "    LOOP",
+        "      SELECT count(*), min(l.replay_lsn),",
+        "             string_agg(format('%s (%s) %s s behind', l.name, l.client, round(l.lag_seconds::numeric, 1)),",
+        "                        ', ' ORDER BY l.name) FILTER (WHERE l.lag_seconds > otelmig_bound)",
+        "        INTO otelmig_standbys, otelmig_replayed, otelmig_behind",
+        "        FROM (%s) l;" % lag_query,
+        # the marks every connected standby has replayed are done with (all of them when none is connected)
+        "      otelmig_marks := CASE WHEN otelmig_standbys = 0 THEN '{}'::text[] ELSE array(",
+        "        SELECT m FROM unnest(otelmig_marks) WITH ORDINALITY x(m, o)",
+        "        WHERE otelmig_replayed IS NULL OR split_part(m, '@', 1)::pg_lsn > otelmig_replayed ORDER BY o) END;",
+        "      PERFORM set_config(%s, array_to_string(otelmig_marks, ' '), false);" % db.quote_literal(MARKS_SETTING),
+        "      EXIT WHEN otelmig_behind IS NULL;",
+        "      IF otelmig_told IS NULL OR clock_timestamp() >= otelmig_told + interval '%d seconds' THEN"
         % PAUSE_REPORT_EVERY_SECONDS,
-        "      RAISE NOTICE 'otelmig: pausing the batches while standbys replay: % (the bound is % s, %)',",
-        "        otelmig_behind, otelmig_bound, %s;" % db.quote_literal(ENV_MAX_REPLICA_LAG),
-        "      otelmig_told := clock_timestamp();",
-        "    END IF;",
-        "    PERFORM pg_sleep(%s);" % POLL_SECONDS,
-        "  END LOOP;",
+        "        RAISE NOTICE 'otelmig: pausing the batches while standbys replay: % (the bound is % s, %)',",
+        "          otelmig_behind, otelmig_bound, %s;" % db.quote_literal(ENV_MAX_REPLICA_LAG),
+        "        otelmig_told := clock_timestamp();",
+        "      END IF;",
+        # a commit record, to which each standby replies with its replay position at once
+        "      IF otelmig_nudged IS NULL OR clock_timestamp() >= otelmig_nudged + interval '%g seconds' THEN"
+        % NUDGE_EVERY_SECONDS,
+        "        PERFORM pg_current_xact_id();",
+        "        COMMIT;",
+        "        otelmig_nudged := clock_timestamp();",
+        "      END IF;",
+        "      PERFORM pg_sleep(%s);" % POLL_SECONDS,
+        "    END LOOP;",
+        "  END IF;",
         "END;",
     ]
     return [indent + line for line in lines]

@@ -6,9 +6,9 @@ The primary has wal_level = replica, max_wal_senders and a replication role
 (`replicator`, SCRAM, its own pg_hba line). A standby may hold a physical
 replication slot (`pg_basebackup -C -S`), may be delayed
 (recovery_min_apply_delay, changed at run time with ALTER SYSTEM + reload)
-and may be stopped while its slot stays on the primary. Each standby reports
-to the primary every second (wal_receiver_status_interval), so the primary's
-view of its lag is fresh. Replicated.stop() stops every standby, then the
+and may be stopped while its slot stays on the primary. Each keeps the default
+wal_receiver_status_interval (10 s): an idle standby reports its replay no
+more often, as in the field. Replicated.stop() stops every standby, then the
 primary, and removes their directories: always call it (the fixtures do).
 """
 
@@ -124,27 +124,33 @@ class Replicated:
         with open(os.path.join(standby.data, "postgresql.conf"), "a") as conf:
             # cluster_name is the walreceiver's application_name: the name the primary shows.
             conf.write("\nport = %d\nunix_socket_directories = '%s'\ncluster_name = '%s'\nhot_standby = on\n"
-                       "wal_receiver_status_interval = '1s'\n" % (standby.port, self.primary.root, name))
+                       % (standby.port, self.primary.root, name))
         return standby.start() if start else standby
 
     def wait_streaming(self, *standbys) -> None:
-        """Until each standby streams from the primary and has replayed what the primary has now."""
+        """Until each standby streams from the primary and has replayed what the primary has now.
+        Like otelmig's own wait, it writes a commit record every second meanwhile: an idle standby
+        reports its replay only when WAL arrives (or every wal_receiver_status_interval)."""
         deadline = time.monotonic() + READY_SECONDS
         conn = connect(self.primary.url())
         try:
             # what the primary holds now (a page header at the insert position counts as nothing:
             # after pg_basebackup's segment switch nothing follows it until the next write)
-            target = replicas._target_lsn(conn.cursor())
+            cursor = conn.cursor()
+            target = replicas._target_lsn(cursor)
+            nudged = None
+            for standby in standbys:
+                while True:
+                    cursor.execute("select state, replay_lsn >= %s::pg_lsn from pg_stat_replication "
+                                   "where application_name = %s", (target, standby.name))
+                    rows = [list(row) for row in cursor.fetchall()]
+                    if rows == [["streaming", True]]:
+                        break
+                    assert time.monotonic() < deadline, "standby %s does not stream: %s" % (standby.name, rows)
+                    nudged = replicas._nudge(conn, nudged)
+                    time.sleep(0.1)
         finally:
             conn.close()
-        for standby in standbys:
-            while True:
-                rows = sql(self.primary.url(), "select state, replay_lsn >= %s::pg_lsn from pg_stat_replication "
-                           "where application_name = %s", (target, standby.name))
-                if rows and rows[0] == ["streaming", True]:
-                    break
-                assert time.monotonic() < deadline, "standby %s does not stream: %s" % (standby.name, rows)
-                time.sleep(0.1)
 
     def drop_slot(self, slot: str) -> None:
         sql(self.primary.url(), "select pg_drop_replication_slot(slot_name) from pg_replication_slots "

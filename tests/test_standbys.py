@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from conftest import connect, drop_database, run_cli, run_pyz, sql
-from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line, wait_for
+from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line
 from otelmig import replicas
 from otelmig.errors import ExitStatus
 from otelmig.revisions import HEAD_REVISION
@@ -117,6 +117,9 @@ def test_upgrade_waits_until_every_standby_has_replayed_it(replicated, fresh):
     assert by_name["alpha"]["client_addr"] == "127.0.0.1"
     for name in ("alpha", "beta"):  # what it said holds: each has the head now
         assert version_on(on(standby(replicated, name), fresh)) == HEAD_REVISION
+    # An idle standby reports its replay every wal_receiver_status_interval (10 s here, the default);
+    # the wait's commit records make them report at once.
+    assert report["waited_seconds"] < 9, report
 
 
 @pytest.mark.db
@@ -174,7 +177,14 @@ def test_a_stopped_standby_that_holds_a_slot_times_out(replicated, fresh):
         # A slot holder that is not connected never holds a row move back.
         conn = connect(fresh, autocommit=False)
         try:
-            assert replicas.pause_while_behind(conn, BOUND, lambda line: None) < 1.0
+            said = []
+            throttle = replicas.ReplayThrottle(conn, BOUND, said.append)
+            sql(fresh, "create table moved (id int)")
+            for _ in range(3):
+                conn.cursor().execute("insert into moved select generate_series(1, 500)")
+                conn.commit()
+                time.sleep(0.5)
+                assert throttle.pause() < 1.0, (said, throttle.marks)
         finally:
             conn.close()
     finally:
@@ -253,98 +263,105 @@ def test_check_wait_on_a_standby_gives_up_at_its_deadline(replicated, fresh):
 
 # -- pausing a row move --------------------------------------------------------------------
 
-def _lag_of(replicated, name: str) -> float:
-    rows = sql(replicated.primary.url(), "select lag_seconds from (%s) l where name = %%s"
-               % replicas._CONNECTED_LAG_SQL, (name,))
-    return rows[0][0] if rows else 0.0
-
-
-def _make_alpha_lag(replicated, fresh):
-    """Stop alpha's replay and write, until the primary sees alpha more than the bound behind."""
-    alpha = standby(replicated, "alpha")
-    sql(alpha.url(), "select pg_wal_replay_pause()")
-    sql(fresh, "insert into moved select g, repeat('x', 200) from generate_series(1, 2000) g")
-    wait_for(lambda: _lag_of(replicated, "alpha") > BOUND + 0.5, "alpha to lag")
-    return alpha
-
-
 def _resume_later(standby_, seconds: float, resumed: list):
     def resume():
         time.sleep(seconds)
-        resumed.append(time.monotonic())
+        resumed.append(time.time())
         sql(standby_.url(), "select pg_wal_replay_resume()")
     thread = threading.Thread(target=resume)
     thread.start()
     return thread
 
 
+RESUME_AFTER = 3.0  # seconds of a stopped replay on alpha, well past BOUND
+
+
 @pytest.mark.db
 def test_the_python_pause_holds_batches_while_a_standby_lags(replicated, fresh):
     sql(fresh, "create table moved (id int, pad text)")
     conn = connect(fresh, autocommit=False)
-    said = []
+    said, batches = [], []
+
+    def batch():  # one committed batch of a row move of our own
+        conn.cursor().execute("insert into moved select g, repeat('x', 100) from generate_series(1, 500) g")
+        conn.commit()
+        batches.append(time.time())
     try:
-        assert replicas.pause_while_behind(conn, BOUND, said.append) < 1.0  # nobody lags: no pause
-        alpha = _make_alpha_lag(replicated, fresh)
-        resumed = []
-        thread = _resume_later(alpha, 2.0, resumed)
-        for batch in range(3):  # a batched loop: a committed batch, then the pause
-            conn.cursor().execute("insert into moved select g, 'batch' from generate_series(1, 500) g")
-            conn.commit()
-            paused = replicas.pause_while_behind(conn, BOUND, said.append)
-            if batch == 0:
-                returned = time.monotonic()
-                assert resumed and returned > resumed[0], "the pause ended before the standby replayed"
-                assert paused >= 1.5, paused
+        throttle = replicas.ReplayThrottle(conn, BOUND, said.append)
+        batch()
+        assert throttle.pause() < 1.0 and said == []  # every standby keeps up: no pause
+        alpha = standby(replicated, "alpha")
+        sql(alpha.url(), "select pg_wal_replay_pause()")
+        stopped, resumed = time.time(), []
+        thread = _resume_later(alpha, RESUME_AFTER, resumed)
+        pauses = []
+        while len(batches) < 12:
+            time.sleep(0.2)
+            batch()
+            pauses.append(throttle.pause())
         thread.join()
+        long_pauses = [i for i, paused in enumerate(pauses) if paused >= 1.5]
+        assert long_pauses, pauses
+        first = long_pauses[0]
+        # it paused only once alpha was more than the bound behind, and went on only once alpha replayed
+        assert batches[first + 1] - stopped >= BOUND, (batches, pauses, stopped)
+        assert batches[first + 2] > resumed[0], (batches, pauses, resumed)
         assert said and said[0].startswith("pausing the batches while standbys replay: alpha (127.0.0.1)"), said
-        assert "OTELMIG_MAX_REPLICA_LAG" in said[0]
-        assert replicas.pause_while_behind(conn, 0, said.append) == 0.0  # 0: never
+        assert "OTELMIG_MAX_REPLICA_LAG" in said[0] and "beta" not in said[0]
+        assert replicas.ReplayThrottle(conn, 0, said.append).pause() == 0.0  # 0: never
     finally:
+        sql(standby(replicated, "alpha").url(), "select pg_wal_replay_resume()")
         conn.close()
 
 
-@pytest.mark.db
-def test_the_plpgsql_pause_holds_batches_while_a_standby_lags(replicated, fresh):
-    sql(fresh, "create table moved (id int, pad text)")
-    sql(fresh, "create table batches (n int, at timestamptz)")
-    body = "\n".join([
+def _batches_block(count: int) -> str:
+    """A DO block of our own: `count` committed batches, the pause after each."""
+    return "\n".join([
         "DO $batches$",
         "DECLARE n int;",
         "BEGIN",
-        "  FOR n IN 1 .. 3 LOOP",
-        "    INSERT INTO moved SELECT g, 'batch' FROM generate_series(1, 500) g;",
-        "    INSERT INTO batches VALUES (n, clock_timestamp());",
+        "  FOR n IN 1 .. %d LOOP" % count,
+        "    PERFORM pg_sleep(0.2);",
+        "    INSERT INTO moved SELECT g, repeat('x', 100) FROM generate_series(1, 500) g;",
+        "    INSERT INTO batches VALUES (n, extract(epoch from clock_timestamp()));",
         "    COMMIT;",
     ] + replicas.pause_lines("    ") + [
         "  END LOOP;",
         "END",
         "$batches$"])
+
+
+@pytest.mark.db
+def test_the_plpgsql_pause_holds_batches_while_a_standby_lags(replicated, fresh):
+    sql(fresh, "create table moved (id int, pad text)")
+    sql(fresh, "create table batches (n int, at float8)")
     conn = connect(fresh)
+    alpha = standby(replicated, "alpha")
     try:
         conn.cursor().execute(replicas.session_bound_sql(Settings(conninfo=None, max_replica_lag=BOUND)))
-        alpha = _make_alpha_lag(replicated, fresh)
-        resumed = []
-        thread = _resume_later(alpha, 2.0, resumed)
-        conn.cursor().execute(body)
+        sql(alpha.url(), "select pg_wal_replay_pause()")
+        stopped, resumed = time.time(), []
+        thread = _resume_later(alpha, RESUME_AFTER, resumed)
+        conn.cursor().execute(_batches_block(12))
         thread.join()
-        rows = sql(fresh, "select n, extract(epoch from at)::float8 from batches order by n")
-        assert [n for n, _ in rows] == [1, 2, 3]
-        # batch 2 came only after the resume: its server time is at least the pause after batch 1
-        gap = rows[1][1] - rows[0][1]
-        assert gap >= 1.5, rows
-        notices = [notice.get(b"M", b"").decode() if isinstance(notice, dict) else str(notice)
-                   for notice in conn.notices]
+        at = [row[1] for row in sql(fresh, "select n, at from batches order by n")]
+        assert len(at) == 12
+        gaps = [i for i in range(1, len(at)) if at[i] - at[i - 1] >= 1.5]
+        assert gaps, at
+        assert at[gaps[0] - 1] - stopped >= BOUND and at[gaps[0]] > resumed[0], (at, stopped, resumed)
+        notices = [str(notice) for notice in conn.notices]
         assert any("otelmig: pausing the batches while standbys replay: alpha (127.0.0.1)" in n for n in notices), \
             notices
-        # Unset (plain alembic, psql): the default bound; 0: no pause at all.
+
+        # 0: no pause at all, with alpha's replay stopped the whole time
+        sql(fresh, "truncate batches")
         conn.cursor().execute("select set_config('otelmig.max_replica_lag', '0', false)")
         sql(alpha.url(), "select pg_wal_replay_pause()")
-        started = time.monotonic()
-        conn.cursor().execute(body)
-        assert time.monotonic() - started < DEADLINE_SECONDS
+        conn.cursor().execute(_batches_block(12))
+        at = [row[1] for row in sql(fresh, "select n, at from batches order by n")]
+        assert max(at[i] - at[i - 1] for i in range(1, len(at))) < 1.5, at
     finally:
-        sql(standby(replicated, "alpha").url(), "select pg_wal_replay_resume()")
+        sql(alpha.url(), "select pg_wal_replay_resume()")
         conn.close()
 
 
