@@ -30,13 +30,6 @@ from otelmig.settings import DEFAULT_MAX_REPLICA_LAG, ENV_MAX_REPLICA_LAG
 POLL_SECONDS = 0.2          # how often the wait and the pause look again
 REPORT_EVERY_SECONDS = 1.0  # at most one lag line per standby this often, and only when its lag changed
 PAUSE_REPORT_EVERY_SECONDS = 10.0  # while a move pauses, one line this often
-# A standby reports how far it has replayed when WAL reaches it, else only every
-# wal_receiver_status_interval (10 s by default): so the primary would see an
-# idle standby as behind for up to 10 s after it has caught up. While it waits
-# for a connected standby, otelmig writes a commit record this often (an empty
-# transaction id: pg_current_xact_id()), to which each standby replies at once.
-NUDGE_EVERY_SECONDS = 1.0
-_NUDGE_SQL = "select pg_current_xact_id()"
 BOUND_SETTING = "otelmig.max_replica_lag"  # the session setting the PL/pgSQL pause reads (seconds)
 MARKS_SETTING = "otelmig.replica_marks"    # the PL/pgSQL pause's batch marks, kept in the session
 GRANT_HINT = ("GRANT pg_monitor TO %s (only superusers and members of pg_read_all_stats, which pg_monitor "
@@ -73,10 +66,12 @@ order by connected desc, name""" % (_STREAMING, _SLOT_HOLDERS)
 # (gh-ost's heartbeat): after each batch, where the WAL was and when. They are
 # needed because replay_lag stays null, or stale, for a standby whose replay
 # stopped right after an idle spell (nothing to interpolate from).
-# {lsns} and {times}: the marks, a pg_lsn[] and a float8[] of epochs.
+# {lsns} and {times}: the marks, a pg_lsn[] and a float8[] of epochs; {wal}: _WAL_POSITION_SQL
+# (0 lag once the standby has replayed all the primary holds, a page header not counted).
 _CONNECTED_LAG_SQL = """
 select st.name, st.client, st.replay_lsn,
-       greatest(case when st.replay_lsn >= pg_current_wal_lsn() then 0 else coalesce(st.replay_lag, 0) end,
+       greatest(case when st.replay_lsn >= (select w.lsn::pg_lsn from ({wal}) w(lsn, at)) then 0
+                     else coalesce(st.replay_lag, 0) end,
                 coalesce((select extract(epoch from clock_timestamp())::float8 - min(m.at)
                           from unnest({lsns}, {times}) m(lsn, at) where m.lsn > st.replay_lsn), 0)) as lag_seconds
 from (%s) st where st.visible""" % _STREAMING
@@ -100,7 +95,7 @@ from (select i.lsn, current_setting('wal_block_size')::int as block,
 
 
 class Standby(NamedTuple):
-    name: str                 # application_name (a standby's cluster_name), else its slot's name
+    name: str                 # application_name (primary_conninfo's, else cluster_name), else its slot's name
     slot: Optional[str]
     client: Optional[str]     # client address; None for a slot holder that is not connected
     connected: bool
@@ -192,8 +187,7 @@ def wait_for_standbys(settings, err, timeout: float, what: str = "the change") -
         cursor = conn.cursor()
         target = _target_lsn(cursor)
         started = time.monotonic()
-        reporter = _LagReporter(say, started)
-        nudged = None
+        reporter = _LagReporter(say)
         while True:
             standbys = _read_standbys(cursor, target)
             _refuse_unseen(standbys, cursor, what)
@@ -204,23 +198,9 @@ def wait_for_standbys(settings, err, timeout: float, what: str = "the change") -
                 return reporter.report(standbys, target, elapsed)
             if elapsed >= timeout:
                 raise _timed_out(behind, target, timeout, what, reporter.report(standbys, target, elapsed))
-            if any(standby.connected for standby in behind):
-                nudged = _nudge(conn, nudged)
             time.sleep(min(POLL_SECONDS, max(0.0, timeout - elapsed)))
     finally:
         db.close(conn)
-
-
-def _nudge(conn, last: Optional[float]) -> Optional[float]:
-    """A commit record every NUDGE_EVERY_SECONDS, so the connected standbys report
-    their replay now (the time of this one, or `last` when it was too soon)."""
-    now = time.monotonic()
-    if last is not None and now - last < NUDGE_EVERY_SECONDS:
-        return last
-    conn.cursor().execute(_NUDGE_SQL)
-    if not conn.autocommit:
-        conn.commit()
-    return now
 
 
 def _target_lsn(cursor) -> str:
@@ -262,8 +242,8 @@ def _timed_out(behind, target: str, timeout: float, what: str, report: dict) -> 
 class _LagReporter:
     """One line per standby when its lag changed, at most every REPORT_EVERY_SECONDS each."""
 
-    def __init__(self, say, started: float):
-        self.say, self.started = say, started
+    def __init__(self, say):
+        self.say = say
         self.last = {}        # name -> (lag_bytes, when printed)
         self.caught_up = {}   # name -> seconds into the wait
         self.announced = False
@@ -321,12 +301,11 @@ class ReplayThrottle:
             return 0.0
         started = time.monotonic()
         self._mark()
-        told = nudged = None
+        told = None
         while True:
             behind = self._lagging()
             if not behind:
                 return time.monotonic() - started
-            nudged = _nudge(self.conn, nudged)
             now = time.monotonic()
             if told is None or now - told >= PAUSE_REPORT_EVERY_SECONDS:
                 self.say("pausing the batches while standbys replay: %s (the bound is %ss, %s)"
@@ -351,7 +330,7 @@ class ReplayThrottle:
     def _lagging(self) -> list:
         """(name, client, seconds) of each connected standby past the bound; forgets the
         marks every connected standby has replayed."""
-        statement = _CONNECTED_LAG_SQL.format(lsns="%s::pg_lsn[]", times="%s::float8[]")
+        statement = _CONNECTED_LAG_SQL.format(lsns="%s::pg_lsn[]", times="%s::float8[]", wal=_WAL_POSITION_SQL)
         rows = self._query(statement, ([text for _, text, _ in self.marks], [at for _, _, at in self.marks]))
         replayed = min((_lsn_int(lsn) for _, _, lsn, _ in rows if lsn), default=None)
         if not rows:  # no standby connected: nothing to measure the marks against
@@ -370,14 +349,14 @@ def pause_lines(indent: str = "    ") -> List[str]:
     """PL/pgSQL for a DO block's batch loop, right after a COMMIT: wait while a
     connected standby's replay lag exceeds otelmig.max_replica_lag seconds (unset,
     as under plain `alembic` or psql: the default bound; 0: never). A block of its
-    own, with no EXCEPTION clause; it COMMITs (an empty transaction id every
-    NUDGE_EVERY_SECONDS of a pause, to make the standbys report), so it goes
-    where the loop may COMMIT: right after the batch's own COMMIT. The batch
+    own, with no EXCEPTION clause, so the loop may still COMMIT after it. The batch
     marks live in the session setting otelmig.replica_marks ("lsn@epoch ..."), so
     the block needs no variable of the loop's. Every PAUSE_REPORT_EVERY_SECONDS of
     a pause it raises a NOTICE naming the standbys."""
-    marks = "(SELECT array_agg(split_part(m, '@', %d)::%s ORDER BY o) FROM unnest(otelmig_marks) WITH ORDINALITY x(m, o))"
-    lag_query = " ".join(_CONNECTED_LAG_SQL.format(lsns=marks % (1, "pg_lsn"), times=marks % (2, "float8")).split())
+    marks = ("(SELECT array_agg(split_part(m, '@', %d)::%s ORDER BY o) "
+             "FROM unnest(otelmig_marks) WITH ORDINALITY x(m, o))")
+    lag_query = " ".join(_CONNECTED_LAG_SQL.format(lsns=marks % (1, "pg_lsn"), times=marks % (2, "float8"),
+                                                   wal=_WAL_POSITION_SQL).split())
     lines = [
         "DECLARE",
         "  otelmig_bound float8 := coalesce(nullif(current_setting(%s, true), '')::float8, %s);"
@@ -387,7 +366,6 @@ def pause_lines(indent: str = "    ") -> List[str]:
         "  otelmig_replayed pg_lsn;",
         "  otelmig_behind text;",
         "  otelmig_told timestamptz;",
-        "  otelmig_nudged timestamptz;",
         "BEGIN",
         "  IF otelmig_bound > 0 THEN",
         "    SELECT coalesce(string_to_array(nullif(current_setting(%s, true), ''), ' '), '{}')"
@@ -411,13 +389,6 @@ def pause_lines(indent: str = "    ") -> List[str]:
         "        RAISE NOTICE 'otelmig: pausing the batches while standbys replay: % (the bound is % s, %)',",
         "          otelmig_behind, otelmig_bound, %s;" % db.quote_literal(ENV_MAX_REPLICA_LAG),
         "        otelmig_told := clock_timestamp();",
-        "      END IF;",
-        # a commit record, to which each standby replies with its replay position at once
-        "      IF otelmig_nudged IS NULL OR clock_timestamp() >= otelmig_nudged + interval '%g seconds' THEN"
-        % NUDGE_EVERY_SECONDS,
-        "        PERFORM pg_current_xact_id();",
-        "        COMMIT;",
-        "        otelmig_nudged := clock_timestamp();",
         "      END IF;",
         "      PERFORM pg_sleep(%s);" % POLL_SECONDS,
         "    END LOOP;",

@@ -72,10 +72,17 @@ class Standby:
 
     def set_delay(self, seconds: float) -> None:
         """recovery_min_apply_delay at run time (it is a reload setting)."""
+        self.configure("recovery_min_apply_delay", "%dms" % int(seconds * 1000))
+
+    def configure(self, name: str, value=None) -> None:
+        """ALTER SYSTEM SET name = value (RESET when None), then reload."""
         conn = connect(self.url())
         try:
             cursor = conn.cursor()
-            cursor.execute("ALTER SYSTEM SET recovery_min_apply_delay = '%dms'" % int(seconds * 1000))
+            if value is None:
+                cursor.execute("ALTER SYSTEM RESET %s" % name)
+            else:
+                cursor.execute("ALTER SYSTEM SET %s = '%s'" % (name, value))
             cursor.execute("select pg_reload_conf()")
         finally:
             conn.close()
@@ -85,6 +92,18 @@ class Standby:
 
     def has_database(self, database: str) -> bool:
         return bool(sql(self.url(), "select 1 from pg_database where datname = %s", (database,)))
+
+
+def _minimal_primary_conninfo(data: str, conninfo: str) -> None:
+    """pg_basebackup -R writes every option its own libpq knows (sslsni is 14+): an older server's
+    walreceiver refuses the line. Ours names only what it needs, the standby's name included."""
+    path = os.path.join(data, "postgresql.auto.conf")
+    with open(path) as handle:
+        text = handle.read()
+    text, found = re.subn(r"^primary_conninfo = .*$", "primary_conninfo = '%s'" % conninfo, text, flags=re.M)
+    assert found == 1, text
+    with open(path, "w") as handle:
+        handle.write(text)
 
 
 class Replicated:
@@ -121,16 +140,16 @@ class Replicated:
             argv += ["-C", "-S", slot]
         self.standbys.append(standby)
         self.primary._run(*argv, env=dict(os.environ, PGPASSWORD=self.replicator_password))
+        # application_name is what the primary shows (pg_stat_replication.application_name)
+        _minimal_primary_conninfo(standby.data, "host=127.0.0.1 port=%d user=%s password=%s application_name=%s"
+                                  % (self.primary.port, REPLICATION_ROLE, self.replicator_password, name))
         with open(os.path.join(standby.data, "postgresql.conf"), "a") as conf:
-            # cluster_name is the walreceiver's application_name: the name the primary shows.
-            conf.write("\nport = %d\nunix_socket_directories = '%s'\ncluster_name = '%s'\nhot_standby = on\n"
-                       % (standby.port, self.primary.root, name))
+            conf.write("\nport = %d\nunix_socket_directories = '%s'\nhot_standby = on\n"
+                       % (standby.port, self.primary.root))
         return standby.start() if start else standby
 
     def wait_streaming(self, *standbys) -> None:
-        """Until each standby streams from the primary and has replayed what the primary has now.
-        Like otelmig's own wait, it writes a commit record every second meanwhile: an idle standby
-        reports its replay only when WAL arrives (or every wal_receiver_status_interval)."""
+        """Until each standby streams from the primary and has replayed what the primary has now."""
         deadline = time.monotonic() + READY_SECONDS
         conn = connect(self.primary.url())
         try:
@@ -138,7 +157,6 @@ class Replicated:
             # after pg_basebackup's segment switch nothing follows it until the next write)
             cursor = conn.cursor()
             target = replicas._target_lsn(cursor)
-            nudged = None
             for standby in standbys:
                 while True:
                     cursor.execute("select state, replay_lsn >= %s::pg_lsn from pg_stat_replication "
@@ -147,7 +165,6 @@ class Replicated:
                     if rows == [["streaming", True]]:
                         break
                     assert time.monotonic() < deadline, "standby %s does not stream: %s" % (standby.name, rows)
-                    nudged = replicas._nudge(conn, nudged)
                     time.sleep(0.1)
         finally:
             conn.close()
