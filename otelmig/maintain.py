@@ -30,7 +30,7 @@ import re
 import time
 from typing import List, NamedTuple, Optional
 
-from otelmig import db, output, partitions
+from otelmig import db, output, partitions, replicas
 from otelmig._version import HEAD_REVISION
 from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
 from otelmig.schema import SPANS_PARTITIONING
@@ -158,6 +158,7 @@ def maintain(settings, err, ahead: Optional[str] = None, retain: Optional[str] =
     if dry_run:
         return _dry_run(settings, err, ahead_days, window, retain)
     from otelmig.migrate import migration_session
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         _refuse_unless_ready(state)
         raw = connection.connection.dbapi_connection
@@ -171,8 +172,9 @@ def maintain(settings, err, ahead: Optional[str] = None, retain: Optional[str] =
         in_default = runner.read(lambda: partitions.default_rows(raw, final))
         runner.restore()
     _report_default(settings, err, final, in_default)
-    return _result(settings, state.revision, final, in_default[0], outcome, ahead_days, retain,
-                   decision.window_start, dry_run=False)
+    return replicas.after_change(settings, err, _result(settings, state.revision, final, in_default[0], outcome,
+                                                        ahead_days, retain, decision.window_start, dry_run=False),
+                                 "the maintenance")
 
 
 def _refuse_unless_ready(state) -> None:

@@ -44,6 +44,7 @@ def migration_session(settings, err):
         engine = engine_for(settings.conninfo)
         connection = engine.connect()
         pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
+        replicas.relay_pause_notices(connection.connection.dbapi_connection, say)  # a row move's pause lines
         ours = not isinstance(assess(state), UnknownRevisionError)  # a newer otelmig's layout is not ours to repair
         try:
             # On SIGINT/SIGTERM, end our own backend so its transaction is

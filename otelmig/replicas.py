@@ -19,6 +19,7 @@ Three things, all read on the primary:
 Below the commands: it imports connections and settings only.
 """
 
+import collections
 import re
 import time
 from typing import List, NamedTuple, Optional
@@ -32,6 +33,8 @@ REPORT_EVERY_SECONDS = 1.0  # at most one lag line per standby this often, and o
 PAUSE_REPORT_EVERY_SECONDS = 10.0  # while a move pauses, one line this often
 BOUND_SETTING = "otelmig.max_replica_lag"  # the session setting the PL/pgSQL pause reads (seconds)
 MARKS_SETTING = "otelmig.replica_marks"    # the PL/pgSQL pause's batch marks, kept in the session
+PAUSE_LINE = "pausing the batches while standbys replay: "  # how a pause names the standbys behind
+NOTICE_PREFIX = "otelmig: "  # the PL/pgSQL pause's NOTICE: this, then PAUSE_LINE
 GRANT_HINT = ("GRANT pg_monitor TO %s (only superusers and members of pg_read_all_stats, which pg_monitor "
               "includes, see the standbys' positions in pg_stat_replication)")
 
@@ -308,7 +311,7 @@ class ReplayThrottle:
                 return time.monotonic() - started
             now = time.monotonic()
             if told is None or now - told >= PAUSE_REPORT_EVERY_SECONDS:
-                self.say("pausing the batches while standbys replay: %s (the bound is %ss, %s)"
+                self.say(PAUSE_LINE + "%s (the bound is %ss, %s)"
                          % (", ".join("%s (%s) %.1fs behind" % row for row in behind), _seconds_text(self.bound),
                             ENV_MAX_REPLICA_LAG))
                 told = now
@@ -374,7 +377,7 @@ def pause_lines(indent: str = "    ") -> List[str]:
         "      INTO otelmig_marks FROM (%s) mark(l, e);" % " ".join(_WAL_POSITION_SQL.split()),
         "    LOOP",
         "      SELECT count(*), min(l.replay_lsn),",
-        "             string_agg(format('%s (%s) %s s behind', l.name, l.client, round(l.lag_seconds::numeric, 1)),",
+        "             string_agg(format('%s (%s) %ss behind', l.name, l.client, round(l.lag_seconds::numeric, 1)),",
         "                        ', ' ORDER BY l.name) FILTER (WHERE l.lag_seconds > otelmig_bound)",
         "        INTO otelmig_standbys, otelmig_replayed, otelmig_behind",
         "        FROM (%s) l;" % lag_query,
@@ -386,7 +389,7 @@ def pause_lines(indent: str = "    ") -> List[str]:
         "      EXIT WHEN otelmig_behind IS NULL;",
         "      IF otelmig_told IS NULL OR clock_timestamp() >= otelmig_told + interval '%d seconds' THEN"
         % PAUSE_REPORT_EVERY_SECONDS,
-        "        RAISE NOTICE 'otelmig: pausing the batches while standbys replay: % (the bound is % s, %)',",
+        "        RAISE NOTICE '%s%s%% (the bound is %%s, %%)'," % (NOTICE_PREFIX, PAUSE_LINE),
         "          otelmig_behind, otelmig_bound, %s;" % db.quote_literal(ENV_MAX_REPLICA_LAG),
         "        otelmig_told := clock_timestamp();",
         "      END IF;",
@@ -396,3 +399,25 @@ def pause_lines(indent: str = "    ") -> List[str]:
         "END;",
     ]
     return [indent + line for line in lines]
+
+
+def relay_pause_notices(dbapi_connection, say) -> None:
+    """pg8000 keeps a session's notices (connection.notices) and shows none: from
+    now on the PL/pgSQL pause's go to `say` as they arrive (without the prefix), so
+    an operator sees why a move waits and for which standby."""
+    dbapi_connection.notices = _RelayedNotices(say, dbapi_connection.notices)
+
+
+class _RelayedNotices(collections.deque):
+    """pg8000's notices deque that also says a pause's NOTICE."""
+
+    def __init__(self, say, kept: collections.deque):
+        super().__init__(kept, maxlen=kept.maxlen)
+        self.say = say
+
+    def append(self, notice) -> None:
+        super().append(notice)
+        message = notice.get(b"M", b"") if isinstance(notice, dict) else b""
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        if text.startswith(NOTICE_PREFIX + PAUSE_LINE):
+            self.say(text[len(NOTICE_PREFIX):])

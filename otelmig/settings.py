@@ -359,11 +359,10 @@ def _wait_replicas(args, env: Mapping[str, str]) -> Optional[float]:
     """--wait-replicas[=SECONDS], else OTELMIG_WAIT_REPLICAS (unset or empty: no wait); only for
     REPLICA_COMMANDS run online (the variable is ignored by the others, the flag is exit 2)."""
     flag, command = getattr(args, "wait_replicas", None), getattr(args, "command", None)
-    if command not in REPLICA_COMMANDS or getattr(args, "sql", False):
+    if command not in REPLICA_COMMANDS or getattr(args, "sql", False) or getattr(args, "dry_run", False):
         if flag is not None:
             raise UsageError("--wait-replicas waits for the standbys to replay a change made online: %s"
-                             % ("--sql only prints a script; apply it, then run `otelmig check --wait SECONDS` "
-                                "against each standby" if command in REPLICA_COMMANDS
+                             % (_why_no_wait(args) if command in REPLICA_COMMANDS
                                 else "it is for %s only" % ", ".join(REPLICA_COMMANDS)))
         return None
     if flag is not None:
@@ -374,6 +373,12 @@ def _wait_replicas(args, env: Mapping[str, str]) -> Optional[float]:
                              "not %r" % flag) from None
     text = env.get(ENV_WAIT_REPLICAS)
     return None if text is None or text.strip() == "" else parse_seconds(text, ENV_WAIT_REPLICAS, allow_zero=True)
+
+
+def _why_no_wait(args) -> str:
+    if getattr(args, "sql", False):
+        return "--sql only prints a script; apply it, then run `otelmig check --wait SECONDS` against each standby"
+    return "--dry-run changes nothing; run without it to wait for the standbys after the change"
 
 
 def _max_replica_lag(env: Mapping[str, str]) -> float:

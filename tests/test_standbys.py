@@ -4,14 +4,19 @@ with two standbys for the module (alpha, and beta which holds a slot), a fresh
 database per test; a delayed standby is beta with recovery_min_apply_delay
 set for the test, a stopped one is made (and removed) by its test."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 
 import pytest
 
+import partition_layout
+import pgcluster
 from conftest import connect, drop_database, run_cli, run_pyz, sql
-from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line
+from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line, wait_for
 from otelmig import replicas
 from otelmig.errors import ExitStatus
 from otelmig.revisions import HEAD_REVISION
@@ -27,6 +32,9 @@ def replicated():
     group = Replicated()
     if group.basebackup is None:
         group.stop()
+        if pgcluster.selected() == pgcluster.pgbin.DEFAULT:  # Debian's server package ships pg_basebackup
+            pytest.fail("no pg_basebackup in %s nor on PATH: the default PostgreSQL %s must have one"
+                        % (group.primary.bindir, pgcluster.pgbin.DEFAULT))
         pytest.skip("no pg_basebackup that can stream from PostgreSQL %s here: the standby tests need one"
                     % group.primary.major)
     try:
@@ -84,6 +92,7 @@ NOWHERE = "postgresql://u@127.0.0.1:1/d"  # a usage error is found before connec
     (["stamp", "head", "--wait-replicas=5"], {}, "--wait-replicas"),
     (["upgrade"], {"OTELMIG_WAIT_REPLICAS": "soon"}, "OTELMIG_WAIT_REPLICAS"),
     (["downgrade", "base"], {"OTELMIG_MAX_REPLICA_LAG": "-1"}, "OTELMIG_MAX_REPLICA_LAG"),
+    (["maintain", "--dry-run", "--wait-replicas"], {}, "--dry-run changes nothing"),
 ])
 def test_bad_wait_replicas_input_is_a_usage_error(argv, env, names):
     result = run_cli(*argv, url=NOWHERE, env=env)
@@ -374,14 +383,92 @@ def test_the_plpgsql_pause_holds_batches_while_a_standby_lags(replicated, fresh)
         conn.close()
 
 
-# -- maintain (its hook is merged by the lead with the maintain rewrite) --------------------
+# -- revision 2's rollback: its batched move back pauses too ---------------------------------
+
+MOVED_ROWS = 30000  # three of revision 2's batches (BATCH_ROWS = 10000) to move back into the plain spans
+
+
+def _at_head_with_rows_in_days(url):
+    """A converted store in service (as tests/test_rev2_downgrade.py makes one): rows in the day
+    partitions of past days, which the rollback moves back into spans batch by batch."""
+    assert run_cli("upgrade", "--wait-replicas=%d" % DEADLINE_SECONDS, url=url).code == 0
+    first = partition_layout.age_conversion(url, days_ago=5)
+    sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+             "select 'later', 'later-' || g, 'op', 'svc', timestamptz '%s 00:00:00+00' + g * (interval '3 days' / %d) "
+             "from generate_series(0, %d - 1) g" % (first.isoformat(), MOVED_ROWS, MOVED_ROWS))
+
+
+def _pausing(url) -> bool:
+    """otelmig's session sleeps in a pause (pg_sleep, outside any lock: nothing else of the move sleeps
+    while no other session holds the tables)."""
+    return bool(sql(url, "select count(*) from pg_stat_activity where application_name = 'otelmig' "
+                         "and wait_event = 'PgSleep'")[0][0])
+
+
+def _spawn_pyz(pyz_path, url, *args, env=None):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "POSTGRES", "OTEL"))}
+    environ.update(env or {}, POSTGRES_URL=url)
+    return subprocess.Popen([sys.executable, str(pyz_path)] + list(args), env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
 
 @pytest.mark.db
-@pytest.mark.xfail(strict=True, reason="maintain's call to replicas.after_change is merged by the lead "
-                   "(otelmig/maintain.py belongs to the maintain rewrite); remove this mark then")
+def test_the_rollback_moves_rows_back_pausing_while_a_standby_lags(replicated, fresh, pyz):
+    _at_head_with_rows_in_days(fresh)
+    alpha = standby(replicated, "alpha")
+    later = "select count(*) from only otel.spans where trace_id = 'later'"
+    sql(alpha.url(), "select pg_wal_replay_pause()")
+    try:
+        # a bound below a batch's own time: from the second batch on, alpha is past it while it replays nothing
+        rollback = _spawn_pyz(pyz, fresh, "rollback", env={"OTELMIG_MAX_REPLICA_LAG": "0.05"})
+        wait_for(lambda: _pausing(fresh) or rollback.poll() is not None, "the rollback to pause")
+        time.sleep(2.0)
+        assert rollback.poll() is None and _pausing(fresh), "the move went on while alpha replayed nothing"
+        moved_so_far = sql(fresh, later)[0][0]
+        assert 0 < moved_so_far < MOVED_ROWS  # committed batches, and batches still to come
+    finally:
+        sql(alpha.url(), "select pg_wal_replay_resume()")
+    out, err = rollback.communicate(timeout=DEADLINE_SECONDS)
+    assert rollback.returncode == 0, err
+    pauses = [line for line in err.splitlines() if line.startswith("pausing the batches while standbys replay: ")]
+    # a line when a batch's pause starts (then one per 10 s of it): at most one per batch here
+    assert pauses and len(pauses) <= MOVED_ROWS // 10000, err
+    assert "alpha (127.0.0.1) " in pauses[0] and "(the bound is 0.05s, OTELMIG_MAX_REPLICA_LAG)" in pauses[0], err
+    assert version_on(fresh) == BASELINE
+    assert sql(fresh, later) == [[MOVED_ROWS]]
+    assert sql(fresh, "select count(*) from pg_inherits where inhparent = 'otel.spans'::regclass") == [[0]]
+
+
+@pytest.mark.db
+def test_the_rollback_does_not_pause_with_a_bound_of_zero(replicated, fresh):
+    _at_head_with_rows_in_days(fresh)
+    alpha = standby(replicated, "alpha")
+    sql(alpha.url(), "select pg_wal_replay_pause()")  # stopped for the whole rollback
+    try:
+        result = run_cli("rollback", url=fresh, env={"OTELMIG_MAX_REPLICA_LAG": "0"})
+        assert result.code == 0, result.err
+        assert "pausing" not in result.err, result.err
+        assert sql(fresh, "select count(*) from only otel.spans where trace_id = 'later'") == [[MOVED_ROWS]]
+    finally:
+        sql(alpha.url(), "select pg_wal_replay_resume()")
+
+
+# -- maintain ------------------------------------------------------------------------------
+
+@pytest.mark.db
 def test_maintain_waits_for_the_standbys(replicated, fresh):
     assert run_cli("upgrade", "--wait-replicas=%d" % DEADLINE_SECONDS, url=fresh).code == 0
-    result = run_cli("maintain", "--wait-replicas=%d" % DEADLINE_SECONDS, "--format", "json", url=fresh)
+    beta = standby(replicated, "beta")
+    beta.set_delay(DELAY)
+    started = time.monotonic()
+    # three more days ahead than the upgrade made: maintain has something to write
+    result = run_cli("maintain", "--ahead", "10", "--wait-replicas=%d" % DEADLINE_SECONDS, "--format", "json",
+                     url=fresh)
     assert result.code == 0, result.err
-    assert {s["name"] for s in result.json()["replicas"]["standbys"]} == {"alpha", "beta"}
-
+    report = result.json()["replicas"]
+    assert {s["name"] for s in report["standbys"]} == {"alpha", "beta"}
+    assert all(s["caught_up"] for s in report["standbys"]), report
+    assert time.monotonic() - started >= DELAY  # it waited for beta's delayed replay
+    beta.set_delay(0)
+    result = run_cli("maintain", "--ahead", "10", "--wait-replicas=%d" % DEADLINE_SECONDS, url=fresh)
+    assert result.code == 0 and result.out.splitlines()[-1].startswith("standbys: all 2 have replayed"), result
