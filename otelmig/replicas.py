@@ -1,4 +1,4 @@
-"""Standbys that have caught up (docs/standbys.md).
+"""Standbys that have caught up (docs/operations.md, "Standbys").
 
 Three things, all read on the primary:
 

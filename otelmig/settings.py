@@ -29,7 +29,7 @@ ENV_PASSWORD_FILE = "POSTGRES_PASSWORD_FILE"
 ENV_SCHEMA = "OTEL_DB_SCHEMA"
 ENV_LOCK_TIMEOUT = "OTELMIG_LOCK_TIMEOUT"
 ENV_LOCK_WAIT = "OTELMIG_LOCK_WAIT"
-ENV_WAIT_REPLICAS = "OTELMIG_WAIT_REPLICAS"      # --wait-replicas' seconds (docs/standbys.md)
+ENV_WAIT_REPLICAS = "OTELMIG_WAIT_REPLICAS"      # --wait-replicas' seconds (docs/operations.md, "Standbys")
 ENV_MAX_REPLICA_LAG = "OTELMIG_MAX_REPLICA_LAG"  # a row move pauses while a standby lags more (seconds)
 LIBPQ_ENV = {
     "host": "PGHOST",

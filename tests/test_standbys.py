@@ -1,4 +1,4 @@
-"""Standbys that have caught up (issue 21 part 3, docs/standbys.md), on real
+"""Standbys that have caught up (issue 21 part 3, docs/operations.md, "Standbys"), on real
 streaming standbys made with pg_basebackup -R (tests/standbys.py): one primary
 with two standbys for the module (alpha, and beta which holds a slot), a fresh
 database per test; a delayed standby is beta with recovery_min_apply_delay
