@@ -85,8 +85,9 @@ def spans_is_plain(url):
 
 def test_objects_depending_on_the_partitioned_spans_are_refused_before_any_change(db_url, pyz):
     at_head_with_rows_in_days(db_url, later=100)
+    # a plain view on spans is carried back over the plain table (docs/revision2-objects.md), not refused
+    sql(db_url, "create view otel.recent_spans as select * from otel.spans")
     setups = [
-        ("view otel.recent_spans", ["create view otel.recent_spans as select * from otel.spans"]),
         ("function otel.span_total", ["create function otel.span_total() returns bigint language sql "
                                       "begin atomic select count(*) from otel.spans; end"]),
         ("otel.span_notes", ["create table otel.span_notes (id bigint, start_time timestamptz, "
@@ -106,12 +107,16 @@ def test_objects_depending_on_the_partitioned_spans_are_refused_before_any_chang
         assert result.code == 8 and one_line(result.err) and expected in result.err, (expected, result.err)
         assert "nothing was changed" in result.err
         assert layout_of(db_url) == before and every_row(db_url) == rows
-    for statement in ("drop view otel.recent_spans", "drop view otel.one_day", "drop function otel.span_total()",
+    for statement in ("drop view otel.one_day", "drop function otel.span_total()",
                       "drop table otel.span_notes", "drop trigger keep_it on otel.spans"):
         sql(db_url, statement)
     assert run_pyz(pyz, "downgrade", BASELINE, url=db_url).code == 0
     assert spans_is_plain(db_url) and every_row(db_url) == rows
     assert sql(db_url, "select version_num from otel.alembic_version") == [[BASELINE]]
+    assert sql(db_url, "select count(*) from otel.recent_spans") == sql(db_url, "select count(*) from otel.spans")
+    assert sql(db_url, "select distinct c.relname::text from pg_depend d join pg_rewrite r on r.oid = d.objid "
+                       "join pg_class c on c.oid = r.ev_class where d.refobjid = 'otel.spans'::regclass "
+                       "and c.relname = 'recent_spans'") == [["recent_spans"]]
 
 
 def test_spans_sharing_an_id_are_refused_before_any_change(db_url):
