@@ -4,6 +4,7 @@ with two standbys for the module (alpha, and beta which holds a slot), a fresh
 database per test; a delayed standby is beta with recovery_min_apply_delay
 set for the test, a stopped one is made (and removed) by its test."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 import partition_layout
 import pgcluster
-from conftest import connect, drop_database, run_cli, run_pyz, sql
+from conftest import REPO, connect, drop_database, run_cli, run_pyz, sql
 from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line, wait_for
 from otelmig import replicas
 from otelmig.errors import ExitStatus
@@ -385,7 +386,7 @@ def test_the_plpgsql_pause_holds_batches_while_a_standby_lags(replicated, fresh)
 
 # -- revision 2's rollback: its batched move back pauses too ---------------------------------
 
-MOVED_ROWS = 30000  # three of revision 2's batches (BATCH_ROWS = 10000) to move back into the plain spans
+MOVED_ROWS = 30000  # several of revision 2's batches (BATCH_ROWS) to move back into the plain spans
 
 
 def _at_head_with_rows_in_days(url):
@@ -396,6 +397,14 @@ def _at_head_with_rows_in_days(url):
     sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
              "select 'later', 'later-' || g, 'op', 'svc', timestamptz '%s 00:00:00+00' + g * (interval '3 days' / %d) "
              "from generate_series(0, %d - 1) g" % (first.isoformat(), MOVED_ROWS, MOVED_ROWS))
+
+
+def revision2():
+    spec = importlib.util.spec_from_file_location(
+        "revision2_for_standbys", os.path.join(REPO, "migrations", "versions", "826630e38563_partition_spans.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _pausing(url) -> bool:
@@ -432,7 +441,7 @@ def test_the_rollback_moves_rows_back_pausing_while_a_standby_lags(replicated, f
     assert rollback.returncode == 0, err
     pauses = [line for line in err.splitlines() if line.startswith("pausing the batches while standbys replay: ")]
     # a line when a batch's pause starts (then one per 10 s of it): at most one per batch here
-    assert pauses and len(pauses) <= MOVED_ROWS // 10000, err
+    assert pauses and len(pauses) <= MOVED_ROWS // revision2().BATCH_ROWS, err
     assert "alpha (127.0.0.1) " in pauses[0] and "(the bound is 0.05s, OTELMIG_MAX_REPLICA_LAG)" in pauses[0], err
     assert version_on(fresh) == BASELINE
     assert sql(fresh, later) == [[MOVED_ROWS]]
