@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from otelmig import interrupt, redact
 from otelmig._version import HEAD_REVISION, __version__
 from otelmig.errors import ExitStatus, OtelmigError, UsageError
+from otelmig.settings import DEFAULT_WAIT_REPLICAS
 
 PROG = "otelmig"
 NO_DATABASE = ("heads",)  # commands that never connect
@@ -33,10 +34,11 @@ def _listed(names) -> str:
 
 
 # Which options each command takes: a command lists only those that apply to it.
-DATABASE, LOCKS, JSON, PROMETHEUS = "database", "locks", "json", "prometheus"
+DATABASE, LOCKS, JSON, PROMETHEUS, REPLICAS = "database", "locks", "json", "prometheus", "replicas"
 COMMAND_OPTIONS = {
-    "upgrade": (DATABASE, LOCKS, JSON), "downgrade": (DATABASE, LOCKS, JSON), "rollback": (DATABASE, LOCKS, JSON),
-    "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS),
+    "upgrade": (DATABASE, LOCKS, JSON, REPLICAS), "downgrade": (DATABASE, LOCKS, JSON, REPLICAS),
+    "rollback": (DATABASE, LOCKS, JSON, REPLICAS),
+    "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS, REPLICAS),
     "current": (DATABASE, JSON), "history": (DATABASE, JSON), "plan": (DATABASE, JSON),
     "check": (DATABASE, JSON, PROMETHEUS), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
     "log": (DATABASE, JSON),
@@ -53,6 +55,7 @@ EXIT_CODES_HELP = """exit codes:
   7    drift: the live schema differs from the contract, or something had to be left
   8    refused, nothing changed (data loss, read-only, a conflict the revision names)
   9    a table lock was not had within the lock budget (rolled back; rerun later)
+  10   --wait-replicas: a standby had not replayed the change in time (the change is committed)
   130  interrupted by SIGINT (rolled back, lock released)
   143  interrupted by SIGTERM (rolled back, lock released)"""
 
@@ -71,6 +74,8 @@ ENVIRONMENT_HELP = """environment:
                           send each run's trace there over OTLP/HTTP JSON (docs/tracing.md: OTEL_SERVICE_NAME,
                           OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ..._TIMEOUT, OTEL_SDK_DISABLED,
                           TRACEPARENT)
+  OTELMIG_WAIT_REPLICAS   --wait-replicas' seconds for upgrade, downgrade, rollback and maintain
+  OTELMIG_MAX_REPLICA_LAG a row move pauses while a connected standby lags more (seconds, default 10)
 
 docs/cli.md has every flag, output and exit code."""
 
@@ -85,6 +90,10 @@ def _global_options(parser, suppress: bool, kinds=(DATABASE, LOCKS, JSON, PROMET
                             help="longest wait for a table lock per DDL attempt (default 5)")
         parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
                             help="longest wait for another otelmig's migration lock (default 600)")
+    if REPLICAS in kinds:  # the subcommands only: on the main parser it would swallow the command's name
+        parser.add_argument("--wait-replicas", nargs="?", const=str(DEFAULT_WAIT_REPLICAS), default=default(None),
+                            metavar="SECONDS", help="after the last commit, wait until every standby has replayed "
+                            "it (default %g s; exit 10 when one has not)" % DEFAULT_WAIT_REPLICAS)
     formats = ("text", "json", "prometheus") if PROMETHEUS in kinds else ("text", "json")
     parser.add_argument("--format", default=default("text"), choices=formats, help="output format")
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")

@@ -20,6 +20,7 @@ class ExitStatus(enum.IntEnum):
     DRIFT = 7
     REFUSED = 8
     BUSY = 9
+    REPLICAS_BEHIND = 10
     SIGINT = 130
     SIGTERM = 143
 
@@ -68,6 +69,13 @@ class RefusedError(OtelmigError):
 
 class BusyError(OtelmigError):
     exit_status = ExitStatus.BUSY
+
+
+class ReplicasBehindError(OtelmigError):
+    """--wait-replicas ran out of time (or could not see a standby): the change is committed,
+    some standby has not replayed it yet (otelmig/replicas.py)."""
+
+    exit_status = ExitStatus.REPLICAS_BEHIND
 
 
 class Interrupted(BaseException):

@@ -39,7 +39,7 @@ import re
 import time
 from typing import List, NamedTuple, Optional, Tuple
 
-from otelmig import db, default_partition, migration_session, output, partitions, retention
+from otelmig import db, default_partition, migration_session, output, partitions, replicas, retention
 from otelmig._version import HEAD_REVISION
 from otelmig.ddl import RECORD_DDL, SchemaSQL, crash_point_for_tests
 from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
@@ -123,6 +123,7 @@ def maintain(settings, err, ahead: Optional[str] = None, retain: Optional[str] =
     ahead_days, window = parse_ahead(ahead), parse_retain(retain)  # bad input: exit 2 before connecting
     if dry_run:
         return _dry_run(settings, ahead_days, window, retain)
+    replicas.refuse_unseen_standbys(settings)
     with migration_session.migration_session(settings, err) as (lock, state, connection, watch):
         _refuse_unless_ready(state)
         raw = connection.connection.dbapi_connection
@@ -137,8 +138,9 @@ def maintain(settings, err, ahead: Optional[str] = None, retain: Optional[str] =
         in_default = runner.read(lambda: partitions.default_rows(raw, final))
         runner.restore()
     _report_default(settings, err, final, in_default, now, ahead_days)
-    return _result(settings, state.revision, final, in_default.rows, outcome, ahead_days, retain,
-                   window_start, dry_run=False)
+    return replicas.after_change(settings, err, _result(settings, state.revision, final, in_default.rows, outcome,
+                                                        ahead_days, retain, window_start, dry_run=False),
+                                 "the maintenance")
 
 
 def _clock_and_record(conn, schema: str, window: Optional[int]):

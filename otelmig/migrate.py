@@ -8,7 +8,7 @@ import contextlib
 import time
 from typing import List, Optional
 
-from otelmig import db, output, preflight, repair
+from otelmig import db, output, preflight, replicas, repair
 from otelmig.revisions import HEAD_REVISION
 from otelmig.state import ensure_known
 from otelmig.errors import ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
@@ -62,6 +62,7 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
     if target is None:
         raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s`" % (revision, revision))
     applied: List[dict] = []
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
@@ -78,7 +79,8 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
             command.upgrade(config, target)
         _run_with_retries(settings, err, connection, action)
         final = _final_revision(connection, settings.schema)
-    return _report(settings, "upgrade", state.revision, final, applied)
+    return replicas.after_change(settings, err, _report(settings, "upgrade", state.revision, final, applied),
+                                 "the upgrade")
 
 
 def _preflight(settings, connection, pending) -> None:
@@ -98,6 +100,7 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
     from alembic import command
 
     applied: List[dict] = []
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         target = resolve_revision(settings, revision, state.revision)
@@ -120,7 +123,8 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         with _naming_where_it_stopped(settings, connection, state.revision):
             _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
-    return _report(settings, "downgrade", state.revision, final, applied)
+    return replicas.after_change(settings, err, _report(settings, "downgrade", state.revision, final, applied),
+                                 "the downgrade")
 
 
 def _refuse_along_the_path(settings, connection, current, target, allow_data_loss: bool) -> None:

@@ -10,7 +10,7 @@ import functools
 import random
 import time
 
-from otelmig import db, interrupt, output, progress, repair, run, runlog, session
+from otelmig import db, interrupt, output, progress, replicas, repair, run, runlog, session
 from otelmig.errors import RefusedError, UnknownRevisionError, UsageError
 from otelmig.lock import MigrationLock
 from otelmig.scripts import engine_for, lock_timeout_ms
@@ -42,6 +42,7 @@ def migration_session(settings, err):
         engine = engine_for(settings.conninfo)
         connection = engine.connect()
         pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
+        replicas.relay_pause_notices(connection.connection.dbapi_connection, say)  # a row move's pause lines
         ours = not isinstance(assess(state), UnknownRevisionError)  # a newer otelmig's layout is not ours to repair
         try:
             # On SIGINT/SIGTERM, end our own backend so its transaction is
@@ -111,6 +112,7 @@ def prepare_session(connection, settings) -> None:
         "select set_config('maintenance_work_mem', '%dMB', false) "
         "where pg_size_bytes(current_setting('maintenance_work_mem')) < %d"
         % (MAINTENANCE_WORK_MEM_MB, MAINTENANCE_WORK_MEM_MB * 1024 * 1024))
+    connection.exec_driver_sql(replicas.session_bound_sql(settings))  # a row move's pause reads it
     connection.commit()
 
 

@@ -32,7 +32,7 @@ select n.oid is not null,
        coalesce(array(select c.relname::text from pg_class c
                       where c.relnamespace = n.oid and c.relkind = 'r' and c.relname::text = any(%s::text[])
                       order by 1), '{}'),
-       {writes}, {leftovers}
+       {writes}, {leftovers}, pg_is_in_recovery()
 from (select 1) one left join pg_namespace n on n.nspname = %s
 """
 
@@ -130,6 +130,7 @@ class DbState(NamedTuple):
     unpartitioned: Tuple[str, ...] = ()    # tables the head partitions, found plain
     refused_rows: Tuple[str, ...] = ()     # "now", "an hour from now": stamps the partitioned spans routes nowhere
     leftovers: Tuple[Leftover, ...] = ()   # CHECKs that reject writes from a moment on
+    in_recovery: bool = False              # a standby: what it holds is what it has replayed so far
 
     @property
     def has_version_table(self) -> bool:
@@ -159,14 +160,15 @@ def read_state(conn, schema: str) -> DbState:
     cursor.execute(_state_sql(conn), (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS],
                                       _PARTITIONED, _SPANS.table, _SPANS.key, worker_tables, worker_tables,
                                       _BELOW, _ABOVE, schema))
-    schema_exists, tables, missing_columns, unpartitioned, refused, leftovers = cursor.fetchone()
+    schema_exists, tables, missing_columns, unpartitioned, refused, leftovers, in_recovery = cursor.fetchone()
     rows: Tuple[str, ...] = ()
     if contract.VERSION_TABLE in tables:
         cursor.execute("select version_num from %s.%s order by 1" % (db.quote_ident(schema), contract.VERSION_TABLE))
         rows = tuple(row[0] for row in cursor.fetchall())
     revision = rows[0] if len(rows) == 1 else None
     return DbState(schema, bool(schema_exists), tuple(tables), revision, tuple(missing_columns or ()), rows,
-                   tuple(unpartitioned or ()), tuple(refused or ()), tuple(Leftover(**item) for item in leftovers or ()))
+                   tuple(unpartitioned or ()), tuple(refused or ()), tuple(Leftover(**item) for item in leftovers or ()),
+                   bool(in_recovery))
 
 
 def _state_sql(conn) -> str:

@@ -52,7 +52,7 @@ Revises: 163d8f446eb9
 Create Date: 2026-11-26
 """
 
-from otelmig import migration_api
+from otelmig import migration_api, replicas
 from otelmig.db import quote_ident as quote, quote_literal
 from otelmig.ddl import Concurrent, Effect, Lock, SchemaSQL, Refusal, Statement, index_steps
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
@@ -1269,7 +1269,9 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
     through spans waits for the batch instead of racing it (under READ
     COMMITTED it would miss the moved row: the write would be lost). The lock
     is waited for MOVE_LOCK_WAIT_MS at a time, so a writer queues behind a
-    waiting batch no longer than that. An emptied child is dropped.
+    waiting batch no longer than that. After each batch, holding no lock, it
+    pauses while a connected standby's replay lag exceeds
+    OTELMIG_MAX_REPLICA_LAG (otelmig/replicas.py). An emptied child is dropped.
 
     Runs outside the revision's transaction (it commits as it goes): its
     table is the record, which holds rows whenever a child is recorded."""
@@ -1292,6 +1294,8 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
         "      total := total + moved;",
         "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % spans_literal,
         "      COMMIT;",
+        # no lock held here: wait while a connected standby lags (OTELMIG_MAX_REPLICA_LAG)
+    ] + replicas.pause_lines("      ") + [
         "    END LOOP;",
         "    COMMIT;",
     ] + _lock_with_retries("child.rel", "ACCESS EXCLUSIVE") + [
