@@ -13,16 +13,16 @@ stamped now and one an hour ahead find a partition and pass every CHECK
 import time
 
 from otelmig._version import HEAD_REVISION
-from otelmig.errors import ExitStatus
-from otelmig.output import Result
-from otelmig.state import assess, assess_writes, describe, ensure_known, fix_for, probe
+from otelmig.errors import ExitStatus, NotInitialisedError
+from otelmig.output import Result, progress
+from otelmig.state import assess, assess_writes, describe, ensure_known, fix_for, probe, schema_missing
 
 # The JSON fields of a failed check or current (cli adds exit_code, schema, message).
 FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
 
 
 def check(settings, err, wait: float = 0.0) -> Result:
-    state = probe(settings.conninfo, settings.schema, wait)
+    state = probe(settings.conninfo, settings.schema, wait, say=lambda line: progress(settings, err, "check: " + line))
     error = assess(state) or assess_writes(state)
     leftovers = [left.as_dict() for left in state.leftovers]
     if error:
@@ -73,6 +73,8 @@ def current(settings, err) -> Result:
     """The database's revision and whether it is the head (exit 0 even when behind)."""
     state = probe(settings.conninfo, settings.schema)
     ensure_known(state)
+    if not state.schema_exists:  # a typo in --schema is not "no revision"
+        raise NotInitialisedError(schema_missing(state), details={"database_revision": None})
     is_head = state.revision == HEAD_REVISION
     payload = {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,
                "database_revision": state.revision, "is_head": is_head}

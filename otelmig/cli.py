@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 from otelmig import interrupt, redact
 from otelmig._version import HEAD_REVISION, __version__
-from otelmig.errors import ExitStatus, OtelmigError, UsageError
+from otelmig.errors import EXIT_MEANINGS, PROGRAM, ExitStatus, OtelmigError, UsageError
 
-PROG = "otelmig"
+PROG = PROGRAM  # as the operator runs it (the bundle by its file name): the same in every message
 NO_DATABASE = ("heads",)  # commands that never connect
 
 
@@ -41,19 +41,8 @@ COMMAND_OPTIONS = {
     "check": (DATABASE, JSON, PROMETHEUS), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
 }
 
-EXIT_CODES_HELP = """exit codes:
-  0    done / ready / conforms
-  1    internal error (a bug: the message says so)
-  2    usage or configuration error (bad flag, URL, schema name or revision)
-  3    the database cannot be reached, or refused the login
-  4    not initialised (no schema, no version table, the legacy layout), or not ready to write
-  5    migrations pending (the database is behind this build's head)
-  6    the database is at a revision this build does not know (a newer otelmig ran)
-  7    drift: the live schema differs from the contract, or something had to be left
-  8    refused, nothing changed (data loss, read-only, a conflict the revision names)
-  9    a table lock was not had within the lock budget (rolled back; rerun later)
-  130  interrupted by SIGINT (rolled back, lock released)
-  143  interrupted by SIGTERM (rolled back, lock released)"""
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join("  %-4d %s" % (int(status), meaning)
+                                             for status, meaning in EXIT_MEANINGS.items())
 
 ENVIRONMENT_HELP = """environment:
   POSTGRES_URL            the database URL (--url wins); else the libpq variables PGHOST, PGPORT,

@@ -13,7 +13,7 @@ from typing import List, Optional
 from otelmig import db, interrupt, output, preflight, progress, repair, session
 from otelmig.revisions import HEAD_REVISION
 from otelmig.state import assess, ensure_known, read_state
-from otelmig.errors import (ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError,
+from otelmig.errors import (PROGRAM, ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError,
                             UnknownRevisionError, UsageError)
 from otelmig.lock import MigrationLock
 from otelmig.scripts import (alembic_config, engine_for, lock_timeout_ms, resolve_revision, revisions_between,
@@ -175,17 +175,53 @@ def _run_with_retries(settings, err, connection, action) -> None:
         try:
             return action()
         except CommandError as exc:  # e.g. `upgrade base` from the head
-            raise UsageError("%s; see `otelmig history`" % exc) from None
+            raise UsageError("%s; see `%s history`" % (exc, PROGRAM)) from None
         except Exception as exc:
             if not db.is_conflict(exc) or time.monotonic() >= deadline:
                 _print_failed_statement(settings, err, exc)
                 raise
             reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
+            statement = db.failed_statement(exc)
         pause = random.uniform(*RETRY_PAUSE)
-        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs"
-                        % (reason, pause), level=0 if attempt % 20 == 0 else 1)
+        level = 0 if attempt % 20 == 0 else 1
+        if settings.verbosity >= level:  # only for a line that is printed: the retries are tight
+            reason = _lock_holder(connection, settings.schema, statement) + reason
+        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs" % (reason, pause), level=level)
         time.sleep(pause)
         attempt += 1
+
+
+# The sessions holding a lock on a relation of the schema, longest-running transaction first.
+_HOLDERS_SQL = """
+select n.nspname || '.' || c.relname, l.pid, coalesce(a.application_name, ''), coalesce(a.state, 'unknown'),
+       extract(epoch from now() - coalesce(a.xact_start, a.state_change, now()))
+from pg_locks l join pg_class c on c.oid = l.relation join pg_namespace n on n.oid = c.relnamespace
+left join pg_stat_activity a on a.pid = l.pid
+where l.granted and l.locktype = 'relation' and n.nspname = %s and c.relkind in ('r', 'p', 'v', 'm')
+  and l.pid <> pg_backend_pid()
+order by a.xact_start nulls last, 1
+"""
+
+
+def _lock_holder(connection, schema: str, statement: Optional[str]) -> str:
+    """`schema.table held by pid N (application_name 'x', state, for S s): ` for the
+    session the operator would look for (the table of the failed statement first);
+    empty when none is seen (it ended meanwhile) or the catalog cannot be read."""
+    try:
+        connection.rollback()
+        rows = connection.exec_driver_sql(_HOLDERS_SQL, (schema,)).fetchall()
+        connection.rollback()
+    except Exception:  # a courtesy: the retry goes on without it
+        with contextlib.suppress(Exception):
+            connection.rollback()
+        return ""
+    plain = (statement or "").replace('"', "")
+    named = [row for row in rows if row[0] in plain]
+    if not (named or rows):
+        return ""
+    table, pid, application, state, seconds = (named or rows)[0]
+    return ("%s held by pid %d (application_name '%s', %s for %.1f s): "
+            % (table, pid, application, state, float(seconds or 0)))
 
 
 def _print_failed_statement(settings, err, exc) -> None:
@@ -223,16 +259,20 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
     from alembic import command
 
     if revision.startswith("-"):
-        raise UsageError("`upgrade %s` goes backwards: use `otelmig rollback %s`" % (revision, revision[1:]))
+        raise UsageError("`upgrade %s` goes backwards: use `%s rollback %s`" % (revision, PROGRAM, revision[1:]))
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
     if target is None:
-        raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s`" % (revision, revision))
+        raise UsageError("`upgrade %s` goes nowhere: to go back, use `%s downgrade %s`" % (revision, PROGRAM, revision))
     applied: List[dict] = []
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
             connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
             connection.commit()
+            # Said, not asked: `upgrade` is how a store is first made, and a typo in --schema shows here.
+            output.progress(settings, err, "schema %s did not exist: created it, with a new, empty store%s"
+                            % (settings.schema, "" if not state.other_stores else " (otelmig's store here is in "
+                               "schema %s)" % ", ".join(state.other_stores)))
         _preflight(settings, connection, revisions_between(settings, state.effective_revision, target))
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), watch_index_build=watch,
@@ -359,8 +399,8 @@ def stamp(settings, err, revision: str) -> output.Result:
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
-            raise NotInitialisedError("schema %s does not exist: run `otelmig.pyz upgrade` instead of stamp"
-                                      % settings.schema)
+            raise NotInitialisedError("schema %s does not exist: run `%s upgrade` instead of stamp"
+                                      % (settings.schema, PROGRAM))
         target = resolve_revision(settings, revision, state.revision) if revision != "head" else HEAD_REVISION
         config = alembic_config(settings, connection)
         _run_with_retries(settings, err, connection, lambda: command.stamp(config, target or "base", purge=True))
@@ -410,6 +450,7 @@ def _current_or_none(settings, err) -> Optional[str]:
     try:
         return probe(quick, settings.schema).revision
     except ConnectError as exc:
-        output.progress(settings, err, "history: could not read the database's revision, so none is marked "
-                        "current: %s" % exc.message)
+        # A warning, not a failure: the list is this build's (exit 0, docs/operations.md).
+        output.progress(settings, err, "%s: warning: could not read the database's revision, so none is marked "
+                        "current: %s" % (PROGRAM, exc.message))
         return None

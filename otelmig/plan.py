@@ -9,9 +9,9 @@ current row estimate and size.
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.state import ensure_known, read_state
+from otelmig.state import ensure_known, read_state, schema_missing
 from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
-from otelmig.errors import ExitStatus
+from otelmig.errors import ExitStatus, NotInitialisedError
 from otelmig.scripts import revisions_between
 
 # reltuples is -1 until the table was first analyzed (0 with relpages 0 before
@@ -51,6 +51,8 @@ def plan(settings, err) -> output.Result:
         cursor = conn.cursor()
         state = read_state(conn, settings.schema)
         ensure_known(state)
+        if not state.schema_exists and state.other_stores:  # a typo in --schema: no plan for a second store
+            raise NotInitialisedError(schema_missing(state))
         scripts = revisions_between(settings, state.effective_revision, HEAD_REVISION)
         # Only the first pending revision sees the catalog it will run on; the
         # conditions of the later ones depend on what the earlier ones do.
