@@ -255,6 +255,10 @@ def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> 
     except BaseException as exc:  # the one place exceptions become exit codes
         if interrupt.received:
             error = interrupt.error()
+            # Where a downgrade across revisions stopped (migrate._naming_where_it_stopped).
+            note = getattr(exc, "where_it_stopped", None) or getattr(exc.__cause__, "where_it_stopped", None)
+            if note:
+                error.args = (error.message + note,) + error.args[1:]
         elif isinstance(exc, Exception):
             error = _as_otelmig_error(exc)
         else:

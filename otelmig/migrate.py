@@ -323,7 +323,7 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         _refuse_along_the_path(settings, connection, state.revision, target, allow_data_loss)
         _run_with_retries(settings, err, connection, lambda: _undo_partly_applied(
             settings, err, connection, state.revision, allow_data_loss, watch, applied))
-        with _naming_where_it_stopped(settings, connection, state.revision):
+        with _naming_where_it_stopped(settings, connection, lock, state.revision):
             _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
     return _report(settings, "downgrade", state.revision, final, applied)
@@ -358,29 +358,52 @@ def _refuse_along_the_path(settings, connection, current, target, allow_data_los
 
 
 @contextlib.contextmanager
-def _naming_where_it_stopped(settings, connection, before: Optional[str]):
-    """A downgrade that fails after reverting some revisions says where the database is now."""
+def _naming_where_it_stopped(settings, connection, lock, before: Optional[str]):
+    """A downgrade that fails (or is interrupted) after reverting some revisions
+    says where the database is now."""
     try:
         yield
     except OtelmigError as error:
-        _add_where_it_stopped(settings, connection, before, error)
+        _add_where_it_stopped(settings, connection, lock, before, error)
         raise
     except Exception as exc:
         error = db.translate(exc)
         if error is None:
             raise
-        _add_where_it_stopped(settings, connection, before, error)
+        _add_where_it_stopped(settings, connection, lock, before, error)
         raise error from exc
+    except BaseException as exc:  # Interrupted: cli reports the signal, with this note
+        if interrupt.received:
+            _add_where_it_stopped(settings, connection, lock, before, exc)
+        raise
 
 
-def _add_where_it_stopped(settings, connection, before, error: OtelmigError) -> None:
+def _add_where_it_stopped(settings, connection, lock, before, error: BaseException) -> None:
+    now = _revision_now(settings, connection, lock)
+    if now is not _UNKNOWN and now != before:
+        note = ("; the downgrade stopped part way: schema %s is now at %s (was %s)"
+                % (settings.schema, now or "base", before or "base"))
+        error.where_it_stopped = note  # cli adds it to the signal's line too
+        error.args = ("%s%s" % (error.args[0] if error.args else "", note),) + error.args[1:]
+
+
+_UNKNOWN = object()
+
+
+def _revision_now(settings, connection, lock):
+    """The version row, read on the migration connection or, when a signal ended
+    that one's backend, on the lock's; _UNKNOWN when neither answers."""
     try:
-        now = _final_revision(connection, settings.schema)
+        return _final_revision(connection, settings.schema)
     except Exception:
-        return  # the connection is gone; the next command reads the revision
-    if now != before:
-        error.args = ("%s; the downgrade stopped part way: schema %s is now at %s (was %s)"
-                      % (error.message, settings.schema, now or "base", before or "base"),) + error.args[1:]
+        pass
+    from otelmig.schema import VERSION_TABLE
+    try:
+        cursor = lock.conn.cursor()
+        cursor.execute("select max(version_num) from %s.%s" % (db.quote_ident(settings.schema), VERSION_TABLE))
+        return cursor.fetchone()[0]
+    except Exception:
+        return _UNKNOWN  # the next command reads the revision
 
 
 def _undo_partly_applied(settings, err, connection, current, allow_data_loss, watch, applied) -> None:
