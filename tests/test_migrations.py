@@ -157,11 +157,45 @@ def test_rollback_and_upgrade_round_trip_keeps_rows(db_url):
     assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == spans_before
 
 
-def test_downgrade_never_drops_a_table(db_url):
+def _tables(url, schema="otel"):
+    return [t[0] for t in sql(url, "select tablename from pg_tables where schemaname = %s order by 1", (schema,))]
+
+
+def test_downgrade_of_a_store_created_from_nothing_returns_to_nothing(db_url):
+    """Issue 22 item 7: no legacy layout (start_ts, status, attributes) appears;
+    only Alembic's (empty) version table stays, in the schema upgrade created."""
     assert run_cli("upgrade", url=db_url).code == 0
     assert run_cli("downgrade", "base", url=db_url).code == 0
-    tables = sql(db_url, "select tablename from pg_tables where schemaname = 'otel' order by 1")
-    assert [t[0] for t in tables] == ["alembic_version", "spans", "traces"]
+    assert _tables(db_url) == ["alembic_version"]
+    assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]
+    assert run_cli("upgrade", url=db_url).code == 0  # and it is made again from nothing
+    verify_ok(db_url)
+
+
+def test_downgrade_of_an_adopted_store_never_drops_a_table(db_url):
+    load_legacy(db_url, traces=2)
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
+    assert _tables(db_url) == ["alembic_version", "spans", "traces"]
+
+
+def test_a_created_store_holding_rows_is_refused_not_dropped(db_url, pyz):
+    from conftest import run_pyz
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "insert into otel.traces (trace_id, service_name, start_time) values ('t1', 'svc', now())")
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                "values ('t1', 's1', 'n', 'svc', now())")
+    before = catalog_snapshot(db_url)
+    for run in (lambda: run_cli("downgrade", "base", url=db_url), lambda: run_pyz(pyz, "downgrade", "base", url=db_url)):
+        result = run()  # each checked before the next runs
+        assert result.code == 8 and one_line(result.err), result
+        assert "created by otelmig" in result.err and "1 rows in otel.traces" in result.err, result.err
+        assert "1 rows in otel.spans" in result.err and "--allow-data-loss" in result.err, result.err
+        assert "nothing was changed" in result.err, result.err
+        assert catalog_snapshot(db_url) == before, result.err
+    allowed = run_cli("downgrade", "base", "--allow-data-loss", url=db_url)
+    assert allowed.code == 0, allowed
+    assert _tables(db_url) == ["alembic_version"]
 
 
 def test_data_loss_guard_refuses_then_allows(db_url):
@@ -210,7 +244,8 @@ def test_downgrade_base_checks_the_whole_path_before_the_first_change(db_url, py
     assert run_cli("upgrade", url=db_url).code == 0
     sql(db_url, "update otel.spans set status_message = 'boom' where id <= 4")
     before = catalog_snapshot(db_url)
-    for result in (run_cli("downgrade", "base", url=db_url), run_pyz(pyz, "downgrade", "base", url=db_url)):
+    for run in (lambda: run_cli("downgrade", "base", url=db_url), lambda: run_pyz(pyz, "downgrade", "base", url=db_url)):
+        result = run()  # each checked before the next runs
         assert result.code == 8 and one_line(result.err), result
         assert "nothing was changed" in result.err and BASELINE in result.err, result.err
         assert "4 rows in otel.spans.status_message" in result.err and "--allow-data-loss" in result.err, result.err
