@@ -32,7 +32,7 @@ from typing import List, NamedTuple, Optional
 
 from otelmig import db, output, partitions
 from otelmig._version import HEAD_REVISION
-from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
+from otelmig.errors import PROGRAM, BusyError, ExitStatus, OtelmigError, UsageError
 from otelmig.schema import SPANS_PARTITIONING
 from otelmig.state import assess, read_state
 
@@ -185,8 +185,8 @@ def _refuse_unless_ready(state) -> None:
 def _refuse_unless_partitioned(conn, layout: partitions.Layout) -> None:
     problem = layout.problem()
     if problem:
-        raise OtelmigError("maintain changes nothing here: %s; see `otelmig.pyz verify`, and `otelmig.pyz upgrade` "
-                           "to convert it" % problem, ExitStatus.DRIFT)
+        raise OtelmigError("maintain changes nothing here: %s; see `%s verify`, and `%s upgrade` "
+                           "to convert it" % (problem, PROGRAM, PROGRAM), ExitStatus.DRIFT)
     # Day partitions beside the operator's own (pg_partman's monthly ones, say)
     # would collide with the next one it makes: those stay the operator's.
     if partitions.adopted_as_found(conn, layout.schema, layout.partitioning):
@@ -514,7 +514,7 @@ def _report_default(settings, err, layout, in_default) -> None:
     rows, oldest, newest = in_default
     if layout.default is None:
         output.progress(settings, err, "maintain: %s.%s has no DEFAULT partition: a row outside every partition "
-                        "is rejected; see `otelmig.pyz verify`" % (layout.schema, layout.partitioning.table))
+                        "is rejected; see `%s verify`" % (layout.schema, layout.partitioning.table, PROGRAM))
     elif rows:
         output.progress(settings, err, "maintain: %d row(s) remain in the default partition %s.%s (start_time "
                         "%s to %s): no day partition of the ahead window holds them; they are kept there"

@@ -11,7 +11,7 @@ from otelmig import db, output
 from otelmig._version import HEAD_REVISION
 from otelmig.state import ensure_known, read_state, schema_missing
 from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
-from otelmig.errors import ExitStatus, NotInitialisedError
+from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError
 from otelmig.scripts import revisions_between
 
 # reltuples is -1 until the table was first analyzed (0 with relpages 0 before
@@ -122,8 +122,8 @@ def maintain_preview(conn, schema: str):
 
 
 def _maintain_text(preview: dict) -> str:
-    lines = ["maintain (today and %d days ahead; drops only with --retain, see `otelmig.pyz maintain --retain "
-             "DURATION --dry-run`):" % preview["ahead_days"]]
+    lines = ["maintain (today and %d days ahead; drops only with --retain, see `%s maintain --retain "
+             "DURATION --dry-run`):" % (preview["ahead_days"], PROGRAM)]
     lines += ["  maintain would create %s" % name for name in preview["create"]]
     lines += ["  maintain would finish detaching %s" % name for name in preview["finalize"]]
     lines += ["  maintain cannot: %s" % conflict for conflict in preview["conflicts"]]

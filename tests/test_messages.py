@@ -87,7 +87,7 @@ def test_every_message_names_the_program_as_it_was_run(db_url, pyz):
 
 def test_no_hard_coded_program_name_in_messages():
     """The name comes from one place (otelmig.errors.PROGRAM)."""
-    for name in ("cli", "state", "check", "migrate"):
+    for name in ("cli", "state", "check", "migrate", "verify", "maintain", "plan", "compat", "preflight"):
         with open("%s/otelmig/%s.py" % (REPO, name), encoding="utf-8") as handle:
             assert "otelmig.pyz" not in handle.read(), name
 
