@@ -16,9 +16,9 @@ be in the WAL it has to replay, so `--wait` also waits for that.
 import time
 
 from otelmig._version import HEAD_REVISION
-from otelmig.errors import ExitStatus
-from otelmig.output import Result
-from otelmig.state import assess, assess_writes, describe, ensure_known, fix_for, probe
+from otelmig.errors import ExitStatus, NotInitialisedError
+from otelmig.output import Result, progress
+from otelmig.state import assess, assess_writes, describe, ensure_known, fix_for, probe, schema_missing
 
 # The JSON fields of a failed check or current (cli adds exit_code, schema, message).
 FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
@@ -31,10 +31,10 @@ STANDBY_NOTE = ("; this server is a standby, which holds what it has replayed of
 
 def check(settings, err, wait: float = 0.0) -> Result:
     deadline = time.monotonic() + wait
-    state, error = _look(settings, wait)
+    state, error = _look(settings, err, wait)
     while error and state.in_recovery and error.exit_status in REPLAY_MAY_BRING and time.monotonic() < deadline:
         time.sleep(min(STANDBY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-        state, error = _look(settings, max(0.0, deadline - time.monotonic()))
+        state, error = _look(settings, err, max(0.0, deadline - time.monotonic()))
     leftovers = [left.as_dict() for left in state.leftovers]
     if error:
         if state.in_recovery and error.exit_status in REPLAY_MAY_BRING:
@@ -51,9 +51,9 @@ def check(settings, err, wait: float = 0.0) -> Result:
                   "\n".join(text), prometheus_text(settings.schema, ExitStatus.OK, state.leftovers))
 
 
-def _look(settings, wait: float):
-    """The state (connecting within `wait`) and the verdict on it."""
-    state = probe(settings.conninfo, settings.schema, wait)
+def _look(settings, err, wait: float):
+    """The state (connecting within `wait`, a line per retry) and the verdict on it."""
+    state = probe(settings.conninfo, settings.schema, wait, say=lambda line: progress(settings, err, "check: " + line))
     return state, assess(state) or assess_writes(state)
 
 
@@ -93,6 +93,8 @@ def current(settings, err) -> Result:
     """The database's revision and whether it is the head (exit 0 even when behind)."""
     state = probe(settings.conninfo, settings.schema)
     ensure_known(state)
+    if not state.schema_exists:  # a typo in --schema is not "no revision"
+        raise NotInitialisedError(schema_missing(state), details={"database_revision": None})
     is_head = state.revision == HEAD_REVISION
     payload = {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,
                "database_revision": state.revision, "is_head": is_head}

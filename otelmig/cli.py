@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 
 from otelmig import interrupt, redact
 from otelmig._version import HEAD_REVISION, __version__
-from otelmig.errors import ExitStatus, OtelmigError, UsageError
+from otelmig.errors import EXIT_MEANINGS, PROGRAM, ExitStatus, OtelmigError, UsageError
 from otelmig.settings import DEFAULT_WAIT_REPLICAS
 
-PROG = "otelmig"
+PROG = PROGRAM  # as the operator runs it (the bundle by its file name): the same in every message
 NO_DATABASE = ("heads",)  # commands that never connect
 
 
@@ -44,20 +44,8 @@ COMMAND_OPTIONS = {
     "log": (DATABASE, JSON),
 }
 
-EXIT_CODES_HELP = """exit codes:
-  0    done / ready / conforms
-  1    internal error (a bug: the message says so)
-  2    usage or configuration error (bad flag, URL, schema name or revision)
-  3    the database cannot be reached, or refused the login
-  4    not initialised (no schema, no version table, the legacy layout), or not ready to write
-  5    migrations pending (the database is behind this build's head)
-  6    the database is at a revision this build does not know (a newer otelmig ran)
-  7    drift: the live schema differs from the contract, or something had to be left
-  8    refused, nothing changed (data loss, read-only, a conflict the revision names)
-  9    a table lock was not had within the lock budget (rolled back; rerun later)
-  10   --wait-replicas: a standby had not replayed the change in time (the change is committed)
-  130  interrupted by SIGINT (rolled back, lock released)
-  143  interrupted by SIGTERM (rolled back, lock released)"""
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join("  %-4d %s" % (int(status), meaning)
+                                             for status, meaning in EXIT_MEANINGS.items())
 
 ENVIRONMENT_HELP = """environment:
   POSTGRES_URL            the database URL (--url wins); else the libpq variables PGHOST, PGPORT,
@@ -298,6 +286,10 @@ def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> 
     except BaseException as exc:  # the one place exceptions become exit codes
         if interrupt.received:
             error = interrupt.error()
+            # Where a downgrade across revisions stopped (migrate._naming_where_it_stopped).
+            note = getattr(exc, "where_it_stopped", None) or getattr(exc.__cause__, "where_it_stopped", None)
+            if note:
+                error.args = (error.message + note,) + error.args[1:]
         elif isinstance(exc, Exception):
             error = _as_otelmig_error(exc)
         else:

@@ -42,7 +42,7 @@ from typing import List, NamedTuple, Optional, Tuple
 from otelmig import db, default_partition, migration_session, output, partitions, replicas, retention
 from otelmig._version import HEAD_REVISION
 from otelmig.ddl import RECORD_DDL, SchemaSQL, crash_point_for_tests
-from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
+from otelmig.errors import PROGRAM, BusyError, ExitStatus, OtelmigError, UsageError
 from otelmig.partitions import Decision, NewPartition, decide  # noqa: F401  (decide: plan and verify used it from here)
 from otelmig.schema import SPANS_PARTITIONING
 from otelmig.state import assess, read_state
@@ -158,8 +158,8 @@ def _refuse_unless_ready(state) -> None:
 def _refuse_unless_partitioned(conn, layout: partitions.Layout) -> None:
     problem = layout.problem()
     if problem:
-        raise OtelmigError("maintain changes nothing here: %s; see `otelmig.pyz verify`, and `otelmig.pyz upgrade` "
-                           "to convert it" % problem, ExitStatus.DRIFT)
+        raise OtelmigError("maintain changes nothing here: %s; see `%s verify`, and `%s upgrade` "
+                           "to convert it" % (problem, PROGRAM, PROGRAM), ExitStatus.DRIFT)
     # Day partitions beside the operator's own (pg_partman's monthly ones, say)
     # would collide with the next one it makes: those stay the operator's.
     if partitions.adopted_as_found(conn, layout.schema, layout.partitioning):
@@ -627,7 +627,7 @@ def _utc_text(moment: Optional[datetime.datetime]) -> Optional[str]:
 def _report_default(settings, err, layout, in_default: partitions.DefaultRows, now, ahead_days: int) -> None:
     if layout.default is None:
         output.progress(settings, err, "maintain: %s.%s has no DEFAULT partition: a row outside every partition "
-                        "is rejected; see `otelmig.pyz verify`" % (layout.schema, layout.partitioning.table))
+                        "is rejected; see `%s verify`" % (layout.schema, layout.partitioning.table, PROGRAM))
     elif in_default.rows:
         output.progress(settings, err, "maintain: %d row(s) remain in the DEFAULT partition %s.%s (start_time "
                         "%s to %s), queryable: rows of a day more than %d days ahead get their partition once the "

@@ -11,7 +11,7 @@ from typing import List, Optional
 from otelmig import db, output, preflight, replicas, repair
 from otelmig.revisions import HEAD_REVISION
 from otelmig.state import ensure_known
-from otelmig.errors import ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
+from otelmig.errors import PROGRAM, ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
 from otelmig.migration_session import (  # noqa: F401  (the lock budget and the session, named here too)
     FIRST_LOCK_TIMEOUT, LOCK_BUDGET_FACTOR, LOCK_TIMEOUT_GROWTH, MAINTENANCE_WORK_MEM_MB, RETRY_PAUSE,
     migration_session, prepare_session as _prepare_session, run_with_retries as _run_with_retries)
@@ -57,10 +57,10 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
     from alembic import command
 
     if revision.startswith("-"):
-        raise UsageError("`upgrade %s` goes backwards: use `otelmig rollback %s`" % (revision, revision[1:]))
+        raise UsageError("`upgrade %s` goes backwards: use `%s rollback %s`" % (revision, PROGRAM, revision[1:]))
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
     if target is None:
-        raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s`" % (revision, revision))
+        raise UsageError("`upgrade %s` goes nowhere: to go back, use `%s downgrade %s`" % (revision, PROGRAM, revision))
     applied: List[dict] = []
     replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
@@ -68,6 +68,10 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
         if not state.schema_exists:
             connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
             connection.commit()
+            # Said, not asked: `upgrade` is how a store is first made, and a typo in --schema shows here.
+            output.progress(settings, err, "schema %s did not exist: created it, with a new, empty store%s"
+                            % (settings.schema, "" if not state.other_stores else " (otelmig's store here is in "
+                               "schema %s)" % ", ".join(state.other_stores)))
         _preflight(settings, connection, revisions_between(settings, state.effective_revision, target))
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), watch_index_build=watch,
@@ -120,7 +124,7 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         _refuse_along_the_path(settings, connection, state.revision, target, allow_data_loss)
         _run_with_retries(settings, err, connection, lambda: _undo_partly_applied(
             settings, err, connection, state.revision, allow_data_loss, watch, applied))
-        with _naming_where_it_stopped(settings, connection, state.revision):
+        with _naming_where_it_stopped(settings, connection, lock, state.revision):
             _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
     return replicas.after_change(settings, err, _report(settings, "downgrade", state.revision, final, applied),
@@ -156,29 +160,52 @@ def _refuse_along_the_path(settings, connection, current, target, allow_data_los
 
 
 @contextlib.contextmanager
-def _naming_where_it_stopped(settings, connection, before: Optional[str]):
-    """A downgrade that fails after reverting some revisions says where the database is now."""
+def _naming_where_it_stopped(settings, connection, lock, before: Optional[str]):
+    """A downgrade that fails (or is interrupted) after reverting some revisions
+    says where the database is now."""
     try:
         yield
     except OtelmigError as error:
-        _add_where_it_stopped(settings, connection, before, error)
+        _add_where_it_stopped(settings, connection, lock, before, error)
         raise
     except Exception as exc:
         error = db.translate(exc)
         if error is None:
             raise
-        _add_where_it_stopped(settings, connection, before, error)
+        _add_where_it_stopped(settings, connection, lock, before, error)
         raise error from exc
+    except BaseException as exc:  # Interrupted: cli reports the signal, with this note
+        if interrupt.received:
+            _add_where_it_stopped(settings, connection, lock, before, exc)
+        raise
 
 
-def _add_where_it_stopped(settings, connection, before, error: OtelmigError) -> None:
+def _add_where_it_stopped(settings, connection, lock, before, error: BaseException) -> None:
+    now = _revision_now(settings, connection, lock)
+    if now is not _UNKNOWN and now != before:
+        note = ("; the downgrade stopped part way: schema %s is now at %s (was %s)"
+                % (settings.schema, now or "base", before or "base"))
+        error.where_it_stopped = note  # cli adds it to the signal's line too
+        error.args = ("%s%s" % (error.args[0] if error.args else "", note),) + error.args[1:]
+
+
+_UNKNOWN = object()
+
+
+def _revision_now(settings, connection, lock):
+    """The version row, read on the migration connection or, when a signal ended
+    that one's backend, on the lock's; _UNKNOWN when neither answers."""
     try:
-        now = _final_revision(connection, settings.schema)
+        return _final_revision(connection, settings.schema)
     except Exception:
-        return  # the connection is gone; the next command reads the revision
-    if now != before:
-        error.args = ("%s; the downgrade stopped part way: schema %s is now at %s (was %s)"
-                      % (error.message, settings.schema, now or "base", before or "base"),) + error.args[1:]
+        pass
+    from otelmig.schema import VERSION_TABLE
+    try:
+        cursor = lock.conn.cursor()
+        cursor.execute("select max(version_num) from %s.%s" % (db.quote_ident(settings.schema), VERSION_TABLE))
+        return cursor.fetchone()[0]
+    except Exception:
+        return _UNKNOWN  # the next command reads the revision
 
 
 def _undo_partly_applied(settings, err, connection, current, allow_data_loss, watch, applied) -> None:
@@ -197,8 +224,8 @@ def stamp(settings, err, revision: str) -> output.Result:
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
-            raise NotInitialisedError("schema %s does not exist: run `otelmig.pyz upgrade` instead of stamp"
-                                      % settings.schema)
+            raise NotInitialisedError("schema %s does not exist: run `%s upgrade` instead of stamp"
+                                      % (settings.schema, PROGRAM))
         target = resolve_revision(settings, revision, state.revision) if revision != "head" else HEAD_REVISION
         config = alembic_config(settings, connection)
         _run_with_retries(settings, err, connection, lambda: command.stamp(config, target or "base", purge=True))
@@ -248,6 +275,7 @@ def _current_or_none(settings, err) -> Optional[str]:
     try:
         return probe(quick, settings.schema).revision
     except ConnectError as exc:
-        output.progress(settings, err, "history: could not read the database's revision, so none is marked "
-                        "current: %s" % exc.message)
+        # A warning, not a failure: the list is this build's (exit 0, docs/operations.md).
+        output.progress(settings, err, "%s: warning: could not read the database's revision, so none is marked "
+                        "current: %s" % (PROGRAM, exc.message))
         return None

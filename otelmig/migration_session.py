@@ -9,9 +9,10 @@ import contextlib
 import functools
 import random
 import time
+from typing import Optional
 
 from otelmig import db, interrupt, output, progress, replicas, repair, run, runlog, session
-from otelmig.errors import RefusedError, UnknownRevisionError, UsageError
+from otelmig.errors import PROGRAM, RefusedError, UnknownRevisionError, UsageError
 from otelmig.lock import MigrationLock
 from otelmig.scripts import engine_for, lock_timeout_ms
 from otelmig.state import assess, read_state
@@ -74,8 +75,8 @@ def repair_first(settings, err, connection) -> None:
     done = []
     run_with_retries(settings, err, connection, lambda: done.extend(repair.run_repairs(connection, settings.schema)))
     if done:
-        output.progress(settings, err, "repaired what an interrupted run left (%d statement(s)); "
-                        "it could have rejected writes" % len(done))
+        output.progress(settings, err, "undid what an interrupted run left (%d statement(s)); "
+                        "see -v for each" % len(done))
         for statement in done:
             output.progress(settings, err, "  " + statement.replace("\n", "\n      "), level=1)
 
@@ -159,7 +160,7 @@ def run_with_retries(settings, err, connection, action) -> None:
         try:
             return action()
         except CommandError as exc:  # e.g. `upgrade base` from the head
-            raise UsageError("%s; see `otelmig history`" % exc) from None
+            raise UsageError("%s; see `%s history`" % (exc, PROGRAM)) from None
         except Exception as exc:
             if db.is_lock_timeout(exc):
                 run.lock_waited("table lock", wait, {"db.response.status_code": db.LOCK_NOT_AVAILABLE})
@@ -168,12 +169,48 @@ def run_with_retries(settings, err, connection, action) -> None:
                 raise
             reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
             conflict = db.sqlstate(exc)
+            statement = db.failed_statement(exc)
         pause = random.uniform(*RETRY_PAUSE)
         run.retried(attempt + 1, reason, conflict, pause)
-        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs"
-                        % (reason, pause), level=0 if attempt % 20 == 0 else 1)
+        level = 0 if attempt % 20 == 0 else 1
+        if settings.verbosity >= level:  # only for a line that is printed: the retries are tight
+            reason = _lock_holder(connection, settings.schema, statement) + reason
+        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs" % (reason, pause), level=level)
         time.sleep(pause)
         attempt += 1
+
+
+# The sessions holding a lock on a relation of the schema, longest-running transaction first.
+_HOLDERS_SQL = """
+select n.nspname || '.' || c.relname, l.pid, coalesce(a.application_name, ''), coalesce(a.state, 'unknown'),
+       extract(epoch from now() - coalesce(a.xact_start, a.state_change, now()))
+from pg_locks l join pg_class c on c.oid = l.relation join pg_namespace n on n.oid = c.relnamespace
+left join pg_stat_activity a on a.pid = l.pid
+where l.granted and l.locktype = 'relation' and n.nspname = %s and c.relkind in ('r', 'p', 'v', 'm')
+  and l.pid <> pg_backend_pid()
+order by a.xact_start nulls last, 1
+"""
+
+
+def _lock_holder(connection, schema: str, statement: Optional[str]) -> str:
+    """`schema.table held by pid N (application_name 'x', state, for S s): ` for the
+    session the operator would look for (the table of the failed statement first);
+    empty when none is seen (it ended meanwhile) or the catalog cannot be read."""
+    try:
+        connection.rollback()
+        rows = connection.exec_driver_sql(_HOLDERS_SQL, (schema,)).fetchall()
+        connection.rollback()
+    except Exception:  # a courtesy: the retry goes on without it
+        with contextlib.suppress(Exception):
+            connection.rollback()
+        return ""
+    plain = (statement or "").replace('"', "")
+    named = [row for row in rows if row[0] in plain]
+    if not (named or rows):
+        return ""
+    table, pid, application, state, seconds = (named or rows)[0]
+    return ("%s held by pid %d (application_name '%s', %s for %.1f s): "
+            % (table, pid, application, state, float(seconds or 0)))
 
 
 def print_failed_statement(settings, err, exc) -> None:

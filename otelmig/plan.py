@@ -9,9 +9,9 @@ current row estimate and size.
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.state import ensure_known, read_state
+from otelmig.state import ensure_known, read_state, schema_missing
 from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
-from otelmig.errors import ExitStatus
+from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError
 from otelmig.scripts import revisions_between
 
 # reltuples is -1 until the table was first analyzed (0 with relpages 0 before
@@ -40,6 +40,8 @@ def plan(settings, err) -> output.Result:
         cursor = conn.cursor()
         state = read_state(conn, settings.schema)
         ensure_known(state)
+        if not state.schema_exists and state.other_stores:  # a typo in --schema: no plan for a second store
+            raise NotInitialisedError(schema_missing(state))
         scripts = revisions_between(settings, state.effective_revision, HEAD_REVISION)
         # Only the first pending revision sees the catalog it will run on; the
         # conditions of the later ones depend on what the earlier ones do.
@@ -109,8 +111,8 @@ def maintain_preview(conn, schema: str):
 
 
 def _maintain_text(preview: dict) -> str:
-    lines = ["maintain (today and %d days ahead; drops only with --retain, see `otelmig.pyz maintain --retain "
-             "DURATION --dry-run`):" % preview["ahead_days"]]
+    lines = ["maintain (today and %d days ahead; drops only with --retain, see `%s maintain --retain "
+             "DURATION --dry-run`):" % (preview["ahead_days"], PROGRAM)]
     lines += ["  maintain would create %s" % name for name in preview["create"]]
     lines += ["  maintain would finish detaching %s" % name for name in preview["finalize"]]
     lines += ["  maintain cannot: %s" % conflict for conflict in preview["conflicts"]]

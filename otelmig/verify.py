@@ -10,7 +10,7 @@ from typing import Dict, List, NamedTuple, Optional
 from otelmig import db, output, runlog, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.state import assess, read_state
-from otelmig.errors import ExitStatus, PendingError
+from otelmig.errors import PROGRAM, ExitStatus, PendingError
 
 # Nullable: 18 also sets attnotnull for a NOT NULL ... NOT VALID constraint (kept in
 # pg_constraint, contype 'n'), which existing rows were never checked against.
@@ -177,8 +177,8 @@ def _compare_partitioning(name: str, table: contract.Table, kind, key) -> List[P
     if not table.partitioned_by or (kind == "p" and tuple(key) == table.partitioned_by):
         return []
     found = "partitioned by (%s)" % ", ".join(key) if kind == "p" else "a plain table"
-    return [Problem("not_partitioned", name, "expected partitioned by range (%s), found %s: run `otelmig.pyz upgrade`"
-                    % (", ".join(table.partitioned_by), found))]
+    return [Problem("not_partitioned", name, "expected partitioned by range (%s), found %s: run `%s upgrade`"
+                    % (", ".join(table.partitioned_by), found, PROGRAM))]
 
 
 def _null(nullable: bool) -> str:
@@ -227,7 +227,7 @@ def _compare_indexes(schema: str, indexes, relations, wanted) -> List[Problem]:
         if not found.valid:
             problems.append(Problem("invalid_index", obj, "index is INVALID (a failed concurrent build, or a partition "
                                     "without its index attached): "
-                                    "rerun `otelmig.pyz upgrade` to rebuild it"))
+                                    "rerun `%s upgrade` to rebuild it" % PROGRAM))
         shape = (found.table, found.method, found.keys, found.unique, found.predicate)
         wanted = (index.table, index.method, index.keys, index.unique, "")
         if shape != wanted:
@@ -277,7 +277,7 @@ def with_write_checks(schema: str, state, report: Report) -> Report:
     if state.refused_rows:
         problems.append(Problem("rejects_writes", "%s.%s" % (schema, contract.SPANS.name),
                                 "no partition takes a row stamped %s, and there is no DEFAULT partition: every "
-                                "such insert fails; run `otelmig.pyz maintain`" % " nor ".join(state.refused_rows)))
+                                "such insert fails; run `%s maintain`" % (" nor ".join(state.refused_rows), PROGRAM)))
     facts = dict(report.facts, rejects_writes_from=[left.as_dict() for left in state.leftovers])
     return report._replace(problems=problems, extras=extras, facts=facts)
 
@@ -316,9 +316,9 @@ def with_unfinished_runs(conn, schema: str, report: Report) -> Report:
     if not left:
         return report
     found = Problem("unfinished_run", "%s.%s" % (schema, contract.SPANS.name),
-                    "a run stopped part way and left %s; none of it rejects a write: `otelmig.pyz upgrade` "
-                    "finishes the revision (or `otelmig.pyz downgrade` undoes it), and either removes them first"
-                    % "; ".join(left))
+                    "a run stopped part way and left %s; none of it rejects a write: `%s upgrade` "
+                    "finishes the revision (or `%s downgrade` undoes it), and either removes them first"
+                    % ("; ".join(left), PROGRAM, PROGRAM))
     return report._replace(problems=report.problems + [found],
                            facts=dict(report.facts, unfinished_run=left))
 
@@ -336,7 +336,7 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     if layout.problem():
         return report
     spans = "%s.%s" % (schema, layout.partitioning.table)
-    fix = "run `otelmig.pyz maintain`"
+    fix = "run `%s maintain`" % PROGRAM
     if partitions.adopted_as_found(conn, schema, layout.partitioning):
         return Report(report.problems + _gap_problems(spans, layout) + _pending_problems(schema, layout, fix),
                       report.extras, report.legacy)
@@ -368,9 +368,9 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
         if held["rows"]:
             extras.append(Problem("default_partition_rows", "%s.%s" % (schema, layout.default.name),
                                   "the DEFAULT partition holds %d row(s) no other partition covers, %s from %s to "
-                                  "%s; `otelmig.pyz maintain` moves those of the coming days into their partitions "
+                                  "%s; `%s maintain` moves those of the coming days into their partitions "
                                   "and reports the rest" % (held["rows"], layout.partitioning.key, held["oldest"],
-                                                            held["newest"])))
+                                                            held["newest"], PROGRAM)))
     facts["outliers"] = outliers(conn, schema, layout.partitioning.ahead_days + 1)
     extras += outlier_notes(schema, facts["outliers"])
     return Report(report.problems + problems, report.extras + extras, report.legacy, facts)
@@ -473,8 +473,8 @@ def _verdict(settings, state, report: Report, strict: bool):
     if error is not None and error.exit_status == ExitStatus.NOT_INITIALISED:
         if report.legacy:
             return error.exit_status, ("schema %s holds the legacy runtime layout (start_ts, status, attributes, "
-                                       "no migrations recorded): run `otelmig.pyz upgrade` to adopt it"
-                                       % settings.schema)
+                                       "no migrations recorded): run `%s upgrade` to adopt it"
+                                       % (settings.schema, PROGRAM))
         if state.unpartitioned:  # recorded at the head over the layout before it (stamped)
             return error.exit_status, error.message
         if state.revision is not None:  # at head, a table is missing: that is drift
