@@ -8,7 +8,7 @@ import contextlib
 import time
 from typing import List, Optional
 
-from otelmig import db, output, preflight, replicas, repair
+from otelmig import db, interrupt, output, preflight, replicas, repair
 from otelmig.revisions import HEAD_REVISION
 from otelmig.state import ensure_known
 from otelmig.errors import PROGRAM, ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
