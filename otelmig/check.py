@@ -93,7 +93,7 @@ def current(settings, err) -> Result:
     """The database's revision and whether it is the head (exit 0 even when behind)."""
     state = probe(settings.conninfo, settings.schema)
     ensure_known(state)
-    if not state.schema_exists:  # a typo in --schema is not "no revision"
+    if not state.schema_exists and state.other_stores:  # a typo in --schema beside a store is not "no revision"
         raise NotInitialisedError(schema_missing(state), details={"database_revision": None})
     is_head = state.revision == HEAD_REVISION
     payload = {"exit_code": 0, "schema": settings.schema, "head": HEAD_REVISION,

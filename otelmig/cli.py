@@ -161,8 +161,9 @@ def version_line() -> str:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             return "missing"
-    return "%s %s (head %s, Python %s, Alembic %s, SQLAlchemy %s, pg8000 %s)" % (
-        PROG, __version__, HEAD_REVISION, platform.python_version(),
+    # The product's name, however it was run: the spec's form (docs/cli.md), which scripts parse.
+    return "otelmig %s (head %s, Python %s, Alembic %s, SQLAlchemy %s, pg8000 %s)" % (
+        __version__, HEAD_REVISION, platform.python_version(),
         version_of("alembic"), version_of("SQLAlchemy"), version_of("pg8000"))
 
 

@@ -132,7 +132,7 @@ import threading  # noqa: E402
 import urllib.parse  # noqa: E402
 
 from conftest import run_cli, sql  # noqa: E402
-from helpers import one_line, wait_for  # noqa: E402
+from helpers import error_line, one_line, wait_for  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 ROLE = "field_pw_role"
@@ -433,7 +433,9 @@ def test_unreachable_is_still_retried_by_wait(server):
     import time
     started = time.monotonic()
     result = run_cli("check", "--wait", "1.5", url="postgresql://u:p@127.0.0.1:%d/d?sslmode=disable" % unused_port())
-    assert result.code == 3 and one_line(result.err) and "connection refused" in result.err
+    # one line per retry while it waits (issue 22 item 6), then the one error line
+    assert result.code == 3 and "connection refused" in error_line(result.err), result.err
+    assert all(line.startswith("check: waiting") for line in result.err.strip().splitlines()[:-1]), result.err
     assert time.monotonic() - started >= 1.5  # it waited out --wait (a lower bound only: no timing window)
 
 
@@ -668,7 +670,8 @@ def test_no_host_with_the_wanted_attrs_is_waited_for(primary_and_standby):
         url = multi_url(primary, "127.0.0.1:%d" % relay.port, "?target_session_attrs=read-write&sslmode=disable")
         started = time.monotonic()
         result = run_cli("check", "--wait", "1.5", url=url)
-        assert result.code == 3 and one_line(result.err) and "is read-only (target_session_attrs=read-write)" in result.err, result
+        assert result.code == 3 and "is read-only (target_session_attrs=read-write)" in error_line(result.err), result
+        assert all(line.startswith("check: waiting") for line in result.err.strip().splitlines()[:-1]), result.err
         assert time.monotonic() - started >= 1.5 and relay.accepted >= 2, relay.accepted
     finally:
         relay.close()
