@@ -58,6 +58,10 @@ def migration_session(settings, err):
         except BaseException as exc:
             # A refusal or a usage error stops a run before it changes anything: nothing to repair.
             if ours and not isinstance(exc, (RefusedError, UsageError)):
+                # Our session ends first: what it left is then a stopped run's (revision 2's
+                # repair_steps keep what the converting session still holds).
+                with contextlib.suppress(Exception):
+                    connection.close()
                 _repair_on_the_way_out(settings, err, engine)
             raise
         finally:
@@ -139,6 +143,15 @@ def _final_revision(connection, schema: str) -> Optional[str]:
     connection.rollback()
     return connection.exec_driver_sql("select max(version_num) from %s.%s"
                                       % (db.quote_ident(schema), VERSION_TABLE)).scalar()
+
+
+def _final_revision_or_none(connection, schema: str) -> Optional[str]:
+    """The version row, or None where the version table is gone (a downgrade to base drops it)."""
+    from otelmig.schema import VERSION_TABLE
+    connection.rollback()
+    exists = connection.exec_driver_sql("select to_regclass(%s) is not null" % db.quote_literal(
+        "%s.%s" % (db.quote_ident(schema), VERSION_TABLE))).scalar()
+    return _final_revision(connection, schema) if exists else None
 
 
 def _restore_session(connection) -> None:
@@ -255,7 +268,15 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         ensure_known(state)
         target = resolve_revision(settings, revision, state.revision)
         if state.revision is None:
-            raise NotInitialisedError("schema %s has no recorded revision: nothing to downgrade" % settings.schema)
+            if target is not None:
+                raise NotInitialisedError("schema %s has no recorded revision: nothing to downgrade"
+                                          % settings.schema)
+            # Already at base (a rerun of a downgrade that finished): only what an
+            # interrupted upgrade of the baseline left is undone, so the layout found comes back.
+            _run_with_retries(settings, err, connection, lambda: _undo_partly_applied(
+                settings, err, connection, None, allow_data_loss, watch, applied))
+            return _report(settings, "downgrade", None, _final_revision_or_none(connection, settings.schema),
+                           applied)
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), allow_data_loss=allow_data_loss,
                                 watch_index_build=watch)

@@ -253,6 +253,7 @@ def verify(settings, err, strict: bool = False) -> output.Result:
         state = read_state(conn, settings.schema)
         catalog = read_catalog(conn, settings.schema)
         report = with_write_checks(settings.schema, state, compare(settings.schema, catalog))
+        report = with_unfinished_runs(conn, settings.schema, report)
         if catalog.kinds.get(contract.SPANS.name) == "p":
             report = with_partition_checks(conn, settings.schema, report)
     finally:
@@ -277,6 +278,47 @@ def with_write_checks(schema: str, state, report: Report) -> Report:
                                 "such insert fails; run `otelmig.pyz maintain`" % " nor ".join(state.refused_rows)))
     facts = dict(report.facts, rejects_writes_from=[left.as_dict() for left in state.leftovers])
     return report._replace(problems=problems, extras=extras, facts=facts)
+
+
+# What a run that stopped part way left, found by what marks it as otelmig's:
+# a trigger or function named otelmig_* whose comment is a run's key (revision
+# 2's cutoff step), and an inheritance child of the plain spans named as
+# revision 2 names its tables (its holding child, or a partition a stopped
+# downgrade made a child). None of it rejects a write; the next upgrade or
+# downgrade finishes or undoes it first.
+_UNFINISHED_SQL = """
+select coalesce(array(
+  select 'trigger ' || t.tgname || ' on ' || t.tgrelid::regclass::text from pg_trigger t
+  join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+  where n.nspname = %s and t.tgname::text like 'otelmig\\_%%' and not t.tgisinternal
+  union all
+  select 'function ' || p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+  where n.nspname = %s and p.proname::text like 'otelmig\\_%%' and obj_description(p.oid, 'pg_proc') ~ '^-?[0-9]+$'
+  union all
+  select 'table ' || i.inhrelid::regclass::text || ' (an inheritance child of spans, its rows visible there)'
+  from pg_inherits i join pg_class c on c.oid = i.inhparent join pg_namespace n on n.oid = c.relnamespace
+  join pg_class k on k.oid = i.inhrelid
+  where n.nspname = %s and c.relname = 'spans' and c.relkind = 'r'
+    and k.relname::text ~ '^spans_(outliers|default|p[0-9]{8})$'
+  order by 1), '{}')"""
+
+
+def unfinished_runs(conn, schema: str) -> List[str]:
+    cursor = conn.cursor()
+    cursor.execute(_UNFINISHED_SQL, (schema, schema, schema))
+    return list(cursor.fetchone()[0])
+
+
+def with_unfinished_runs(conn, schema: str, report: Report) -> Report:
+    left = unfinished_runs(conn, schema)
+    if not left:
+        return report
+    found = Problem("unfinished_run", "%s.%s" % (schema, contract.SPANS.name),
+                    "a run stopped part way and left %s; none of it rejects a write: `otelmig.pyz upgrade` "
+                    "finishes the revision (or `otelmig.pyz downgrade` undoes it), and either removes them first"
+                    % "; ".join(left))
+    return report._replace(problems=report.problems + [found],
+                           facts=dict(report.facts, unfinished_run=left))
 
 
 def with_partition_checks(conn, schema: str, report: Report) -> Report:

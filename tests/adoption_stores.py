@@ -1,9 +1,9 @@
 """Stores an operator may hold before adoption, built on a real server, and
-the adoption matrix (tests/test_adoption.py runs it; README shows it).
+the adoption matrix (tests/test_adoption.py runs it; docs/revisions.md shows it).
 
-The matrix is declared here from the rules in README "Compatibility rules",
+The matrix is declared here from the rules in docs/revisions.md "Compatibility rules",
 independently of otelmig.compat, so the test checks the code against the rules.
-Regenerate the README table with: .venv/bin/python tests/adoption_stores.py
+Regenerate the docs/revisions.md table with: .venv/bin/python tests/adoption_stores.py
 """
 
 import os
@@ -228,11 +228,11 @@ def unique_name(prefix: str) -> str:
 
 
 if __name__ == "__main__":
-    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "revisions.md")
     text = open(readme).read()
     current = readme_section(text)
     if current is None:
         print(readme_table())
     else:
         open(readme, "w").write(text.replace(current, readme_table()))
-        print("README.md: matrix regenerated")
+        print("docs/revisions.md: matrix regenerated")

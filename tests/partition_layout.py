@@ -102,3 +102,28 @@ def partitions(url, schema: str = "otel"):
 def partition_of_rows(url, schema: str = "otel"):
     """(partition, span_id) of every span."""
     return [tuple(r) for r in sql(url, "select tableoid::regclass::text, span_id from %s.spans order by 2" % schema)]
+
+
+def age_conversion(url, days_ago: int, schema: str = "otel") -> datetime.date:
+    """Make a store converted by revision 2's real upgrade today look as if it
+    had been converted `days_ago` days before its cutoff: spans_history ends
+    that many days earlier and a day partition of revision 2's own (recorded
+    as created, as revision 2 records its partitions) takes each of those
+    days. Rows can then be written into day partitions with past stamps, as a
+    store in service has them (a row stamped after the real cutoff is a
+    future-dated outlier). Needs no row of the history in those days.
+    Returns the new cutoff."""
+    bound = partitions(url, schema)["spans_history"]
+    cutoff = sql(url, "select (%s::timestamptz at time zone 'UTC')::date",
+                 (bound.split("TO ('")[1].split("')")[0],))[0][0]
+    earlier = cutoff - datetime.timedelta(days=days_ago)
+    statements = [
+        "ALTER TABLE {s}.spans DETACH PARTITION {s}.spans_history".format(s=schema),
+        "ALTER TABLE {s}.spans ATTACH PARTITION {s}.spans_history FOR VALUES FROM (MINVALUE) TO ('{c}')"
+        .format(s=schema, c=UTC_MIDNIGHT % earlier.isoformat())]
+    for day in days(earlier, cutoff - datetime.timedelta(days=1)):
+        statements.append("INSERT INTO {s}.otelmig_objects (revision, object_kind, object_name, origin) "
+                          "VALUES ('826630e38563', 'partition', '{n}', 'created')".format(s=schema, n=day_name(day)))
+        statements.append(create_day_sql(schema, day))
+    run_all(url, statements)
+    return earlier

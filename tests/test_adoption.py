@@ -214,8 +214,11 @@ CREATE TABLE otel.spans (
     environment TEXT, tenant_id TEXT,
     PRIMARY KEY (id, start_ts)
 ) PARTITION BY RANGE (start_ts)"""
+# The operator's layout takes a row stamped now (spans_later), as a store in service must: verify and check
+# report a layout that rejects the worker's inserts (tests/test_check.py).
 PARTITIONS = (("spans_2025", "2025-01-01", "2026-01-01"), ("spans_2026_01", "2026-01-01", "2026-02-01"),
-              ("spans_2026_02", "2026-02-01", "2026-03-01"))  # the last one stays empty
+              ("spans_2026_02", "2026-02-01", "2026-03-01"),  # stays empty
+              ("spans_later", "2026-03-01", "2200-01-01"))
 
 
 def load_partitioned_legacy(url, traces=200):
@@ -270,7 +273,8 @@ def test_partitioned_plan_sums_the_partitions_and_lists_each(db_url):
               and " ON ONLY " not in s["sql"]]
     assert sorted(s["table"] for s in builds) == ["otel." + p[0] for p in PARTITIONS]
     concurrent = {s["table"]: s["outside_transaction"] for s in builds}
-    assert concurrent == {"otel.spans_2025": True, "otel.spans_2026_01": True, "otel.spans_2026_02": False}
+    assert concurrent == {"otel.spans_2025": True, "otel.spans_2026_01": True, "otel.spans_2026_02": False,
+                          "otel.spans_later": False}
     attaches = [s["sql"] for s in statements if "ATTACH PARTITION" in s["sql"]]
     assert len(attaches) == 3 * len(PARTITIONS)
     assert 'ALTER INDEX "otel"."ix_spans_trace_id" ATTACH PARTITION otel.spans_2025_ix_spans_trace_id' in attaches
@@ -540,6 +544,6 @@ def test_baseline_converges_on_its_frozen_contract(db_url):
     assert report.problems == [] and report.extras == []
 
 
-def test_readme_shows_the_matrix():
-    text = open(os.path.join(REPO, "README.md")).read()
+def test_docs_show_the_matrix():
+    text = open(os.path.join(REPO, "docs", "revisions.md")).read()
     assert readme_section(text) == readme_table(), "run: .venv/bin/python tests/adoption_stores.py"

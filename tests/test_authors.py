@@ -430,22 +430,23 @@ def test_history_walks_through_a_merge(tmp_path, monkeypatch):
         scripts.resolve_revision(settings, "-%d" % (depth + 1), "dddd0000000d")
 
 
-# --- the README's lines, as a newcomer runs them -------------------------------------
+# --- docs/authoring.md's lines, as a newcomer runs them ------------------------------
 
-def readme_author_lines():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
-        section = handle.read().split("## Writing a revision", 1)[1]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+def documented_author_lines():
+    """The `alembic` lines of the first shell block of docs/authoring.md, the authors' path."""
+    with open(os.path.join(REPO, "docs", "authoring.md"), encoding="utf-8") as handle:
+        page = handle.read()
+    block = page.split("```sh\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line.split(" #", 1)[0]) for line in block.splitlines() if line.startswith("alembic ")]
 
 
-def test_readme_authors_path(tmp_path, db_url):
-    """The README's commands, run in order in a fresh copy: a new revision
+def test_documented_authors_path(tmp_path, db_url):
+    """docs/authoring.md's commands, run in order in a fresh copy: a new revision
     file is all it takes for otelmig itself to know the new head."""
     copy = tmp_path / "repo"
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_pyz.py"), "copy-source", REPO, str(copy)],
                    check=True)
-    lines = readme_author_lines()
+    lines = documented_author_lines()
     assert [line[:2] for line in lines] == [["alembic", "revision"], ["alembic", "upgrade"], ["alembic", "downgrade"]]
     for line in lines:
         proc = alembic(str(copy), db_url, *line[1:])

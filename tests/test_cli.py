@@ -252,7 +252,7 @@ def test_top_level_help_lists_every_exit_code_and_environment_variable():
 
 def test_each_command_lists_only_the_options_that_apply():
     assert "--lock-timeout" not in help_of("heads") and "--url" not in help_of("heads")
-    assert "--lock-timeout" not in help_of("check") and "prometheus" not in help_of("check")
+    assert "--lock-timeout" not in help_of("check") and "prometheus" in help_of("check")
     assert "prometheus" in help_of("verify") and "--lock-timeout" not in help_of("verify")
     assert "--lock-timeout" in help_of("upgrade") and "prometheus" not in help_of("upgrade")
     assert "--lock-timeout" in help_of("maintain") and "prometheus" in help_of("maintain")

@@ -2,9 +2,12 @@
 
 docs/schema.md is read as a person reads it (its tables) and compared with
 otelmig/schema.py; docs/legacy_schema.sql is the source of the test fixture;
-docs/cli.md names exactly the commands, flags and exit codes the program has.
+docs/cli.md and the README name exactly the commands and exit codes the
+program has (cli.md also its flags). Every relative link in the README and
+docs/ leads to a file and heading that exist; the README stays a README.
 """
 
+import glob
 import os
 import re
 
@@ -20,9 +23,25 @@ TYPE_WORDS = {"timestamptz": contract.TIMESTAMPTZ}  # how the doc spells a type 
 DEFAULT_WORDS = {"identity or sequence": contract.SEQUENCE_DEFAULT}
 
 
+README = os.path.join(REPO, "README.md")
+BENCH_README = os.path.join(REPO, "bench", "README.md")
+README_MAX_LINES = 300
+BENCH_README_MAX_LINES = 250
+
+
 def read(name):
     with open(os.path.join(DOCS, name), encoding="utf-8") as handle:
         return handle.read()
+
+
+def read_path(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def pages():
+    """Every Markdown page a reader follows links through."""
+    return [README, BENCH_README] + sorted(glob.glob(os.path.join(DOCS, "*.md")))
 
 
 def markdown_tables(text):
@@ -111,11 +130,96 @@ def test_cli_md_exit_codes_are_the_programs():
 
 
 def test_no_reference_to_the_old_spec_folder():
-    """README and docstrings point at docs/, which a clone has (spec/ was never in the repository).
+    """README, docs/ and docstrings point at docs/, which a clone has (spec/ was never in the repository).
     Revision scripts are frozen history and keep their words."""
-    paths = [os.path.join(REPO, "README.md")] + [os.path.join(REPO, "otelmig", n)
+    paths = pages() + [os.path.join(REPO, "otelmig", n)
                                                    for n in os.listdir(os.path.join(REPO, "otelmig"))
                                                    if n.endswith(".py")]
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             assert "spec/" not in handle.read(), path
+
+
+# --- the README is a README; the pages link to what exists ------------------------
+
+def test_readme_commands_are_the_parsers():
+    parser = build_parser()
+    commands = next(a for a in parser._subparsers._group_actions).choices
+    documented = {r["command"].strip("`").split()[0] for r in markdown_tables(read_path(README))["Commands"]}
+    assert documented == set(commands)
+
+
+def test_readme_exit_codes_are_the_programs():
+    documented = set()
+    for row in markdown_tables(read_path(README))["Exit codes"]:
+        documented.update(int(code) for code in row["code"].split("/"))
+    assert documented == {int(status) for status in ExitStatus}
+
+
+def test_readme_and_bench_readme_stay_short():
+    """The README is the front page (the manual is docs/); bench/README.md holds the current figures only."""
+    assert len(read_path(README).splitlines()) <= README_MAX_LINES
+    assert len(read_path(BENCH_README).splitlines()) <= BENCH_README_MAX_LINES
+
+
+def test_bench_readme_has_one_table_of_current_figures():
+    """One table, every figure with its target, the command that produced it, the machine and the commit
+    (`same` repeats the row above)."""
+    text = read_path(BENCH_README)
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and not (i and lines[i - 1].startswith("|"))]
+    assert len(starts) == 1, "bench/README.md: one table (of current figures), found %d" % len(starts)
+    tables = markdown_tables(text)
+    assert list(tables) == ["Current figures"], list(tables)
+    rows = tables["Current figures"]
+    assert rows
+    for column in ("figure", "target", "command", "machine, date", "commit"):
+        assert column in rows[0], column
+        assert all(row[column] for row in rows), column
+
+
+def heading_anchors(text):
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces to
+    hyphens, a repeated one numbered); headings inside code blocks are not headings."""
+    anchors, counts, fenced = set(), {}, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"#{1,6} (.*)", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug if slug not in counts else "%s-%d" % (slug, counts[slug]))
+            counts[slug] = counts.get(slug, 0) + 1
+    return anchors
+
+
+def relative_links(text):
+    """(target, anchor) of every Markdown link that is not a URL, outside code blocks and spans."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+        if not re.match(r"[a-z][a-z0-9+.-]*:", target):
+            path, _, anchor = target.partition("#")
+            yield path, anchor
+
+
+def test_heading_anchors_as_github_makes_them():
+    anchors = heading_anchors("# otelmig\n## What the baseline revision does (`163d8f446eb9`)\n"
+                              "```\n# not a heading\n```\n## Exit codes\n## Exit codes\n")
+    assert anchors == {"otelmig", "what-the-baseline-revision-does-163d8f446eb9", "exit-codes", "exit-codes-1"}
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: os.path.relpath(p, REPO))
+def test_relative_links_resolve(page):
+    """Every relative link leads to a file of the repository, and its #anchor to a heading of it."""
+    text = read_path(page)
+    links = list(relative_links(text))
+    if page == README:
+        assert links, "the README links to the manual in docs/"
+    for path, anchor in links:
+        target = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        assert os.path.exists(target), "%s links to %s, which does not exist" % (page, path)
+        if anchor:
+            assert target.endswith(".md"), (page, path, anchor)
+            assert anchor in heading_anchors(read_path(target)), \
+                "%s links to %s#%s: no such heading" % (page, path or "itself", anchor)

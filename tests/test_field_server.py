@@ -308,8 +308,8 @@ def test_upgrade_makes_utc_midnight_days_under_a_zone_that_changes_ahead(server,
     assert_utc_midnight_days(utc_day_bounds(db_url))
 
 
-def test_settings_table_in_readme_mirrors_the_list():
-    with open(os.path.join(REPO, "README.md")) as handle:
+def test_settings_table_in_docs_mirrors_the_list():
+    with open(os.path.join(REPO, "docs", "operations.md")) as handle:
         readme = handle.read()
     section = readme.split("## Server settings otelmig sets for itself", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]

@@ -10,6 +10,7 @@ once its cutoff has passed. A rollback then returns exactly the layout the
 upgrade found.
 """
 
+import json
 import os
 import re
 import uuid
@@ -116,8 +117,6 @@ def first_statement_with(statements, pattern: str) -> int:
     return next(i for i, s in enumerate(statements, 1) if re.search(pattern, s))
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_a_run_stopped_alive_at_any_statement_leaves_nothing_that_rejects_a_write(baseline_template, copy_of):
     template, _ = baseline_template
     total = len(statements_of_upgrade(copy_of(template)))
@@ -132,8 +131,6 @@ def test_a_run_stopped_alive_at_any_statement_leaves_nothing_that_rejects_a_writ
         assert code == 0, "rerun after SIGTERM at %d: %s" % (k, err)
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_sigint_after_the_cutoff_removes_it_before_exiting(baseline_template, copy_of):
     template, _ = baseline_template
     k = first_statement_with(statements_of_upgrade(copy_of(template)), "spans_history_range")
@@ -144,8 +141,6 @@ def test_sigint_after_the_cutoff_removes_it_before_exiting(baseline_template, co
     assert_writes_accepted(url, "SIGINT after the cutoff")
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_lock_budget_exhausted_after_the_cutoff_removes_it_before_exiting(baseline_template, copy_of, tmp_path):
     """Exit 9: the switch waits for a reader that never lets go; the run gives up and cleans up."""
     template, _ = baseline_template
@@ -172,8 +167,6 @@ def test_lock_budget_exhausted_after_the_cutoff_removes_it_before_exiting(baseli
     assert_writes_accepted(url, "exit 9 after the cutoff")
 
 
-@pytest.mark.xfail(strict=True, reason="needs revision 2's repair_steps and partial-upgrade downgrade "
-                   "(wip/issue19 patches, not merged yet): this is the failing test they must turn green")
 def test_after_sigkill_the_next_command_repairs_first_then_rollback_returns_the_layout_found(baseline_template,
                                                                                               copy_of):
     template, legacy_layout = baseline_template
@@ -194,6 +187,33 @@ def test_after_sigkill_the_next_command_repairs_first_then_rollback_returns_the_
             assert got[part] == legacy_layout[part], "SIGKILL at statement %d (%s), then downgrade base: %s" % (
                 k, statements[k - 1][:80], part)
         assert_writes_accepted(url, "the legacy layout after downgrade base (SIGKILL at %d)" % k)
+
+
+def test_a_conversion_killed_at_any_statement_rejects_nothing_before_any_rerun(baseline_template, copy_of):
+    """SIGKILL leaves no chance to clean up and nobody may run otelmig for
+    days: what each state holds (the cutoff CHECK, the hold trigger, the
+    holding child) must accept writes stamped now, in 3 and in 30 days with
+    no rerun at all, while verify names it; then the rerun finishes."""
+    template, _ = baseline_template
+    statements = statements_of_upgrade(copy_of(template))
+    seen_unfinished = 0
+    for k in range(1, len(statements) + 1):
+        url = copy_of(template)
+        code, _, err = run(url, "upgrade", env={CRASH_AFTER_ENV: str(k)})
+        if code == 0:
+            continue
+        assert code == -9, err
+        assert_writes_accepted(url, "no rerun after SIGKILL at statement %d (%s)" % (k, statements[k - 1][:60]))
+        code, out, _ = run(url, "verify", "--format", "json")
+        kinds = [p["kind"] for p in json.loads(out)["problems"]]
+        if not no_cutoff_check(url):
+            assert "unfinished_run" in kinds, (k, kinds)
+            seen_unfinished += 1
+        code, _, err = run(url, "upgrade")
+        assert code == 0, "rerun after SIGKILL at statement %d: %s" % (k, err)
+        after = [p["kind"] for p in json.loads(run(url, "verify", "--format", "json")[1])["problems"]]
+        assert no_cutoff_check(url) and "unfinished_run" not in after, (k, after)
+    assert seen_unfinished > 0, "no statement left the cutoff CHECK behind: the test tried nothing"
 
 
 def test_downgrade_across_revisions_checks_the_whole_path_before_the_first_change(baseline_template, copy_of):

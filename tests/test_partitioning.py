@@ -8,12 +8,15 @@ operator's indexes, privileges, ownership), what is refused, and the way back.
 """
 
 import datetime
+import importlib
 import threading
 
 from conftest import connect, load_legacy, run_cli, sql
 from adoption_stores import unique_name
 from helpers import BASELINE, one_line, verify_ok
 from otelmig.schema import SPANS_PARTITIONING as LAYOUT
+
+REV2 = importlib.import_module("otelmig.migrations.versions.826630e38563_partition_spans")
 
 PARTITIONS_SQL = """
 select c.relname::text, pg_get_expr(c.relpartbound, c.oid)
@@ -79,16 +82,21 @@ def test_rows_land_by_start_time_and_none_is_rejected(db_url):
     assert "ix_spans_trace_id" in plan or "trace_id_idx" in plan, plan
 
 
-def test_a_span_newer_than_today_moves_the_cutoff_past_it(db_url):
+def test_a_span_newer_than_today_lands_in_its_day_and_the_cutoff_comes_from_the_clock(db_url):
+    """Issue 19 item 3: a future-dated span no longer moves the cutoff (which once
+    switched partitioning off for as long): it goes to its own day partition, and
+    the history ends at the UTC midnight MARGIN_DAYS after today, whatever the rows hold."""
     load_legacy(db_url, traces=10)
     assert run_cli("upgrade", BASELINE, url=db_url).code == 0
-    skewed = sql(db_url, "select date_trunc('day', now()) + interval '4 days 5 hours'")[0][0]
+    today = sql(db_url, "select date_trunc('day', now() at time zone 'UTC')")[0][0]
+    skewed = sql(db_url, "select (%s::timestamp + interval '4 days 5 hours') at time zone 'UTC'", (today,))[0][0]
     insert(db_url, "ahead", skewed)
     assert run_cli("upgrade", url=db_url).code == 0
-    assert partition_of(db_url, "ahead") == "otel." + LAYOUT.history
+    day = today + datetime.timedelta(days=4)
+    assert partition_of(db_url, "ahead") == "otel.%s%s" % (LAYOUT.day_prefix, day.strftime("%Y%m%d"))
     bound = partitions(db_url)[LAYOUT.history]
-    cutoff = sql(db_url, "select %s::timestamptz", (bound.split("TO ('")[1].split("')")[0],))[0][0]
-    assert cutoff > skewed and cutoff.hour == 0 and cutoff.minute == 0
+    cutoff = sql(db_url, "select (%s::timestamptz at time zone 'UTC')", (bound.split("TO ('")[1].split("')")[0],))[0][0]
+    assert cutoff == today + datetime.timedelta(days=REV2.MARGIN_DAYS)
     verify_ok(db_url)
 
 

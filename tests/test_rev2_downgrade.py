@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+import partition_layout
 from conftest import REPO, catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line, spawn, verify_ok, wait_for, wait_for_statement
 from otelmig.ddl import CRASH_AFTER_ENV, OnlineRunner, SchemaSQL
@@ -36,16 +37,18 @@ def revision2():
 
 
 def at_head_with_rows_in_days(url, traces=50, later=0):
-    """A converted store: the legacy rows in the history partition, `later`
-    spans in the day partitions after the cutoff (two days of them) and one in
-    DEFAULT."""
+    """A converted store in service: the legacy rows in the history partition,
+    `later` spans in the day partitions of the three days before today (the
+    conversion aged by partition_layout.age_conversion: a store converted
+    days ago) and one in DEFAULT."""
     load_legacy(url, traces=traces)
     result = run_cli("upgrade", url=url)
     assert result.code == 0, result.err
     if later:
+        first = partition_layout.age_conversion(url, days_ago=3 + revision2().MARGIN_DAYS)
         sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
-                 "select 'later', 'later-' || g, 'op', 'svc', %s + g * (interval '2 days' / %s) "
-                 "from generate_series(1, %s) g" % (cutoff_sql(), later, later))
+                 "select 'later', 'later-' || g, 'op', 'svc', timestamptz '%s 00:00:00+00' + g * (interval '3 days' / %s) "
+                 "from generate_series(0, %s - 1) g" % (first.isoformat(), later, later))
     sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
              "values ('late', 'late', 'op', 'svc', '2999-01-01')")
     sql(url, "analyze otel.spans")
@@ -395,29 +398,38 @@ def test_a_partial_upgrade_is_undone_to_the_baseline_layout(new_database):
     assert {"spans_history_pkey", "ix_traces_start_time"} <= seen
 
 
-def test_a_partial_upgrade_with_a_cutoff_check_and_held_outliers_is_undone(db_url):
-    load_legacy(db_url, traces=30)
-    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
-    baseline, rows = layout_of(db_url), every_row(db_url)
-    # as the conversion leaves it before its switch, with outlying rows held aside
-    for statement in (
-            "create unique index spans_history_pkey on otel.spans (id, start_time)",
-            "alter table otel.spans add constraint spans_history_range check (start_time < '2999-01-01') not valid",
-            "create table otel.spans_outliers (like otel.spans including defaults)",
-            "with held as (delete from otel.spans where id % 7 = 0 returning *) "
-            "insert into otel.spans_outliers select * from held",
-            "create table otel.spans_partitioned (like otel.spans including defaults) partition by range (start_time)",
-            "create table otel.spans_default partition of otel.spans_partitioned default",
-            "create index ix_traces_start_time on otel.traces (start_time)",
-            "insert into otel.otelmig_objects (revision, object_kind, object_name, origin) values "
-            "('826630e38563', 'index', 'ix_traces_start_time', 'created')"):
-        sql(db_url, statement)
-    assert sql(db_url, "select count(*) from otel.spans_outliers")[0][0] > 0
-    run_downgrade_steps(db_url)
-    assert layout_of(db_url) == baseline
-    assert every_row(db_url) == rows
-    run_downgrade_steps(db_url)  # and again: nothing left to do
-    assert layout_of(db_url) == baseline
+def test_a_partial_upgrade_with_a_cutoff_check_and_held_outliers_is_undone(new_database):
+    """The state the real conversion leaves when killed after its cutoff step:
+    the hold trigger, the cutoff CHECK and its functions, future-dated rows
+    held in otel.spans_outliers. The downgrade steps alone give back the
+    baseline and every row, and a second pass finds nothing to do."""
+    def at_baseline_with_outliers():
+        url = new_database()
+        load_legacy(url, traces=30)
+        assert run_cli("upgrade", BASELINE, url=url).code == 0
+        # future-dated rows (a clock set wrong on a client): the cutoff step holds them aside
+        sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                 "select trace_id, span_id || '-late', name, service_name, now() + interval '40 days' "
+                 "from otel.spans where id % 7 = 0")
+        return url
+    count = upgrade_statement_count(at_baseline_with_outliers())
+    for k in range(1, count):
+        url = at_baseline_with_outliers()
+        baseline, rows = layout_of(url), every_row(url)
+        crashed = subprocess.run([sys.executable, "-m", "otelmig", "upgrade"], cwd=REPO, capture_output=True,
+                                 env=dict(os.environ, POSTGRES_URL=url, **{CRASH_AFTER_ENV: str(k)}), text=True)
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        if sql(url, "select to_regclass('otel.spans_outliers') is not null")[0][0]:
+            break
+    else:
+        pytest.fail("no crash point left rows held in otel.spans_outliers")
+    assert sql(url, "select count(*) from only otel.spans_outliers")[0][0] > 0
+    assert sql(url, "select count(*) from pg_constraint where conname = 'spans_history_range'")[0][0] == 1
+    run_downgrade_steps(url)
+    assert layout_of(url) == baseline
+    assert every_row(url) == rows
+    run_downgrade_steps(url)  # and again: nothing left to do
+    assert layout_of(url) == baseline
 
 
 def test_rows_an_older_downgrade_stranded_in_spans_partitioned_come_back(db_url):

@@ -136,6 +136,24 @@ def check_constraint_comment(url, converted):
     check_rejects_bad_kind(url, converted)
 
 
+def check_view(url, converted):
+    """The view reads every row of otel.spans wherever it lands, keeps its oid
+    (the view built on it still works), its options and its comment."""
+    for where, moment in probe_times(url, converted).items():
+        span_id = "view-%s-%s" % (where.replace(" ", "-"), uuid.uuid4().hex[:8])
+        assert probe(url, span_id, moment) is None, where
+        assert sql(url, "select count(*) from otel.recent_spans where span_id = %s", (span_id,)) == [[1]], where
+    assert sql(url, "select count(*) from otel.recent_spans") == sql(url, "select count(*) from otel.spans")
+    assert sql(url, "select * from otel.recent_count") == sql(url, "select count(*) from otel.spans")
+    assert sql(url, "select reloptions::text, obj_description('otel.recent_spans'::regclass, 'pg_class') "
+                    "from pg_class where oid = 'otel.recent_spans'::regclass") == [["{security_barrier=true}",
+                                                                                    "the recent ones"]]
+    reads = sql(url, "select distinct d.refobjid::regclass::text from pg_depend d join pg_rewrite r on r.oid = d.objid "
+                     "where r.ev_class = 'otel.recent_spans'::regclass and d.refclassid = 'pg_class'::regclass "
+                     "and d.refobjid <> 'otel.recent_spans'::regclass")
+    assert reads == [["otel.spans"]], reads
+
+
 def check_operator_index(url, converted):
     definition = sql(url, "select pg_get_indexdef('otel.ops_spans_tenant'::regclass)")[0][0]
     assert ("ON ONLY otel.spans" if converted else "ON otel.spans ") in definition, definition
@@ -181,8 +199,9 @@ CASES = [
     Case("comment on an index", (OPERATOR_INDEX, "comment on index otel.ops_spans_tenant is 'by tenant'"),
          "carried", holds=check_index_comment),
     # -- what reads or uses spans --------------------------------------------------------------
-    Case("view", ("create view otel.recent_spans as select id, span_id from otel.spans",), "refused",
-         "view otel.recent_spans"),
+    Case("view", ("create view otel.recent_spans with (security_barrier) as select id, span_id from otel.spans",
+                  "create view otel.recent_count as select count(*) from otel.recent_spans",
+                  "comment on view otel.recent_spans is 'the recent ones'"), "carried", holds=check_view),
     Case("materialized view", ("create materialized view otel.span_total as select count(*) from otel.spans",),
          "refused", "materialized view otel.span_total"),
     Case("function with a BEGIN ATOMIC body",
@@ -377,13 +396,13 @@ def test_a_check_constraint_is_on_every_partition_present_and_future(store):
     assert len(sql(url, "select 1 from pg_inherits where inhparent = 'otel.spans'::regclass")) >= 12
 
 
-def test_the_built_pyz_refuses_a_view_and_plan_names_it(pyz, store):
+def test_the_built_pyz_refuses_a_materialized_view_and_plan_names_it(pyz, store):
     url, names = store
-    set_up(url, next(c for c in CASES if c.kind == "view"), names)
+    set_up(url, next(c for c in CASES if c.kind == "materialized view"), names)
     result = run_pyz(pyz, "upgrade", url=url)
-    assert result.code == 8 and one_line(result.err) and "view otel.recent_spans" in result.err, result.err
-    assert "view otel.recent_spans" in " ".join(refusal_line(run_pyz(pyz, "plan", url=url).out, "recent_spans"))
-    sql(url, "drop view otel.recent_spans")
+    assert result.code == 8 and one_line(result.err) and "materialized view otel.span_total" in result.err, result.err
+    assert "otel.span_total" in " ".join(refusal_line(run_pyz(pyz, "plan", url=url).out, "span_total"))
+    sql(url, "drop materialized view otel.span_total")
     result = run_pyz(pyz, "upgrade", url=url)
     assert result.code == 0, result.err
 

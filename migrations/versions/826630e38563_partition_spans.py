@@ -71,6 +71,9 @@ CUTOFF_CHECK = "spans_history_range"  # CHECK (start_time < cutoff) on the table
 HISTORY_PKEY = "spans_history_pkey"  # unique (id, start_time) built before the switch, its PK after
 HISTORY_ID_KEY = "spans_history_id_key"  # unique (id) the downgrade builds for the restored primary key
 HOLDING = "spans_outliers"           # inheritance child of the plain spans holding the outliers until the switch
+CUTOFF_FUNCTION = "otelmig_spans_cutoff"  # in the cutoff CHECK: the cutoff in the converting session, NULL elsewhere
+HOLD_FUNCTION = "otelmig_spans_hold"  # trigger (and its function) moving rows at or after the cutoff into HOLDING
+CUTOFF_KEY_SETTING = "otelmig.spans_cutoff_key"  # the converting session's key (also its advisory lock)
 TRACES_START_TIME = ("ix_traces_start_time", "traces", "start_time")
 
 # First statement of every DO block that reads or writes a time: for this
@@ -115,19 +118,40 @@ class Layout:
             n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created"),
             n.recorded("partitioning", "spans", "found"), history_attached)
 
+        self.cutoff_function = "%s()" % n.table(CUTOFF_FUNCTION)
+        self.hold_function = "%s()" % n.table(HOLD_FUNCTION)
+        self.cutoff_key = "obj_description(to_regprocedure(%s), 'pg_proc')" % quote_literal(self.cutoff_function)
+        # What a cutoff step left, this session's (its key is the session's) or a stopped run's.
+        self.conversion_started = "(%s)" % " or ".join([
+            self.check_on("spans"), self.holding_child,
+            "exists (select 1 from pg_trigger where tgrelid = %s and tgname = %s and tgfoid = %s)"
+            % (n.regclass("spans"), quote_literal(HOLD_FUNCTION), self.our_function(HOLD_FUNCTION)),
+            "%s is not null" % self.our_function(CUTOFF_FUNCTION),
+            "%s is not null" % self.our_function(HOLD_FUNCTION)])
+        # The partitioned table this revision makes beside a plain spans (or an older downgrade left):
+        # an operator's relation of that name is not it.
+        self.our_parent = ("exists (select 1 from pg_class p where p.oid = %s and p.relkind = 'p' and exists "
+                           "(select 1 from pg_constraint where conrelid = p.oid and conname = %s))"
+                           % (n.regclass(NEW_PARENT), quote_literal(NEW_PARENT + "_pkey")))
+        self.ours = ("(%s is not distinct from current_setting(%s, true))"
+                     % (self.cutoff_key, quote_literal(CUTOFF_KEY_SETTING)))
+
+    def our_function(self, name: str) -> str:
+        """SQL: the oid of our function `name`() in the schema (its comment is a
+        cutoff step's key), or null: a function of the operator's of that name is never ours."""
+        function = quote_literal("%s()" % self.n.table(name))
+        return ("(select p.oid from pg_proc p where p.oid = to_regprocedure(%s) "
+                "and obj_description(p.oid, 'pg_proc') ~ '^-?[0-9]+$')" % function)
+
     def check_on(self, table: str, validated=None) -> str:
         state = "" if validated is None else " and %sconvalidated" % ("" if validated else "not ")
         return ("exists (select 1 from pg_constraint where conrelid = %s and conname = %s%s)"
                 % (self.n.regclass(table), quote_literal(CUTOFF_CHECK), state))
 
-    def cutoff_of(self, table: str) -> str:
-        """SQL: the cutoff as the CHECK constraint on `table` holds it. Only
-        inside a block that ran UTC_SESSION: pg_get_constraintdef renders the
-        constant in the session's DateStyle and TimeZone, so it is read back
-        under the ISO and UTC it was written in."""
-        return ("(select substring(pg_get_constraintdef(oid) from '''([^'']*)''')::timestamptz "
-                "from pg_constraint where conrelid = %s and conname = %s)"
-                % (self.n.regclass(table), quote_literal(CUTOFF_CHECK)))
+    def cutoff(self) -> str:
+        """SQL: the cutoff, in the session that converts (its key set): PL/pgSQL
+        parses it when it runs, after the cutoff step made the function."""
+        return self.cutoff_function
 
     def services(self) -> str:
         """SQL: the distinct non-null service_name of plain spans without reading
@@ -151,13 +175,20 @@ class Layout:
 
 
 def repair_steps(n: SchemaSQL) -> list:
-    """What an interrupted upgrade of this revision can leave that would reject
-    a write, undone: a plain spans with the cutoff CHECK (every insert fails
-    once the cutoff passes) and the outliers held aside in otel.spans_outliers
-    (put back). The cutoff step makes both in one transaction and the switch
-    ends both in one, so they come and go together; repairing is one short
-    transaction under ACCESS EXCLUSIVE (at most MAX_OUTLIERS rows move).
-    Idempotent; nothing to do on any other state."""
+    """What a stopped run of this revision left, undone (otelmig/repair.py runs
+    this first in every run and on a failing run's way out)."""
+    return _undo_stopped_conversion(n) + [_drop_stopped_downgrade_index(n)]
+
+
+def _undo_stopped_conversion(n: SchemaSQL) -> list:
+    """What a stopped conversion left, undone, so the next run starts again
+    from a fresh cutoff: the hold trigger, the cutoff CHECK and their
+    functions, and the rows held in otel.spans_outliers (put back). None of it
+    rejects a write, alive or stopped (_cutoff_step says why), so this is
+    housekeeping, not an emergency; the session that converts (its key set)
+    keeps its own. One short transaction under ACCESS EXCLUSIVE (the held rows
+    are the outliers, at most MAX_OUTLIERS, and what the trigger held while
+    the run was alive). Idempotent; nothing to do on any other state."""
     layout = Layout(n)
     spans, holding = layout.spans, layout.holding
     lines = [
@@ -165,7 +196,18 @@ def repair_steps(n: SchemaSQL) -> list:
         "DECLARE columns text;",
         "BEGIN",
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
+        # Only what a cutoff step made (its functions carry its key): an operator's namesake stays.
+        "  IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = %s AND tgfoid = %s) THEN"
+        % (n.regclass("spans"), quote_literal(HOLD_FUNCTION), layout.our_function(HOLD_FUNCTION)),
+        "    DROP TRIGGER %s ON %s;" % (quote(HOLD_FUNCTION), spans),
+        "  END IF;",
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s;" % (spans, quote(CUTOFF_CHECK)),
+        "  IF %s IS NOT NULL THEN" % layout.our_function(HOLD_FUNCTION),
+        "    DROP FUNCTION %s;" % layout.hold_function,
+        "  END IF;",
+        "  IF %s IS NOT NULL THEN" % layout.our_function(CUTOFF_FUNCTION),
+        "    DROP FUNCTION %s;" % layout.cutoff_function,
+        "  END IF;",
         "  IF %s THEN" % layout.holding_child,
         "    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
         "      WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass(HOLDING),
@@ -178,11 +220,24 @@ def repair_steps(n: SchemaSQL) -> list:
         "  END IF;",
         "END",
         "$repair$"]
-    return [Statement("\n".join(lines), when="%s and (%s or %s)" % (
-        layout.plain_spans, layout.check_on("spans"), layout.holding_child),
+    return [Statement("\n".join(lines), when="%s and %s and not %s" % (
+        layout.plain_spans, layout.conversion_started, layout.ours),
         table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
-        label="repair an interrupted conversion: drop the cutoff CHECK from the plain spans, put the outliers "
-              "held in %s back" % HOLDING)]
+        label="undo a stopped conversion: drop its hold trigger, cutoff CHECK and functions from the plain spans, "
+              "put the rows held in %s back" % HOLDING)]
+
+
+def _drop_stopped_downgrade_index(n: SchemaSQL) -> Concurrent:
+    """A downgrade stopped before its switch-back leaves the unique (id) index it
+    builds on the history partition, which would reject a late span whose id
+    the history holds. Not among the downgrade's own first steps: a retry of
+    its switch-back must not drop the index it has just built."""
+    return Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_ID_KEY),
+                   when="exists (select 1 from pg_index x join pg_inherits i on i.inhrelid = x.indrelid "
+                        "where x.indexrelid = %s and x.indrelid = %s and i.inhparent = %s)"
+                   % (n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history), n.regclass("spans")),
+                   table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE,
+                   label="drop the unique (id) index a stopped downgrade built on %s" % LAYOUT.history)
 
 
 def _forget_holding(n: SchemaSQL) -> str:
@@ -226,8 +281,8 @@ def _not_carried_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "(select 'unique indexes besides the primary key: ' || string_agg(c.relname, ', ') from pg_index x "
         "join pg_class c on c.oid = x.indexrelid where x.indrelid = %s and x.indisunique and not x.indisprimary "
         "and c.relname <> %s)" % (spans, quote_literal(HISTORY_PKEY)),
-        "(select 'triggers: ' || string_agg(tgname, ', ') from pg_trigger where tgrelid = %s and not tgisinternal)"
-        % spans,
+        "(select 'triggers: ' || string_agg(tgname, ', ') from pg_trigger where tgrelid = %s and not tgisinternal "
+        "and not (tgname = %s and tgfoid = %s))" % (spans, quote_literal(HOLD_FUNCTION), layout.our_function(HOLD_FUNCTION)),
         "(select 'row level security' from pg_class where oid = %s and relrowsecurity)" % spans,
         "(select 'publications: ' || string_agg(p.pubname, ', ') from pg_publication_rel r "
         "join pg_publication p on p.oid = r.prpubid where r.prrelid = %s)" % spans])
@@ -327,11 +382,14 @@ def _dependents(n: SchemaSQL) -> str:
                     "|| %s end from pg_rewrite r join pg_class c on c.oid = r.ev_class "
                     "where r.oid = d.objid)" % (_named("c.oid"), _named("c.oid")))
     return "concat_ws('; ', %s)" % ", ".join([
-        _listed("views, rules and functions that read it (they would read the history partition only)",
+        # A plain view is carried (the switch points it at the partitioned spans: _read_views).
+        _listed("materialized views, rules and functions that read it (they would read the history partition only)",
                 "case when d.classid = 'pg_rewrite'::regclass then %s else %s end"
                 % (rewrite_name, _described("d.classid", "d.objid", "0")),
                 "from pg_depend d where d.refclassid = 'pg_class'::regclass and d.refobjid = %s "
-                "and d.classid in ('pg_rewrite'::regclass, 'pg_proc'::regclass)" % spans),
+                "and d.classid in ('pg_rewrite'::regclass, 'pg_proc'::regclass) and not exists (select 1 from "
+                "pg_rewrite r join pg_class c on c.oid = r.ev_class where r.oid = d.objid "
+                "and d.classid = 'pg_rewrite'::regclass and r.rulename = '_RETURN' and c.relkind = 'v')" % spans),
         _listed("what uses its row type (it would become the history partition's)",
                 _described("d.classid", "d.objid", "d.objsubid"),
                 "from pg_depend d where d.refclassid = 'pg_type'::regclass and d.refobjid = "
@@ -342,7 +400,7 @@ def _dependents(n: SchemaSQL) -> str:
         _listed("exclusion constraints", "quote_ident(conname)",
                 "from pg_constraint where conrelid = %s and contype = 'x'" % spans),
         _listed("NO INHERIT check constraints (a partitioned table cannot have one)", "quote_ident(conname)",
-                "from pg_constraint where conrelid = %s and contype = 'c' and connoinherit" % spans),
+                "from pg_constraint where conrelid = %s and contype = 'c' and connoinherit and conname <> %s" % (spans, quote_literal(CUTOFF_CHECK))),
         _listed("extended statistics", "quote_ident(stxname)", "from pg_statistic_ext where stxrelid = %s" % spans),
         # pg_publication_tables lists every form (FOR TABLE, FOR ALL TABLES, FOR TABLES IN SCHEMA) on every major.
         _listed("publications that include it (they would publish each partition)", "quote_ident(pubname)",
@@ -442,6 +500,12 @@ def _taken_names(n: SchemaSQL) -> str:
         _listed("type names it will create, taken (rename or drop them)", "quote_ident(t.typname)", taken_type),
         _listed("index names too long to take the prefix %s (%d bytes at most)" % (prefixes[0], MAX_NAME_BYTES),
                 too_long, operator_indexes + " and octet_length(c.relname) > %d" % fit),
+        # The cutoff step's functions: one of the operator's under either name (a cutoff step's has its key as comment).
+        _listed("function names it will create, taken (rename or drop them)",
+                "p.oid::regprocedure::text",
+                "from pg_proc p where p.pronamespace = (select oid from pg_namespace where nspname = %s) "
+                "and p.proname in (%s, %s) and not (p.pronargs = 0 and obj_description(p.oid, 'pg_proc') ~ '^-?[0-9]+$')"
+                % (s, quote_literal(CUTOFF_FUNCTION), quote_literal(HOLD_FUNCTION))),
     ])
 
 
@@ -512,47 +576,109 @@ def _history_key_steps(n: SchemaSQL, layout: Layout):
 
 
 def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
-    """Under ACCESS EXCLUSIVE for a moment: the outliers (rows at or after the
-    cutoff) into the holding child of spans, found per service through the
-    index, then CHECK (start_time < cutoff) NO INHERIT NOT VALID (the held rows
-    are not under it; the history partition must not have children, and the
-    switch empties and drops the holding table before the attach)."""
-    add = ("ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %%L) NO INHERIT NOT VALID"
-           % (layout.spans, quote(CUTOFF_CHECK)))
+    """Under ACCESS EXCLUSIVE for a moment, what lets the switch attach the
+    old table FROM (MINVALUE) TO (cutoff) without scanning it, made so that
+    no write is ever rejected, while the run lives or after it stopped:
+
+    - CHECK (start_time < otelmig_spans_cutoff()) NO INHERIT NOT VALID. The
+      function is IMMUTABLE, so PostgreSQL folds it to a constant wherever it
+      reasons about the CHECK (its VALIDATE, ATTACH's proof): in this session
+      (CUTOFF_KEY_SETTING holds its key) it is the cutoff, in every other
+      session NULL, which a CHECK accepts. The CHECK binds nobody but us.
+    - So that VALIDATE finds no committed row at or after the cutoff in spans
+      itself, the trigger otelmig_spans_hold (AFTER INSERT OR UPDATE OF
+      start_time, WHEN start_time >= cutoff) moves such a row, in the writer's
+      own transaction, into otel.spans_outliers, an inheritance child of spans
+      (visible through otel.spans; RETURNING and the row count are the
+      writer's as ever). It does so only while this session holds its
+      advisory lock (the key): once the run stopped, rows stay where written.
+    - The outliers already there (at most MAX_OUTLIERS, found per service
+      through the index) move into that child now.
+
+    The switch, under its lock, moves what is left at or after the cutoff
+    (nothing, while the trigger held) and the held rows into the partitioned
+    table before the attach, which is what makes the proof true."""
+    spans, holding = layout.spans, layout.holding
+    add = "ALTER TABLE %s ADD CONSTRAINT %s CHECK (start_time < %s) NO INHERIT NOT VALID" % (
+        spans, quote(CUTOFF_CHECK), layout.cutoff_function)
+    lines = [
+        "DO $cutoff$",
+        "DECLARE cutoff timestamptz; key bigint; owner_name text; service record; moved bigint; held bigint := 0;",
+        "BEGIN",
+        UTC_SESSION,
+        "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
+        "  cutoff := %s;" % CUTOFF,
+        "  key := ('x' || substr(md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text), 1, 15))"
+        "::bit(60)::bigint;",
+        "  PERFORM pg_advisory_lock(key);  -- held for the session's life: the trigger holds rows while it is",
+        "  PERFORM set_config(%s, key::text, false);" % quote_literal(CUTOFF_KEY_SETTING),
+        "  owner_name := (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s);" % n.regclass("spans"),
+        "  %s;" % n.record(revision, [("table", HOLDING, "created")]),
+        "  CREATE TABLE %s () INHERITS (%s);" % (holding, spans),
+        "  EXECUTE format('ALTER TABLE %s OWNER TO %%I', owner_name);" % holding.replace("'", "''"),
+    ] + _cutoff_function_lines(layout) + _hold_trigger_lines(n, layout) + _hold_outliers_lines(layout) + [
+        "  %s;" % add,
+        "END",
+        "$cutoff$"]
+    return Statement("\n".join(lines), when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
+                     table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+                     label="the cutoff (the UTC midnight %d days after today); a trigger that holds rows stamped at "
+                           "or after it in %s while this run lives; the outliers there now (at most %d, found "
+                           "through an index) moved in; CHECK (start_time < cutoff) NOT VALID, binding this session "
+                           "only" % (MARGIN_DAYS, HOLDING, MAX_OUTLIERS))
+
+
+def _cutoff_function_lines(layout: Layout) -> list:
+    """PL/pgSQL: the IMMUTABLE function of the CHECK, its comment the key (repair_steps tells ours by it)."""
+    body = ("format('SELECT CASE WHEN current_setting(%%L, true) = %%L THEN %%L::timestamptz END', %s, key::text, %s)"
+            % (quote_literal(CUTOFF_KEY_SETTING), _utc_text("cutoff at time zone 'UTC'")))
+    function = layout.cutoff_function.replace("'", "''")
+    return [
+        "  EXECUTE format('CREATE FUNCTION %s RETURNS timestamptz LANGUAGE sql IMMUTABLE AS %%L', %s);"
+        % (function, body),
+        "  EXECUTE format('COMMENT ON FUNCTION %s IS %%L', key::text);" % function,
+        "  EXECUTE format('ALTER FUNCTION %s OWNER TO %%I', owner_name);" % function,
+        # Every writer's CHECK evaluates it: PUBLIC may execute it whatever the default privileges say.
+        "  EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC');" % function]
+
+
+def _hold_trigger_lines(n: SchemaSQL, layout: Layout) -> list:
+    """PL/pgSQL: the trigger function (SECURITY DEFINER: the writer needs no
+    DELETE on spans nor any right on the holding child) and the trigger."""
+    spans, holding = layout.spans.replace("'", "''"), layout.holding.replace("'", "''")
+    function = layout.hold_function.replace("'", "''")
+    body = ("format('BEGIN IF NOT pg_try_advisory_xact_lock_shared(%%s) THEN "
+            "DELETE FROM ONLY %s WHERE id = NEW.id; INSERT INTO %s SELECT NEW.*; END IF; RETURN NULL; END', key)"
+            % (spans, holding))
+    return [
+        "  EXECUTE format('CREATE FUNCTION %s RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog AS %%L', %s);" % (function, body),
+        "  EXECUTE format('COMMENT ON FUNCTION %s IS %%L', key::text);" % function,
+        "  EXECUTE format('ALTER FUNCTION %s OWNER TO %%I', owner_name);" % function,
+        "  EXECUTE format('CREATE TRIGGER %s AFTER INSERT OR UPDATE OF start_time ON %s FOR EACH ROW "
+        "WHEN (NEW.start_time >= %%L) EXECUTE FUNCTION %s', %s);"
+        % (quote(HOLD_FUNCTION).replace("'", "''"), spans, function, _utc_text("cutoff at time zone 'UTC'"))]
+
+
+def _hold_outliers_lines(layout: Layout, limit=MAX_OUTLIERS) -> list:
+    """PL/pgSQL: the rows at or after the cutoff into the holding child, one
+    DELETE per service that has one (found by one index probe each); more than
+    `limit` (a row the refusal did not see: written since) stops the run."""
     move = ("WITH moved AS (DELETE FROM ONLY %s WHERE service_name %%s AND start_time >= $1 RETURNING *) "
             "INSERT INTO %s SELECT * FROM moved" % (layout.spans, layout.holding))
     too_many = ("more than %d rows of %s are stamped at or after the cutoff %%; nothing was changed: rerun, and "
                 "the refusal names them" % (MAX_OUTLIERS, layout.spans.replace('"', '')))
-    sql = "\n".join([
-        "DO $cutoff$",
-        "DECLARE cutoff timestamptz; service record; moved bigint; held bigint := 0;",
-        "BEGIN",
-        UTC_SESSION,
-        "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % layout.spans,
-        "  cutoff := %s;" % CUTOFF,
-        "  IF EXISTS (%s) THEN" % layout.outliers("cutoff", 1),
-        "    %s;" % n.record(revision, [("table", HOLDING, "created")]),
-        "    CREATE TABLE %s () INHERITS (%s);" % (layout.holding, layout.spans),
-        # One DELETE per service that has an outlier (found by one index probe each).
-        "    FOR service IN SELECT quote_literal(o.service_name) AS name FROM (%s) o LOOP"
-        % layout.outliers("cutoff", 1),
-        "      EXECUTE format(%s, coalesce('= ' || service.name, 'IS NULL')) USING cutoff;" % quote_literal(move),
-        "      GET DIAGNOSTICS moved = ROW_COUNT;",
-        "      held := held + moved;",
-        "      IF held > %d THEN" % MAX_OUTLIERS,
+    return [
+        "  FOR service IN SELECT quote_literal(o.service_name) AS name FROM (%s) o LOOP" % layout.outliers("cutoff", 1),
+        "    EXECUTE format(%s, coalesce('= ' || service.name, 'IS NULL')) USING cutoff;" % quote_literal(move),
+        "    GET DIAGNOSTICS moved = ROW_COUNT;",
+        "    held := held + moved;",
+    ] + ([] if limit is None else [
+        "    IF held > %d THEN" % limit,
         # 54000 (program_limit_exceeded): otelmig reports it as a refusal, exit 8.
-        "        RAISE EXCEPTION %s, cutoff USING ERRCODE = 'program_limit_exceeded';" % quote_literal(too_many),
-        "      END IF;",
-        "    END LOOP;",
-        "  END IF;",
-        "  EXECUTE format(%s, %s);" % (quote_literal(add), _utc_text("cutoff at time zone 'UTC'")),
-        "END",
-        "$cutoff$"])
-    return Statement(sql, when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
-                     table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
-                     label="the cutoff (the UTC midnight %d days after today); rows at or after it (at most %d, "
-                           "found through an index) into %s; CHECK (start_time < cutoff) NOT VALID"
-                           % (MARGIN_DAYS, MAX_OUTLIERS, HOLDING))
+        "      RAISE EXCEPTION %s, cutoff USING ERRCODE = 'program_limit_exceeded';" % quote_literal(too_many),
+        "    END IF;"]) + [
+        "  END LOOP;"]
 
 
 def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
@@ -569,7 +695,7 @@ def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
         "BEGIN",
         UTC_SESSION,
         # Days are counted on timestamps in UTC: no daylight-saving change can shift or repeat one.
-        "  day := %s at time zone 'UTC';" % layout.cutoff_of("spans"),
+        "  day := %s at time zone 'UTC';" % layout.cutoff(),
         "  last_day := date_trunc('day', now() at time zone 'UTC') + make_interval(days => %d);" % AHEAD_DAYS,
         "  CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING GENERATED) "
         "PARTITION BY RANGE (start_time);" % (p, layout.spans),
@@ -632,14 +758,18 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
     attach = "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (MINVALUE) TO (%%L)" % (spans, history)
     lines = [
         "DO $switch$",
-        "DECLARE cutoff timestamptz; id_sequence text; ix record; columns text;",
+        "DECLARE cutoff timestamptz; id_sequence text; ix record; columns text; service record; moved bigint; "
+        "held bigint := 0; %s" % VIEW_VARIABLES,
         "BEGIN",
         UTC_SESSION,
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
-        "  cutoff := %s;" % layout.cutoff_of("spans"),
+        "  cutoff := %s;" % layout.cutoff(),
         "  %s;" % n.record(revision, [("partitioning", "spans", "created"), ("partition", LAYOUT.history, "created")]),
         "  id_sequence := pg_get_serial_sequence(%s, 'id');" % quote_literal(spans),
-    ] + _release_held_rows(n, layout)
+        # What the attach's proof needs, made true under this lock: no row at or after the cutoff in spans itself.
+    ] + _hold_outliers_lines(layout, limit=None) + _release_held_rows(n, layout) + [
+        "  DROP TRIGGER %s ON %s;" % (quote(HOLD_FUNCTION), spans),
+        "  DROP FUNCTION %s;" % layout.hold_function] + _read_views(n.regclass("spans"))
     lines += _rename_indexes(n, n.regclass("spans"), "'%s_' || ix.name" % LAYOUT.history)
     lines += [
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS spans_pkey;" % spans,
@@ -652,7 +782,8 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  ALTER TABLE %s RENAME TO spans;" % p,
         "  EXECUTE format(%s, %s);" % (quote_literal(attach), _utc_text("cutoff at time zone 'UTC'")),
         "  ALTER TABLE %s DROP CONSTRAINT %s;" % (history, quote(CUTOFF_CHECK)),
-    ] + _sequence_owned_by(spans) + [
+        "  DROP FUNCTION %s;" % layout.cutoff_function,
+    ] + _replace_views() + _sequence_owned_by(spans) + [
         "END",
         "$switch$"]
     return Statement("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
@@ -674,6 +805,36 @@ def _release_held_rows(n: SchemaSQL, layout: Layout) -> list:
         "    DROP TABLE %s;" % layout.holding,
         "    %s;" % _forget_holding(n),
         "  END IF;"]
+
+
+def _read_views(table_regclass: str) -> list:
+    """PL/pgSQL: the plain views that read `table` directly (names, bodies and
+    options into view_names, view_bodies, view_options), read under a
+    search_path of pg_catalog alone so every name in a body is schema-qualified.
+    Once the tables swapped names, _replace_views points each at the table that
+    now has the name (CREATE OR REPLACE VIEW keeps its oid, owner, grants,
+    comments and the views built on it)."""
+    return [
+        "  PERFORM set_config('search_path', 'pg_catalog', true);",
+        "  FOR v IN SELECT DISTINCT c.oid::regclass::text AS name, rtrim(pg_get_viewdef(c.oid), ';') AS body,",
+        "      coalesce(' WITH (' || array_to_string(c.reloptions, ', ') || ')', '') AS options",
+        "      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class c ON c.oid = r.ev_class",
+        "      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass",
+        "        AND d.refobjid = %s AND c.relkind = 'v' AND c.oid <> d.refobjid ORDER BY 1 LOOP" % table_regclass,
+        "    view_names := view_names || v.name; view_bodies := view_bodies || v.body;",
+        "    view_options := view_options || v.options;",
+        "  END LOOP;"]
+
+
+def _replace_views() -> list:
+    """PL/pgSQL: each view _read_views read, over the table that has the name now."""
+    return [
+        "  FOR i IN 1 .. coalesce(array_length(view_names, 1), 0) LOOP",
+        "    EXECUTE format('CREATE OR REPLACE VIEW %s%s AS %s', view_names[i], view_options[i], view_bodies[i]);",
+        "  END LOOP;"]
+
+
+VIEW_VARIABLES = "v record; view_names text[] := '{}'; view_bodies text[] := '{}'; view_options text[] := '{}';"
 
 
 def _sequence_owned_by(spans: str) -> list:
@@ -720,6 +881,8 @@ def downgrade_steps(n: SchemaSQL):
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(HISTORY_ID_KEY), n.index_invalid(HISTORY_ID_KEY))
     return [
         Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+        # A partly applied upgrade is undone by these steps alone (plain alembic, repair.undo_partly_applied).
+        *_undo_stopped_conversion(n),
         _blockers_refusal(n, layout),
         _duplicate_ids_refusal(n, layout),
         _history_table_step(n, layout),
@@ -734,15 +897,16 @@ def downgrade_steps(n: SchemaSQL):
         Statement("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s" % (layout.spans, quote(CUTOFF_CHECK)),
                   when="%s and %s" % (layout.plain_spans, layout.check_on("spans")),
                   table="spans", lock=Lock.ACCESS_EXCLUSIVE),
-        _adopt_partitioned_step(n, layout, when="%s and %s" % (layout.plain_spans, n.table_exists(NEW_PARENT))),
+        _adopt_partitioned_step(n, layout, when="%s and %s" % (layout.plain_spans, layout.our_parent)),
         _adopt_outliers_step(n, layout),
         Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(HISTORY_PKEY),
                    when="%s and %s" % (layout.plain_spans, _plain_index_on(n, HISTORY_PKEY, "spans")),
                    table="spans", lock=Lock.ACCESS_EXCLUSIVE),
         _move_rows_step(n, layout),
-        Statement("DROP INDEX IF EXISTS %s" % n.table(index),
-                  when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
-                  table=table, lock=Lock.ACCESS_EXCLUSIVE),
+        # Concurrently: readers of traces never queue behind the downgrade's last transaction.
+        Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
+                   when="%s and %s" % (n.table_exists(index), n.recorded("index", index, "created")),
+                   table=table, lock=Lock.ACCESS_EXCLUSIVE),
         Statement("DELETE FROM %s WHERE revision = %s" % (n.record_table(), quote_literal(revision)),
                   when="not %s" % _moving(n, layout)),
     ]
@@ -753,7 +917,7 @@ def _finish_interrupted_downgrade_steps(n: SchemaSQL, layout: Layout):
     plain spans still holding rows, or an older otelmig's rows left in
     spans_partitioned) is finished, so the conversion starts from the
     baseline's layout with every row in otel.spans."""
-    stranded = "%s and %s and not %s" % (layout.plain_spans, n.table_exists(NEW_PARENT), layout.check_on("spans"))
+    stranded = "%s and %s and not %s" % (layout.plain_spans, layout.our_parent, layout.check_on("spans"))
     return [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
             _adopt_partitioned_step(n, layout, when=stranded),
             _move_rows_step(n, layout)]
@@ -785,10 +949,14 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "from pg_identify_object(d.classid, d.objid, d.objsubid) o) end, ', ') from pg_depend d "
         "where d.refclassid = 'pg_class'::regclass and d.refobjid in %s and d.deptype = 'n' "
         "and not (d.classid = 'pg_class'::regclass and d.objid in %s) "
+        # a plain view of the partitioned spans itself is carried to the plain spans (_read_views)
+        "and not (d.refobjid = %s and d.classid = 'pg_rewrite'::regclass and exists (select 1 from pg_rewrite w2 "
+        "join pg_class v2 on v2.oid = w2.ev_class where w2.oid = d.objid and w2.rulename = '_RETURN' "
+        "and v2.relkind = 'v')) "
         # its own column defaults (generated columns) and constraints go with it
         "and not (d.classid = 'pg_attrdef'::regclass and (select adrelid from pg_attrdef where oid = d.objid) in %s) "
         "and not (d.classid = 'pg_constraint'::regclass and (select conrelid from pg_constraint where oid = d.objid) "
-        "in %s))" % (_relation_described("w.ev_class"), objects, objects, objects, objects),
+        "in %s))" % (_relation_described("w.ev_class"), objects, objects, dropped, objects, objects),
         "(select 'rules (drop them): ' || string_agg(rulename || ' on ' || %s, ', ') "
         "from pg_rewrite where ev_class in %s and rulename <> '_RETURN')" % (_identity("ev_class"), objects),
         "(select 'triggers (drop them): ' || string_agg(tgname || ' on ' || %s, ', ') "
@@ -819,6 +987,8 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "(select 'a relation named %s that is not the index the downgrade builds (rename it)' "
         "from pg_class c where c.oid = %s and not exists (select 1 from pg_index x where x.indexrelid = c.oid "
         "and x.indrelid = %s and x.indisunique))" % (HISTORY_ID_KEY, n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history)),
+        "(select 'a relation named %s, the name the partitioned table takes for a moment in the switch-back "
+        "(rename it)' where %s and %s is not null)" % (NEW_PARENT, n.is_partitioned("spans"), n.regclass(NEW_PARENT)),
     ])
     return Refusal(when="%s is not null and %s <> ''" % (dropped, found), table="spans", detail=found, message=(
         "the downgrade of %s.spans from time partitions would stop half way, or lose what is attached to the "
@@ -895,7 +1065,7 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         % quote_literal(spans),
         "  names text[] := '{}'; uniques text[] := '{}'; bodies text[] := '{}'; own_parts regclass[] := '{}';",
         "  children regclass[] := '{}';",
-        "  child regclass; owner_name text; note text; has_rows boolean;",
+        "  child regclass; owner_name text; note text; has_rows boolean; %s" % VIEW_VARIABLES,
         "BEGIN",
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
         # Each index of the partitioned table and the history's part of it, which takes its name back.
@@ -936,9 +1106,13 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  IF id_sequence IS NOT NULL THEN  -- so that dropping the partitioned table keeps it",
         "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % history.replace("'", "''"),
         "  END IF;",
-        "  DROP TABLE %s;" % spans,
+    ] + _read_views(n.regclass("spans")) + [
+        # The partitioned table steps aside (its views follow it by oid) until they read the plain spans.
+        "  ALTER TABLE %s RENAME TO %s;" % (spans, quote(NEW_PARENT)),
         "  ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s;" % (history, quote(HISTORY_PKEY)),
         "  ALTER TABLE %s RENAME TO spans;" % history,
+    ] + _replace_views() + [
+        "  DROP TABLE %s;" % layout.parent,
         "  ALTER TABLE %s ADD CONSTRAINT spans_pkey PRIMARY KEY USING INDEX %s;" % (spans, quote(HISTORY_ID_KEY)),
         "  IF (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s) <> owner_name THEN" % n.regclass("spans"),
         "    EXECUTE format('ALTER TABLE %s OWNER TO %%I', owner_name);" % in_format,
