@@ -74,6 +74,20 @@ class Cluster:
         if self.as_root:
             os.chmod(self.root, 0o755)
             shutil.chown(self.root, "postgres", "postgres")
+        self._reaper = self._start_reaper()
+
+    def _start_reaper(self) -> subprocess.Popen:
+        """A watcher that stops the server and removes the directory once this
+        process is gone, however it ended (SIGTERM, SIGKILL, a dead xdist
+        worker: no finalizer runs then). It waits for EOF on a pipe only this
+        process holds (non-inheritable), in its own session so that the
+        terminal's Ctrl-C does not end it first. stop() closes the pipe too."""
+        prefix = "runuser -u postgres -- " if self.as_root else ""
+        script = ('cat >/dev/null; [ -f "$1/postmaster.pid" ] && %s"$2/pg_ctl" -D "$1" -m immediate -w stop '
+                  '>/dev/null 2>&1; rm -rf "$3"' % prefix)
+        return subprocess.Popen(["sh", "-c", script, "reaper", self.data, self.bindir, self.root],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
 
     def _run(self, *argv, **kwargs):
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_root else []
@@ -121,6 +135,9 @@ class Cluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._reaper.poll() is None:
+            self._reaper.stdin.close()  # nothing left for it: it finds no server and no directory
+            self._reaper.wait()
 
     def url(self, database: str = "postgres", user: str = None, password: str = None, host="127.0.0.1",
             **query) -> str:
