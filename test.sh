@@ -87,6 +87,20 @@ run_major() {
 # it ends, in the order they end.
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+# Stopped (TERM, INT): end the majors' runs too, not leave them running. A
+# pytest process is killed outright: a TERM that lands while a test runs
+# otelmig in-process is that command's interruption (a failed test), and the
+# session would go on. Its clusters' watchers (tests/pgcluster.py) then stop
+# the servers; the test's own otelmig subprocesses end with their server.
+stop_runs() {
+    local job child
+    for job in $(jobs -p); do
+        for child in $(pgrep -P "$job" 2>/dev/null || cat /proc/"$job"/task/*/children 2>/dev/null); do
+            kill -KILL "$child" 2>/dev/null || true
+        done
+    done
+}
+trap 'trap - TERM INT; stop_runs; wait; exit 143' TERM INT
 failed=0
 running=0
 for major in "${majors[@]}"; do

@@ -83,7 +83,8 @@ class Cluster:
         process holds (non-inheritable), in its own session so that the
         terminal's Ctrl-C does not end it first. stop() closes the pipe too."""
         prefix = "runuser -u postgres -- " if self.as_root else ""
-        script = ('cat >/dev/null; [ -f "$1/postmaster.pid" ] && %s"$2/pg_ctl" -D "$1" -m immediate -w stop '
+        # deaf to TERM/INT/HUP (a killed process tree, a terminal's Ctrl-C): only the pipe's end wakes it
+        script = ('trap "" TERM INT HUP; cat >/dev/null; [ -f "$1/postmaster.pid" ] && %s"$2/pg_ctl" -D "$1" -m immediate -w stop '
                   '>/dev/null 2>&1; rm -rf "$3"' % prefix)
         return subprocess.Popen(["sh", "-c", script, "reaper", self.data, self.bindir, self.root],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
