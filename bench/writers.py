@@ -31,19 +31,22 @@ until POST s after:
              random from the day partitions beforehand, each touched once.
   maintain   `otelmig.pyz maintain --ahead N`, N the days from today to the
              coming day, so that it creates that day's partition while DEFAULT
-             holds its rows; writer w stamps its rows at noon of the coming
-             day and now(), in turn, and a second writer x (its own
+             holds its rows (it replaces DEFAULT by a copy: otelmig/
+             default_partition.py); writer w stamps its rows at noon of the
+             coming day and now(), in turn, and a second writer x (its own
              session) stamps now() only: does a stuck insert for the coming
-             day hold up the rest?
+             day hold up the rest? The mutator updates and deletes rows of
+             the coming day in DEFAULT (drawn beforehand, each touched once).
 
 Reports medians over the rounds, per scenario: wall time and exit; each
 writer's worst / p99 / median insert during the operation (target: worst <=
 250 ms), inserts rejected (any attempt failed; target 0), failed after
 retrying, and lost (acknowledged but not in otel.spans afterwards; target 0);
-for the downgrade, the mutator's worst change, its changes that failed, that
-found no row (the row was out of sight of otel.spans meanwhile) and that were
-undone (a deleted row back, an update gone; targets 0); for maintain, the rows
-of the coming day before and after (none may go) and those left in DEFAULT;
+the mutator's worst change, its changes that failed, that found no row (the
+row was out of sight of otel.spans meanwhile) and that were undone (a deleted
+row back, an update gone; targets 0); for maintain, the rows of the coming day
+after against those loaded less the mutator's deletes (none may go or come
+back), those left in DEFAULT, and maintain's work objects left (0);
 the slowest inserts with what the migrating session was doing, and the
 server log's lock waits.
 """
@@ -146,7 +149,9 @@ def run_downgrade(session, database, python, pyz, args, data) -> dict:
                                     (MUTATOR_POOL,))]
     first_day = datetime.date.fromisoformat(data["days"][0])
     argv = [python, pyz, "downgrade", BASELINE]
-    return run_scenario(session, database, argv, args, {"w": ["now()", noon(first_day)]}, ids)
+    out = run_scenario(session, database, argv, args, {"w": ["now()", noon(first_day)]}, ids)
+    out.pop("mutator_samples")
+    return out
 
 
 def run_maintain(session, database, python, pyz, args, data) -> dict:
@@ -154,17 +159,25 @@ def run_maintain(session, database, python, pyz, args, data) -> dict:
     coming = datetime.date.fromisoformat(data["coming_day"])
     today = common.sql(cluster, database, "select (now() at time zone 'UTC')::date")[0][0]
     argv = [python, pyz, "maintain", "--ahead", str((coming - today).days)]
+    # The mutator updates and deletes rows of the coming day while they sit in DEFAULT (each once).
+    ids = [r[0] for r in common.sql(cluster, database, """
+        select id from otel.spans_default order by random() limit %s""", (MUTATOR_POOL,))]
     day_rows = ("select count(*) from otel.spans where start_time >= '%s' and start_time < '%s' "
                 "and span_id !~ '^[wx]'" % (utc_midnight(coming), utc_midnight(coming + datetime.timedelta(days=1))))
     # Writer w alternates the coming day and now(); writer x inserts now() only (does a stuck day stop the rest?).
-    out = run_scenario(session, database, argv, args, {"w": [noon(coming), "now()"], "x": ["now()"]}, None,
+    out = run_scenario(session, database, argv, args, {"w": [noon(coming), "now()"], "x": ["now()"]}, ids,
                        at_start=lambda: common.sql(cluster, database, day_rows)[0][0])
     out["coming_rows_before"] = out.pop("at_start")
     out["coming_rows_after"] = common.sql(cluster, database, day_rows)[0][0]
+    # every row of the coming day loaded into DEFAULT, but those the mutator deleted (acknowledged)
+    out["coming_rows_expected"] = data["default_rows"] - sum(1 for s in out.pop("mutator_samples")
+                                                             if s[2] == "delete" and s[4])
     out["default_rows_after"] = common.sql(cluster, database, """
         select count(*) from otel.spans_default where span_id !~ '^[wx]'""")[0][0]
     out["coming_partition"] = common.sql(cluster, database, "select to_regclass(%s) is not null",
                                          ("otel.spans_p" + coming.strftime("%Y%m%d"),))[0][0]
+    out["leftovers"] = common.sql(cluster, database, """
+        select count(*) from otel.otelmig_objects where object_kind like 'maintain%%'""")[0][0]
     return out
 
 
@@ -201,6 +214,7 @@ def run_scenario(session, database, argv, args, writer_stamps, mutate_ids, at_st
         log("FAILED: %s" % out["failed"])
     if mutator is not None:
         out["mutator"] = mutator.figures(cluster, database, run["start"], run["end"])
+        out["mutator_samples"] = mutator.samples
     return out
 
 
@@ -214,6 +228,8 @@ def main():
     parser.add_argument("--day-spans", type=int, default=200000, help="spans spread over the day partitions")
     parser.add_argument("--default-spans", type=int, default=300000, help="spans of the coming day, in DEFAULT")
     parser.add_argument("--mutator-interval", type=float, default=0.020)
+    parser.add_argument("--baseline-pyz", help="another build (e.g. the last release) whose maintain runs in the same "
+                                               "rounds, interleaved with this one's, on copies of the same source")
     common.add_load_arguments(parser, pre_seconds=2.0, post_seconds=2.0, timeout=1800)
     args = parser.parse_args()
     if args.history_spans < 1000 or args.day_spans < 1000 or args.default_spans < 1000 or not 1 <= args.runs <= 20:
@@ -221,8 +237,11 @@ def main():
     pyz, python = common.prepare_pyz(args.pyz)
     head = subprocess.run([python, pyz, "heads"], capture_output=True, text=True, check=True).stdout.split()[0]
     scenarios = ["downgrade", "maintain"] if args.scenario == "both" else [args.scenario]
+    baseline = os.path.abspath(args.baseline_pyz) if args.baseline_pyz else None
     runners = {"downgrade": run_downgrade, "maintain": run_maintain}
     templates = {"downgrade": "wr_src", "maintain": "wr_default"}
+    # Each scenario's keys share one source and alternate in every round: ours, and the baseline's maintain.
+    keys = {"downgrade": ["downgrade"], "maintain": ["maintain"] + (["maintain_baseline"] if baseline else [])}
     with common.BenchSession("writers") as session:
         version = common.server_version(session.cluster)
         # Unpack the pyz and compile what it imports once, before anything is timed.
@@ -232,26 +251,32 @@ def main():
         rounds = {}
         for key in scenarios:  # each from its own source, so one copy_rounds per scenario
             rounds[key] = common.copy_rounds(
-                session.cluster, templates[key], args.runs, [key],
-                lambda i, k, db, _: runners[k](session, db, python, pyz, args, data), prefix="wr")
+                session.cluster, templates[key], args.runs, keys[key],
+                lambda i, k, db, _: runners[k.split("_")[0]](session, db, python, baseline if k.endswith("_baseline")
+                                                             else pyz, args, data), prefix="wr")
         elapsed = session.elapsed()
-    report(args, pyz, head, version, data, scenarios, rounds, elapsed)
+    if baseline:
+        print("baseline: %s" % common.describe_pyz(baseline), file=sys.stderr)
+    report(args, pyz, head, version, data, scenarios, rounds, elapsed, keys, baseline)
     common.write_json(args.json, {"data": data, "rounds": rounds})
 
 
-def report(args, pyz, head, version, data, scenarios, rounds, elapsed):
+def report(args, pyz, head, version, data, scenarios, rounds, elapsed, keys, baseline):
     common.print_header("writers during the downgrade of revision 2 and maintain", "writers.py", version, pyz, head)
     print("data: %d legacy spans (history), then `upgrade`; %d spans over the day partitions %s..%s%s" % (
         data["spans"], data["day_spans"], data["days"][0], data["days"][-1],
         "; for maintain %d spans of the coming day %s in DEFAULT" % (data["default_rows"], data["coming_day"])
         if "coming_day" in data else ""))
     print("writer: a span every %g ms (autocommit, retried 5 s when rejected) from %g s before until %g s after; "
-          "mutator (downgrade): an UPDATE and a DELETE by id every %g ms" % (
+          "mutator: an UPDATE and a DELETE by id every %g ms" % (
               args.writer_interval * 1e3, args.pre_seconds, args.post_seconds, args.mutator_interval * 1e3))
-    print("%d round(s) per scenario, each on a fresh copy, %.0f s in all\n" % (args.runs, elapsed))
-    for key in scenarios:
-        xs = [r["results"][key] for r in rounds[key]]
-        print("### %s: `python3 dist/otelmig.pyz %s`\n" % (key, xs[0]["argv"]))
+    print("%d round(s) per scenario, each on a fresh copy, %.0f s in all%s\n" % (
+        args.runs, elapsed, "; baseline build, interleaved with this one (order rotated each round): %s"
+        % common.describe_pyz(baseline) if baseline else ""))
+    for key in [k for scenario in scenarios for k in keys[scenario]]:
+        xs = [r["results"][key] for r in rounds[key.split("_")[0]]]
+        print("### %s: `python3 %s %s`\n" % (key, "BASELINE.pyz" if key.endswith("_baseline") else "dist/otelmig.pyz",
+                                             xs[0]["argv"]))
         for i, x in enumerate(xs):
             if x["failed"]:
                 print("**round %d FAILED**: %s\n" % (i + 1, x["failed"]))
@@ -273,23 +298,24 @@ def report(args, pyz, head, version, data, scenarios, rounds, elapsed):
             row("%s: failed after retrying 5 s" % name, [w["failed"] for w in ws], "%d", "0", lambda v: max(v) == 0)
             row("%s: lost (acknowledged, not present after)" % name, [w["lost"] for w in ws], "%d", "0",
                 lambda v: max(v) == 0)
-        if key == "downgrade":
-            row("mutator: worst change during", [x["mutator"]["worst_ms"] for x in xs], "%.0f ms", "<= 250 ms",
-                lambda v: max(v) <= 250)
-            row("mutator: changes (updates + deletes) in all", [x["mutator"]["changes"] for x in xs], "%d")
-            row("mutator: failed", [x["mutator"]["failed"] for x in xs], "%d", "0", lambda v: max(v) == 0)
-            row("mutator: found no row (out of sight of otel.spans: change never made)",
-                [x["mutator"]["found_no_row"] for x in xs], "%d", "0",
-                lambda v: max(v) == 0)
-            row("mutator: undone (deleted row back, update gone)", [x["mutator"]["undone"] for x in xs], "%d", "0",
-                lambda v: max(v) == 0)
-        else:
+        row("mutator: worst change during", [x["mutator"]["worst_ms"] for x in xs], "%.0f ms", "<= 250 ms",
+            lambda v: max(v) <= 250)
+        row("mutator: changes (updates + deletes) in all", [x["mutator"]["changes"] for x in xs], "%d")
+        row("mutator: failed", [x["mutator"]["failed"] for x in xs], "%d", "0", lambda v: max(v) == 0)
+        row("mutator: found no row (out of sight of otel.spans: change never made)",
+            [x["mutator"]["found_no_row"] for x in xs], "%d", "0",
+            lambda v: max(v) == 0)
+        row("mutator: undone (deleted row back, update gone)", [x["mutator"]["undone"] for x in xs], "%d", "0",
+            lambda v: max(v) == 0)
+        if key.startswith("maintain"):
             row("coming day's rows (not the writer's) before", [x["coming_rows_before"] for x in xs], "%d")
-            row("... after (none may go)", [x["coming_rows_after"] - x["coming_rows_before"] for x in xs], "%+d", "+0",
+            row("... after, against those loaded less the mutator's deletes (none may go or come back)",
+                [x["coming_rows_after"] - x["coming_rows_expected"] for x in xs], "%+d", "+0",
                 lambda v: max(v) == 0 == min(v))
             row("rows left in DEFAULT (not the writer's)", [x["default_rows_after"] for x in xs], "%d")
             row("coming day's partition made", [int(x["coming_partition"]) for x in xs], "%d", "1",
                 lambda v: min(v) == 1)
+            row("work objects left in the record", [x["leftovers"] for x in xs], "%d", "0", lambda v: max(v) == 0)
         print()
         for i, x in enumerate(xs):
             print("round %d: revision after %s, otel.spans relkind %s; writer error codes %s%s; lock waits logged %d"

@@ -20,7 +20,7 @@ from alembic import context
 from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
-from otelmig import authors, db
+from otelmig import authors, db, run
 from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA, validate_schema
 
 config = context.config
@@ -41,6 +41,9 @@ def run_migrations(connection, schema: str) -> None:
     # Unqualified names must never land in another schema (public).
     connection.exec_driver_sql("SET search_path TO %s" % db.quote_ident(schema))
     connection.commit()
+    # Every check made before the first change has passed (otelmig's and the
+    # authors' path): the run history may be created now (otelmig/runlog.py).
+    run.changing()
     context.configure(
         connection=connection,
         target_metadata=None,
@@ -64,6 +67,22 @@ def _destination():
         return None
 
 
+def _writes() -> bool:
+    """Whether the command moves the version table (upgrade, downgrade, stamp: even to base, whose
+    revision argument reads None), as opposed to one that only reads it (current)."""
+    try:
+        context.get_revision_argument()
+    except KeyError:
+        return False
+    return True
+
+
+def _command() -> str:
+    """The Alembic command that runs (upgrade, downgrade, stamp), for the run history."""
+    cmd = getattr(getattr(config, "cmd_opts", None), "cmd", None)
+    return getattr(cmd[0], "__name__", "alembic") if cmd else "alembic"
+
+
 def main() -> None:
     if context.is_offline_mode():
         raise CommandError("use `otelmig upgrade --sql` for offline SQL")
@@ -71,8 +90,10 @@ def main() -> None:
     if handed is not None and not isinstance(handed, Engine):
         run_migrations(handed, handed_schema())  # the otelmig CLI
         return
-    with authors.session(config.attributes, engine=handed) as (connection, schema):
-        authors.refuse_before_the_first_change(connection, schema, context.script, _destination())
+    destination = _destination()
+    with authors.session(config.attributes, engine=handed, command=_command() if _writes() else None) \
+            as (connection, schema):
+        authors.refuse_before_the_first_change(connection, schema, context.script, destination)
         run_migrations(connection, schema)
 
 

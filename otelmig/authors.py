@@ -22,10 +22,10 @@ its caller (the otelmig CLI holds the lock and decides data loss itself).
 import contextlib
 import os
 import sys
-from typing import Mapping
+from typing import Mapping, Optional
 
-from otelmig import preflight, redact, repair
-from otelmig.errors import OtelmigError, RefusedError, UsageError
+from otelmig import preflight, redact, repair, run, runlog
+from otelmig.errors import ExitStatus, OtelmigError, RefusedError, UsageError
 from otelmig.revisions import HEAD_REVISION
 from otelmig.settings import (DEFAULT_LOCK_WAIT, DEFAULT_SCHEMA, ENV_LOCK_WAIT, ENV_SCHEMA, parse_seconds,
                               resolve_conninfo, validate_schema)
@@ -87,8 +87,10 @@ def _one_line(error: OtelmigError) -> str:
 
 
 @contextlib.contextmanager
-def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None):
-    """(connection, schema) for env.py, under the migration lock; see the module doc."""
+def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None, command: Optional[str] = None):
+    """(connection, schema) for env.py, under the migration lock; see the module doc.
+    `command`: the Alembic command that writes (upgrade, downgrade, stamp), recorded
+    in the run history; None for one that only reads (current)."""
     from otelmig.lock import MigrationLock
     from otelmig.scripts import engine_for
 
@@ -101,16 +103,54 @@ def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None):
         attributes.setdefault("head", HEAD_REVISION)
         wait = parse_seconds(env[ENV_LOCK_WAIT], ENV_LOCK_WAIT) if env.get(ENV_LOCK_WAIT) else DEFAULT_LOCK_WAIT
         conninfo = _conninfo_of(engine, env) if engine is not None else resolve_conninfo(None, env)
-        with MigrationLock(conninfo, schema, wait, say):
+        with MigrationLock(conninfo, schema, wait, say) as lock:
             own_engine = engine is None
             engine = engine if engine is not None else engine_for(conninfo)
             try:
-                with engine.connect() as connection:
+                with _recorded(lock, schema, command), engine.connect() as connection:
                     repair.run_repairs(connection, schema)  # what an interrupted run left, first
                     yield connection, schema
             finally:
                 if own_engine:
                     engine.dispose()
+
+
+@contextlib.contextmanager
+def _recorded(lock, schema: str, command: Optional[str]):
+    """A writing Alembic command is recorded in the run history (otelmig/runlog.py),
+    its outcome mapped to the exit code otelmig would have given (Alembic exits 1 or 255)."""
+    if command is None:
+        yield
+        return
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    arguments = sys.argv[1:] if program.startswith("alembic") else [command]
+    recorded = run.begin(run.Run(command, arguments, via="alembic"))
+    try:
+        runlog.open_history(lock, schema, say)
+        yield
+    except BaseException as exc:
+        status, message = _exit_of(exc)
+        recorded.finish(status, message, run.sqlstate_of(exc, message))
+        raise
+    else:
+        recorded.finish(0)
+    finally:
+        runlog.close_history(recorded)
+        run.end(recorded)
+
+
+def _exit_of(exc: BaseException):
+    """(exit code, message) otelmig gives for this failure."""
+    from otelmig import db
+    if isinstance(exc, KeyboardInterrupt):
+        return int(ExitStatus.SIGINT), "interrupted by SIGINT"
+    cause = exc
+    while cause is not None:  # failures_as_command_errors raised Alembic's error `from None`: ours is its context
+        error = db.translate(cause) if isinstance(cause, Exception) else None
+        if error is not None:
+            return int(error.exit_status), error.message
+        cause = cause.__cause__ or cause.__context__
+    return int(ExitStatus.INTERNAL), "%s: %s" % (type(exc).__name__, exc)
 
 
 def refuse_before_the_first_change(connection, schema: str, script, destination) -> None:

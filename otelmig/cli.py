@@ -15,9 +15,10 @@ from typing import Optional, Sequence
 
 from otelmig import interrupt, redact
 from otelmig._version import HEAD_REVISION, __version__
-from otelmig.errors import ExitStatus, OtelmigError, UsageError
+from otelmig.errors import EXIT_MEANINGS, PROGRAM, ExitStatus, OtelmigError, UsageError
+from otelmig.settings import DEFAULT_WAIT_REPLICAS
 
-PROG = "otelmig"
+PROG = PROGRAM  # as the operator runs it (the bundle by its file name): the same in every message
 NO_DATABASE = ("heads",)  # commands that never connect
 
 
@@ -33,27 +34,18 @@ def _listed(names) -> str:
 
 
 # Which options each command takes: a command lists only those that apply to it.
-DATABASE, LOCKS, JSON, PROMETHEUS = "database", "locks", "json", "prometheus"
+DATABASE, LOCKS, JSON, PROMETHEUS, REPLICAS = "database", "locks", "json", "prometheus", "replicas"
 COMMAND_OPTIONS = {
-    "upgrade": (DATABASE, LOCKS, JSON), "downgrade": (DATABASE, LOCKS, JSON), "rollback": (DATABASE, LOCKS, JSON),
-    "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS),
+    "upgrade": (DATABASE, LOCKS, JSON, REPLICAS), "downgrade": (DATABASE, LOCKS, JSON, REPLICAS),
+    "rollback": (DATABASE, LOCKS, JSON, REPLICAS),
+    "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS, REPLICAS),
     "current": (DATABASE, JSON), "history": (DATABASE, JSON), "plan": (DATABASE, JSON),
     "check": (DATABASE, JSON, PROMETHEUS), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
+    "log": (DATABASE, JSON),
 }
 
-EXIT_CODES_HELP = """exit codes:
-  0    done / ready / conforms
-  1    internal error (a bug: the message says so)
-  2    usage or configuration error (bad flag, URL, schema name or revision)
-  3    the database cannot be reached, or refused the login
-  4    not initialised (no schema, no version table, the legacy layout), or not ready to write
-  5    migrations pending (the database is behind this build's head)
-  6    the database is at a revision this build does not know (a newer otelmig ran)
-  7    drift: the live schema differs from the contract, or something had to be left
-  8    refused, nothing changed (data loss, read-only, a conflict the revision names)
-  9    a table lock was not had within the lock budget (rolled back; rerun later)
-  130  interrupted by SIGINT (rolled back, lock released)
-  143  interrupted by SIGTERM (rolled back, lock released)"""
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join("  %-4d %s" % (int(status), meaning)
+                                             for status, meaning in EXIT_MEANINGS.items())
 
 ENVIRONMENT_HELP = """environment:
   POSTGRES_URL            the database URL (--url wins); else the libpq variables PGHOST, PGPORT,
@@ -65,6 +57,13 @@ ENVIRONMENT_HELP = """environment:
   OTELMIG_LOCK_WAIT       --lock-wait's default, seconds
   OTELMIG_IDLE_TIMEOUT    how long a frozen otelmig may hold its locks (default 30 s)
   OTELMIG_ALLOW_DATA_LOSS 1: plain `alembic` lifts a data-loss refusal (otelmig: --allow-data-loss)
+  OTELMIG_RECORD_TRACE    1: as --record-trace
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+                          send each run's trace there over OTLP/HTTP JSON (docs/tracing.md: OTEL_SERVICE_NAME,
+                          OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, ..._TIMEOUT, OTEL_SDK_DISABLED,
+                          TRACEPARENT)
+  OTELMIG_WAIT_REPLICAS   --wait-replicas' seconds for upgrade, downgrade, rollback and maintain
+  OTELMIG_MAX_REPLICA_LAG a row move pauses while a connected standby lags more (seconds, default 10)
 
 docs/cli.md has every flag, output and exit code."""
 
@@ -79,6 +78,10 @@ def _global_options(parser, suppress: bool, kinds=(DATABASE, LOCKS, JSON, PROMET
                             help="longest wait for a table lock per DDL attempt (default 5)")
         parser.add_argument("--lock-wait", default=default(None), metavar="SECONDS",
                             help="longest wait for another otelmig's migration lock (default 600)")
+    if REPLICAS in kinds:  # the subcommands only: on the main parser it would swallow the command's name
+        parser.add_argument("--wait-replicas", nargs="?", const=str(DEFAULT_WAIT_REPLICAS), default=default(None),
+                            metavar="SECONDS", help="after the last commit, wait until every standby has replayed "
+                            "it (default %g s; exit 10 when one has not)" % DEFAULT_WAIT_REPLICAS)
     formats = ("text", "json", "prometheus") if PROMETHEUS in kinds else ("text", "json")
     parser.add_argument("--format", default=default("text"), choices=formats, help="output format")
     parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more on stderr")
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
               "transactions under the lock budget. A rerun does only what is left.")
     cmd.add_argument("revision", nargs="?", default="head", help="a revision id (see `history`) or head")
     cmd.add_argument("--sql", action="store_true", help="print the SQL instead; no database needed")
+    cmd.add_argument("--record-trace", action="store_true",
+                     help="after a successful upgrade to the head, write this run's own trace into the store's "
+                     "traces and spans (also OTELMIG_RECORD_TRACE=1)")
     cmd = add("downgrade", "migrate down to REV (a revision, -N or base)",
               "Migrate the schema down to REV. Every refusal along the way is checked before the first "
               "change. `rollback` is the same as `downgrade -1`.")
@@ -139,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--retain", default=None, metavar="DURATION",
                      help="drop partitions and delete traces wholly older than this (e.g. 14d, 36h, 2w)")
     cmd.add_argument("--dry-run", action="store_true", help="list what it would create and drop; change nothing")
+    cmd = add("log", "the run history: who ran upgrade, downgrade, stamp and maintain, when, and how it ended",
+              "The run history (schema.otelmig_runs), newest first; writes nothing. A run whose process died "
+              "without recording how it ended reads `unfinished`.")
+    cmd.add_argument("--limit", default="20", metavar="N", help="the N newest runs (default 20; 0: all)")
     return parser
 
 
@@ -202,6 +212,11 @@ def _plan(args, settings, err):
     return plan.plan(settings, err)
 
 
+def _log(args, settings, err):
+    from otelmig import log
+    return log.log(settings, err, args.limit)
+
+
 def _maintain(args, settings, err):
     from otelmig import maintain
     return maintain.maintain(settings, err, args.ahead, args.retain, args.dry_run)
@@ -225,10 +240,12 @@ def _migrate(args, settings, err):
 
 # Each command's module is imported only when it runs: `check` stays light.
 # A command returns an output.Result, which dispatch prints.
-HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan, "maintain": _maintain}
+HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan, "maintain": _maintain,
+            "log": _log}
 # The module of each command: its FAILURE_FIELDS (and failure_prometheus) shape
 # a failed run's JSON (and Prometheus) output, so _fail knows no command's fields.
-COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan", "maintain": "maintain"}
+COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan", "maintain": "maintain",
+                   "log": "log"}
 PROMETHEUS_COMMANDS = tuple(sorted(name for name, kinds in COMMAND_OPTIONS.items() if PROMETHEUS in kinds))
 
 
@@ -243,10 +260,12 @@ def dispatch(args, settings, out, err) -> int:
 
 
 class Invocation:
-    """What is known of this run when it fails: how to report the failure."""
+    """What is known of this run when it fails: how to report the failure, and
+    the recorded run (otelmig.run) of a command that changes the store."""
 
     def __init__(self):
         self.command, self.output_format, self.schema = None, "text", None
+        self.recorded = None
 
 
 def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> int:
@@ -260,17 +279,24 @@ def main(argv: Optional[Sequence[str]] = None, env=None, out=None, err=None) -> 
             code = _run(argv, env, out, err, run)
         if interrupt.received:  # a signal that arrived while we were finishing
             return _fail(out, err, run, interrupt.error(), "--traceback" in argv)
+        _finish_recorded(run, code, None, None)
         return code
     except SystemExit as exc:  # argparse after --help
         return int(exc.code or 0)
     except BaseException as exc:  # the one place exceptions become exit codes
         if interrupt.received:
             error = interrupt.error()
+            # Where a downgrade across revisions stopped (migrate._naming_where_it_stopped).
+            note = getattr(exc, "where_it_stopped", None) or getattr(exc.__cause__, "where_it_stopped", None)
+            if note:
+                error.args = (error.message + note,) + error.args[1:]
         elif isinstance(exc, Exception):
             error = _as_otelmig_error(exc)
         else:
             raise
-        return _fail(out, err, run, error, "--traceback" in argv)
+        return _fail(out, err, run, error, "--traceback" in argv, exc)
+    finally:
+        _forget_recorded(run)
 
 
 def _run(argv, env, out, err, run: Invocation) -> int:
@@ -290,7 +316,82 @@ def _run(argv, env, out, err, run: Invocation) -> int:
     needs_db = args.command not in NO_DATABASE and not offline
     settings = settings_mod.resolve(args, env, need_database=needs_db,
                                     writes=args.command in settings_mod.MIGRATION_COMMANDS and not offline)
+    if args.command in settings_mod.MIGRATION_COMMANDS and not offline and not getattr(args, "dry_run", False):
+        run.recorded = _start_recorded(args, argv, env, settings, err)
     return dispatch(args, settings, out, err)
+
+
+# -- the recorded run: its history row (otelmig/runlog.py) and its trace --------------
+
+ENV_RECORD_TRACE = "OTELMIG_RECORD_TRACE"
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def _start_recorded(args, argv, env, settings, err):
+    """A command that changes the store is recorded: migration_session opens its
+    history row (otelmig/runlog.py) once it holds the migration lock; the trace
+    is kept only when exported or stored (--record-trace)."""
+    from otelmig import run as run_model, runlog
+    record_trace = getattr(args, "record_trace", False) or _flag(env, ENV_RECORD_TRACE)
+    exporter = _exporter(env, err)
+    recorded = run_model.Run(args.command, argv, traced=bool(exporter or record_trace),
+                             traceparent=env.get("TRACEPARENT"))
+    info = settings.conninfo
+    recorded.statement_attributes = {"db.system.name": "postgresql",
+                                     "db.namespace": "%s|%s" % (info.database, settings.schema),
+                                     "server.address": info.host, "server.port": info.port}
+    recorded.root.attributes.update({"otelmig.command": args.command, "otelmig.schema": settings.schema,
+                                     "otelmig.arguments": " ".join(recorded.arguments)})
+    if record_trace:
+        from otelmig import tracestore
+        recorded.finishers.append(lambda r: tracestore.record(settings, err, r, service_name=_service(env)))
+    recorded.finishers.append(runlog.close_history)
+    if exporter:
+        recorded.finishers.append(exporter)
+    return run_model.begin(recorded)
+
+
+def _flag(env, name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _service(env) -> str:
+    return env.get("OTEL_SERVICE_NAME") or "otelmig"
+
+
+def _exporter(env, err):
+    """The OTLP exporter when an endpoint is set and the SDK is not disabled; None
+    otherwise, without importing it (otelmig/otlp.py: check's path stays as it is)."""
+    if not any(env.get(name) for name in OTLP_ENDPOINTS) or _flag(env, "OTEL_SDK_DISABLED"):
+        return None
+    from otelmig import otlp  # only when asked for: an import inside the function keeps it off every other path
+    return otlp.exporter(env, lambda line: err.write(line + "\n"))
+
+
+def _finish_recorded(invocation: Invocation, code: int, error, exc) -> None:
+    """How the recorded run ended, written once: its history row closed, its trace
+    stored and exported. Each of these only warns when it fails: the exit code stays."""
+    recorded = invocation.recorded
+    if recorded is None or recorded.exit_code is not None:
+        return
+    from otelmig.run import sqlstate_of
+    message = error.message if error is not None and code else None
+    recorded.finish(code, message, sqlstate_of(exc, message or ""))
+    for finisher in recorded.finishers:
+        try:
+            finisher(recorded)
+        except Exception:  # each finisher warns itself; none may change the outcome
+            pass
+
+
+def _forget_recorded(invocation: Invocation) -> None:
+    recorded = invocation.recorded
+    if recorded is None:
+        return
+    from otelmig import run as run_model
+    run_model.end(recorded)
+    if recorded.history is not None and recorded.history.conn is not None:  # ended before it was finished
+        recorded.history.close()
 
 
 def _as_otelmig_error(exc: BaseException) -> OtelmigError:
@@ -305,8 +406,9 @@ def _as_otelmig_error(exc: BaseException) -> OtelmigError:
                         % (type(exc).__name__, exc), ExitStatus.INTERNAL)
 
 
-def _fail(out, err, run: Invocation, error, show_traceback: bool) -> int:
+def _fail(out, err, run: Invocation, error, show_traceback: bool, exc=None) -> int:
     status = int(error.exit_status)
+    _finish_recorded(run, status, error, exc)  # before the error line, which stays the last one
     if show_traceback:
         import traceback
         err.write(traceback.format_exc())

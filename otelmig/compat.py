@@ -30,6 +30,7 @@ The rules, in short (README "Compatibility rules" has the matrix):
 from typing import Dict, List, NamedTuple, Set, Tuple
 
 from otelmig import schema as contract
+from otelmig.errors import PROGRAM
 from otelmig.verify import LiveCatalog, LiveIndex, compare
 
 
@@ -145,4 +146,4 @@ def _conflict(schema: str, problem, found_as, added, tables):
             return None  # set to the contract's
         return Conflict(found, "default: " + problem.detail,
                         "give it a sequence default or make it an identity column, then rerun")
-    return Conflict(problem.object, problem.detail, "see `otelmig.pyz verify`")
+    return Conflict(problem.object, problem.detail, "see `%s verify`" % PROGRAM)

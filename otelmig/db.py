@@ -183,6 +183,19 @@ class _ClosedAtBegin(Exception):
     """The connection was closed as a probe opened its transaction."""
 
 
+def read_only_connection(conninfo):
+    """A probe's connection in a READ ONLY transaction (plan, maintain --dry-run). Behind
+    PgBouncer's statement pooling, which closes a client that opens a transaction, a
+    plain one (they run only SELECTs; otelmig/pooler.py)."""
+    import pg8000.dbapi
+    conn = connect(conninfo, autocommit=False, probe=True)
+    try:
+        conn.cursor().execute("SET TRANSACTION READ ONLY")
+    except pg8000.dbapi.InterfaceError:  # closed at BEGIN: a real outage fails to reconnect (exit 3)
+        conn = connect(conninfo, autocommit=True, probe=True)
+    return conn
+
+
 def close(conn) -> None:
     """End whatever transaction is open (a probe's), then close. A pooler
     drops, instead of reusing, a server connection whose client left inside

@@ -29,6 +29,7 @@ import signal
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
+from otelmig import run
 from otelmig.db import quote_ident, quote_literal
 from otelmig.errors import RefusedError
 
@@ -415,7 +416,8 @@ class OnlineRunner:
         # -v: one statement per line indented by two, its further lines by six,
         # so a reader (tests/test_revision_kit.py) can tell statements apart.
         self.log("  " + sql.replace("\n", "\n      "))
-        self.execute(sql)
+        with run.statement_span(sql):  # a CLIENT span when the run is traced (otelmig/run.py)
+            self.execute(sql)
         crash_point_for_tests()
 
 

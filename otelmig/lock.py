@@ -11,7 +11,7 @@ schemas never wait on each other.
 import time
 import zlib
 
-from otelmig import db
+from otelmig import db, run
 from otelmig.errors import BusyError
 
 NAMESPACE_KEY = 0x6F74656C  # "otel": the first key, the same for every otelmig
@@ -45,6 +45,9 @@ class MigrationLock:
         self.conninfo, self.schema, self.budget, self.say = conninfo, schema, budget, say
         self.keys = lock_keys(schema)
         self.conn = None
+        # The run history (otelmig/runlog.py) writes its row on this connection and
+        # keeps it, and the lock, past the block until the row is closed (release()).
+        self.keep_for_history = False
 
     def __enter__(self):
         # Through transaction pooling a session lock (and the session's
@@ -64,7 +67,15 @@ class MigrationLock:
         return bool(cursor.fetchone()[0])
 
     def _acquire(self) -> None:
-        deadline = time.monotonic() + self.budget
+        started = time.monotonic()
+        if self._try():
+            return
+        try:
+            self._wait(started + self.budget)
+        finally:  # a wait is part of the run's record (otelmig/run.py), however it ended
+            run.lock_waited("migration lock", time.monotonic() - started)
+
+    def _wait(self, deadline: float) -> None:
         next_report = 0.0
         while not self._try():
             now = time.monotonic()
@@ -97,11 +108,21 @@ class MigrationLock:
             time.sleep(0.05)
 
     def __exit__(self, *exc_info):
+        if not self.keep_for_history:
+            self.release()
+        return False
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
         try:
             cursor = self.conn.cursor()
             cursor.execute("select pg_advisory_unlock(%s, %s)", self.keys)
         except Exception:
             pass  # closing the session below releases it anyway
         finally:
-            self.conn.close()
-        return False
+            try:
+                self.conn.close()
+            except Exception:  # a connection the server already ended
+                pass
+            self.conn = None

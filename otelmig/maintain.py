@@ -4,23 +4,32 @@ For cron, from every replica at once: it takes the migration lock (a second
 run waits for the first, then finds nothing left to do), refuses a store that
 is not at the head or whose spans is not in the partitioned layout
 (otelmig.schema.SPANS_PARTITIONING), and obeys the lock budget like upgrade.
+All decisions use the server's clock (now()), never this machine's; which
+tables are otelmig's is the record's (otelmig/partitions.py). In order:
 
-- Ahead: a partition per UTC day from today to today + --ahead. Each is made
-  without ACCESS EXCLUSIVE on spans: a standalone table (LIKE spans) with a
-  CHECK of its range, the DEFAULT partition's rows of that range moved into it,
-  then ATTACH (SHARE UPDATE EXCLUSIVE on spans; the CHECK spares its scan),
-  all in one short transaction, so a crash leaves nothing half made and a row
-  in DEFAULT is never lost.
-- --retain: every day partition, and the history partition, whose upper bound
-  is at or before now() - window is detached and dropped; traces older than
-  the window are deleted in batches. DETACH ... CONCURRENTLY needs PostgreSQL
-  14 and a table without a DEFAULT partition (the server refuses it with one),
-  so with the layout's DEFAULT the detach is the plain one, under the lock
-  budget; DETACH and DROP are one transaction then. A concurrent detach left
-  pending by a crash is finished (FINALIZE) on the next run, and a day table
-  detached but not dropped is dropped.
-
-All decisions use the server's clock (now()), never this machine's.
+- Record: a store converted before partitions were recorded gets its
+  partitions of exactly our names and bounds recorded as otelmig's.
+- Retention (--retain W), for the window [now() - W, ...):
+  our partitions wholly older than the window are detached and dropped (one
+  short transaction each, ACCESS EXCLUSIVE on spans for the catalog change:
+  DETACH ... CONCURRENTLY is refused while a DEFAULT partition exists; on 14+
+  without one it is used); then every older row still anywhere in spans (the
+  history partition and the day that straddle the window's start, DEFAULT,
+  a partition that is not ours or could not be dropped) is deleted in
+  committed batches (otelmig/retention.py). A table otelmig did not make is
+  never detached nor dropped; the output says what was kept and why.
+- Days: a partition for every UTC day from today to today + --ahead, and for
+  every past day inside the partitions' span that none holds (rows wait in
+  DEFAULT for it). With an empty or small DEFAULT partition, each day is one
+  short transaction: the day's rows moved out of DEFAULT into a new table
+  with a CHECK of its range, then ATTACH, under EXCLUSIVE on spans (writers
+  wait for those milliseconds instead of routing a row to DEFAULT with a
+  stale partition list, which PostgreSQL rejects). A DEFAULT too big to scan
+  under a lock is replaced by a copy made while writers go on
+  (otelmig/default_partition.py).
+- Traces (--retain): a trace row goes when it started before the window and
+  no span of it is left; one whose spans are still inside the window stays
+  until they leave it, and the output says how many and until when.
 """
 
 import contextlib
@@ -28,36 +37,49 @@ import datetime
 import random
 import re
 import time
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
-from otelmig import db, output, partitions
+from otelmig import db, default_partition, migration_session, output, partitions, replicas, retention
 from otelmig._version import HEAD_REVISION
-from otelmig.errors import BusyError, ExitStatus, OtelmigError, UsageError
+from otelmig.ddl import RECORD_DDL, SchemaSQL, crash_point_for_tests
+from otelmig.errors import PROGRAM, BusyError, ExitStatus, OtelmigError, UsageError
+from otelmig.partitions import Decision, NewPartition, decide  # noqa: F401  (decide: plan and verify used it from here)
 from otelmig.schema import SPANS_PARTITIONING
 from otelmig.state import assess, read_state
 
-TRACE_BATCH = 5000   # trace rows per DELETE transaction: short locks, WAL in small pieces
 MAX_AHEAD_DAYS = 366
 _DURATION = re.compile(r"([0-9]{1,6})([hdw])")
 _UNIT_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
-DAY = datetime.timedelta(days=1)
 DEPENDENT_OBJECTS = "2BP01"  # a view or a foreign key still needs the table: DROP refused
+NOT_IN_PREREQUISITE_STATE = "55000"  # e.g. a concurrent detach while another one is pending
+# A DEFAULT partition at most this big is scanned and emptied of a day's rows
+# under a lock (milliseconds); a bigger one is replaced by a copy.
+DIRECT_MAX_BYTES = 512 * 1024
+# While a lock request of maintain waits, every writer that comes after queues
+# behind it: each attempt waits at most this long (upgrade's attempts grow to
+# --lock-timeout), and the run retries within the same budget (6 x
+# --lock-timeout, then exit 9). A reader that never lets go makes maintain give
+# up rather than stall the writers; nothing is lost meanwhile (rows wait in
+# DEFAULT, visible).
+MAX_ATTEMPT_WAIT = 0.2
 
 
 def lock_budget(settings) -> float:
     """Seconds of lock waits a step may take in all: upgrade's budget."""
-    from otelmig.migrate import LOCK_BUDGET_FACTOR
-    return LOCK_BUDGET_FACTOR * settings.lock_timeout
+    return migration_session.LOCK_BUDGET_FACTOR * settings.lock_timeout
 
 
-def parse_retain(text: Optional[str]) -> Optional[datetime.timedelta]:
-    """--retain: a positive whole number of hours (h), days (d) or weeks (w)."""
+def parse_retain(text: Optional[str]) -> Optional[int]:
+    """--retain: a positive whole number (at most six digits) of hours (h), days (d) or
+    weeks (w), in seconds. Every such value works: a window reaching back past
+    PostgreSQL's earliest timestamp (4714 BC) starts there."""
     if text is None:
         return None
     match = _DURATION.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
-        raise UsageError("--retain must be a positive duration like 14d, 36h or 2w, not %r" % text)
-    return datetime.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        raise UsageError("--retain must be a positive duration like 14d, 36h or 2w (a whole number of at most six "
+                         "digits, then h, d or w), not %r" % text)
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def parse_ahead(text: Optional[str]) -> int:
@@ -73,66 +95,6 @@ def parse_ahead(text: Optional[str]) -> int:
     return days
 
 
-class NewPartition(NamedTuple):
-    name: str
-    lower: datetime.datetime
-    upper: datetime.datetime
-
-
-class Decision(NamedTuple):
-    """What maintain would do now; plan shows it, maintain does it."""
-    create: List[NewPartition]
-    drop: List[str]            # attached partitions wholly older than the window
-    finalize: List[str]        # concurrent detaches left pending (then dropped when old)
-    drop_detached: List[str]   # day tables already detached, wholly older than the window
-    conflicts: List[str]       # what keeps a coming day from being created
-    window_start: Optional[datetime.datetime]
-
-
-def decide(layout: partitions.Layout, now: datetime.datetime, ahead_days: int,
-           retain: Optional[datetime.timedelta]) -> Decision:
-    """Pure: from the layout and the server's now, what to create and drop."""
-    create, conflicts = _coming_days(layout, now.date(), ahead_days)
-    spec = layout.partitioning
-    ours = [p for p in layout.ranged if p.name == spec.history or partitions.day_of(p.name, spec)]
-    finalize = [p.name for p in ours if p.detach_pending]
-    window_start = now - retain if retain is not None else None
-    drop, drop_detached = [], []
-    if window_start is not None:
-        drop = [p.name for p in ours if p.upper is not None and p.upper <= window_start and not p.detach_pending]
-        old = [p.name for p in ours if p.detach_pending and p.upper is not None and p.upper <= window_start]
-        drop_detached = old + [name for name in layout.standalone_days
-                               if partitions.day_of(name, spec) is not None
-                               and _day_end(partitions.day_of(name, spec)) <= window_start]
-    return Decision(create, drop, finalize, drop_detached, conflicts, window_start)
-
-
-def _day_end(day: datetime.date) -> datetime.datetime:
-    return datetime.datetime.combine(day + DAY, datetime.time())
-
-
-def _coming_days(layout, today: datetime.date, ahead_days: int):
-    create, conflicts = [], []
-    spec = layout.partitioning
-    for offset in range(ahead_days + 1):
-        day = today + offset * DAY
-        lower = datetime.datetime.combine(day, datetime.time())
-        upper = lower + DAY
-        if layout.covering(lower, upper) is not None:
-            continue
-        name = spec.day_partition(day)
-        overlapping = layout.overlapping(lower, upper)
-        if name in layout.standalone_days:
-            conflicts.append("%s.%s exists but is not a partition of %s.%s: attach it or drop it"
-                             % (layout.schema, name, layout.schema, spec.table))
-        elif overlapping or any(p.name == name for p in layout.partitions):
-            conflicts.append("day %s cannot get a partition of its own: %s already holds part of it"
-                             % (day, ", ".join(p.name for p in overlapping) or name))
-        else:
-            create.append(NewPartition(name, lower, upper))
-    return create, conflicts
-
-
 class Outcome(NamedTuple):
     created: List[str]
     dropped: List[str]
@@ -140,6 +102,10 @@ class Outcome(NamedTuple):
     moved_from_default: int
     trace_rows_deleted: int
     conflicts: List[str]
+    kept: List[str] = []
+    span_rows_deleted: int = 0
+    traces_kept: retention.KeptTraces = retention.NO_TRACES_KEPT
+    adopted: List[str] = []
 
 
 # -- the command ---------------------------------------------------------------------
@@ -156,23 +122,30 @@ def maintain(settings, err, ahead: Optional[str] = None, retain: Optional[str] =
              dry_run: bool = False) -> output.Result:
     ahead_days, window = parse_ahead(ahead), parse_retain(retain)  # bad input: exit 2 before connecting
     if dry_run:
-        return _dry_run(settings, err, ahead_days, window, retain)
-    from otelmig.migrate import migration_session
-    with migration_session(settings, err) as (lock, state, connection, watch):
+        return _dry_run(settings, ahead_days, window, retain)
+    replicas.refuse_unseen_standbys(settings)
+    with migration_session.migration_session(settings, err) as (lock, state, connection, watch):
         _refuse_unless_ready(state)
         raw = connection.connection.dbapi_connection
         runner = _Runner(settings, err, raw)
+        _remove_leftovers(runner, settings.schema)
         layout = runner.read(lambda: partitions.read_layout(raw, settings.schema))
         runner.read(lambda: _refuse_unless_partitioned(raw, layout))
-        now = runner.read(lambda: partitions.server_now(raw))
-        decision = decide(layout, now, ahead_days, window)
-        outcome = _carry_out(runner, layout, decision)
+        now, window_start, ownership = runner.read(lambda: _clock_and_record(raw, settings.schema, window))
+        decision = decide(layout, now, ahead_days, window_start.at if window_start else None, ownership)
+        outcome = _carry_out(runner, layout, decision, window_start, window)
         final = runner.read(lambda: partitions.read_layout(raw, settings.schema))
         in_default = runner.read(lambda: partitions.default_rows(raw, final))
         runner.restore()
-    _report_default(settings, err, final, in_default)
-    return _result(settings, state.revision, final, in_default[0], outcome, ahead_days, retain,
-                   decision.window_start, dry_run=False)
+    _report_default(settings, err, final, in_default, now, ahead_days)
+    return replicas.after_change(settings, err, _result(settings, state.revision, final, in_default.rows, outcome,
+                                                        ahead_days, retain, window_start, dry_run=False),
+                                 "the maintenance")
+
+
+def _clock_and_record(conn, schema: str, window: Optional[int]):
+    start = partitions.window_start(conn, window) if window is not None else None
+    return partitions.server_now(conn), start, partitions.read_ownership(conn, schema)
 
 
 def _refuse_unless_ready(state) -> None:
@@ -185,8 +158,8 @@ def _refuse_unless_ready(state) -> None:
 def _refuse_unless_partitioned(conn, layout: partitions.Layout) -> None:
     problem = layout.problem()
     if problem:
-        raise OtelmigError("maintain changes nothing here: %s; see `otelmig.pyz verify`, and `otelmig.pyz upgrade` "
-                           "to convert it" % problem, ExitStatus.DRIFT)
+        raise OtelmigError("maintain changes nothing here: %s; see `%s verify`, and `%s upgrade` "
+                           "to convert it" % (problem, PROGRAM, PROGRAM), ExitStatus.DRIFT)
     # Day partitions beside the operator's own (pg_partman's monthly ones, say)
     # would collide with the next one it makes: those stay the operator's.
     if partitions.adopted_as_found(conn, layout.schema, layout.partitioning):
@@ -196,24 +169,35 @@ def _refuse_unless_partitioned(conn, layout: partitions.Layout) -> None:
                            % (layout.schema, layout.partitioning.table), ExitStatus.DRIFT)
 
 
-def _dry_run(settings, err, ahead_days, window, retain_text) -> output.Result:
-    from otelmig.plan import _read_only_connection
-    conn = _read_only_connection(settings.conninfo)
+def _remove_leftovers(runner, schema: str) -> None:
+    """What a stopped DEFAULT promotion left and the repair's catalog condition
+    missed (its function dropped by hand, say): removed before anything else."""
+    if runner.read(lambda: default_partition.leftovers(runner.conn, schema)):
+        runner.run(lambda: runner.execute(default_partition.repair_sql(SchemaSQL(schema))),
+                   "removing what a stopped maintain left")
+        runner.say("removed what an interrupted maintain left (its copies of the DEFAULT partition)")
+
+
+def _dry_run(settings, ahead_days, window, retain_text) -> output.Result:
+    conn = db.read_only_connection(settings.conninfo)
     try:
         state = read_state(conn, settings.schema)
         _refuse_unless_ready(state)
         layout = partitions.read_layout(conn, settings.schema)
         _refuse_unless_partitioned(conn, layout)
-        decision = decide(layout, partitions.server_now(conn), ahead_days, window)
+        now, window_start, ownership = _clock_and_record(conn, settings.schema, window)
+        decision = decide(layout, now, ahead_days, window_start.at if window_start else None, ownership)
         in_default = partitions.default_rows(conn, layout)
-        moving = sum(_default_rows_in(conn, layout, new) for new in decision.create)
-        traces = _old_traces(conn, settings.schema, decision.window_start)
+        days = decision.fill + decision.create
+        moving = sum(_default_rows_in(conn, layout, new) for new in days)
+        spans = retention.old_span_rows(conn, layout, window_start, decision.drop) if window_start else 0
+        traces = retention.old_traces(conn, settings.schema, window_start) if window_start else 0
     finally:
         db.close(conn)
-    outcome = Outcome([n.name for n in decision.create], decision.drop + decision.drop_detached, decision.finalize,
-                      moving, traces, decision.conflicts)
-    return _result(settings, state.revision, layout, in_default[0] - moving, outcome, ahead_days,
-                   retain_text, decision.window_start, dry_run=True)
+    outcome = Outcome([n.name for n in days], decision.drop + decision.drop_detached, decision.finalize,
+                      moving, traces, decision.conflicts, decision.kept, spans, adopted=decision.adopt)
+    return _result(settings, state.revision, layout, in_default.rows - moving, outcome, ahead_days,
+                   retain_text, window_start, dry_run=True)
 
 
 def _default_rows_in(conn, layout, new: NewPartition) -> int:
@@ -222,15 +206,6 @@ def _default_rows_in(conn, layout, new: NewPartition) -> int:
     cursor = conn.cursor()
     cursor.execute("select count(*) from %s.%s where %s" % (
         db.quote_ident(layout.schema), db.quote_ident(layout.default.name), _range_sql(layout, new)))
-    return int(cursor.fetchone()[0])
-
-
-def _old_traces(conn, schema: str, window_start) -> int:
-    if window_start is None:
-        return 0
-    cursor = conn.cursor()
-    cursor.execute("select count(*) from %s.traces where start_time < %s"
-                   % (db.quote_ident(schema), partitions.utc_literal(window_start)))
     return int(cursor.fetchone()[0])
 
 
@@ -243,8 +218,8 @@ def _range_sql(layout, new: NewPartition) -> str:
 
 class _Runner:
     """Runs each change as its own short transaction on the migration session's
-    pg8000 connection, retried on a lock timeout like upgrade's DDL (short
-    attempts growing to --lock-timeout; exit 9 after 6 times it)."""
+    pg8000 connection, retried on a lock timeout like upgrade's DDL (attempts of
+    100 ms growing to MAX_ATTEMPT_WAIT; exit 9 after 6 x --lock-timeout)."""
 
     def __init__(self, settings, err, conn):
         self.settings, self.err, self.conn = settings, err, conn
@@ -256,11 +231,12 @@ class _Runner:
         return self.run(query, "reading the partitions")
 
     def run(self, action, what: str, outside_transaction: bool = False):
-        from otelmig.migrate import FIRST_LOCK_TIMEOUT, LOCK_TIMEOUT_GROWTH, RETRY_PAUSE
+        budget = migration_session
         deadline = time.monotonic() + lock_budget(self.settings)
         attempt = 0
         while True:
-            wait = min(self.settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
+            wait = min(self.settings.lock_timeout, MAX_ATTEMPT_WAIT,
+                       budget.FIRST_LOCK_TIMEOUT * budget.LOCK_TIMEOUT_GROWTH ** attempt)
             self._execute_alone("SET lock_timeout = '%dms'" % max(1, int(wait * 1000)))
             try:
                 return self._once(action, outside_transaction)
@@ -270,7 +246,7 @@ class _Runner:
                 if time.monotonic() >= deadline:
                     raise self._busy(what, exc) from None
                 reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
-            pause = random.uniform(*RETRY_PAUSE)
+            pause = random.uniform(*budget.RETRY_PAUSE)
             self.say("%s: a table is busy (%s); retrying in %.2fs" % (what, reason, pause),
                      level=0 if attempt % 20 == 0 else 1)
             time.sleep(pause)
@@ -303,27 +279,38 @@ class _Runner:
         self.conn.cursor().execute(statement)
         self.conn.commit()
 
-    def execute(self, statement: str) -> int:
-        self.say(statement, level=1)
+    def execute(self, statement: str, params=None) -> int:
+        self.say(statement.replace("\n", "\n      "), level=1)
         cursor = self.conn.cursor()
-        cursor.execute(statement)
+        if params is None:
+            cursor.execute(statement)
+        else:
+            cursor.execute(statement, params)
+        crash_point_for_tests()
         return cursor.rowcount
+
+    def query(self, statement: str, params=()):
+        """A statement that changes rows and returns one row (a counted step, like execute)."""
+        self.say(statement.strip().replace("\n", "\n      "), level=1)
+        cursor = self.conn.cursor()
+        if params:
+            cursor.execute(statement, params)
+        else:
+            cursor.execute(statement)
+        crash_point_for_tests()
+        return cursor.fetchone()
 
     def restore(self) -> None:
         self._execute_alone("RESET lock_timeout")
 
 
-def _carry_out(runner: _Runner, layout: partitions.Layout, decision: Decision) -> Outcome:
-    created, moved = [], 0
-    columns = runner.read(lambda: _columns(runner.conn, layout)) if decision.create else []
-    owner = runner.read(lambda: _other_owner(runner.conn, layout)) if decision.create else None
-    for new in decision.create:
-        count = runner.run(lambda: _create(runner, layout, new, columns, owner), "creating %s" % new.name)
-        created.append(new.name)
-        moved += count
-        runner.say("created %s%s" % (new.name, " (moved %d row(s) from the default partition)" % count
-                                     if count else ""), level=1)
-    conflicts = list(decision.conflicts)
+def _carry_out(runner: _Runner, layout: partitions.Layout, decision: Decision,
+               window_start: Optional[partitions.Moment], window: Optional[int]) -> Outcome:
+    runner.run(lambda: _tidy_record(runner, layout.schema, decision.adopt), "recording otelmig's partitions")
+    if decision.adopt:
+        runner.say("recorded as otelmig's (converted before partitions were recorded): %s"
+                   % ", ".join(decision.adopt), level=1)
+    conflicts, kept = list(decision.conflicts), list(decision.kept)
     finalized = [name for name in decision.finalize if _finalize(runner, layout, name)]
     dropped = []
     for name in decision.drop:
@@ -334,24 +321,133 @@ def _carry_out(runner: _Runner, layout: partitions.Layout, decision: Decision) -
         refusal = _drop_table(runner, layout, name)
         dropped += [] if refusal else [name]
         conflicts += [refusal] if refusal else []
-    deleted = _delete_old_traces(runner, layout.schema, decision.window_start)
-    return Outcome(created, dropped, finalized, moved, deleted, conflicts)
+    spans_deleted = 0
+    if window_start is not None:
+        current = runner.read(lambda: partitions.read_layout(runner.conn, layout.schema, layout.partitioning))
+        spans_deleted = retention.delete_old_spans(runner, current, window_start)
+    created, moved, not_made = _make_days(runner, layout, decision.fill + decision.create)
+    conflicts += not_made
+    traces = retention.NO_TRACES_KEPT
+    if window_start is not None:
+        traces = retention.delete_old_traces(runner, layout.schema, window_start, window)
+    return Outcome(created, dropped, finalized, moved, traces.deleted, conflicts, kept, spans_deleted, traces,
+                   decision.adopt)
+
+
+def _tidy_record(runner: _Runner, schema: str, adopt: List[str]) -> None:
+    """The adopted partitions recorded; a partition recorded but gone (dropped by
+    hand) forgotten, so that a table someone makes later under its name is theirs."""
+    if adopt:
+        _record(runner, schema, adopt)
+    if not partitions.record_exists(runner.conn, schema):
+        return
+    cursor = runner.conn.cursor()
+    cursor.execute("select exists (select 1 from %s r where r.object_kind = %%s and to_regclass(format('%%I.%%I', "
+                   "%%s::text, r.object_name)) is null)" % SchemaSQL(schema).record_table(),
+                   (partitions.PARTITION_KIND, schema))
+    if cursor.fetchone()[0]:
+        runner.execute("DELETE FROM %s r WHERE r.object_kind = %%s AND to_regclass(format('%%I.%%I', %%s::text, "
+                       "r.object_name)) IS NULL" % SchemaSQL(schema).record_table(),
+                       (partitions.PARTITION_KIND, schema))
+
+
+def _record(runner: _Runner, schema: str, names: List[str]) -> None:
+    """Partitions recorded as otelmig's ('created'), the record table made if it is missing."""
+    n = SchemaSQL(schema)
+    runner.execute(RECORD_DDL.format(record=n.record_table()))
+    runner.execute(n.record(partitions.PARTITIONING_REVISION, [(partitions.PARTITION_KIND, name, "created")
+                                                               for name in names]))
+
+
+# -- days -------------------------------------------------------------------------------
+
+class _DefaultTooBig(Exception):
+    """DEFAULT grew past DIRECT_MAX_BYTES: the day is made by the promotion instead."""
+
+
+def _make_days(runner: _Runner, layout: partitions.Layout,
+               days: List[NewPartition]) -> Tuple[List[str], int, List[str]]:
+    """(created, rows moved out of DEFAULT, what could not be made)."""
+    if not days:
+        return [], 0, []
+    current = runner.read(lambda: partitions.read_layout(runner.conn, layout.schema, layout.partitioning))
+    columns = runner.read(lambda: _columns(runner.conn, current))
+    owner = runner.read(lambda: _other_owner(runner.conn, current, current.partitioning.table))
+    created, moved = [], 0
+    remaining = list(days)
+    if current.default is None or runner.run(lambda: _default_bytes(runner.conn, current),
+                                             "measuring the DEFAULT partition") <= DIRECT_MAX_BYTES:
+        while remaining:
+            new = remaining[0]
+            try:
+                count = runner.run(lambda: _create(runner, current, new, columns, owner), "creating %s" % new.name)
+            except _DefaultTooBig:
+                break
+            created.append(new.name)
+            moved += count
+            remaining.pop(0)
+            runner.say("created %s%s" % (new.name, " (moved %d row(s) from the DEFAULT partition)" % count
+                                         if count else ""), level=1)
+    if not remaining:
+        return created, moved, []
+    promoted, count, not_made = _promote(runner, current, remaining, columns, owner)
+    return created + promoted, moved + count, not_made
+
+
+def _default_bytes(conn, layout) -> int:
+    cursor = conn.cursor()
+    cursor.execute("select pg_relation_size(to_regclass(%s))", (_qualified(layout, layout.default.name),))
+    return int(cursor.fetchone()[0])
+
+
+def _promote(runner: _Runner, layout, days: List[NewPartition], columns, owner) -> Tuple[List[str], int, List[str]]:
+    """The days made by replacing a big DEFAULT with a copy; or why not."""
+    default = layout.default.name
+    names = [d.name for d in days]
+    span = "%s to %s" % (days[0].lower.date(), days[-1].lower.date()) if len(days) > 1 else str(days[0].lower.date())
+    ownership = runner.read(lambda: partitions.read_ownership(runner.conn, layout.schema))
+    if default not in ownership.recorded:
+        return [], 0, ["could not make the partitions of %s (%s): the DEFAULT partition %s.%s holds more than %d "
+                       "bytes and is not otelmig's (not recorded in %s.otelmig_objects), so maintain does not "
+                       "replace it; its rows stay there, queryable: move them out yourself, or record it"
+                       % (span, ", ".join(names), layout.schema, default, DIRECT_MAX_BYTES, layout.schema)]
+    why = runner.read(lambda: default_partition.blockers(
+        runner.conn, layout, ownership.work, names + [default_partition.NEXT_DEFAULT, default_partition.LOG]))
+    if why:
+        return [], 0, ["could not make the partitions of %s: its rows sit in the DEFAULT partition %s.%s, which "
+                       "maintain makes them from by replacing it with a copy, and the copy would lose what it "
+                       "has: %s; its rows stay there, queryable: remove or move that, then rerun"
+                       % (span, layout.schema, default, why)]
+    promotion = default_partition.Promotion(layout, tuple(days), tuple(db.quote_ident(c) for c in columns), owner,
+                                            runner.read(lambda: _other_owner(runner.conn, layout, default)))
+    runner.say("making %d partition(s) out of the DEFAULT partition %s.%s (a copy while writers go on, then one "
+               "short swap)" % (len(days), layout.schema, default))
+    try:
+        count = default_partition.promote(runner, promotion)
+    except default_partition.PromotionStopped as stopped:
+        runner.run(lambda: runner.execute(default_partition.repair_sql(SchemaSQL(layout.schema))),
+                   "removing the copies")
+        return [], 0, ["could not make the partitions of %s: %s" % (span, stopped.message)]
+    for name in names:
+        runner.say("created %s (out of the DEFAULT partition)" % name, level=1)
+    return names, count, []
 
 
 def _columns(conn, layout) -> List[str]:
     cursor = conn.cursor()
     cursor.execute("select attname::text from pg_attribute where attrelid = to_regclass(%s) and attnum > 0 "
-                   "and not attisdropped and attgenerated = '' order by attnum", (_qualified(layout, layout.partitioning.table),))
+                   "and not attisdropped and attgenerated = '' order by attnum",
+                   (_qualified(layout, layout.partitioning.table),))
     return [row[0] for row in cursor.fetchall()]
 
 
-def _other_owner(conn, layout) -> Optional[str]:
-    """The owner of spans when it is not the role running maintain (a member of
-    it): new partitions get it, as revision 2's did, so that whoever owns spans
-    can later drop them."""
+def _other_owner(conn, layout, table: str) -> Optional[str]:
+    """The owner of `table` when it is not the role running maintain (a member of
+    it): new tables get it, as revision 2's partitions did, so that whoever
+    owns spans can later drop them."""
     cursor = conn.cursor()
     cursor.execute("select pg_get_userbyid(relowner)::text, current_user::text from pg_class "
-                   "where oid = to_regclass(%s)", (_qualified(layout, layout.partitioning.table),))
+                   "where oid = to_regclass(%s)", (_qualified(layout, table),))
     owner, me = cursor.fetchone()
     return None if owner == me else owner
 
@@ -361,19 +457,28 @@ def _qualified(layout, name: str) -> str:
 
 
 def _create(runner: _Runner, layout, new: NewPartition, columns: List[str], owner: Optional[str]) -> int:
-    """One transaction: lock DEFAULT (so no row of the range lands there meanwhile),
-    make the table with a CHECK of its range, move DEFAULT's rows of the range
-    into it, attach it (the CHECK spares the scan), drop the CHECK. Returns
-    the rows moved."""
+    """One transaction: EXCLUSIVE on spans (writers wait, so none routes a row of
+    the day to DEFAULT with the partition list from before the attach: the
+    server would reject it), ACCESS EXCLUSIVE on DEFAULT (it is scanned by the
+    attach: too big, and the promotion makes the day instead); the day
+    recorded, then made as a table with a CHECK of its range, DEFAULT's rows
+    of the range moved into it, attached (the CHECK spares the scan), the
+    CHECK dropped. Returns the rows moved."""
     parent, table = _qualified(layout, layout.partitioning.table), _qualified(layout, new.name)
     check = db.quote_ident("%s_range" % new.name)
     lower, upper = partitions.utc_literal(new.lower), partitions.utc_literal(new.upper)
+    runner.execute("LOCK TABLE %s IN EXCLUSIVE MODE" % parent)
     if layout.default is not None:
         runner.execute("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE" % _qualified(layout, layout.default.name))
-    runner.execute("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)" % (table, parent))
+        if _default_bytes(runner.conn, layout) > DIRECT_MAX_BYTES:
+            raise _DefaultTooBig()
+    _record(runner, layout.schema, [new.name])
+    runner.execute("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)"
+                   % (table, parent))
     runner.execute("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s)" % (table, check, _range_sql(layout, new)))
     if owner is not None:
         runner.execute("ALTER TABLE %s OWNER TO %s" % (table, db.quote_ident(owner)))
+    _grant_like(runner, table, parent)
     moved = 0
     if layout.default is not None:
         names = ", ".join(db.quote_ident(c) for c in columns)
@@ -385,6 +490,19 @@ def _create(runner: _Runner, layout, new: NewPartition, columns: List[str], owne
     runner.execute("ALTER TABLE %s DROP CONSTRAINT %s" % (table, check))
     return max(moved, 0)
 
+
+def _grant_like(runner: _Runner, table: str, source: str) -> None:
+    """The table privileges of spans on a new partition, as revision 2 gives its own."""
+    cursor = runner.conn.cursor()
+    cursor.execute("select a.privilege_type, a.is_grantable, case when a.grantee = 0 then 'PUBLIC' "
+                   "else quote_ident(pg_get_userbyid(a.grantee)) end from pg_class c, aclexplode(c.relacl) a "
+                   "where c.oid = to_regclass(%s) and a.grantee <> c.relowner", (source,))
+    for privilege, grantable, grantee in cursor.fetchall():
+        runner.execute("GRANT %s ON %s TO %s%s" % (privilege, table, grantee, " WITH GRANT OPTION" if grantable
+                                                   else ""))
+
+
+# -- retention: whole partitions ------------------------------------------------------
 
 def _finalize(runner: _Runner, layout, name: str) -> bool:
     """Finish a DETACH ... CONCURRENTLY that was interrupted (it cannot run in a transaction)."""
@@ -412,17 +530,27 @@ def _detach_state(conn, layout, name: str) -> str:
 
 
 def _drop_attached(runner: _Runner, layout, name: str) -> Optional[str]:
-    """Detach and drop one partition; None, or why it was kept."""
+    """Detach and drop one of our partitions; None, or why it was kept."""
     parent, table = _qualified(layout, layout.partitioning.table), _qualified(layout, name)
     concurrently = layout.default is None and partitions.server_major(runner.conn) >= 14
     if concurrently:  # only there: the server refuses it while a DEFAULT partition exists
+        refusal = runner.read(lambda: _sequence_owned(runner.conn, layout, name))
+        if refusal:
+            return refusal
+
         def detach():
             state = _detach_state(runner.conn, layout, name)
             if state == "attached":
                 runner.execute("ALTER TABLE %s DETACH PARTITION %s CONCURRENTLY" % (parent, table))
             elif state == "pending":
                 runner.execute("ALTER TABLE %s DETACH PARTITION %s FINALIZE" % (parent, table))
-        runner.run(detach, "detaching %s" % name, outside_transaction=True)
+        try:
+            runner.run(detach, "detaching %s" % name, outside_transaction=True)
+        except Exception as exc:
+            if db.sqlstate(exc) != NOT_IN_PREREQUISITE_STATE:  # another partition's detach is pending
+                raise
+            return ("kept %s.%s: %s (%s); its rows older than the window are deleted"
+                    % (layout.schema, name, db.server_message(exc), _detail(exc, "")))
         return _drop_table(runner, layout, name)
 
     def detach_and_drop():
@@ -431,8 +559,14 @@ def _drop_attached(runner: _Runner, layout, name: str) -> Optional[str]:
             return refusal
         runner.execute("ALTER TABLE %s DETACH PARTITION %s" % (parent, table))
         runner.execute("DROP TABLE %s" % table)
+        _forget(runner, layout.schema, name)
         return None
     return _dropping(runner, name, detach_and_drop)
+
+
+def _forget(runner: _Runner, schema: str, name: str) -> None:
+    runner.execute("DELETE FROM %s WHERE object_kind = %%s AND object_name = %%s" % SchemaSQL(schema).record_table(),
+                   (partitions.PARTITION_KIND, name))
 
 
 def _drop_table(runner: _Runner, layout, name: str) -> Optional[str]:
@@ -443,6 +577,7 @@ def _drop_table(runner: _Runner, layout, name: str) -> Optional[str]:
         if _detach_state(runner.conn, layout, name) != "detached":
             return "kept %s.%s: it is still a partition" % (layout.schema, name)
         runner.execute("DROP TABLE IF EXISTS %s" % _qualified(layout, name))
+        _forget(runner, layout.schema, name)
         return None
     return _dropping(runner, name, drop)
 
@@ -453,16 +588,17 @@ def _dropping(runner: _Runner, name: str, action) -> Optional[str]:
     except Exception as exc:
         if db.sqlstate(exc) != DEPENDENT_OBJECTS:
             raise
-        return "kept %s: %s (%s; drop or change that, then rerun)" % (name, db.server_message(exc), _detail(exc))
+        return ("kept %s: %s (%s; drop or change that, then rerun); its rows older than the window are deleted"
+                % (name, db.server_message(exc), _detail(exc)))
     if refusal is None:
         runner.say("dropped %s" % name, level=1)
     return refusal
 
 
-def _detail(exc: BaseException) -> str:
-    """The server's DETAIL (for 2BP01: which objects depend on the table)."""
+def _detail(exc: BaseException, otherwise: str = "other objects depend on it") -> str:
+    """The server's DETAIL, or its HINT (for 2BP01: which objects depend on the table)."""
     fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return " ".join((fields.get("D") or "other objects depend on it").split())
+    return " ".join((fields.get("D") or fields.get("H") or otherwise).split())
 
 
 def _sequence_owned(conn, layout, name: str) -> Optional[str]:
@@ -475,80 +611,74 @@ def _sequence_owned(conn, layout, name: str) -> Optional[str]:
     row = cursor.fetchone()
     if row is None:
         return None
-    return ("kept %s.%s: it owns sequence %s, which %s.%s needs; run ALTER SEQUENCE %s OWNED BY %s.%s.id, then rerun"
+    return ("kept %s.%s: it owns sequence %s, which %s.%s needs; run ALTER SEQUENCE %s OWNED BY %s.%s.id, then "
+            "rerun; its rows older than the window are deleted"
             % (layout.schema, name, row[0], layout.schema, layout.partitioning.table, row[0], layout.schema,
                layout.partitioning.table))
-
-
-def _delete_old_traces(runner: _Runner, schema: str, window_start) -> int:
-    """Batches of TRACE_BATCH rows, each its own transaction (ix_traces_start_time finds them)."""
-    if window_start is None:
-        return 0
-    traces = "%s.traces" % db.quote_ident(schema)
-    statement = ("DELETE FROM %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %s WHERE start_time < %s LIMIT %d))"
-                 % (traces, traces, partitions.utc_literal(window_start), TRACE_BATCH))
-    total = 0
-    while True:
-        cursor_rows = runner.run(lambda: _rowcount(runner.conn, statement), "deleting old traces")
-        total += cursor_rows
-        if cursor_rows:
-            runner.say("deleted %d trace rows older than %s (%d so far)"
-                       % (cursor_rows, _utc_text(window_start), total), level=1)
-        if cursor_rows < TRACE_BATCH:
-            return total
-
-
-def _rowcount(conn, statement: str) -> int:
-    cursor = conn.cursor()
-    cursor.execute(statement)
-    return max(cursor.rowcount, 0)
 
 
 # -- reporting -------------------------------------------------------------------------
 
 def _utc_text(moment: Optional[datetime.datetime]) -> Optional[str]:
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if moment is None else partitions.shown("%04d-%02d-%02dT%02d:%02d:%02d" % (
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second))
 
 
-def _report_default(settings, err, layout, in_default) -> None:
-    rows, oldest, newest = in_default
+def _report_default(settings, err, layout, in_default: partitions.DefaultRows, now, ahead_days: int) -> None:
     if layout.default is None:
         output.progress(settings, err, "maintain: %s.%s has no DEFAULT partition: a row outside every partition "
-                        "is rejected; see `otelmig.pyz verify`" % (layout.schema, layout.partitioning.table))
-    elif rows:
-        output.progress(settings, err, "maintain: %d row(s) remain in the default partition %s.%s (start_time "
-                        "%s to %s): no day partition of the ahead window holds them; they are kept there"
-                        % (rows, layout.schema, layout.default.name, _utc_text(oldest), _utc_text(newest)))
+                        "is rejected; see `%s verify`" % (layout.schema, layout.partitioning.table, PROGRAM))
+    elif in_default.rows:
+        output.progress(settings, err, "maintain: %d row(s) remain in the DEFAULT partition %s.%s (start_time "
+                        "%s to %s), queryable: rows of a day more than %d days ahead get their partition once the "
+                        "day is that near; rows older than every partition go with --retain; rows at infinity, "
+                        "before year 1 or past 9999 stay there" % (
+                            in_default.rows, layout.schema, layout.default.name, in_default.oldest.text,
+                            in_default.newest.text, ahead_days))
 
 
 def _result(settings, revision, layout, default_rows: int, outcome: Outcome, ahead_days: int,
-            retain: Optional[str], window_start, dry_run: bool) -> output.Result:
+            retain: Optional[str], window_start: Optional[partitions.Moment], dry_run: bool) -> output.Result:
     status = ExitStatus.DRIFT if outcome.conflicts else ExitStatus.OK
+    oldest, newest = layout.oldest_moment(), layout.newest_moment()
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": revision,
                "head": HEAD_REVISION, "dry_run": dry_run, "ahead_days": ahead_days, "retain": retain,
-               "window_start": _utc_text(window_start), "partitions": len(layout.partitions),
-               "oldest_bound": _utc_text(layout.oldest_bound()), "newest_bound": _utc_text(layout.newest_bound()),
+               "window_start": window_start.text if window_start else None, "partitions": len(layout.partitions),
+               "oldest_bound": oldest.text if oldest else None, "newest_bound": newest.text if newest else None,
                "default_rows": default_rows, "moved_from_default": outcome.moved_from_default,
                "created": outcome.created, "dropped": outcome.dropped, "finalized": outcome.finalized,
-               "trace_rows_deleted": outcome.trace_rows_deleted, "conflicts": outcome.conflicts}
+               "span_rows_deleted": outcome.span_rows_deleted, "trace_rows_deleted": outcome.trace_rows_deleted,
+               "trace_rows_kept": outcome.traces_kept.kept, "trace_rows_kept_until": outcome.traces_kept.until,
+               "kept": outcome.kept, "adopted": outcome.adopted, "conflicts": outcome.conflicts}
+    epochs = {"oldest_bound": oldest.epoch if oldest else None, "newest_bound": newest.epoch if newest else None}
     message = ""
     if outcome.conflicts:
         message = "%d thing(s) could not be done: %s" % (len(outcome.conflicts), "; ".join(outcome.conflicts))
         payload["message"] = message
-    return output.Result(int(status), payload, _text(payload), prometheus_text(settings.schema, status, payload),
-                         message)
+    return output.Result(int(status), payload, _text(payload), prometheus_text(settings.schema, status, payload,
+                                                                               epochs), message)
 
 
 def _text(payload: dict) -> str:
     dry = payload["dry_run"]
     lines = ["maintain: schema %s%s" % (payload["schema"], " (dry run: nothing was changed)" if dry else "")]
+    if payload["adopted"]:
+        lines.append("  %s as otelmig's (made before partitions were recorded): %s"
+                     % ("would record" if dry else "recorded", ", ".join(payload["adopted"])))
     lines += ["  %s %s" % ("would create" if dry else "created", name) for name in payload["created"]]
     lines += ["  %s %s" % ("would finish detaching" if dry else "finished detaching", n) for n in payload["finalized"]]
     lines += ["  %s %s (wholly before %s)" % ("would drop" if dry else "dropped", name, payload["window_start"])
               for name in payload["dropped"]]
     if payload["window_start"]:
-        lines.append("  %s %d trace rows that started before %s" % (
+        lines.append("  %s %d span rows that started before %s, in partitions kept" % (
+            "would delete" if dry else "deleted", payload["span_rows_deleted"], payload["window_start"]))
+        lines.append("  %s %d trace rows that started before %s (and have no span left)" % (
             "would delete" if dry else "deleted", payload["trace_rows_deleted"], payload["window_start"]))
+        if payload["trace_rows_kept"]:
+            lines.append("  kept %d trace rows that started before %s: spans of them are inside the window; the "
+                         "last of them can go after %s" % (payload["trace_rows_kept"], payload["window_start"],
+                                                           payload["trace_rows_kept_until"]))
+    lines += ["  %s" % reason for reason in payload["kept"]]
     if not (payload["created"] or payload["dropped"] or payload["finalized"]):
         lines.append("  nothing to create or drop")
     lines.append("  partitions: %d (oldest bound %s, newest bound %s)" % (
@@ -556,13 +686,6 @@ def _text(payload: dict) -> str:
     lines.append("  rows in the default partition: %d" % payload["default_rows"])
     lines += ["  could not: %s" % conflict for conflict in payload["conflicts"]]
     return "\n".join(lines)
-
-
-def _epoch(text: Optional[str]) -> Optional[float]:
-    if text is None:
-        return None
-    moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
 
 
 _METRICS = (
@@ -573,19 +696,23 @@ _METRICS = (
     ("default_rows", "default_rows", "Rows in the DEFAULT partition (no day partition holds them)."),
     ("created", "created", "Partitions created by the last maintain."),
     ("dropped", "dropped", "Partitions dropped by the last maintain."),
+    ("span_rows_deleted", "span_rows_deleted", "Span rows older than the window deleted by the last maintain "
+                                               "(in partitions it kept)."),
     ("trace_rows_deleted", "trace_rows_deleted", "Trace rows deleted by the last maintain."),
+    ("trace_rows_kept", "trace_rows_kept", "Trace rows older than the window kept by the last maintain: spans of "
+                                           "them are inside it."),
 )
 
 
-def prometheus_text(schema: str, status, payload: Optional[dict] = None) -> str:
+def prometheus_text(schema: str, status, payload: Optional[dict] = None, epochs: Optional[dict] = None) -> str:
     """The text exposition format (node_exporter's textfile collector); on a
     failure only the exit code and the time."""
     label = '{schema="%s"}' % schema
     lines = []
     for name, key, help_text in (_METRICS if payload else ()):
-        value = payload[key]
-        value = len(value) if isinstance(value, list) else _epoch(value) if isinstance(value, str) else value
-        if value is None:
+        value = (epochs or {}).get(key, payload[key]) if key in (epochs or {}) else payload[key]
+        value = len(value) if isinstance(value, list) else value
+        if value is None or isinstance(value, str) or value in (float("inf"), float("-inf")):
             continue
         lines += ["# HELP otelmig_maintain_%s %s" % (name, help_text), "# TYPE otelmig_maintain_%s gauge" % name,
                   "otelmig_maintain_%s%s %s" % (name, label, _number(value))]

@@ -5,137 +5,17 @@ built in code and handed an open connection; the URL never enters it.
 """
 
 import contextlib
-import functools
-import random
 import time
 from typing import List, Optional
 
-from otelmig import db, interrupt, output, preflight, progress, repair, session
+from otelmig import db, interrupt, output, preflight, replicas, repair
 from otelmig.revisions import HEAD_REVISION
-from otelmig.state import assess, ensure_known, read_state
-from otelmig.errors import (ConnectError, ExitStatus, NotInitialisedError, OtelmigError, RefusedError,
-                            UnknownRevisionError, UsageError)
-from otelmig.lock import MigrationLock
-from otelmig.scripts import (alembic_config, engine_for, lock_timeout_ms, resolve_revision, revisions_between,
-                             script_directory)
-
-# Lock waits. While an ALTER waits for its lock, every reader and writer of
-# that table queues behind it, for as long as the attempt lasts. So attempts
-# are short and nearly back to back: a queued ALTER gets the lock the moment
-# the query ahead of it ends, and short attempts catch that moment without
-# holding the writers up for a whole long query (bench/README.md: at 10M
-# spans, growth 1.5 let the writer wait 342 ms; 1.1 keeps attempts short for
-# ~10 tries). They grow slowly, up to --lock-timeout each, to outlast a holder
-# that never pauses.
-FIRST_LOCK_TIMEOUT = 0.1     # seconds, the first attempt's wait
-LOCK_TIMEOUT_GROWTH = 1.1    # each later attempt waits this much longer, up to --lock-timeout
-LOCK_BUDGET_FACTOR = 6       # give up (exit 9) after this many times --lock-timeout
-RETRY_PAUSE = (0.005, 0.03)  # seconds between attempts, jittered
-MAINTENANCE_WORK_MEM_MB = 256  # at least this much for our index builds
-
-
-@contextlib.contextmanager
-def migration_session(settings, err):
-    """The migration lock, then a SQLAlchemy connection set up for DDL."""
-    say = lambda line: output.progress(settings, err, line)  # noqa: E731
-    session.idle_timeout()  # a malformed OTELMIG_IDLE_TIMEOUT is exit 2 before anything happens
-    with MigrationLock(settings.conninfo, settings.schema, settings.lock_wait, say) as lock:
-        state = read_state(lock.conn, settings.schema)
-        engine = engine_for(settings.conninfo)
-        connection = engine.connect()
-        pid = connection.exec_driver_sql("select pg_backend_pid()").scalar()
-        ours = not isinstance(assess(state), UnknownRevisionError)  # a newer otelmig's layout is not ours to repair
-        try:
-            # On SIGINT/SIGTERM, end our own backend so its transaction is
-            # rolled back now, before the lock is released.
-            with interrupt.cleanup_on_signal(lambda: lock.stop_backend(pid)):
-                _prepare_session(connection, settings)
-                if ours:
-                    _repair_first(settings, err, connection)
-                watch = functools.partial(progress.watch_index_build, settings.conninfo, pid, say)
-                yield lock, state, connection, watch
-                _restore_session(connection)
-        except BaseException as exc:
-            # A refusal or a usage error stops a run before it changes anything: nothing to repair.
-            if ours and not isinstance(exc, (RefusedError, UsageError)):
-                # Our session ends first: what it left is then a stopped run's (revision 2's
-                # repair_steps keep what the converting session still holds).
-                with contextlib.suppress(Exception):
-                    connection.close()
-                _repair_on_the_way_out(settings, err, engine)
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                connection.close()
-            engine.dispose()
-
-
-def _repair_first(settings, err, connection) -> None:
-    """Before anything else: what an interrupted run left that could reject a write (otelmig/repair.py)."""
-    done = []
-    _run_with_retries(settings, err, connection, lambda: done.extend(repair.run_repairs(connection, settings.schema)))
-    if done:
-        output.progress(settings, err, "repaired what an interrupted run left (%d statement(s)); "
-                        "it could have rejected writes" % len(done))
-        for statement in done:
-            output.progress(settings, err, "  " + statement.replace("\n", "\n      "), level=1)
-
-
-# The repair on the way out of a failed run: a short lock budget (a container
-# stopped with SIGTERM gets a grace period of seconds, not minutes).
-EXIT_REPAIR_LOCK_TIMEOUT = 1.0  # seconds per attempt, so 6 s in all (LOCK_BUDGET_FACTOR)
-
-
-def _repair_on_the_way_out(settings, err, engine) -> None:
-    """A run that failed while alive removes, before it exits, whatever it left that
-    could reject a future write, on a new connection (its own may have been ended)."""
-    import dataclasses
-    short = dataclasses.replace(settings, lock_timeout=min(settings.lock_timeout, EXIT_REPAIR_LOCK_TIMEOUT))
-    try:
-        with contextlib.closing(engine.connect()) as connection:
-            _prepare_session(connection, short)
-            _repair_first(short, err, connection)
-    except Exception as exc:
-        error = db.translate(exc) or exc
-        output.progress(settings, err, "could not remove what this run left (%s); the next upgrade, downgrade "
-                        "or maintain removes it first" % getattr(error, "message", str(error)))
-
-
-def _prepare_session(connection, settings) -> None:
-    """What the session list (otelmig/session.py) leaves to run time: the
-    read-only refusal, the lock timeout and the index builds' memory."""
-    _refuse_read_only(connection)
-    connection.exec_driver_sql("SET lock_timeout = '%dms'" % lock_timeout_ms(settings))
-    # Index builds sort in memory up to maintenance_work_mem; the server default
-    # (64 MB) spills a million spans to disk. Raise it for this session only,
-    # never lower what the operator configured.
-    connection.exec_driver_sql(
-        "select set_config('maintenance_work_mem', '%dMB', false) "
-        "where pg_size_bytes(current_setting('maintenance_work_mem')) < %d"
-        % (MAINTENANCE_WORK_MEM_MB, MAINTENANCE_WORK_MEM_MB * 1024 * 1024))
-    connection.commit()
-
-
-# Where default_transaction_read_only came from (pg_settings.source), for the fix.
-_READ_ONLY_SOURCES = {"database": "ALTER DATABASE ... SET", "user": "ALTER ROLE ... SET",
-                      "database user": "ALTER ROLE ... IN DATABASE ... SET",
-                      "configuration file": "the server configuration"}
-
-
-def _refuse_read_only(connection) -> None:
-    """default_transaction_read_only is the operator's (session.SETTINGS never
-    overrides it): a read-only session or a standby is refused, nothing changed."""
-    read_only, standby, source = connection.exec_driver_sql(
-        "select current_setting('transaction_read_only') = 'on', pg_is_in_recovery(), "
-        "(select source from pg_settings where name = 'default_transaction_read_only')").one()
-    connection.rollback()
-    if standby:
-        raise RefusedError("the database is read-only: this server is a standby (in recovery); nothing was "
-                           "changed: run against the primary")
-    if read_only:
-        raise RefusedError("the database is read-only for this session: default_transaction_read_only is on "
-                           "(set by %s); nothing was changed: run as a role that may write, or set it off there"
-                           % _READ_ONLY_SOURCES.get(source, source))
+from otelmig.state import ensure_known
+from otelmig.errors import PROGRAM, ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
+from otelmig.migration_session import (  # noqa: F401  (the lock budget and the session, named here too)
+    FIRST_LOCK_TIMEOUT, LOCK_BUDGET_FACTOR, LOCK_TIMEOUT_GROWTH, MAINTENANCE_WORK_MEM_MB, RETRY_PAUSE,
+    migration_session, prepare_session as _prepare_session, run_with_retries as _run_with_retries)
+from otelmig.scripts import alembic_config, resolve_revision, revisions_between, script_directory
 
 
 def _final_revision(connection, schema: str) -> Optional[str]:
@@ -152,52 +32,6 @@ def _final_revision_or_none(connection, schema: str) -> Optional[str]:
     exists = connection.exec_driver_sql("select to_regclass(%s) is not null" % db.quote_literal(
         "%s.%s" % (db.quote_ident(schema), VERSION_TABLE))).scalar()
     return _final_revision(connection, schema) if exists else None
-
-
-def _restore_session(connection) -> None:
-    connection.rollback()
-    connection.exec_driver_sql("RESET lock_timeout")
-    connection.commit()
-
-
-def _run_with_retries(settings, err, connection, action) -> None:
-    """Run a migration command; when its transaction was rolled back by a
-    conflict (a lock timeout 55P03, a deadlock, a serialization failure), retry
-    it (see LOCK_*). With -v, a failing statement is printed whole (the error
-    line names only its start)."""
-    from alembic.util import CommandError
-
-    deadline = time.monotonic() + LOCK_BUDGET_FACTOR * settings.lock_timeout
-    attempt = 0
-    while True:
-        wait = min(settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
-        _set_lock_timeout(connection, wait)
-        try:
-            return action()
-        except CommandError as exc:  # e.g. `upgrade base` from the head
-            raise UsageError("%s; see `otelmig history`" % exc) from None
-        except Exception as exc:
-            if not db.is_conflict(exc) or time.monotonic() >= deadline:
-                _print_failed_statement(settings, err, exc)
-                raise
-            reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
-        pause = random.uniform(*RETRY_PAUSE)
-        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs"
-                        % (reason, pause), level=0 if attempt % 20 == 0 else 1)
-        time.sleep(pause)
-        attempt += 1
-
-
-def _print_failed_statement(settings, err, exc) -> None:
-    statement = db.failed_statement(exc)
-    if statement:
-        output.progress(settings, err, "failed statement: %s" % statement, level=1)
-
-
-def _set_lock_timeout(connection, seconds: float) -> None:
-    connection.rollback()
-    connection.exec_driver_sql("SET lock_timeout = '%dms'" % max(1, int(seconds * 1000)))
-    connection.commit()
 
 
 def _applied_reporter(settings, err, applied: List[dict]):
@@ -223,16 +57,21 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
     from alembic import command
 
     if revision.startswith("-"):
-        raise UsageError("`upgrade %s` goes backwards: use `otelmig rollback %s`" % (revision, revision[1:]))
+        raise UsageError("`upgrade %s` goes backwards: use `%s rollback %s`" % (revision, PROGRAM, revision[1:]))
     target = resolve_revision(settings, revision, None) if revision != "head" else HEAD_REVISION
     if target is None:
-        raise UsageError("`upgrade %s` goes nowhere: to go back, use `otelmig downgrade %s`" % (revision, revision))
+        raise UsageError("`upgrade %s` goes nowhere: to go back, use `%s downgrade %s`" % (revision, PROGRAM, revision))
     applied: List[dict] = []
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
             connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS %s" % db.quote_ident(settings.schema))
             connection.commit()
+            # Said, not asked: `upgrade` is how a store is first made, and a typo in --schema shows here.
+            output.progress(settings, err, "schema %s did not exist: created it, with a new, empty store%s"
+                            % (settings.schema, "" if not state.other_stores else " (otelmig's store here is in "
+                               "schema %s)" % ", ".join(state.other_stores)))
         _preflight(settings, connection, revisions_between(settings, state.effective_revision, target))
         config = alembic_config(settings, connection, on_version_apply=_applied_reporter(settings, err, applied),
                                 log=_step_logger(settings, err), watch_index_build=watch,
@@ -244,7 +83,8 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
             command.upgrade(config, target)
         _run_with_retries(settings, err, connection, action)
         final = _final_revision(connection, settings.schema)
-    return _report(settings, "upgrade", state.revision, final, applied)
+    return replicas.after_change(settings, err, _report(settings, "upgrade", state.revision, final, applied),
+                                 "the upgrade")
 
 
 def _preflight(settings, connection, pending) -> None:
@@ -264,6 +104,7 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
     from alembic import command
 
     applied: List[dict] = []
+    replicas.refuse_unseen_standbys(settings)
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         target = resolve_revision(settings, revision, state.revision)
@@ -283,10 +124,11 @@ def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> ou
         _refuse_along_the_path(settings, connection, state.revision, target, allow_data_loss)
         _run_with_retries(settings, err, connection, lambda: _undo_partly_applied(
             settings, err, connection, state.revision, allow_data_loss, watch, applied))
-        with _naming_where_it_stopped(settings, connection, state.revision):
+        with _naming_where_it_stopped(settings, connection, lock, state.revision):
             _run_with_retries(settings, err, connection, lambda: command.downgrade(config, target or "base"))
         final = _final_revision(connection, settings.schema)
-    return _report(settings, "downgrade", state.revision, final, applied)
+    return replicas.after_change(settings, err, _report(settings, "downgrade", state.revision, final, applied),
+                                 "the downgrade")
 
 
 def _refuse_along_the_path(settings, connection, current, target, allow_data_loss: bool) -> None:
@@ -318,29 +160,52 @@ def _refuse_along_the_path(settings, connection, current, target, allow_data_los
 
 
 @contextlib.contextmanager
-def _naming_where_it_stopped(settings, connection, before: Optional[str]):
-    """A downgrade that fails after reverting some revisions says where the database is now."""
+def _naming_where_it_stopped(settings, connection, lock, before: Optional[str]):
+    """A downgrade that fails (or is interrupted) after reverting some revisions
+    says where the database is now."""
     try:
         yield
     except OtelmigError as error:
-        _add_where_it_stopped(settings, connection, before, error)
+        _add_where_it_stopped(settings, connection, lock, before, error)
         raise
     except Exception as exc:
         error = db.translate(exc)
         if error is None:
             raise
-        _add_where_it_stopped(settings, connection, before, error)
+        _add_where_it_stopped(settings, connection, lock, before, error)
         raise error from exc
+    except BaseException as exc:  # Interrupted: cli reports the signal, with this note
+        if interrupt.received:
+            _add_where_it_stopped(settings, connection, lock, before, exc)
+        raise
 
 
-def _add_where_it_stopped(settings, connection, before, error: OtelmigError) -> None:
+def _add_where_it_stopped(settings, connection, lock, before, error: BaseException) -> None:
+    now = _revision_now(settings, connection, lock)
+    if now is not _UNKNOWN and now != before:
+        note = ("; the downgrade stopped part way: schema %s is now at %s (was %s)"
+                % (settings.schema, now or "base", before or "base"))
+        error.where_it_stopped = note  # cli adds it to the signal's line too
+        error.args = ("%s%s" % (error.args[0] if error.args else "", note),) + error.args[1:]
+
+
+_UNKNOWN = object()
+
+
+def _revision_now(settings, connection, lock):
+    """The version row, read on the migration connection or, when a signal ended
+    that one's backend, on the lock's; _UNKNOWN when neither answers."""
     try:
-        now = _final_revision(connection, settings.schema)
+        return _final_revision(connection, settings.schema)
     except Exception:
-        return  # the connection is gone; the next command reads the revision
-    if now != before:
-        error.args = ("%s; the downgrade stopped part way: schema %s is now at %s (was %s)"
-                      % (error.message, settings.schema, now or "base", before or "base"),) + error.args[1:]
+        pass
+    from otelmig.schema import VERSION_TABLE
+    try:
+        cursor = lock.conn.cursor()
+        cursor.execute("select max(version_num) from %s.%s" % (db.quote_ident(settings.schema), VERSION_TABLE))
+        return cursor.fetchone()[0]
+    except Exception:
+        return _UNKNOWN  # the next command reads the revision
 
 
 def _undo_partly_applied(settings, err, connection, current, allow_data_loss, watch, applied) -> None:
@@ -359,8 +224,8 @@ def stamp(settings, err, revision: str) -> output.Result:
     with migration_session(settings, err) as (lock, state, connection, watch):
         ensure_known(state)
         if not state.schema_exists:
-            raise NotInitialisedError("schema %s does not exist: run `otelmig.pyz upgrade` instead of stamp"
-                                      % settings.schema)
+            raise NotInitialisedError("schema %s does not exist: run `%s upgrade` instead of stamp"
+                                      % (settings.schema, PROGRAM))
         target = resolve_revision(settings, revision, state.revision) if revision != "head" else HEAD_REVISION
         config = alembic_config(settings, connection)
         _run_with_retries(settings, err, connection, lambda: command.stamp(config, target or "base", purge=True))
@@ -410,6 +275,7 @@ def _current_or_none(settings, err) -> Optional[str]:
     try:
         return probe(quick, settings.schema).revision
     except ConnectError as exc:
-        output.progress(settings, err, "history: could not read the database's revision, so none is marked "
-                        "current: %s" % exc.message)
+        # A warning, not a failure: the list is this build's (exit 0, docs/operations.md).
+        output.progress(settings, err, "%s: warning: could not read the database's revision, so none is marked "
+                        "current: %s" % (PROGRAM, exc.message))
         return None

@@ -10,6 +10,7 @@ import os
 
 from alembic import context, op
 
+from otelmig import run as run_model
 from otelmig.ddl import SchemaSQL, OnlineRunner
 from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA
 
@@ -55,8 +56,10 @@ def run(steps_for) -> None:
         allow_data_loss=attrs.get("allow_data_loss", False),
         log=attrs.get("log", lambda line: None),
         watch=attrs.get("watch_index_build", contextlib.nullcontext))
-    runner.run(steps_for(names))
-    _check_the_head(attrs, steps_for, bind)
+    direction = "down" if steps_for.__name__ == "downgrade_steps" else "up"
+    with run_model.revision_span(steps_for.__globals__.get("revision", "?"), direction):  # traced runs only
+        runner.run(steps_for(names))
+        _check_the_head(attrs, steps_for, bind)
 
 
 def _check_the_head(attrs, steps_for, bind) -> None:

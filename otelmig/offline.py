@@ -8,7 +8,7 @@ it reaches the same head and version row as the online upgrade. It is meant
 for `psql -v ON_ERROR_STOP=1 -f`.
 """
 
-from otelmig import db
+from otelmig import db, runlog
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS, __version__
 from otelmig.ddl import (PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Concurrent, SchemaSQL, PerPartition, Refusal,
                          RowCheck, Step, is_lifted, runs_outside, sql_of)
@@ -32,24 +32,30 @@ def upgrade_sql(settings, out, revision: str = "head") -> int:
     names = SchemaSQL(settings.schema)
     out.write(_header(settings, "upgrade to %s" % target, scripts))
     out.write(_guards(names, newer))
+    arguments = ["upgrade", revision, "--sql"]
+    out.write(runlog.script_open(settings.schema, "upgrade", arguments))
     for script in scripts:
         out.write("\n-- revision %s: %s\n" % (script.revision, _first_line(script.doc)))
         out.write(render_steps(script.module.upgrade_steps(names), settings, names, allow_data_loss=False))
         out.write(_set_version(names, script.revision))
+    out.write("\n" + runlog.script_close(settings.schema, "upgrade", arguments))
     return 0
 
 
-def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False) -> int:
+def downgrade_sql(settings, out, revision: str, allow_data_loss: bool = False, command: str = "downgrade") -> int:
     """Offline there is no current revision to read: the script starts from the head."""
     target = resolve_revision(settings, revision, HEAD_REVISION)
     scripts = list(reversed(revisions_between(settings, target, HEAD_REVISION)))
     names = SchemaSQL(settings.schema)
     out.write(_header(settings, "downgrade from %s to %s" % (HEAD_REVISION, target or "base"), scripts))
     out.write(_guards(names, []))
+    arguments = ["downgrade", revision, "--sql"] + (["--allow-data-loss"] if allow_data_loss else [])
+    out.write(runlog.script_open(settings.schema, command, arguments))
     for script in scripts:
         out.write("\n-- revert revision %s: %s\n" % (script.revision, _first_line(script.doc)))
         out.write(render_steps(script.module.downgrade_steps(names), settings, names, allow_data_loss))
         out.write(_set_version(names, script.down_revision))
+    out.write("\n" + runlog.script_close(settings.schema, command, arguments))
     return 0
 
 

@@ -9,9 +9,9 @@ current row estimate and size.
 
 from otelmig import db, output
 from otelmig._version import HEAD_REVISION
-from otelmig.state import ensure_known, read_state
+from otelmig.state import ensure_known, read_state, schema_missing
 from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
-from otelmig.errors import ExitStatus
+from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError
 from otelmig.scripts import revisions_between
 
 # reltuples is -1 until the table was first analyzed (0 with relpages 0 before
@@ -28,17 +28,6 @@ where c.relkind not in ('p', 'I')
 """
 
 
-def _read_only_connection(conninfo):
-    """A connection in a READ ONLY transaction. Behind PgBouncer's statement
-    pooling, which closes a client that opens a transaction, a plain one
-    (plan runs only SELECTs; otelmig/pooler.py)."""
-    import pg8000.dbapi
-    conn = db.connect(conninfo, autocommit=False, probe=True)
-    try:
-        conn.cursor().execute("SET TRANSACTION READ ONLY")
-    except pg8000.dbapi.InterfaceError:  # closed at BEGIN: a real outage fails to reconnect (exit 3)
-        conn = db.connect(conninfo, autocommit=True, probe=True)
-    return conn
 
 
 # The JSON fields of a failed plan (cli adds exit_code, schema, message).
@@ -46,11 +35,13 @@ FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
 
 
 def plan(settings, err) -> output.Result:
-    conn = _read_only_connection(settings.conninfo)
+    conn = db.read_only_connection(settings.conninfo)
     try:
         cursor = conn.cursor()
         state = read_state(conn, settings.schema)
         ensure_known(state)
+        if not state.schema_exists and state.other_stores:  # a typo in --schema: no plan for a second store
+            raise NotInitialisedError(schema_missing(state))
         scripts = revisions_between(settings, state.effective_revision, HEAD_REVISION)
         # Only the first pending revision sees the catalog it will run on; the
         # conditions of the later ones depend on what the earlier ones do.
@@ -108,20 +99,20 @@ def maintain_preview(conn, schema: str):
     """What `otelmig maintain` (default --ahead, no --retain) would do now, when
     spans is partitioned; None when it is not. Reads the catalog only."""
     from otelmig import partitions
-    from otelmig.maintain import decide
 
     layout = partitions.read_layout(conn, schema)
     if not layout.partitioned or layout.problem() or partitions.adopted_as_found(conn, schema):
         return None  # maintain would refuse: nothing of its to show
-    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
-    return {"create": [new.name for new in decision.create], "finalize": decision.finalize,
+    decision = partitions.decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None,
+                                 partitions.read_ownership(conn, schema))
+    return {"create": [new.name for new in decision.fill + decision.create], "finalize": decision.finalize,
             "conflicts": decision.conflicts, "ahead_days": layout.partitioning.ahead_days,
             "partitions": len(layout.partitions)}
 
 
 def _maintain_text(preview: dict) -> str:
-    lines = ["maintain (today and %d days ahead; drops only with --retain, see `otelmig.pyz maintain --retain "
-             "DURATION --dry-run`):" % preview["ahead_days"]]
+    lines = ["maintain (today and %d days ahead; drops only with --retain, see `%s maintain --retain "
+             "DURATION --dry-run`):" % (preview["ahead_days"], PROGRAM)]
     lines += ["  maintain would create %s" % name for name in preview["create"]]
     lines += ["  maintain would finish detaching %s" % name for name in preview["finalize"]]
     lines += ["  maintain cannot: %s" % conflict for conflict in preview["conflicts"]]

@@ -10,7 +10,7 @@ take the same decisions.
   earlier revision against the contract it declares frozen.
 """
 
-from otelmig.errors import ExitStatus, OtelmigError, RefusedError
+from otelmig.errors import PROGRAM, ExitStatus, OtelmigError, RefusedError
 
 
 def refuse_conflicts(driver_conn, schema: str, pending_modules) -> None:
@@ -35,8 +35,8 @@ def contract_check(schema: str):
         problems = compare(schema, read_catalog(driver_conn, schema), wanted or HEAD).problems
         if problems:
             raise OtelmigError("schema %s does not hold the contract of revision %s after its upgrade, so it was not "
-                               "recorded: %s; see `otelmig.pyz verify`"
+                               "recorded: %s; see `%s verify`"
                                % (schema, revision, "; ".join("%s %s: %s" % (p.kind, p.object, p.detail)
-                                                              for p in problems)),
+                                                              for p in problems), PROGRAM),
                                ExitStatus.DRIFT, details={"problems": [p.as_dict() for p in problems]})
     return check

@@ -6,7 +6,9 @@ crash of the host. Every such state must accept every write the worker makes,
 for ever, with the clock moving on. A revision whose intermediate states
 could reject a write (revision 2's cutoff CHECK, which starts rejecting every
 insert once its cutoff passes) declares `repair_steps(n)`: catalog-conditioned
-steps that turn any state it left into one that rejects nothing. They run
+steps that turn any state it left into one that rejects nothing. `maintain`
+declares its own (otelmig/default_partition.py: the triggers, log and copies
+of a DEFAULT promotion that stopped), run after the revisions'. They run
 
 - first, in every upgrade, downgrade, rollback, stamp and maintain, under the
   migration lock (a run killed outright could not run them), and in plain
@@ -55,7 +57,11 @@ def runner_on(connection, schema: str, log: Callable[[str], None], allow_data_lo
 
 
 def run_repairs(connection, schema: str, modules=None) -> List[str]:
-    """Every revision's repair steps, newest first, then commit; the statements run."""
+    """Every revision's repair steps, newest first, then maintain's (what a
+    stopped DEFAULT promotion left: otelmig/default_partition.py), then
+    commit; the statements run."""
+    from otelmig import default_partition
+
     executed: List[str] = []
     runner = runner_on(connection, schema, executed.append)
     names = runner.names
@@ -63,6 +69,7 @@ def run_repairs(connection, schema: str, modules=None) -> List[str]:
         steps_for = getattr(module, "repair_steps", None)
         if steps_for is not None:
             runner.run(steps_for(names))
+    runner.run(default_partition.repair_steps(names))
     connection.commit()
     return [statement.strip() for statement in executed]
 

@@ -111,8 +111,49 @@ VERSION_TABLE = "alembic_version"
 # and is dumped and restored with the schema.
 RECORD_TABLE = "otelmig_objects"
 
+# otelmig's run history (otelmig/runlog.py, docs/history.md): one row per run of
+# upgrade, downgrade/rollback, stamp and maintain, by otelmig, by its --sql
+# script under psql, or by plain `alembic`. Append-only: a row is opened when
+# its run starts and closed once when it ends (or marked `unfinished` by a
+# later run when its process died); no row is ever deleted by otelmig. Not part
+# of any revision: it outlives `downgrade base`, as an audit trail should
+# (`DROP TABLE {schema}.otelmig_runs` is the one command that removes it).
+RUNS_TABLE = "otelmig_runs"
+PG_LSN = "pg_lsn"
+RUN_OUTCOMES = ("running", "ok", "refused", "failed", "interrupted", "unfinished")
+
+RUNS = Table(RUNS_TABLE, (
+    Column("run_id", TEXT, False),             # the run's trace id: 32 hex digits (TRACEPARENT's when given)
+    Column("span_id", TEXT, False),            # the run's root span id: 16 hex digits
+    Column("command", TEXT, False),            # upgrade, downgrade, rollback, stamp, maintain
+    Column("arguments", JSONB, False, "'[]'::jsonb"),  # the command line, redacted: never a password
+    Column("via", TEXT, False),                # otelmig, psql (a --sql script), alembic
+    Column("from_revision", TEXT, True),       # the revision the run found (under the migration lock)
+    Column("to_revision", TEXT, True),         # the revision it left
+    Column("outcome", TEXT, False),            # one of RUN_OUTCOMES
+    Column("exit_code", INTEGER, True),
+    Column("sqlstate", TEXT, True),            # the server's error code, when the server failed it
+    Column("message", TEXT, True),             # the error line, redacted
+    Column("started_at", TIMESTAMPTZ, False),  # the server's clock
+    Column("ended_at", TIMESTAMPTZ, True),     # the server's clock; null while running or unfinished
+    Column("lock_waits", INTEGER, False, "0"),  # lock waits that timed out or held the run up
+    Column("lock_wait_seconds", DOUBLE, False, "0"),
+    Column("retries", INTEGER, False, "0"),    # transactions retried after a lock timeout or a conflict
+    Column("db_current_user", TEXT, True),
+    Column("db_session_user", TEXT, True),
+    Column("client_addr", TEXT, True),         # null over a Unix socket
+    Column("application_name", TEXT, True),
+    Column("os_user", TEXT, True),
+    Column("os_host", TEXT, True),
+    Column("otelmig_version", TEXT, True),
+    Column("pyz_sha256", TEXT, True),          # of dist/otelmig.pyz when run from one
+    Column("start_lsn", PG_LSN, True),         # the server's WAL insert position when the run started
+    Column("commit_lsn", PG_LSN, True),        # ... once its last transaction had committed
+    Column("wal_bytes", BIGINT, True),         # commit_lsn - start_lsn: WAL the server wrote meanwhile
+), "otelmig_runs_pkey", ("run_id", "span_id"))
+
 # Tables otelmig keeps for itself next to the contract's (not operator extras).
-OWN_TABLES = (VERSION_TABLE, RECORD_TABLE)
+OWN_TABLES = (VERSION_TABLE, RECORD_TABLE, RUNS_TABLE)
 
 # The layout the old worker created at runtime (docs/legacy_schema.sql):
 # columns that only it has, by table. verify uses them to recognise it.

@@ -29,6 +29,8 @@ ENV_PASSWORD_FILE = "POSTGRES_PASSWORD_FILE"
 ENV_SCHEMA = "OTEL_DB_SCHEMA"
 ENV_LOCK_TIMEOUT = "OTELMIG_LOCK_TIMEOUT"
 ENV_LOCK_WAIT = "OTELMIG_LOCK_WAIT"
+ENV_WAIT_REPLICAS = "OTELMIG_WAIT_REPLICAS"      # --wait-replicas' seconds (docs/operations.md, "Standbys")
+ENV_MAX_REPLICA_LAG = "OTELMIG_MAX_REPLICA_LAG"  # a row move pauses while a standby lags more (seconds)
 LIBPQ_ENV = {
     "host": "PGHOST",
     "port": "PGPORT",
@@ -53,6 +55,10 @@ MIGRATION_COMMANDS = ("upgrade", "downgrade", "rollback", "stamp", "maintain")  
 DEFAULT_SCHEMA = "otel"
 DEFAULT_LOCK_TIMEOUT = 5.0
 DEFAULT_LOCK_WAIT = 600.0  # how long to wait for another otelmig's migration lock
+DEFAULT_WAIT_REPLICAS = 300.0  # --wait-replicas without seconds
+DEFAULT_MAX_REPLICA_LAG = 10.0  # seconds of replay lag a row move lets a connected standby have
+# The commands that wait for the standbys after their last commit (--wait-replicas).
+REPLICA_COMMANDS = ("upgrade", "downgrade", "rollback", "maintain")
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_APPLICATION_NAME = "otelmig"
 URL_SCHEMES = ("postgresql", "postgres", "postgresql+pg8000")
@@ -117,6 +123,8 @@ class Settings:
     lock_wait: float = DEFAULT_LOCK_WAIT
     output_format: str = "text"
     verbosity: int = 0
+    wait_replicas: Optional[float] = None  # seconds to wait for the standbys after the change; None: no wait
+    max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG
 
 
 def validate_schema(name: Optional[str]) -> str:
@@ -342,4 +350,40 @@ def resolve(args, env: Mapping[str, str], need_database: bool = True, writes: bo
                     lock_timeout=_seconds(args.lock_timeout, env, ENV_LOCK_TIMEOUT, "--lock-timeout",
                                           DEFAULT_LOCK_TIMEOUT),
                     lock_wait=_seconds(args.lock_wait, env, ENV_LOCK_WAIT, "--lock-wait", DEFAULT_LOCK_WAIT),
-                    output_format=args.format, verbosity=args.verbose - args.quiet)
+                    output_format=args.format, verbosity=args.verbose - args.quiet,
+                    wait_replicas=_wait_replicas(args, env),
+                    max_replica_lag=_max_replica_lag(env) if writes else DEFAULT_MAX_REPLICA_LAG)
+
+
+def _wait_replicas(args, env: Mapping[str, str]) -> Optional[float]:
+    """--wait-replicas[=SECONDS], else OTELMIG_WAIT_REPLICAS (unset or empty: no wait); only for
+    REPLICA_COMMANDS run online (the variable is ignored by the others, the flag is exit 2)."""
+    flag, command = getattr(args, "wait_replicas", None), getattr(args, "command", None)
+    if command not in REPLICA_COMMANDS or getattr(args, "sql", False) or getattr(args, "dry_run", False):
+        if flag is not None:
+            raise UsageError("--wait-replicas waits for the standbys to replay a change made online: %s"
+                             % (_why_no_wait(args) if command in REPLICA_COMMANDS
+                                else "it is for %s only" % ", ".join(REPLICA_COMMANDS)))
+        return None
+    if flag is not None:
+        try:
+            return parse_seconds(flag, "--wait-replicas", allow_zero=True)
+        except UsageError:
+            raise UsageError("--wait-replicas takes its seconds after '=' (--wait-replicas=300, from 0 to 604800), "
+                             "not %r" % flag) from None
+    text = env.get(ENV_WAIT_REPLICAS)
+    return None if text is None or text.strip() == "" else parse_seconds(text, ENV_WAIT_REPLICAS, allow_zero=True)
+
+
+def _why_no_wait(args) -> str:
+    if getattr(args, "sql", False):
+        return "--sql only prints a script; apply it, then run `otelmig check --wait SECONDS` against each standby"
+    return "--dry-run changes nothing; run without it to wait for the standbys after the change"
+
+
+def _max_replica_lag(env: Mapping[str, str]) -> float:
+    """OTELMIG_MAX_REPLICA_LAG seconds (0: row moves never pause for a standby)."""
+    text = env.get(ENV_MAX_REPLICA_LAG)
+    if text is None or text.strip() == "":
+        return DEFAULT_MAX_REPLICA_LAG
+    return parse_seconds(text, ENV_MAX_REPLICA_LAG, allow_zero=True)

@@ -12,9 +12,9 @@ from typing import NamedTuple, Optional, Tuple
 
 from otelmig import db, schema as contract
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS
-from otelmig.errors import ExitStatus, NotInitialisedError, OtelmigError, PendingError, UnknownRevisionError
+from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError, OtelmigError, PendingError, UnknownRevisionError
 
-UPGRADE_HINT = "run `otelmig.pyz upgrade`"
+UPGRADE_HINT = "run `%s upgrade`" % PROGRAM
 # One round trip for the schema, its tables and the head's columns that an
 # existing table lacks (a version row over a layout that was never migrated);
 # catalog lookups by name only, no table is read.
@@ -32,7 +32,7 @@ select n.oid is not null,
        coalesce(array(select c.relname::text from pg_class c
                       where c.relnamespace = n.oid and c.relkind = 'r' and c.relname::text = any(%s::text[])
                       order by 1), '{}'),
-       {writes}, {leftovers}
+       {writes}, {leftovers}, pg_is_in_recovery()
 from (select 1) one left join pg_namespace n on n.nspname = %s
 """
 
@@ -40,11 +40,13 @@ from (select 1) one left join pg_namespace n on n.nspname = %s
 # timestamptz key (the head's layout) routes to no partition: no range holds
 # it and there is no DEFAULT partition (null when spans is not so partitioned).
 # A partition a DETACH ... CONCURRENTLY is taking away (14+) holds nothing.
+# pg_get_expr(relpartbound, 0): a bound holds constants only, and with the
+# partition's oid pg_get_expr would lock it (waiting behind a lock on spans).
 _WRITES_SQL = """(select array(select m.label from (values (1, 'now', now()), (2, 'an hour from now',
                                                                    now() + interval '1 hour')) m(n, label, at)
                where not exists (
                  select 1 from pg_inherits i join pg_class p on p.oid = i.inhrelid
-                 cross join lateral (select pg_get_expr(p.relpartbound, p.oid) as bound) e
+                 cross join lateral (select pg_get_expr(p.relpartbound, 0) as bound) e
                  where i.inhparent = sp.oid and {attached}
                    and (e.bound = 'DEFAULT'
                         or ((e.bound ~ '^FOR VALUES FROM \\(MINVALUE\\)'
@@ -92,7 +94,7 @@ _LEFTOVERS_SQL = """(select coalesce(json_agg(json_build_object(
           join pg_partitioned_table ppt on ppt.partrelid = pi.inhparent and ppt.partstrat = 'r' and ppt.partnatts = 1
           join pg_attribute pa on pa.attrelid = pi.inhparent and pa.attnum = ppt.partattrs[0]
           where pi.inhrelid = l.oid and pa.attname::text = l.col
-            and (regexp_match(pg_get_expr(pc.relpartbound, pc.oid), ' TO \\(''([^'']*)''\\)$'))[1]::timestamptz
+            and (regexp_match(pg_get_expr(pc.relpartbound, 0), ' TO \\(''([^'']*)''\\)$'))[1]::timestamptz
                 <= l.at))"""
 _IDENT = r'("(?:[^"]|"")+"|[[:alpha:]_][[:alnum:]_$]*)'
 _CONSTANT = r"'([^']*)'::(?:timestamp with time zone|timestamp without time zone|date)"
@@ -128,6 +130,8 @@ class DbState(NamedTuple):
     unpartitioned: Tuple[str, ...] = ()    # tables the head partitions, found plain
     refused_rows: Tuple[str, ...] = ()     # "now", "an hour from now": stamps the partitioned spans routes nowhere
     leftovers: Tuple[Leftover, ...] = ()   # CHECKs that reject writes from a moment on
+    in_recovery: bool = False              # a standby: what it holds is what it has replayed so far
+    other_stores: Tuple[str, ...] = ()     # when the schema does not exist: schemas here with a version table
 
     @property
     def has_version_table(self) -> bool:
@@ -157,14 +161,20 @@ def read_state(conn, schema: str) -> DbState:
     cursor.execute(_state_sql(conn), (wanted, [t for t, _ in _HEAD_COLUMNS], [c for _, c in _HEAD_COLUMNS],
                                       _PARTITIONED, _SPANS.table, _SPANS.key, worker_tables, worker_tables,
                                       _BELOW, _ABOVE, schema))
-    schema_exists, tables, missing_columns, unpartitioned, refused, leftovers = cursor.fetchone()
+    schema_exists, tables, missing_columns, unpartitioned, refused, leftovers, in_recovery = cursor.fetchone()
     rows: Tuple[str, ...] = ()
     if contract.VERSION_TABLE in tables:
         cursor.execute("select version_num from %s.%s order by 1" % (db.quote_ident(schema), contract.VERSION_TABLE))
         rows = tuple(row[0] for row in cursor.fetchall())
     revision = rows[0] if len(rows) == 1 else None
+    others: Tuple[str, ...] = ()
+    if not schema_exists:  # a typo in --schema? the stores this database does hold (a second round trip, rare)
+        cursor.execute("select n.nspname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                       "where c.relname = %s and c.relkind in ('r', 'p') order by 1", (contract.VERSION_TABLE,))
+        others = tuple(row[0] for row in cursor.fetchall())
     return DbState(schema, bool(schema_exists), tuple(tables), revision, tuple(missing_columns or ()), rows,
-                   tuple(unpartitioned or ()), tuple(refused or ()), tuple(Leftover(**item) for item in leftovers or ()))
+                   tuple(unpartitioned or ()), tuple(refused or ()), tuple(Leftover(**item) for item in leftovers or ()),
+                   bool(in_recovery), others)
 
 
 def _state_sql(conn) -> str:
@@ -182,7 +192,7 @@ def assess(state: DbState) -> Optional[OtelmigError]:
     if len(state.version_rows) > 1:
         return _several_rows(state)
     if not state.schema_exists:
-        return NotInitialisedError("schema %s does not exist: %s" % (s, UPGRADE_HINT))
+        return NotInitialisedError(schema_missing(state))
     if not state.has_version_table or state.revision is None:
         if state.tables:
             return NotInitialisedError(
@@ -205,8 +215,21 @@ def assess(state: DbState) -> Optional[OtelmigError]:
     return None
 
 
-WRITES_HINT = "run `otelmig.pyz maintain` (it creates today's and the coming days' partitions)"
-LEFTOVER_HINT = "run `otelmig.pyz upgrade` (or `downgrade`), which removes it before anything else"
+def schema_missing(state: DbState) -> str:
+    """A schema that does not exist may be a typo: ask, rather than suggest an
+    upgrade that would create a second, empty store beside the real one."""
+    s = state.schema
+    from otelmig.settings import ENV_SCHEMA
+    line = "schema %s does not exist in this database: is %s the intended schema (--schema, %s)?" % (s, s, ENV_SCHEMA)
+    if state.other_stores:
+        where = ("store here is in schema %s" % state.other_stores[0] if len(state.other_stores) == 1
+                 else "stores here are in schemas %s" % ", ".join(state.other_stores))
+        return line + " otelmig's %s; `%s upgrade` would create a new, empty store in %s" % (where, PROGRAM, s)
+    return line + " If it is, %s to create the store there" % UPGRADE_HINT
+
+
+WRITES_HINT = "run `%s maintain` (it creates today's and the coming days' partitions)" % PROGRAM
+LEFTOVER_HINT = "run `%s upgrade` (or `downgrade`), which removes it before anything else" % PROGRAM
 
 
 def assess_writes(state: DbState) -> Optional[OtelmigError]:
@@ -255,8 +278,12 @@ def _several_rows(state: DbState) -> OtelmigError:
     return error
 
 
-def probe(conninfo, schema: str, wait: float = 0.0) -> DbState:
-    """Connect (retrying an unreachable server until `wait` runs out) and read the state."""
+RETRY_PAUSE = 0.5  # seconds between attempts of check --wait
+
+
+def probe(conninfo, schema: str, wait: float = 0.0, say=None) -> DbState:
+    """Connect (retrying an unreachable server until `wait` runs out, each retry
+    told to `say`) and read the state."""
     deadline = time.monotonic() + wait
     while True:
         remaining = deadline - time.monotonic()
@@ -265,13 +292,23 @@ def probe(conninfo, schema: str, wait: float = 0.0) -> DbState:
             break
         except db.ConnectFailed as exc:
             remaining = deadline - time.monotonic()
-            if not exc.retryable or remaining <= 0:
+            if not exc.retryable or not wait:
                 raise
-            time.sleep(min(0.5, remaining))
+            if remaining <= 0:
+                exc.args = ("gave up after %s s waiting for the database: %s" % (_seconds(wait), exc.message),)
+                raise
+            if say:
+                say("waiting for the database to accept connections (%s); %.1f s left"
+                    % (exc.message.split(";")[0], remaining))
+            time.sleep(min(RETRY_PAUSE, remaining))
     try:
         return read_state(conn, schema)
     finally:
         db.close(conn)
+
+
+def _seconds(value: float) -> str:
+    return ("%.1f" % value).rstrip("0").rstrip(".")
 
 
 def _attempt_timeout(conninfo, remaining: float, wait: float) -> Optional[float]:

@@ -7,10 +7,10 @@ per column, so the cost does not grow with the data: it reads pg_catalog only.
 import time
 from typing import Dict, List, NamedTuple, Optional
 
-from otelmig import db, output, schema as contract
+from otelmig import db, output, runlog, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.state import assess, read_state
-from otelmig.errors import ExitStatus, PendingError
+from otelmig.errors import PROGRAM, ExitStatus, PendingError
 
 # Nullable: 18 also sets attnotnull for a NOT NULL ... NOT VALID constraint (kept in
 # pg_constraint, contype 'n'), which existing rows were never checked against.
@@ -177,8 +177,8 @@ def _compare_partitioning(name: str, table: contract.Table, kind, key) -> List[P
     if not table.partitioned_by or (kind == "p" and tuple(key) == table.partitioned_by):
         return []
     found = "partitioned by (%s)" % ", ".join(key) if kind == "p" else "a plain table"
-    return [Problem("not_partitioned", name, "expected partitioned by range (%s), found %s: run `otelmig.pyz upgrade`"
-                    % (", ".join(table.partitioned_by), found))]
+    return [Problem("not_partitioned", name, "expected partitioned by range (%s), found %s: run `%s upgrade`"
+                    % (", ".join(table.partitioned_by), found, PROGRAM))]
 
 
 def _null(nullable: bool) -> str:
@@ -227,7 +227,7 @@ def _compare_indexes(schema: str, indexes, relations, wanted) -> List[Problem]:
         if not found.valid:
             problems.append(Problem("invalid_index", obj, "index is INVALID (a failed concurrent build, or a partition "
                                     "without its index attached): "
-                                    "rerun `otelmig.pyz upgrade` to rebuild it"))
+                                    "rerun `%s upgrade` to rebuild it" % PROGRAM))
         shape = (found.table, found.method, found.keys, found.unique, found.predicate)
         wanted = (index.table, index.method, index.keys, index.unique, "")
         if shape != wanted:
@@ -256,6 +256,8 @@ def verify(settings, err, strict: bool = False) -> output.Result:
         report = with_unfinished_runs(conn, settings.schema, report)
         if catalog.kinds.get(contract.SPANS.name) == "p":
             report = with_partition_checks(conn, settings.schema, report)
+        # The last run of the history (otelmig/runlog.py), as a fact: it never makes drift.
+        report = report._replace(facts=dict(report.facts, last_run=runlog.last_run(conn, settings.schema)))
     finally:
         db.close(conn)
     status, message = _verdict(settings, state, report, strict)
@@ -275,7 +277,7 @@ def with_write_checks(schema: str, state, report: Report) -> Report:
     if state.refused_rows:
         problems.append(Problem("rejects_writes", "%s.%s" % (schema, contract.SPANS.name),
                                 "no partition takes a row stamped %s, and there is no DEFAULT partition: every "
-                                "such insert fails; run `otelmig.pyz maintain`" % " nor ".join(state.refused_rows)))
+                                "such insert fails; run `%s maintain`" % (" nor ".join(state.refused_rows), PROGRAM)))
     facts = dict(report.facts, rejects_writes_from=[left.as_dict() for left in state.leftovers])
     return report._replace(problems=problems, extras=extras, facts=facts)
 
@@ -314,9 +316,9 @@ def with_unfinished_runs(conn, schema: str, report: Report) -> Report:
     if not left:
         return report
     found = Problem("unfinished_run", "%s.%s" % (schema, contract.SPANS.name),
-                    "a run stopped part way and left %s; none of it rejects a write: `otelmig.pyz upgrade` "
-                    "finishes the revision (or `otelmig.pyz downgrade` undoes it), and either removes them first"
-                    % "; ".join(left))
+                    "a run stopped part way and left %s; none of it rejects a write: `%s upgrade` "
+                    "finishes the revision (or `%s downgrade` undoes it), and either removes them first"
+                    % ("; ".join(left), PROGRAM, PROGRAM))
     return report._replace(problems=report.problems + [found],
                            facts=dict(report.facts, unfinished_run=left))
 
@@ -328,23 +330,27 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
     partition (a note). Partitions carry the parent's columns by construction.
     A layout the operator made, which revision 2 adopted as found, is checked
     for gaps and unfinished detaches only: its partitions are the operator's."""
-    from otelmig import partitions
-    from otelmig.maintain import decide
+    from otelmig import default_partition, partitions
 
     layout = partitions.read_layout(conn, schema)
     if layout.problem():
         return report
     spans = "%s.%s" % (schema, layout.partitioning.table)
-    fix = "run `otelmig.pyz maintain`"
+    fix = "run `%s maintain`" % PROGRAM
     if partitions.adopted_as_found(conn, schema, layout.partitioning):
         return Report(report.problems + _gap_problems(spans, layout) + _pending_problems(schema, layout, fix),
                       report.extras, report.legacy)
-    decision = decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None)
+    decision = partitions.decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None,
+                                 partitions.read_ownership(conn, schema))
     problems = [Problem("missing_partition", "%s.%s" % (schema, new.name), "no partition holds %s to %s (today "
                         "and the next %d days need one; meanwhile rows go to the DEFAULT partition): %s"
                         % (new.lower, new.upper, layout.partitioning.ahead_days, fix)) for new in decision.create]
     problems += [Problem("missing_partition", spans, conflict) for conflict in decision.conflicts]
     problems += _gap_problems(spans, layout) + _pending_problems(schema, layout, fix)
+    problems += [Problem("maintain_leftover", name, "left by a maintain that stopped while it made day partitions "
+                         "out of the DEFAULT partition (%s; it rejects no write): the next maintain, upgrade or "
+                         "downgrade removes it first" % what)
+                 for name, what in default_partition.leftovers(conn, schema)]
     problems += [Problem("partition_index_missing", "%s.%s" % (schema, part), "lacks index %s of %s (never "
                          "attached, or invalid): create it on the partition and ALTER INDEX %s.%s ATTACH PARTITION "
                          "it" % (index, spans, schema, index))
@@ -362,9 +368,9 @@ def with_partition_checks(conn, schema: str, report: Report) -> Report:
         if held["rows"]:
             extras.append(Problem("default_partition_rows", "%s.%s" % (schema, layout.default.name),
                                   "the DEFAULT partition holds %d row(s) no other partition covers, %s from %s to "
-                                  "%s; `otelmig.pyz maintain` moves those of the coming days into their partitions "
+                                  "%s; `%s maintain` moves those of the coming days into their partitions "
                                   "and reports the rest" % (held["rows"], layout.partitioning.key, held["oldest"],
-                                                            held["newest"])))
+                                                            held["newest"], PROGRAM)))
     facts["outliers"] = outliers(conn, schema, layout.partitioning.ahead_days + 1)
     extras += outlier_notes(schema, facts["outliers"])
     return Report(report.problems + problems, report.extras + extras, report.legacy, facts)
@@ -467,8 +473,8 @@ def _verdict(settings, state, report: Report, strict: bool):
     if error is not None and error.exit_status == ExitStatus.NOT_INITIALISED:
         if report.legacy:
             return error.exit_status, ("schema %s holds the legacy runtime layout (start_ts, status, attributes, "
-                                       "no migrations recorded): run `otelmig.pyz upgrade` to adopt it"
-                                       % settings.schema)
+                                       "no migrations recorded): run `%s upgrade` to adopt it"
+                                       % (settings.schema, PROGRAM))
         if state.unpartitioned:  # recorded at the head over the layout before it (stamped)
             return error.exit_status, error.message
         if state.revision is not None:  # at head, a table is missing: that is drift
@@ -514,6 +520,8 @@ def _text(schema: str, status, problems, extras, facts=None) -> str:
         ahead = facts["partitions_ahead_days"]
         lines.append("partitions: %s" % ("none holds today" if ahead is None else
                                          "today and the next %d day(s)" % ahead))
+    if facts.get("last_run"):
+        lines.append("last run: %s" % runlog.describe_run(facts["last_run"]))
     rows = [("problem", p) for p in problems] + [("extra", p) for p in extras]
     if rows:
         width_kind = max(len(p.kind) for _, p in rows)
@@ -537,6 +545,12 @@ def prometheus_text(schema: str, status, problems, extras, leftovers=(), facts=N
         gauges += ["# HELP otelmig_verify_partition_days_ahead Whole UTC days after today partitions hold.",
                    "# TYPE otelmig_verify_partition_days_ahead gauge",
                    "otelmig_verify_partition_days_ahead%s %d" % (label, facts["partitions_ahead_days"])]
+    last = facts.get("last_run")
+    if last and last.get("exit_code") is not None:
+        gauges += ["# HELP otelmig_last_run_exit_code Exit code of the last recorded run (upgrade, downgrade, "
+                   "stamp, maintain).",
+                   "# TYPE otelmig_last_run_exit_code gauge",
+                   "otelmig_last_run_exit_code%s %d" % (label, last["exit_code"])]
     if "outliers" in facts:
         gauges += ["# HELP otelmig_verify_outlying_rows Spans stamped past the days partitions are kept for.",
                    "# TYPE otelmig_verify_outlying_rows gauge",

@@ -395,15 +395,19 @@ def table_rows(url: str, schema: str, table: str, columns) -> list:
 
 
 def catalog_snapshot(url: str, schema: str = "otel") -> dict:
-    """Everything about a schema's shape that migrations could touch."""
+    """Everything about a schema's shape that migrations could touch. The run
+    history (otelmig_runs) is left out: no revision touches it, every run of a
+    migration command writes it, and it outlives a rollback (tests/test_history.py)."""
     columns = sql(url, """
         select c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid)
         from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
         left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
         where n.nspname = %s and a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'i', 'I')
+          and c.relname not in ('otelmig_runs', 'otelmig_runs_pkey')
         order by 1, 2""", (schema,))
-    indexes = sql(url, "select indexname, indexdef from pg_indexes where schemaname = %s order by 1", (schema,))
+    indexes = sql(url, "select indexname, indexdef from pg_indexes where schemaname = %s "
+                       "and tablename <> 'otelmig_runs' order by 1", (schema,))
     return {"columns": [tuple(r) for r in columns], "indexes": [tuple(r) for r in indexes]}
 
 

@@ -61,10 +61,10 @@ def one_line(text: str) -> bool:
 
 
 def error_line(err: str) -> str:
-    """The one `otelmig: ...` error line that ends a failed run which printed
+    """The one `otelmig: ...` (`otelmig.pyz: ...` from the pyz) error line that ends a failed run which printed
     progress first (waiting, retrying); no traceback."""
     assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("otelmig: ")]
+    errors = [line for line in err.splitlines() if line.startswith(("otelmig: ", "otelmig.pyz: "))]  # as run
     assert len(errors) == 1 and err.strip().endswith(errors[0]), err
     return errors[0]
 

@@ -12,7 +12,7 @@ import pytest
 import otelmig
 import partition_layout
 from conftest import REPO, load_legacy, run_cli, run_pyz, sql
-from helpers import BASELINE, DEADLINE_SECONDS, one_line, parse_prometheus
+from helpers import BASELINE, DEADLINE_SECONDS, error_line, one_line, parse_prometheus
 from pgcluster import Cluster
 from otelmig.revisions import HEAD_REVISION
 
@@ -54,7 +54,7 @@ def test_wait_gives_up_at_the_deadline():
     started = time.monotonic()
     result = run_cli("check", "--wait", "2", url="postgresql://u@127.0.0.1:1/d")
     elapsed = time.monotonic() - started
-    assert result.code == 3 and one_line(result.err) and "connection refused" in result.err, result
+    assert result.code == 3 and "connection refused" in error_line(result.err), result  # after a line per retry
     # It waited (a lower bound, which load cannot break) and then gave up rather
     # than retrying for ever (an upper bound far beyond any stall of a busy machine).
     assert 1.9 <= elapsed < DEADLINE_SECONDS, elapsed
@@ -97,7 +97,7 @@ def test_init_db_raises_with_the_fix(db_url):
     with pytest.raises(RuntimeError) as caught:
         otelmig.init_db(url=db_url)
     assert isinstance(caught.value, otelmig.SchemaNotReady)
-    assert caught.value.exit_code == 4 and "otelmig.pyz upgrade" in str(caught.value)
+    assert caught.value.exit_code == 4 and "`otelmig upgrade`" in str(caught.value)  # as run (not the pyz)
     # never creates anything
     from conftest import sql
     assert sql(db_url, "select to_regclass('otel.alembic_version') is null") == [[True]]
@@ -190,7 +190,7 @@ def test_a_leftover_far_ahead_is_ready_with_a_warning_and_a_gauge(head_store, mo
     result = run_cli("check", url=head_store)
     assert result.code == 0 and result.err == "", result
     assert "warning: CHECK traces_upto on otel.traces rejects every row with start_time at or after " \
-           "56890-01-01 00:00:00 UTC" in result.out and "otelmig.pyz upgrade" in result.out
+           "56890-01-01 00:00:00 UTC" in result.out and "`otelmig upgrade`" in result.out
     (left,) = run_cli("check", "--format", "json", url=head_store).json()["rejects_writes_from"]
     assert left["moment"] == "56890-01-01 00:00:00 UTC" and left["soon"] is False
     # cli.PROMETHEUS_COMMANDS gains "check" in the lead's merge (cli.py is not this change's)
@@ -208,7 +208,7 @@ def test_a_leftover_within_the_hour_on_a_partition_is_not_ready(head_store):
         % (partition_layout.day_name(today), moment))
     result = run_cli("check", url=head_store)
     assert result.code == 7 and one_line(result.err), result
-    assert "spans_history_range" in result.err and "otelmig.pyz upgrade" in result.err
+    assert "spans_history_range" in result.err and "`otelmig upgrade`" in result.err
 
 
 def test_a_check_a_partition_bound_implies_is_no_leftover(head_store):

@@ -30,16 +30,18 @@ OFFSETS = ("0", "3 days", "30 days")  # the clock moving on after the interrupti
 def layout(url, schema="otel") -> dict:
     """catalog_snapshot plus every constraint and relation: what 'the layout found' means here."""
     snapshot = catalog_snapshot(url, schema)
-    own = ("alembic_version", "otelmig_objects")  # otelmig's bookkeeping, kept by a downgrade to base
+    # otelmig's bookkeeping, kept by a downgrade to base (the run history too: an audit trail outlives the revisions)
+    own = ("alembic_version", "otelmig_objects", "otelmig_runs")
     snapshot["columns"] = [c for c in snapshot["columns"] if not c[0].startswith(own)]
     snapshot["indexes"] = [i for i in snapshot["indexes"] if not i[0].startswith(own)]
     snapshot["constraints"] = [tuple(r) for r in sql(url, """
         select conrelid::regclass::text, conname, pg_get_constraintdef(oid) from pg_constraint
-        where connamespace = %s::regnamespace and conrelid::regclass::text !~ 'alembic_version|otelmig_objects'
+        where connamespace = %s::regnamespace and conrelid::regclass::text !~ 'alembic_version|otelmig_objects|otelmig_runs'
         order by 1, 2""", (schema,))]
     snapshot["relations"] = [tuple(r) for r in sql(url, """
         select relname::text, relkind::text from pg_class where relnamespace = %s::regnamespace
         and relname::text not like 'otelmig_objects%%' and relname::text not like 'alembic_version%%'
+        and relname::text not like 'otelmig_runs%%'
         order by 1""",
                                                    (schema,))]
     return snapshot

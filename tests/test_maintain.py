@@ -4,6 +4,7 @@ Real PostgreSQL throughout; the layout is tests/partition_layout.py's."""
 
 import datetime
 import json
+import re
 import signal
 import threading
 
@@ -64,17 +65,22 @@ def test_after_the_upgrade_a_row_in_default_moves_into_its_new_day(db_url):
     assert count(db_url, "otel.spans") == 2
 
 
-def test_after_the_upgrade_history_is_kept_whole_and_old_traces_go(db_url):
-    """The conversion's cutoff is two days ahead: every legacy row (2026-01-01)
-    stays until the cutoff leaves the window; their traces go at once."""
+def test_after_the_upgrade_old_history_rows_go_with_their_traces(db_url):
+    """Issue 22 item 4: the conversion's cutoff is two days ahead, so the history
+    partition straddles any window: its rows older than the window go by batched
+    DELETE (the partition stays), and their traces with them, none orphaned."""
     upgraded(db_url, legacy_traces=50)
-    spans_before = count(db_url, "otel.spans")
+    assert count(db_url, "otel.spans") == 250
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                "values ('fresh', 'fresh', 'op', 'svc', now() - interval '1 day')")
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
     payload = json_of(result)
-    assert payload["dropped"] == [] and payload["trace_rows_deleted"] == 50
-    assert count(db_url, "otel.spans") == spans_before == 250
+    assert payload["dropped"] == [] and payload["span_rows_deleted"] == 250
+    assert payload["trace_rows_deleted"] == 50 and payload["trace_rows_kept"] == 0
+    assert [r[0] for r in sql(db_url, "select span_id from otel.spans")] == ["fresh"]
     assert count(db_url, "otel.traces") == 0
+    assert "spans_history" in layout.partitions(db_url)
     assert run_cli("verify", url=db_url).code == 0
 
 
@@ -187,19 +193,28 @@ def test_retain_drops_exactly_the_wholly_old_partitions_and_old_history(db_url):
     assert sql(db_url, "select count(*) from pg_class where relname = 'spans_id_seq'")[0][0] == 1
 
 
-def test_history_is_kept_whole_until_its_cutoff_leaves_the_window(db_url):
+def test_old_rows_of_partitions_that_straddle_the_window_go_and_the_rest_stays(db_url):
+    """No span older than the window is left anywhere: the history partition (its
+    cutoff inside the window) and the day that holds the window's start lose
+    their old rows by batched DELETE; whole old partitions are dropped; no row
+    inside the window goes."""
     today = layout.build(db_url, cutoff_offset=-5, ahead=7)
-    layout.insert_spans(db_url, ["now() - interval '400 days'", "now() - interval '6 days'"])
+    layout.insert_spans(db_url, ["now() - interval '400 days'", "now() - interval '6 days'",
+                                 "now() - interval '4 days' - interval '1 minute'",
+                                 "now() - interval '4 days' + interval '1 minute'", "now()"])
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
-    assert json_of(result)["dropped"] == []
+    assert json_of(result)["dropped"] == [] and json_of(result)["span_rows_deleted"] == 1  # the one 400 days old
     assert "spans_history" in layout.partitions(db_url)
-    assert count(db_url, "otel.spans_history") == 2
+    assert sorted(span for _, span in layout.partition_of_rows(db_url)) == ["s1", "s2", "s3", "s4"]
     shorter = run_cli("maintain", "--retain", "4d", "--format", "json", url=db_url)
     assert shorter.code == 0, shorter.err
     # now() - 4 days is past the cutoff (today - 5 days): all of history left the window, and the first day
     assert set(json_of(shorter)["dropped"]) == {"spans_history", layout.day_name(today - 5 * DAY)}
-    assert layout.day_name(today - 4 * DAY) in layout.partitions(db_url)  # ends after now() - 4 days: kept
+    straddling = layout.day_name(today - 4 * DAY)
+    assert straddling in layout.partitions(db_url)  # ends after now() - 4 days: kept, its old rows deleted
+    assert sorted(span for _, span in layout.partition_of_rows(db_url)) == ["s3", "s4"]
+    assert json_of(shorter)["span_rows_deleted"] == 1  # s2, in the straddling day; s1 went with the history
 
 
 def test_retain_36h_drops_by_the_hour(db_url):
@@ -265,13 +280,16 @@ def test_tables_named_like_day_partitions_do_not_confuse_it(db_url):
 # -- a half-done run converges -------------------------------------------------------
 
 def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
+    """Ours (recorded): a run stopped between a concurrent DETACH and the DROP."""
     today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    assert run_cli("maintain", url=db_url).code == 0  # records the layout's partitions as otelmig's
     old = layout.day_name(today - 18 * DAY)
     sql(db_url, "alter table otel.spans detach partition otel.%s" % old)  # a crash after DETACH
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
     assert old in json_of(result)["dropped"]
     assert sql(db_url, "select to_regclass('otel.%s') is null" % old)[0][0]
+    assert sql(db_url, "select count(*) from otel.otelmig_objects where object_name = %s", (old,))[0][0] == 0
 
 
 def test_a_pending_concurrent_detach_is_finalized(db_url):
@@ -534,7 +552,7 @@ def test_verify_leaves_an_operators_own_layout_its_days_but_not_its_gaps(db_url)
     sql(db_url, "drop table otel.%s" % layout.day_name(today + 7 * DAY))
     sql(db_url, "drop table otel.spans_default")
     assert run_cli("verify", url=db_url).code == 0
-    sql(db_url, "drop table otel.%s" % layout.day_name(today))
+    sql(db_url, "drop table otel.%s" % layout.day_name(today - DAY))  # a gap (today's day stays: writes go on)
     payload = json_of(run_cli("verify", "--format", "json", url=db_url))
     assert [p["kind"] for p in payload["problems"]] == ["partition_gap"]
 
@@ -562,3 +580,241 @@ def test_plan_says_what_maintain_would_create(db_url):
     text = run_cli("plan", url=db_url).out
     assert "maintain would create %s" % layout.day_name(today + 7 * DAY) in text
     assert catalog_snapshot(db_url) == before
+
+
+# -- whose tables: only otelmig's are dropped (issue 19 item 6) --------------------------
+
+def recorded_partitions(url):
+    return {r[0] for r in sql(url, "select object_name from otel.otelmig_objects where object_kind = 'partition' "
+                                   "and origin = 'created'")}
+
+
+def test_retention_drops_only_what_otelmig_recorded_and_says_what_it_kept(db_url):
+    """Tables named like our days that otelmig did not make: one the operator
+    attached in place of a day retention dropped (restored from an archive, say),
+    one put in place of ours after dropping ours by hand, one never attached."""
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    assert run_cli("maintain", "--retain", "19d", url=db_url).code == 0  # records ours; drops the history and day -20
+    restored, replaced = layout.day_name(today - 20 * DAY), layout.day_name(today - 18 * DAY)
+    sql(db_url, "drop table otel.%s" % replaced)
+    assert run_cli("maintain", "--retain", "17d", url=db_url).code == 0  # sees it gone: forgets it, fills no day so old
+    for day in (today - 20 * DAY, today - 18 * DAY):
+        sql(db_url, "create table otel.%s (like otel.spans including defaults)" % layout.day_name(day))
+        sql(db_url, "alter table otel.spans attach partition otel.%s for values from ('%s 00:00:00+00') to "
+                    "('%s 00:00:00+00')" % (layout.day_name(day), day, day + DAY))
+    layout.insert_spans(db_url, ["timestamptz '%s 06:00:00+00'" % (today - 18 * DAY),
+                                 "timestamptz '%s 06:00:00+00'" % (today - 20 * DAY), "now()"])
+    aside = layout.day_name(today - 30 * DAY)  # the operator's, never attached
+    sql(db_url, "create table otel.%s as select 1 as kept" % aside)
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert not {restored, replaced, aside} & set(payload["dropped"])
+    assert layout.day_name(today - 17 * DAY) in payload["dropped"]
+    assert {restored, replaced} <= set(layout.partitions(db_url))
+    assert sql(db_url, "select count(*) from otel.%s" % aside)[0][0] == 1
+    kept = " ".join(payload["kept"])
+    assert "otel.%s" % replaced in kept and "not made by otelmig" in kept and "otel.%s" % aside in kept
+    assert [span for _, span in layout.partition_of_rows(db_url)] == ["s2"]  # their old rows deleted, tables kept
+    text = run_cli("maintain", "--retain", "14d", url=db_url).out
+    assert "kept otel.%s" % replaced in text
+
+
+def test_a_store_converted_before_the_record_has_exactly_its_own_partitions_adopted(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    odd = layout.day_name(today - 10 * DAY)  # the operator's: our name, not our bounds
+    sql(db_url, "drop table otel.%s" % odd)
+    sql(db_url, "create table otel.%s partition of otel.spans for values from ('%s 00:00:00+00') to "
+                "('%s 12:00:00+00')" % (odd, today - 10 * DAY, today - 10 * DAY))
+    sql(db_url, "create table otel.half_day partition of otel.spans for values from ('%s 12:00:00+00') to "
+                "('%s 00:00:00+00')" % (today - 10 * DAY, today - 9 * DAY))
+    result = run_cli("maintain", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    ours = day_names(today - 20 * DAY, today + 7 * DAY) - {odd} | {"spans_history", "spans_default"}
+    assert set(json_of(result)["adopted"]) == ours == recorded_partitions(db_url)
+    # Once partitions are recorded, a table of the operator's with our name and bounds is not adopted.
+    late = layout.day_name(today - 19 * DAY)
+    sql(db_url, "drop table otel.%s" % late)
+    assert run_cli("maintain", "--retain", "18d", url=db_url).code == 0  # forgets it (and fills no day that old)
+    sql(db_url, layout.create_day_sql("otel", today - 19 * DAY))
+    dropped = json_of(run_cli("maintain", "--retain", "5d", "--format", "json", url=db_url))["dropped"]
+    assert odd not in dropped and "half_day" not in dropped and late not in dropped
+    assert layout.day_name(today - 17 * DAY) in dropped and layout.day_name(today - 6 * DAY) in dropped
+    assert {odd, "half_day", late} <= set(layout.partitions(db_url))
+    assert not {"spans_history", layout.day_name(today - 20 * DAY)} & set(layout.partitions(db_url))
+
+
+def test_every_partition_it_creates_is_recorded_whatever_the_crash(db_url):
+    """A crash after any statement leaves no table of its making unrecorded (the
+    record and the table are one transaction, the record first); a rerun converges."""
+    from helpers import spawn
+    from otelmig.ddl import CRASH_AFTER_ENV
+    today = upgraded(db_url)
+    made = day_names(today + 8 * DAY, today + 9 * DAY)
+    k = 0
+    while True:
+        k += 1
+        proc = spawn(db_url, "maintain", "--ahead", "9", env={CRASH_AFTER_ENV: str(k)})
+        _, err = proc.communicate(timeout=120)
+        present = {r[0] for r in sql(db_url, "select relname::text from pg_class c join pg_namespace n on "
+                                             "n.oid = c.relnamespace where nspname = 'otel' and relkind = 'r' "
+                                             "and relname::text = any(%s)", (sorted(made),))}
+        assert present <= recorded_partitions(db_url), (k, present)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+    assert k > 5 and made <= set(layout.partitions(db_url)) <= recorded_partitions(db_url) | {"spans_default"} | made
+
+
+# -- retention: nothing older than the window left, nothing inside it gone ----------------
+
+def test_no_span_older_than_the_window_is_left_anywhere(db_url):
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    layout.insert_spans(db_url, ["now() - interval '30 days'", "'-infinity'", "timestamptz '0044-03-15 00:00:00+00 BC'",
+                                 "now() - interval '16 days'", "now() - interval '14 days' - interval '1 second'",
+                                 "now() - interval '14 days' + interval '1 minute'", "now()", "'infinity'"])
+    first = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert first.code == 0, first.err
+    assert "spans_history" in json_of(first)["dropped"]
+    assert sorted(span for _, span in layout.partition_of_rows(db_url)) == ["s5", "s6", "s7"]
+    # With the history gone, late rows older than every partition land in DEFAULT: the next run deletes them.
+    layout.insert_spans(db_url, ["now() - interval '40 days'", "'-infinity'", "now() - interval '1 hour'"])
+    assert count(db_url, "otel.spans_default") >= 2
+    second = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert second.code == 0, second.err
+    assert json_of(second)["span_rows_deleted"] == 2
+    left = sql(db_url, "select count(*) from otel.spans where start_time < now() - interval '14 days'")[0][0]
+    assert left == 0
+    assert sql(db_url, "select count(*) from otel.spans")[0][0] == 4  # s5, s6, s7 and the late one an hour old
+
+
+def test_a_trace_goes_only_with_its_spans_and_the_output_says_what_was_kept(db_url):
+    """Issue 22 item 4. The rule: a trace row goes when it started before the window
+    and no span of it is left; one whose spans are still inside the window stays
+    until they leave it, and the output says how many and until when."""
+    layout.build(db_url, cutoff_offset=-20, ahead=7)
+    sql(db_url, "insert into otel.traces (trace_id, service_name, start_time) values "
+                "('gone', 'svc', now() - interval '20 days'), ('long', 'svc', now() - interval '15 days'), "
+                "('bare', 'svc', now() - interval '30 days'), ('new', 'svc', now())")
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) values "
+                "('gone', 'g1', 'op', 'svc', now() - interval '20 days'), "
+                "('long', 'l1', 'op', 'svc', now() - interval '15 days'), "
+                "('long', 'l2', 'op', 'svc', timestamptz '%s 06:00:00+00'), "
+                "('new', 'n1', 'op', 'svc', now())" % layout.server_today(db_url))
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert sorted(r[0] for r in sql(db_url, "select trace_id from otel.traces")) == ["long", "new"]
+    assert sorted(r[0] for r in sql(db_url, "select span_id from otel.spans")) == ["l2", "n1"]
+    assert payload["trace_rows_deleted"] == 2 and payload["trace_rows_kept"] == 1
+    assert payload["trace_rows_kept_until"] == "%sT06:00:00Z" % (layout.server_today(db_url) + 14 * DAY)
+    text = run_cli("maintain", "--retain", "14d", url=db_url).out
+    assert "kept 1 trace rows" in text and "%sT06:00:00Z" % (layout.server_today(db_url) + 14 * DAY) in text
+    orphans = sql(db_url, "select count(*) from otel.spans s where not exists (select 1 from otel.traces t "
+                          "where t.trace_id = s.trace_id)")[0][0]
+    assert orphans == 0
+
+
+def test_rows_left_in_default_for_past_days_are_moved_into_place_or_dropped_by_retention(db_url):
+    """Issue 19 item 6: a past day without a partition (a gap, or days maintain did not
+    run for): its rows in DEFAULT get that day's partition, or go with retention."""
+    today = layout.build(db_url, cutoff_offset=-10, ahead=7)
+    assert run_cli("maintain", url=db_url).code == 0
+    for gap in (3, 8):
+        sql(db_url, "drop table otel.%s" % layout.day_name(today - gap * DAY))
+    layout.insert_spans(db_url, ["timestamptz '%s 12:00:00+00'" % (today - 3 * DAY),
+                                 "timestamptz '%s 12:00:00+00'" % (today - 8 * DAY)])
+    assert count(db_url, "otel.spans_default") == 2
+    result = run_cli("maintain", "--retain", "5d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert layout.day_name(today - 3 * DAY) in payload["created"]
+    assert layout.day_name(today - 8 * DAY) not in payload["created"]  # wholly older than the window
+    assert layout.partition_of_rows(db_url) == [("otel." + layout.day_name(today - 3 * DAY), "s0")]
+    assert payload["default_rows"] == 0
+    assert run_cli("verify", url=db_url).code == 0
+
+
+# -- every value the --retain grammar accepts works (issue 19 item 6) ---------------------
+
+def _retain_values(rng, n):
+    for _ in range(n):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 6)))
+        yield rng.choice(["", " ", "  "]) + digits + rng.choice("hdw") + rng.choice(["", " "])
+
+
+def test_the_retain_grammar_as_a_property(rng):
+    """Every string of the documented grammar parses to n x its unit (or is exit 2 when
+    n is 0); everything else is exit 2; nothing raises anything else."""
+    from otelmig.errors import UsageError
+    from otelmig.maintain import parse_retain
+    unit = {"h": 3600, "d": 86400, "w": 604800}
+    for text in _retain_values(rng, 3000):
+        number, letter = int(text.strip()[:-1]), text.strip()[-1]
+        if number == 0:
+            with pytest.raises(UsageError):
+                parse_retain(text)
+        else:
+            assert parse_retain(text) == number * unit[letter], text
+    for text in ["", "d", "1", "1dd", "-1d", "+1d", "1.5d", "1e3d", "1234567d", "1 d", "1D", "1m", "1s", "٣d",
+                 "1d2h", "0x10d", "\x00", "1\nd"] + ["".join(rng.choice("0123456789hdw -+.x") for _ in range(
+                     rng.randint(1, 9))) for _ in range(2000)]:
+        try:
+            parsed = parse_retain(text)
+        except UsageError:
+            continue
+        assert re.fullmatch(r"\s*[0-9]{1,6}[hdw]\s*", text) and parsed > 0, text
+
+
+def test_every_window_the_grammar_accepts_has_a_start_on_the_server(db_url, rng):
+    from otelmig import partitions
+    from otelmig.maintain import parse_retain
+    conn = connect(db_url, autocommit=False)  # one transaction: one now() for every window
+    try:
+        values = ["1h", "999999h", "999999d", "999999w", "52w", "100000w"] + list(_retain_values(rng, 200))
+        starts = []
+        for text in values:
+            seconds = parse_retain(text) if text.strip()[:-1].lstrip("0") else None
+            if seconds is None:
+                continue
+            start = partitions.window_start(conn, seconds)
+            starts.append((seconds, start.epoch))
+            assert start.text, text
+    finally:
+        conn.close()
+    starts.sort()
+    assert all(a[1] >= b[1] for a, b in zip(starts, starts[1:]))  # a longer window starts no later
+    assert min(epoch for _, epoch in starts) == -210866803200.0   # 4714-11-24 BC, PostgreSQL's first day
+
+
+@pytest.mark.parametrize("value", ["999999d", "999999w", "999999h", "000001h"])
+def test_extreme_windows_work(db_url, value):
+    layout.build(db_url, cutoff_offset=-20, ahead=7)
+    layout.insert_spans(db_url, ["now() - interval '30 days'", "now()"])
+    for args in (["--dry-run"], []):
+        result = run_cli("maintain", "--retain", value, "--format", "json", *args, url=db_url)
+        assert result.code == 0, result.err
+        assert json_of(result)["window_start"]
+    left = count(db_url, "otel.spans")
+    assert left == (1 if value == "000001h" else 2)
+
+
+# -- every timestamp PostgreSQL accepts (issue 19 items 3 and 6) --------------------------
+
+def test_timestamps_past_9999_before_year_1_and_infinite_go_through_every_command(db_url):
+    layout.build(db_url, cutoff_offset=-3, ahead=7)
+    sql(db_url, "create table otel.far_ahead partition of otel.spans for values from ('20000-01-01 00:00:00+00') "
+                "to ('infinity')")
+    layout.insert_spans(db_url, ["'infinity'", "'-infinity'", "timestamptz '56890-01-01 00:00:00+00'",
+                                 "timestamptz '0044-03-15 00:00:00+00 BC'", "timestamptz '10000-06-01 00:00:00+00'",
+                                 "now()", "timestamptz '30000-01-01 00:00:00+00'"])
+    for args in (["maintain"], ["maintain", "--retain", "14d"], ["maintain", "--dry-run", "--retain", "2w"],
+                 ["plan"], ["verify"], ["check"]):
+        for fmt in ("text", "json", "prometheus") if args[0] in ("maintain", "verify") else ("text", "json"):
+            result = run_cli(*args, "--format", fmt, url=db_url)
+            assert result.code in (0, 7), (args, fmt, result)
+            assert "internal error" not in result.err and "Traceback" not in result.err, (args, result.err)
+    payload = json_of(run_cli("maintain", "--format", "json", url=db_url))
+    assert payload["newest_bound"] == "infinity"
+    assert payload["default_rows"] == 2  # infinity and 10000-06-01: past every day, kept, queryable
+    assert count(db_url, "otel.spans") == 5  # the -infinity and BC rows went with the window

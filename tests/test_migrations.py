@@ -3,8 +3,11 @@ converges, keeps every row, and round-trips, on a real PostgreSQL."""
 
 import pytest
 
-from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
-from helpers import BASELINE, SPAN_COLUMNS_LEGACY, TRACE_COLUMNS_LEGACY, head_names, one_line, shape, verify_ok
+import signal
+
+from conftest import catalog_snapshot, connect, load_legacy, run_cli, sql, table_rows
+from helpers import (BASELINE, SPAN_COLUMNS_LEGACY, TRACE_COLUMNS_LEGACY, error_line, head_names, one_line, shape,
+                     spawn, verify_ok, wait_for)
 from otelmig import schema as contract
 from otelmig.scripts import script_directory
 from otelmig.settings import Settings
@@ -135,8 +138,8 @@ def test_upgrade_at_head_is_a_noop(db_url):
     assert "nothing to do" in result.out
     assert "applied" not in result.err
     assert catalog_snapshot(db_url) == before
-    # nothing wrote: only our own probe transaction above consumed an xid
-    assert int(sql(db_url, "select pg_current_xact_id()")[0][0]) == int(xid_before) + 1
+    # nothing wrote but the run history (its row opened, then closed): our probe above and those two took xids
+    assert int(sql(db_url, "select pg_current_xact_id()")[0][0]) == int(xid_before) + 1 + 2
 
 
 def test_rollback_and_upgrade_round_trip_keeps_rows(db_url):
@@ -154,11 +157,46 @@ def test_rollback_and_upgrade_round_trip_keeps_rows(db_url):
     assert table_rows(db_url, "otel", "spans", head_names(SPAN_COLUMNS_LEGACY)) == spans_before
 
 
-def test_downgrade_never_drops_a_table(db_url):
+def _tables(url, schema="otel"):
+    return [t[0] for t in sql(url, "select tablename from pg_tables where schemaname = %s order by 1", (schema,))]
+
+
+def test_downgrade_of_a_store_created_from_nothing_returns_to_nothing(db_url):
+    """Issue 22 item 7: no legacy layout (start_ts, status, attributes) appears;
+    only Alembic's (empty) version table stays, in the schema upgrade created."""
     assert run_cli("upgrade", url=db_url).code == 0
     assert run_cli("downgrade", "base", url=db_url).code == 0
-    tables = sql(db_url, "select tablename from pg_tables where schemaname = 'otel' order by 1")
-    assert [t[0] for t in tables] == ["alembic_version", "spans", "traces"]
+    # the run history stays: it is the audit trail of these runs (docs/history.md)
+    assert _tables(db_url) == ["alembic_version", "otelmig_runs"]
+    assert sql(db_url, "select count(*) from otel.alembic_version") == [[0]]
+    assert run_cli("upgrade", url=db_url).code == 0  # and it is made again from nothing
+    verify_ok(db_url)
+
+
+def test_downgrade_of_an_adopted_store_never_drops_a_table(db_url):
+    load_legacy(db_url, traces=2)
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("downgrade", "base", url=db_url).code == 0
+    assert _tables(db_url) == ["alembic_version", "otelmig_runs", "spans", "traces"]
+
+
+def test_a_created_store_holding_rows_is_refused_not_dropped(db_url, pyz):
+    from conftest import run_pyz
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "insert into otel.traces (trace_id, service_name, start_time) values ('t1', 'svc', now())")
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                "values ('t1', 's1', 'n', 'svc', now())")
+    before = catalog_snapshot(db_url)
+    for run in (lambda: run_cli("downgrade", "base", url=db_url), lambda: run_pyz(pyz, "downgrade", "base", url=db_url)):
+        result = run()  # each checked before the next runs
+        assert result.code == 8 and one_line(result.err), result
+        assert "created by otelmig" in result.err and "1 rows in otel.traces" in result.err, result.err
+        assert "1 rows in otel.spans" in result.err and "--allow-data-loss" in result.err, result.err
+        assert "nothing was changed" in result.err, result.err
+        assert catalog_snapshot(db_url) == before, result.err
+    allowed = run_cli("downgrade", "base", "--allow-data-loss", url=db_url)
+    assert allowed.code == 0, allowed
+    assert _tables(db_url) == ["alembic_version", "otelmig_runs"]
 
 
 def test_data_loss_guard_refuses_then_allows(db_url):
@@ -197,3 +235,61 @@ def test_build_time_constants_match_the_revisions():
     scripts = script_directory(Settings(conninfo=None))
     assert list(scripts.get_heads()) == [HEAD_REVISION]
     assert tuple(reversed([s.revision for s in scripts.walk_revisions()])) == KNOWN_REVISIONS
+
+
+def test_downgrade_base_checks_the_whole_path_before_the_first_change(db_url, pyz):
+    """Issue 22 item 3: the baseline's data-loss refusal stops `downgrade base` at
+    the head before revision 2 moves a row (exit 8, nothing changed)."""
+    from conftest import run_pyz
+    load_legacy(db_url, traces=20)
+    assert run_cli("upgrade", url=db_url).code == 0
+    sql(db_url, "update otel.spans set status_message = 'boom' where id <= 4")
+    before = catalog_snapshot(db_url)
+    for run in (lambda: run_cli("downgrade", "base", url=db_url), lambda: run_pyz(pyz, "downgrade", "base", url=db_url)):
+        result = run()  # each checked before the next runs
+        assert result.code == 8 and one_line(result.err), result
+        assert "nothing was changed" in result.err and BASELINE in result.err, result.err
+        assert "4 rows in otel.spans.status_message" in result.err and "--allow-data-loss" in result.err, result.err
+        assert catalog_snapshot(db_url) == before
+        assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]
+
+
+def _store_whose_baseline_downgrade_waits_on_traces(url):
+    """At the head, with ix_traces_start_time the operator's (found, so revision 2's
+    downgrade never touches traces) and a writer's open transaction on traces:
+    revision 2 reverts, then the baseline's LOCK TABLE traces waits."""
+    load_legacy(url, traces=5)
+    sql(url, "create index ix_traces_start_time on otel.traces (start_ts)")
+    assert run_cli("upgrade", url=url).code == 0
+    writer = connect(url, autocommit=False)
+    writer.cursor().execute("update otel.traces set root_span_name = root_span_name where false")
+    return writer
+
+
+def test_downgrade_stopped_part_way_names_where_the_database_is(db_url):
+    writer = _store_whose_baseline_downgrade_waits_on_traces(db_url)
+    try:
+        result = run_cli("downgrade", "base", "--lock-timeout", "0.3", url=db_url)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert result.code == 9, result
+    assert error_line(result.err).endswith("the downgrade stopped part way: schema otel is now at %s (was %s)"
+                                           % (BASELINE, HEAD_REVISION)), result.err
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[BASELINE]]
+
+
+def test_downgrade_interrupted_part_way_names_where_the_database_is(db_url):
+    writer = _store_whose_baseline_downgrade_waits_on_traces(db_url)
+    try:
+        proc = spawn(db_url, "downgrade", "base", "--lock-timeout", "60")
+        wait_for(lambda: sql(db_url, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                                     "and query ilike 'LOCK TABLE%%traces%%'")[0][0], "the baseline to wait")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        writer.rollback()
+        writer.close()
+    assert proc.returncode == 143, err
+    assert "now at %s (was %s)" % (BASELINE, HEAD_REVISION) in error_line(err), err
+    assert sql(db_url, "select version_num from otel.alembic_version") == [[BASELINE]]

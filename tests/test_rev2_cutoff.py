@@ -383,3 +383,32 @@ def test_outliers_that_arrive_after_the_refusal_stop_the_cutoff_step_with_nothin
     assert "54000" in str(raised.value) and "more than %d rows" % REV2.MAX_OUTLIERS in str(raised.value)
     assert catalog_snapshot(db_url) == snapshot
     assert sql(db_url, "select count(*) from otel.spans where start_time >= '2099-01-01'") == [[REV2.MAX_OUTLIERS + 1]]
+
+
+def test_a_held_row_moved_back_before_the_cutoff_during_the_run_lands_in_the_history(db_url):
+    """A writer that corrects the start_time of a row the cutoff step held
+    aside (a future-dated span fixed to now) while the run goes on: the switch
+    puts the row in the history partition, not in DEFAULT (where the attach
+    of the history would fail on it: adversary finding F3)."""
+    load_legacy(db_url, traces=20)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    for span_id, when in [("y2099", "timestamptz '2099-01-01 00:00+00'"), ("ahead9", "now() + interval '9 days'")]:
+        insert_legacy_span(db_url, span_id, when, column="start_time")
+    before = sql(db_url, "select count(*) from otel.spans")[0][0]
+    steps = REV2.upgrade_steps(SchemaSQL("otel"))
+    cutoff_at = [i for i, step in enumerate(steps) if (getattr(step, "label", "") or "").startswith("the cutoff")]
+    assert len(cutoff_at) == 1
+    conn = connect(db_url)
+    try:
+        runner_on(conn).run(steps[:cutoff_at[0] + 1])
+        assert sql(db_url, "select count(*) from only otel.spans_outliers")[0][0] == 2
+        # the writer's correction, through otel.spans as a worker would make it
+        sql(db_url, "update otel.spans set start_time = now() - interval '1 hour' where span_id = 'y2099'")
+        runner_on(conn).run(steps[cutoff_at[0] + 1:])
+    finally:
+        conn.close()
+    assert sql(db_url, "select relkind::text from pg_class where oid = 'otel.spans'::regclass") == [["p"]]
+    assert sql(db_url, "select count(*) from otel.spans")[0][0] == before
+    assert where_is(db_url, "y2099") == "otel." + LAYOUT.history
+    ahead = utc_sql(db_url, "select ((now() + interval '9 days') at time zone 'UTC')::date")[0][0]
+    assert where_is(db_url, "ahead9") in ("otel." + LAYOUT.day_partition(ahead), "otel." + LAYOUT.default)

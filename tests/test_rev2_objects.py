@@ -420,3 +420,50 @@ def test_the_document_lists_exactly_the_kinds_the_matrix_tries():
     rows = markdown_tables(read("revision2-objects.md"))["What happens to each kind of object"]
     documented = sorted((row["kind"].replace("`", ""), row["outcome"]) for row in rows)
     assert documented == sorted((case.kind, case.outcome) for case in CASES)
+
+
+@pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
+def test_a_view_this_role_may_not_replace_is_refused_before_any_change(server, store, pyz, direction):
+    """The tables' owner (no superuser) runs otelmig; another role owns a view
+    on spans in its own schema. CREATE OR REPLACE VIEW would fail in the
+    switch, after the scans (adversary finding F2): refused up front instead,
+    plan says REFUSE, and once the owner may replace it, it is carried."""
+    url, names = store
+    owner, analyst = names["role"], "analyst_" + names["database"][2:]
+    database = names["database"]
+    setup = ["create role %s login password 'owner-pw'" % owner, "create role %s" % analyst,
+             "grant create on database %s to %s" % (database, owner),
+             "alter schema otel owner to %s" % owner,
+             "create schema a authorization %s" % analyst,
+             "grant usage on schema otel to %s" % analyst]
+    setup += ["alter table otel.%s owner to %s" % (t, owner) for t in ("traces", "spans", "alembic_version",
+                                                                       "otelmig_objects")]
+    setup += ["alter sequence otel.spans_id_seq owner to %s" % owner]
+    for statement in setup:
+        sql(url, statement)
+    as_owner = server.url(database, user=owner, password="owner-pw")
+    if direction == "downgrade":
+        assert run_pyz(pyz, "upgrade", url=as_owner).code == 0
+    sql(url, "grant select on otel.spans to %s" % analyst)
+    sql(url, "set role %s; create view a.v_spans as select id, start_time, service_name from otel.spans; reset role"
+        % analyst)
+    try:
+        before = unchanged_state(url)
+        if direction == "upgrade":
+            planned = run_pyz(pyz, "plan", url=as_owner)
+            assert "REFUSE" in planned.out and "a.v_spans" in planned.out, planned.out
+            result = run_pyz(pyz, "upgrade", url=as_owner)
+        else:
+            result = run_pyz(pyz, "downgrade", BASELINE, url=as_owner)
+        assert result.code == 8 and one_line(result.err), result.err
+        assert "a.v_spans" in result.err and analyst in result.err, result.err
+        assert unchanged_state(url) == before
+        sql(url, "grant %s to %s" % (analyst, owner))
+        result = run_pyz(pyz, direction, *([BASELINE] if direction == "downgrade" else []), url=as_owner)
+        assert result.code == 0, result.err
+        assert sql(url, "select count(*) from a.v_spans") == sql(url, "select count(*) from otel.spans")
+    finally:
+        sql(url, "drop schema a cascade")
+        sql(url, "drop owned by %s" % analyst)
+        sql(url, "drop role %s" % analyst)
+        sql(url, "reassign owned by %s to current_user" % owner)

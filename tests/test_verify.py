@@ -149,7 +149,7 @@ def test_a_leftover_cutoff_is_a_problem_naming_its_moment_and_the_fix(db_url):
     result = run_cli("verify", "--format", "json", url=db_url)
     assert result.code == 7 and one_line(result.err), result
     moment = "%s UTC" % cutoff
-    assert moment in result.err and "otelmig.pyz upgrade" in result.err and "spans_history_range" in result.err
+    assert moment in result.err and "`otelmig upgrade`" in result.err and "spans_history_range" in result.err
     (problem,) = [p for p in result.json()["problems"] if p["kind"] == "rejects_writes"]
     assert problem["object"] == "otel.spans.spans_history_range" and moment in problem["detail"]
     metrics = parse_prometheus(run_cli("verify", "--format", "prometheus", url=db_url).out)

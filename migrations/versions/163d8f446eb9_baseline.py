@@ -9,8 +9,10 @@ Operator additions (extra columns, indexes, views) are left alone.
 
 It records in otel.otelmig_objects what it created and what it found (a
 head-named column or index the operator had before adoption), and the
-downgrade drops only what was created: it returns to the layout it found, and
-never drops a table. A partitioned spans is adopted too: each index is created
+downgrade drops only what was created: it returns to the layout it found. A
+store it created from nothing goes back to nothing (its tables are dropped;
+while they hold rows only with --allow-data-loss); an adopted store's tables
+are never dropped. A partitioned spans is adopted too: each index is created
 ON ONLY the parent, built on each partition and attached.
 
 Revision ID: 163d8f446eb9
@@ -288,8 +290,14 @@ def downgrade_steps(n: SchemaSQL):
     # The guard counts exactly the columns the DROP COLUMN steps below would drop.
     checks = tuple(RowCheck(t, c, p, when="%s and %s" % (n.column_exists(t, c), _column_owned(n, t, c, unknown)))
                    for t, c, p in _droppable_columns() if p)
+    steps.append(_created_tables_refusal(n))
     steps.append(Refusal(row_checks=checks, guard=Guard.DATA_LOSS, message=(
         "downgrade would drop columns that hold data; rerun with --allow-data-loss to drop them: ")))
+    # A table this created (from nothing) goes: the downgrade returns to what it found.
+    # Spans first: the worker's rows point at traces.
+    for table in ("spans", "traces"):
+        steps.append(Statement("DROP TABLE IF EXISTS %s" % n.table(table), when=_created_table(n, table),
+                               table=table, lock=Lock.ACCESS_EXCLUSIVE))
     for index, table, _ in INDEXES:
         steps.append(Statement("DROP INDEX IF EXISTS %s" % n.table(index),
                                when="%s and %s" % (n.table_exists(index), created("index", index)),
@@ -307,6 +315,23 @@ def downgrade_steps(n: SchemaSQL):
                                    table=table, lock=Lock.ACCESS_EXCLUSIVE))
     steps.append(Statement("DROP TABLE IF EXISTS %s" % n.record_table()))
     return steps
+
+
+def _created_table(n: SchemaSQL, table: str) -> str:
+    """SQL: the record says this revision created the table (never guessed: a store
+    adopted before the record existed keeps its tables)."""
+    return "%s and %s" % (n.table_exists(table), n.recorded("table", table, "created"))
+
+
+def _created_tables_refusal(n: SchemaSQL) -> Refusal:
+    """The tables this created hold the worker's rows since: dropping them loses
+    those rows, so the operator decides (the message says how)."""
+    keys = {"traces": "trace_id", "spans": "id"}
+    checks = tuple(RowCheck(table, keys[table], "true", when=_created_table(n, table)) for table in ("traces", "spans"))
+    return Refusal(row_checks=checks, guard=Guard.DATA_LOSS, message=(
+        "schema %s's tables were created by otelmig (an upgrade of an empty schema), and a downgrade to base "
+        "removes them, but they hold rows; copy the rows elsewhere first (pg_dump -t), or rerun with "
+        "--allow-data-loss to drop them with their rows: " % n.schema))
 
 
 def _column_owned(n: SchemaSQL, table: str, column: str, unknown: str) -> str:

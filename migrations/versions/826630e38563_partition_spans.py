@@ -52,7 +52,7 @@ Revises: 163d8f446eb9
 Create Date: 2026-11-26
 """
 
-from otelmig import migration_api
+from otelmig import migration_api, replicas
 from otelmig.db import quote_ident as quote, quote_literal
 from otelmig.ddl import Concurrent, Effect, Lock, SchemaSQL, Refusal, Statement, index_steps
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
@@ -65,7 +65,7 @@ depends_on = None
 AHEAD_DAYS = 7  # day partitions created up to today + this; frozen here (maintain reads schema.SPANS_PARTITIONING)
 MARGIN_DAYS = 2                      # cutoff: the UTC midnight this many days after the current UTC day
 MAX_OUTLIERS = 10000                 # rows at or after the cutoff moved under ACCESS EXCLUSIVE; more: refused
-BATCH_ROWS = 10000                   # rows moved per transaction by the downgrade
+BATCH_ROWS = 2000                    # rows moved per transaction by the downgrade: an UPDATE or DELETE waits for one batch (bench/writers.py)
 NEW_PARENT = "spans_partitioned"     # the partitioned table before the switch (and after the downgrade's)
 CUTOFF_CHECK = "spans_history_range"  # CHECK (start_time < cutoff) on the table to attach
 HISTORY_PKEY = "spans_history_pkey"  # unique (id, start_time) built before the switch, its PK after
@@ -350,7 +350,11 @@ def _operator_object_refusals(n: SchemaSQL, layout: Layout) -> list:
                         "which the switch would rebuild under its ACCESS EXCLUSIVE lock: REINDEX INDEX "
                         "CONCURRENTLY or DROP INDEX CONCURRENTLY each, then rerun: " % n.schema),
             _refusal_of(layout, _taken_names(n), "revision %s would create objects in schema %s under names that "
-                        "are taken or too long; rename each as said, then rerun: " % (revision, n.schema))]
+                        "are taken or too long; rename each as said, then rerun: " % (revision, n.schema)),
+            _refusal_of(layout, _views_not_replaceable(n.regclass("spans")), "%s.spans has views that the switch "
+                        "points at the partitioned table, which this role may not replace; run otelmig as a role "
+                        "that may (their owner, or a member of it, with CREATE on their schema), or drop them "
+                        "and recreate them after the upgrade, then rerun: " % n.schema)]
 
 
 def _refusal_of(layout: Layout, found: str, message: str) -> Refusal:
@@ -795,13 +799,20 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
 def _release_held_rows(n: SchemaSQL, layout: Layout) -> list:
     """PL/pgSQL: the outliers held in the holding child into the new partitioned
     table (DEFAULT or their day), and the child dropped (a table to attach may
-    have no children): before the renames, while both names are still ours."""
+    have no children): before the renames, while both names are still ours.
+    A held row a writer has since stamped before the cutoff (triggers are not
+    inherited, so nothing moved it) goes back into spans itself, the future
+    history partition: in DEFAULT it would fail the attach."""
+    move = ("WITH moved AS (DELETE FROM ONLY %s WHERE start_time %%2$s $1 RETURNING *) "
+            "INSERT INTO %%3$s (%%1$s) SELECT %%1$s FROM moved"
+            % layout.holding.replace("'", "''"))
     return [
         "  IF %s THEN" % layout.holding_child,
         "    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO columns FROM pg_attribute",
         "      WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped;" % n.regclass(HOLDING),
-        "    EXECUTE format('INSERT INTO %s (%%1$s) SELECT %%1$s FROM ONLY %s', columns);"
-        % (layout.parent.replace("'", "''"), layout.holding.replace("'", "''")),
+        "    EXECUTE format(%s, columns, '<', %s) USING cutoff;"
+        % (quote_literal(move), quote_literal(layout.spans)),
+        "    EXECUTE format(%s, columns, '>=', %s) USING cutoff;" % (quote_literal(move), quote_literal(layout.parent)),
         "    DROP TABLE %s;" % layout.holding,
         "    %s;" % _forget_holding(n),
         "  END IF;"]
@@ -824,6 +835,20 @@ def _read_views(table_regclass: str) -> list:
         "    view_names := view_names || v.name; view_bodies := view_bodies || v.body;",
         "    view_options := view_options || v.options;",
         "  END LOOP;"]
+
+
+def _views_not_replaceable(table_regclass: str) -> str:
+    """SQL: the plain views _read_views finds on the table that the running
+    role could not CREATE OR REPLACE (it must have its owner's privileges and
+    USAGE and CREATE on its schema), each with its owner, or null."""
+    return ("(select string_agg(distinct quote_ident(ns.nspname) || '.' || quote_ident(c.relname) || ' (owner ' "
+            "|| quote_ident(pg_get_userbyid(c.relowner)) || ')', ', ') "
+            "from pg_depend d join pg_rewrite r on r.oid = d.objid join pg_class c on c.oid = r.ev_class "
+            "join pg_namespace ns on ns.oid = c.relnamespace "
+            "where d.classid = 'pg_rewrite'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = %s "
+            "and c.relkind = 'v' and c.oid <> d.refobjid and not (pg_has_role(current_user, c.relowner, 'USAGE') "
+            "and has_schema_privilege(current_user, c.relnamespace, 'USAGE') "
+            "and has_schema_privilege(current_user, c.relnamespace, 'CREATE')))" % table_regclass)
 
 
 def _replace_views() -> list:
@@ -984,6 +1009,9 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "and c.oid in %s and not exists (select 1 from pg_constraint k2 where k2.conrelid = c.oid "
         "and k2.conname = k.conname and k2.contype = 'c'))" % (_identity("c.oid"), r["heir"], quote_literal(CUTOFF_CHECK),
                                                          others),
+        "(select 'views it points back at the plain spans that this role may not replace (run otelmig as their "
+        "owner or a member of it, with CREATE on their schema, or drop them and recreate them after): ' || %s)"
+        % _views_not_replaceable(dropped),
         "(select 'a relation named %s that is not the index the downgrade builds (rename it)' "
         "from pg_class c where c.oid = %s and not exists (select 1 from pg_index x where x.indexrelid = c.oid "
         "and x.indrelid = %s and x.indisunique))" % (HISTORY_ID_KEY, n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history)),
@@ -1054,6 +1082,37 @@ def _record_child(n: SchemaSQL, name_sql: str) -> str:
             % (n.record_table(), quote_literal(revision), quote_literal(CHILD_KIND), name_sql))
 
 
+def _set_on_the_partitioned_spans(n: SchemaSQL) -> str:
+    """SQL: the statements (text[]) that give the plain spans, once the history
+    table has its name, what was set on the partitioned spans since the
+    conversion and would go with it: column privileges (a worker granted
+    INSERT on some columns only must still write), column comments (as they
+    are there, none included), statistics targets, row level security and
+    replica identity. Read before the partitioned table is dropped."""
+    spans = n.regclass("spans")
+    target = quote_literal(n.table("spans"))
+    columns = "from pg_attribute a where a.attrelid = %s and a.attnum > 0 and not a.attisdropped" % spans
+    grants = ("select format('GRANT %%s (%%I) ON ' || %s || ' TO %%s', x.privilege_type, a.attname, "
+              "case when x.grantee = 0 then 'PUBLIC' else quote_ident(pg_get_userbyid(x.grantee)) end) "
+              "|| case when x.is_grantable then ' WITH GRANT OPTION' else '' end "
+              "from pg_attribute a, aclexplode(a.attacl) x where a.attrelid = %s and a.attnum > 0 "
+              "and not a.attisdropped" % (target, spans))
+    comments = ("select format('COMMENT ON COLUMN ' || %s || '.%%I IS %%L', a.attname, col_description(a.attrelid, "
+                "a.attnum)) %s" % (target, columns))
+    statistics = ("select format('ALTER TABLE ' || %s || ' ALTER COLUMN %%I SET STATISTICS %%s', a.attname, "
+                  "a.attstattarget) %s and a.attstattarget >= 0" % (target, columns))
+    table = "from pg_class c where c.oid = %s" % spans
+    security = ("select 'ALTER TABLE ' || %s || ' ENABLE ROW LEVEL SECURITY' %s and c.relrowsecurity "
+                "union all select 'ALTER TABLE ' || %s || ' FORCE ROW LEVEL SECURITY' %s and c.relforcerowsecurity"
+                % (target, table, target, table))
+    identity = ("select 'ALTER TABLE ' || %s || ' REPLICA IDENTITY ' || case c.relreplident when 'f' then 'FULL' "
+                "when 'n' then 'NOTHING' else 'USING INDEX ' || quote_ident((select i.relname from pg_index x "
+                "join pg_class i on i.oid = x.indexrelid where x.indrelid = c.oid and x.indisreplident)) end "
+                "%s and c.relreplident <> 'd'" % (target, table))
+    return "array(%s)" % " union all ".join(
+        "(%s)" % query for query in (grants, comments, statistics, security, identity))
+
+
 def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
     """One transaction, catalog only: the history table becomes the plain
     otel.spans again, every partition holding rows an inheritance child of it."""
@@ -1065,7 +1124,8 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         % quote_literal(spans),
         "  names text[] := '{}'; uniques text[] := '{}'; bodies text[] := '{}'; own_parts regclass[] := '{}';",
         "  children regclass[] := '{}';",
-        "  child regclass; owner_name text; note text; has_rows boolean; %s" % VIEW_VARIABLES,
+        "  child regclass; owner_name text; note text; has_rows boolean; carried text[]; statement text; %s"
+        % VIEW_VARIABLES,
         "BEGIN",
         "  LOCK TABLE %s IN ACCESS EXCLUSIVE MODE;" % spans,
         # Each index of the partitioned table and the history's part of it, which takes its name back.
@@ -1103,6 +1163,7 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         "      children := children || part.rel;",
         "    END IF;",
         "  END LOOP;",
+        "  carried := %s;" % _set_on_the_partitioned_spans(n),
         "  IF id_sequence IS NOT NULL THEN  -- so that dropping the partitioned table keeps it",
         "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % history.replace("'", "''"),
         "  END IF;",
@@ -1129,6 +1190,9 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         "  IF note IS NOT NULL THEN",
         "    EXECUTE format('COMMENT ON TABLE %s IS %%L', note);" % in_format,
         "  END IF;",
+        "  FOREACH statement IN ARRAY carried LOOP",
+        "    EXECUTE statement;",
+        "  END LOOP;",
         "  FOREACH child IN ARRAY children LOOP",
         "    EXECUTE format('ALTER TABLE %%s INHERIT %s', child);" % in_format,
         "  END LOOP;",
@@ -1205,7 +1269,9 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
     through spans waits for the batch instead of racing it (under READ
     COMMITTED it would miss the moved row: the write would be lost). The lock
     is waited for MOVE_LOCK_WAIT_MS at a time, so a writer queues behind a
-    waiting batch no longer than that. An emptied child is dropped.
+    waiting batch no longer than that. After each batch, holding no lock, it
+    pauses while a connected standby's replay lag exceeds
+    OTELMIG_MAX_REPLICA_LAG (otelmig/replicas.py). An emptied child is dropped.
 
     Runs outside the revision's transaction (it commits as it goes): its
     table is the record, which holds rows whenever a child is recorded."""
@@ -1228,6 +1294,8 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
         "      total := total + moved;",
         "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % spans_literal,
         "      COMMIT;",
+        # no lock held here: wait while a connected standby lags (OTELMIG_MAX_REPLICA_LAG)
+    ] + replicas.pause_lines("      ") + [
         "    END LOOP;",
         "    COMMIT;",
     ] + _lock_with_retries("child.rel", "ACCESS EXCLUSIVE") + [
