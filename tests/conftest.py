@@ -1,9 +1,10 @@
 """Fixtures: one real PostgreSQL per test session, a fresh database per test.
 
-The session starts its own throwaway cluster (tests/pgcluster.py; the major
-is OTELMIG_TEST_PG's, default 15) unless OTELMIG_TEST_URL names a server (a
-superuser URL); the cluster is always stopped at the end. Tests that talk to a
-server are marked `db` (pytest -m db): ./test.sh --pg N re-runs just those.
+The session (each xdist worker's) starts its own throwaway cluster
+(tests/pgcluster.py; the major is OTELMIG_TEST_PG's, default 15) unless
+OTELMIG_TEST_URL names a server (a superuser URL); the cluster is always
+stopped at the end. Tests that talk to a server are marked `db` (pytest -m
+db); those in MAJORS below also `majors`, what ./test.sh --pg N runs.
 """
 
 import datetime
@@ -157,11 +158,6 @@ MAJORS = [
     ("tests/test_pyz_db.py::test_pyz_adopts_and_round_trips_on_each_python[13]",
      "the built pyz, adopt and round trip (the Python is not what varies here)"),
 ]
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "majors: exercises what differs between PostgreSQL majors (tests/conftest.py "
-                                       "MAJORS); ./test.sh --pg N runs these on major N")
 
 
 def _in_selection(nodeid: str, entry: str) -> bool:
