@@ -4,24 +4,35 @@
 # starts its own throwaway PostgreSQL (or uses OTELMIG_TEST_URL).
 # Extra arguments go to pytest: ./test.sh -k verify
 #
-# --pg LIST runs only the database-facing tests (marker `db`) on each
-# PostgreSQL in LIST, one cluster per major, one after another: a name from
-# tools/pgbin.py (13, 14, 15, 16, 17, 18, 18-minimal), a comma list, `all` or
-# `others` (all but the default 15). Fails if any of them fails.
-# --pg-jobs N runs N majors at once (default 1).
+# --jobs N runs the tests in N processes (pytest-xdist), each with its own
+# throwaway cluster; default: one per core (nproc), 1 with OTELMIG_TEST_URL
+# (one outside server is not shared). --jobs 1 runs them in this process
+# (what --pdb needs).
+#
+# --pg LIST runs the tests that exercise what differs between PostgreSQL
+# majors (marker `majors`, chosen in tests/conftest.py MAJORS; docs/ci.md) on
+# each PostgreSQL in LIST, one cluster per major: a name from tools/pgbin.py
+# (13, 14, 15, 16, 17, 18, 18-minimal), a comma list, `all` or `others` (all
+# but the default 15). `-m db` after it runs every database-facing test
+# instead. Fails if any of them fails.
+# --pg-jobs N runs N majors at once (default 1), each in one process.
 #   ./test.sh --pg 17 -k verify      ./test.sh --pg all -q      ./test.sh --pg others --pg-jobs 2
+#   ./test.sh --pg 17 -m db          ./test.sh --jobs 1 --pdb -k verify
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 
 pg=""
 pg_jobs=1
+jobs=""
 pytest_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --pg) pg=${2:?"--pg needs a PostgreSQL: 17, 18-minimal, all, others or a comma list"}; shift 2 ;;
         --pg=*) pg=${1#--pg=}; shift ;;
         --pg-jobs) pg_jobs=${2:?"--pg-jobs needs a number"}; shift 2 ;;
+        --jobs) jobs=${2:?"--jobs needs a number"}; shift 2 ;;
+        --jobs=*) jobs=${1#--jobs=}; shift ;;
         *) pytest_args+=("$1"); shift ;;
     esac
 done
@@ -36,7 +47,15 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 ./build.sh
 if [ -z "$pg" ]; then
-    exec .venv/bin/python -m pytest "${pytest_args[@]}"
+    if [ -z "$jobs" ]; then
+        jobs=$(nproc 2>/dev/null || echo 1)
+        [ -z "${OTELMIG_TEST_URL:-}" ] || jobs=1
+    fi
+    # worksteal: each worker starts on its own half of the suite (module
+    # fixtures stay on one worker) and takes over the other's tail when done.
+    parallel=(-n 0)
+    [ "$jobs" -le 1 ] || parallel=(-n "$jobs" --dist worksteal)
+    exec .venv/bin/python -m pytest "${parallel[@]}" "${pytest_args[@]}"
 fi
 
 if [ -n "${OTELMIG_TEST_URL:-}" ]; then
@@ -51,7 +70,7 @@ run_major() {
     started=$(date +%s)
     set +e
     # its own --basetemp: two sessions at once must not share (or clean up) each other's tmp_path
-    OTELMIG_TEST_PG=$major .venv/bin/python -m pytest -m db --basetemp "$logs/$major.tmp" "${pytest_args[@]}" \
+    OTELMIG_TEST_PG=$major .venv/bin/python -m pytest -n 0 -m majors --basetemp "$logs/$major.tmp" "${pytest_args[@]}" \
         >"$log" 2>&1
     rc=$?
     set -e
@@ -68,6 +87,20 @@ run_major() {
 # it ends, in the order they end.
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+# Stopped (TERM, INT): end the majors' runs too, not leave them running. A
+# pytest process is killed outright: a TERM that lands while a test runs
+# otelmig in-process is that command's interruption (a failed test), and the
+# session would go on. Its clusters' watchers (tests/pgcluster.py) then stop
+# the servers; the test's own otelmig subprocesses end with their server.
+stop_runs() {
+    local job child
+    for job in $(jobs -p); do
+        for child in $(pgrep -P "$job" 2>/dev/null || cat /proc/"$job"/task/*/children 2>/dev/null); do
+            kill -KILL "$child" 2>/dev/null || true
+        done
+    done
+}
+trap 'trap - TERM INT; stop_runs; wait; exit 143' TERM INT
 failed=0
 running=0
 for major in "${majors[@]}"; do
@@ -76,7 +109,7 @@ for major in "${majors[@]}"; do
         running=$((running - 1))
     fi
     ( rc=0; run_major "$major" || rc=$?
-      echo "=== PostgreSQL $major: database-facing tests ==="; cat "$logs/$major.log"
+      echo "=== PostgreSQL $major: the tests marked majors (or as -m says) ==="; cat "$logs/$major.log"
       exit "$rc" ) &
     running=$((running + 1))
 done

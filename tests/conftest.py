@@ -1,11 +1,13 @@
 """Fixtures: one real PostgreSQL per test session, a fresh database per test.
 
-The session starts its own throwaway cluster (tests/pgcluster.py; the major
-is OTELMIG_TEST_PG's, default 15) unless OTELMIG_TEST_URL names a server (a
-superuser URL); the cluster is always stopped at the end. Tests that talk to a
-server are marked `db` (pytest -m db): ./test.sh --pg N re-runs just those.
+The session (each xdist worker's) starts its own throwaway cluster
+(tests/pgcluster.py; the major is OTELMIG_TEST_PG's, default 15) unless
+OTELMIG_TEST_URL names a server (a superuser URL); the cluster is always
+stopped at the end. Tests that talk to a server are marked `db` (pytest -m
+db); those in MAJORS below also `majors`, what ./test.sh --pg N runs.
 """
 
+import datetime
 import io
 import json
 import os
@@ -13,6 +15,7 @@ import pathlib
 import random
 import subprocess
 import sys
+import time
 import uuid
 from typing import NamedTuple
 
@@ -44,13 +47,143 @@ class Server(NamedTuple):
 
 # A test using one of these talks to a PostgreSQL server; it gets the `db` marker.
 # Tests that start a Cluster themselves carry @pytest.mark.db explicitly.
-DB_FIXTURES = frozenset({"server", "db_url", "new_database", "tls_cluster"})
+DB_FIXTURES = frozenset({"server", "db_url", "new_database", "template_database", "tls_cluster"})
+
+# What differs between PostgreSQL majors, and the tests that exercise it: they
+# get the `majors` marker, and `./test.sh --pg N` (CI: every supported major but
+# the default) runs just them; the default major runs every test. An entry is a
+# test (every parameter of it), one parameter of it (`name[id]`) or a module;
+# each says why that test depends on the major. An entry that matches no test
+# of a collected module fails the run (a renamed test must not drop out
+# silently). docs/ci.md explains the choice.
+MAJORS = [
+    # the server itself
+    ("tests/test_majors.py", "written for the majors: the build switch, NOT NULL NOT VALID (18), reltuples before 14"),
+    ("tests/test_tls.py", "TLS comes with the build (the minimal 18 has none: the refusal is what is tested there)"),
+    ("tests/test_field_server.py::test_the_live_server_version_is_read_from_the_startup_packet",
+     "server_version as each major reports it"),
+    # settings that exist from some major on (session.SETTINGS: idle_session_timeout,
+    # client_connection_check_interval 14+, transaction_timeout 17+)
+    ("tests/test_field_server.py::test_sessions_get_every_listed_setting_whatever_the_role_says",
+     "which settings each kind of session sets depends on the major"),
+    ("tests/test_field_server.py::test_the_live_server_accepts_its_settings_message",
+     "the settings message names only settings the major has (an unknown one is an error)"),
+    ("tests/test_field_server.py::test_role_and_database_settings_do_not_break_any_command[role-idle_session_timeout]",
+     "idle_session_timeout is 14+"),
+    ("tests/test_field_server.py::test_role_and_database_settings_do_not_break_any_command[role-transaction_timeout]",
+     "transaction_timeout is 17+ (skipped before)"),
+    ("tests/test_field_server.py::test_lock_connection_survives_idle_session_timeout",
+     "idle_session_timeout (14+) against the lock's idle connection"),
+    ("tests/test_field_server.py::test_frozen_migrator_releases_the_store_within_the_idle_bound",
+     "how the server ends an idle transaction and what the client then sees"),
+    ("tests/test_field_server.py::test_every_session_is_utc_whatever_the_role_or_database_says",
+     "TimeZone, DateStyle, IntervalStyle, timezone_abbreviations against each build's own time zone data"),
+    ("tests/test_field_server.py::test_upgrade_makes_utc_midnight_days_under_a_zone_that_changes_ahead",
+     "revision 2's day bounds under a POSIX zone, read back from each major's relpartbound"),
+    ("tests/test_field_server.py::test_probes_through_transaction_pooling_leak_no_setting",
+     "the major's settings list, through PgBouncer"),
+    # the server's own errors
+    ("tests/test_field_server.py::test_each_server_error_is_one_line_with_its_exit_code",
+     "SQLSTATEs and how a major ends a session (57P01, 25P03) as the driver sees them"),
+    ("tests/test_field_server.py::test_connection_limit_is_3_naming_the_limit_with_nothing_changed",
+     "the server's connection-limit error"),
+    ("tests/test_field_server.py::test_read_only_by_setting_is_a_refusal_naming_it",
+     "pg_db_role_setting, read to name where default_transaction_read_only comes from"),
+    ("tests/test_cli.py::test_read_only_database_is_8", "read-only transaction error (25006)"),
+    ("tests/test_cli.py::test_role_without_privilege_is_8", "privilege errors and has_*_privilege on each major"),
+    # concurrent index builds, their progress view, invalid indexes
+    ("tests/test_production.py::test_concurrent_helper_really_runs_outside_a_transaction",
+     "CREATE INDEX CONCURRENTLY outside a transaction"),
+    ("tests/test_production.py::test_failed_concurrent_build_is_repaired", "an INVALID index (pg_index.indisvalid)"),
+    ("tests/test_production.py::test_concurrent_build_outwaits_an_old_snapshot",
+     "which snapshots a concurrent build waits for changed in 14"),
+    ("tests/test_production.py::test_long_index_builds_report_progress",
+     "pg_stat_progress_create_index, its columns and phases"),
+    ("tests/test_production.py::test_index_builds_get_memory_but_never_less", "maintenance_work_mem"),
+    ("tests/test_production.py::test_lock_budget_exhausted_is_9_with_nothing_changed", "lock_timeout's error (55P03)"),
+    ("tests/test_production.py::test_sigterm_rolls_back_releases_and_exits_143",
+     "pg_locks' advisory rows after an interrupted run"),
+    # both revisions on a legacy store, online, offline (psql) and planned
+    ("tests/test_migrations.py", "adoption and the round trip of every revision, rows kept, indexes valid"),
+    ("tests/test_offline_plan.py", "the offline scripts under psql, and plan's reading of reltuples and locks"),
+    ("tests/test_adoption.py::test_adoption_matrix", "the catalog reads that compare what is found with the contract"),
+    ("tests/test_adoption.py::test_data_guard_works_without_query_to_xml", "a build without libxml (the minimal 18)"),
+    ("tests/test_adoption.py::test_check_reads_the_head_columns_in_one_query", "check's one catalog query"),
+    ("tests/test_adoption.py::test_a_member_of_the_owning_role_adopts", "role membership (pg_has_role)"),
+    ("tests/test_adoption.py::test_partitioned_spans_is_adopted_with_every_row",
+     "an operator's partitioned spans: pg_inherits, pg_partitioned_table"),
+    ("tests/test_adoption.py::test_partitioned_plan_sums_the_partitions_and_lists_each", "the same, through plan"),
+    ("tests/test_authors.py::test_plain_alembic_matches_otelmig[legacy]", "plain Alembic's own path on each major"),
+    # revision 2: the conversion, its catalog reads, downgrade and maintain
+    ("tests/test_partitioning.py", "revision 2's conversion: ATTACH, privileges, identity, plan's locks and scans"),
+    ("tests/test_rev2_objects.py::test_each_kind_is_carried_over_or_refused_before_any_change",
+     "the operator-object matrix reads the catalog per kind of object"),
+    ("tests/test_rev2_objects.py::test_the_offline_script_refuses_as_online_does", "the same refusals, in SQL"),
+    ("tests/test_rev2_downgrade.py::test_a_partial_upgrade_is_undone_to_the_baseline_layout",
+     "the downgrade from each partial conversion reads the half-done layout from the catalog (it stands for the "
+     "crash matrices, which run on 15 only: the same catalog reads after every statement, a minute each)"),
+    ("tests/test_rev2_downgrade.py::test_index_names_survive_up_and_down", "index names through ATTACH and back"),
+    ("tests/test_rev2_downgrade.py::test_a_generated_column_is_moved_back_computed",
+     "generated columns (attgenerated; 18 adds virtual ones)"),
+    ("tests/test_rev2_downgrade.py::test_objects_depending_on_the_partitioned_spans_are_refused_before_any_change",
+     "pg_depend, read to refuse a downgrade"),
+    ("tests/test_rev2_cutoff.py::test_the_upgrade_records_what_it_creates", "otelmig_objects, from the catalog"),
+    ("tests/test_rev2_cutoff.py::test_bounds_are_utc_midnights_under_the_databases_dst_zone_and_styles",
+     "partition bounds under the database's zone and styles"),
+    ("tests/test_rev2_cutoff.py::test_too_many_outliers_is_a_refusal_that_names_rows_and_the_fix",
+     "timestamps far out (infinity, BC) as each major prints them (the kit's walk of them through every revision, "
+     "a minute, runs on 15 only)"),
+    ("tests/test_maintain.py::test_creates_the_coming_days_and_a_rerun_creates_nothing", "CREATE TABLE ... PARTITION OF"),
+    ("tests/test_maintain.py::test_ahead_sets_how_many_days_and_the_new_partitions_carry_the_indexes",
+     "partition indexes attached to the parent's"),
+    ("tests/test_maintain.py::test_retain_drops_exactly_the_wholly_old_partitions_and_old_history",
+     "DETACH PARTITION ... CONCURRENTLY on 14+, plain DETACH on 13"),
+    ("tests/test_maintain.py::test_a_pending_concurrent_detach_is_finalized", "pg_inherits.inhdetachpending (14+)"),
+    ("tests/test_maintain.py::test_a_partition_detached_but_not_dropped_is_dropped_on_rerun",
+     "the rerun after a detach"),
+    ("tests/test_maintain.py::test_rows_in_the_default_partition_move_into_the_new_day", "DEFAULT partition rows"),
+    ("tests/test_maintain.py::test_after_the_upgrade_maintain_has_nothing_to_do_and_then_keeps_days_ahead",
+     "revision 2 then maintain, on one store"),
+    ("tests/test_leftovers.py::test_downgrade_across_revisions_checks_the_whole_path_before_the_first_change",
+     "the downgrade's checks across both revisions"),
+    ("tests/test_revision_kit.py::test_upgrade_walks_every_revision_from_base", "the kit's walk up"),
+    ("tests/test_revision_kit.py::test_downgrade_walks_every_revision_back_to_base", "the kit's walk down"),
+    ("tests/test_revision_kit.py::test_offline_script_matches_online", "each revision's offline SQL under psql"),
+    ("tests/test_revision_kit.py::test_plan_lists_the_statements_the_upgrade_runs",
+     "plan's statements match what each major ran"),
+    # verify, check and plan on a converted store: they read the catalog
+    ("tests/test_verify.py", "verify's catalog reads: each kind of drift, extras, outliers, read-only role"),
+    ("tests/test_check.py", "check's catalog reads, partition bounds, and a server still starting up"),
+    # the shipped file, end to end
+    ("tests/test_pyz_db.py::test_pyz_adopts_and_round_trips_on_each_python[13]",
+     "the built pyz, adopt and round trip (the Python is not what varies here)"),
+]
 
 
-def pytest_collection_modifyitems(items):
+def _in_selection(nodeid: str, entry: str) -> bool:
+    return nodeid == entry or nodeid.startswith(entry + "[") or nodeid.startswith(entry + "::")
+
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if DB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+    # A module collected whole must hold every entry naming it; with node ids
+    # on the command line (tests/x.py::name) only those were collected.
+    narrowed = any("::" in arg for arg in config.args)
+    modules = set() if narrowed else {item.nodeid.split("::", 1)[0] for item in items}
+    problems = []
+    for entry, _reason in MAJORS:
+        chosen = [item for item in items if _in_selection(item.nodeid, entry)]
+        if not chosen and entry.split("::", 1)[0] in modules:
+            problems.append("%s matches no test" % entry)
+        for item in chosen:
+            if item.get_closest_marker("db"):  # a test without a server has nothing that varies by major
+                item.add_marker(pytest.mark.majors)
+            elif "::" in entry:
+                problems.append("%s talks to no server" % item.nodeid)
+    if problems:
+        raise pytest.UsageError("tests/conftest.py MAJORS: " + "; ".join(problems))
 
 
 def pytest_report_header(config):
@@ -97,7 +230,7 @@ def sql(url: str, statement: str, params=()):
 def db_url(server):
     """A fresh, empty database for this test; dropped afterwards."""
     name = "t_" + uuid.uuid4().hex[:12]
-    sql(server.admin_url, "CREATE DATABASE %s" % name)
+    create_database(server.admin_url, name)
     yield server.url(name)
     drop_database(server.admin_url, name)
 
@@ -105,17 +238,57 @@ def db_url(server):
 @pytest.fixture
 def new_database(server):
     """More fresh databases on demand (new_database() -> url), each under a unique
-    name (tests may run side by side on one server), all dropped afterwards."""
+    name (tests may run side by side on one server), all dropped afterwards.
+    new_database(template=NAME) copies a prepared one (template_database)."""
     made = []
 
-    def make() -> str:
+    def make(template: str = None) -> str:
         name = "t_" + uuid.uuid4().hex[:12]
-        sql(server.admin_url, "CREATE DATABASE %s" % name)
+        create_database(server.admin_url, name, template)
         made.append(name)
         return server.url(name)
     yield make
     for name in made:
         drop_database(server.admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def template_database(server):
+    """template_database(key, prepare) -> the name of a database that prepare(url)
+    filled, once per session and UTC day (a store at the head has day partitions
+    from today on), to copy with new_database(template=...): CREATE DATABASE ...
+    TEMPLATE copies files, faster than loading rows and migrating again. Copy it;
+    never change it. Dropped at the end."""
+    made = {}
+
+    def get(key: str, prepare) -> str:
+        day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        if (key, day) not in made:
+            name = "tpl_" + uuid.uuid4().hex[:12]
+            create_database(server.admin_url, name)
+            prepare(server.url(name))
+            # A copy needs the template to have no session: end any left (a pool's).
+            sql(server.admin_url, "select pg_terminate_backend(pid) from pg_stat_activity "
+                                  "where datname = %s and pid <> pg_backend_pid()", (name,))
+            made[(key, day)] = name
+        return made[(key, day)]
+    yield get
+    for name in made.values():
+        drop_database(server.admin_url, name)
+
+
+def create_database(admin_url: str, name: str, template: str = None):
+    statement = "CREATE DATABASE %s" % name + (" TEMPLATE %s" % template if template else "")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            sql(admin_url, statement)
+            return
+        except pg8000.dbapi.DatabaseError as error:
+            # 55006: the template's last session is still ending (its client already closed it)
+            if not template or "55006" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def drop_database(admin_url: str, name: str):

@@ -10,11 +10,15 @@ from helpers import one_line, parse_prometheus
 from otelmig import schema as contract
 
 
+def legacy_at_head(url):
+    load_legacy(url, traces=50)
+    assert run_cli("upgrade", url=url).code == 0
+
+
 @pytest.fixture
-def head_url(db_url):
-    load_legacy(db_url, traces=50)
-    assert run_cli("upgrade", url=db_url).code == 0
-    return db_url
+def head_url(template_database, new_database):
+    """The legacy store with rows, upgraded to the head (a copy of one made once)."""
+    return new_database(template=template_database("verify: legacy 50 at head", legacy_at_head))
 
 
 DRIFT = [
