@@ -323,3 +323,14 @@ def ensure_known(state: DbState) -> None:
     error = assess(state)
     if isinstance(error, UnknownRevisionError):
         raise error
+
+
+def rejects_writes_gauge(label: str, leftovers) -> list:
+    """The Prometheus gauge of the earliest leftover (check's and verify's); -Inf for a bound at -infinity."""
+    if not leftovers:
+        return []
+    first = leftovers[0]  # state orders them by moment
+    value = "-Inf" if first.epoch is None else "%.3f" % first.epoch
+    return ["# HELP otelmig_rejects_writes_from_timestamp_seconds When a leftover CHECK starts rejecting writes.",
+            "# TYPE otelmig_rejects_writes_from_timestamp_seconds gauge",
+            "otelmig_rejects_writes_from_timestamp_seconds%s %s" % (label, value)]
