@@ -24,9 +24,13 @@ import os
 import sys
 from typing import Mapping, Optional
 
-from otelmig import preflight, redact, repair, run, runlog
+from otelmig import db, preflight, redact, repair, run, runlog
+from otelmig.db import quote_ident, quote_literal
 from otelmig.errors import ExitStatus, OtelmigError, RefusedError, UsageError
+from otelmig.lock import MigrationLock
 from otelmig.revisions import HEAD_REVISION
+from otelmig.schema import VERSION_TABLE
+from otelmig.scripts import engine_for
 from otelmig.settings import (DEFAULT_LOCK_WAIT, DEFAULT_SCHEMA, ENV_LOCK_WAIT, ENV_SCHEMA, parse_seconds,
                               resolve_conninfo, validate_schema)
 
@@ -64,7 +68,6 @@ def _conninfo_of(engine, env: Mapping[str, str]):
 def failures_as_command_errors():
     """Alembic prints a CommandError as one `FAILED: ...` line (exit 255), without a traceback."""
     from alembic.util import CommandError
-    from otelmig import db
 
     try:
         yield
@@ -91,9 +94,6 @@ def session(attributes: dict, env: Mapping[str, str] = os.environ, engine=None, 
     """(connection, schema) for env.py, under the migration lock; see the module doc.
     `command`: the Alembic command that writes (upgrade, downgrade, stamp), recorded
     in the run history; None for one that only reads (current)."""
-    from otelmig.lock import MigrationLock
-    from otelmig.scripts import engine_for
-
     with failures_as_command_errors():
         schema = validate_schema(attributes.get("schema") or env.get(ENV_SCHEMA, DEFAULT_SCHEMA))
         attributes.setdefault("allow_data_loss", allow_data_loss(env))
@@ -141,7 +141,6 @@ def _recorded(lock, schema: str, command: Optional[str]):
 
 def _exit_of(exc: BaseException):
     """(exit code, message) otelmig gives for this failure."""
-    from otelmig import db
     if isinstance(exc, KeyboardInterrupt):
         return int(ExitStatus.SIGINT), "interrupted by SIGINT"
     cause = exc
@@ -157,9 +156,6 @@ def refuse_before_the_first_change(connection, schema: str, script, destination)
     """An upgrade's compatibility check (the one `otelmig upgrade` makes), before
     Alembic writes anything, even its version table. `destination` is Alembic's
     revision argument; a downgrade has no pending upgrade to check."""
-    from otelmig.db import quote_ident, quote_literal
-    from otelmig.schema import VERSION_TABLE
-
     table = "%s.%s" % (quote_ident(schema), VERSION_TABLE)
     current = None
     if connection.exec_driver_sql("select to_regclass(%s)" % quote_literal(table)).scalar() is not None:

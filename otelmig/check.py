@@ -18,7 +18,8 @@ import time
 from otelmig._version import HEAD_REVISION
 from otelmig.errors import ExitStatus, NotInitialisedError
 from otelmig.output import Result, progress
-from otelmig.state import assess, assess_writes, describe, ensure_known, fix_for, probe, schema_missing
+from otelmig.state import (assess, assess_writes, describe, ensure_known, fix_for, probe, rejects_writes_gauge,
+                           schema_missing)
 
 # The JSON fields of a failed check or current (cli adds exit_code, schema, message).
 FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None}
@@ -76,17 +77,6 @@ def prometheus_text(schema: str, status, leftovers) -> str:
               "# TYPE otelmig_check_timestamp_seconds gauge",
               "otelmig_check_timestamp_seconds%s %.3f" % (label, time.time())]
     return "\n".join(lines) + "\n"
-
-
-def rejects_writes_gauge(label: str, leftovers) -> list:
-    """The gauge of the earliest leftover (shared with verify); -Inf for a bound at -infinity."""
-    if not leftovers:
-        return []
-    first = leftovers[0]  # state orders them by moment
-    value = "-Inf" if first.epoch is None else "%.3f" % first.epoch
-    return ["# HELP otelmig_rejects_writes_from_timestamp_seconds When a leftover CHECK starts rejecting writes.",
-            "# TYPE otelmig_rejects_writes_from_timestamp_seconds gauge",
-            "otelmig_rejects_writes_from_timestamp_seconds%s %s" % (label, value)]
 
 
 def current(settings, err) -> Result:

@@ -7,7 +7,7 @@ allows null, an INVALID index is rebuilt, and the columns the head adds are
 filled with their default. Anything else would record the head over a schema
 that is not the contract, so it is refused (exit 8) before the first
 statement, each conflict named with its fix. The comparison is verify's
-(verify.compare over the one declaration in otelmig/schema.py), on the catalog
+(otelmig.catalog.compare over the one declaration in otelmig/schema.py), on the catalog
 as it will be after the renames.
 
 The rules, in short (README "Compatibility rules" has the matrix):
@@ -31,7 +31,7 @@ from typing import Dict, List, NamedTuple, Set, Tuple
 
 from otelmig import schema as contract
 from otelmig.errors import PROGRAM
-from otelmig.verify import LiveCatalog, LiveIndex, compare
+from otelmig.catalog import LiveCatalog, LiveIndex, compare
 
 
 class Conflict(NamedTuple):

@@ -17,6 +17,7 @@ import scramp.core
 
 from otelmig import pooler, session, tls
 from otelmig.errors import BusyError, ConnectError, ExitStatus, OtelmigError, RefusedError
+from otelmig.quoting import quote_ident, quote_literal  # noqa: F401 (db.quote_* is what the package calls)
 
 # SQLSTATEs we act on.
 INVALID_PASSWORD = "28P01"
@@ -63,14 +64,6 @@ class ConnectFailed(ConnectError):
         super().__init__(message)
         self.retryable = retryable and not login_refused
         self.login_refused = login_refused
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def sqlstate(exc: BaseException) -> Optional[str]:

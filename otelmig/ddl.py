@@ -32,6 +32,8 @@ from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 from otelmig import run
 from otelmig.db import quote_ident, quote_literal
 from otelmig.errors import RefusedError
+from otelmig.schema import RECORD_TABLE
+from otelmig.settings import validate_schema
 
 CONCURRENTLY = "{concurrently}"      # placeholder in index statements
 PARTITION = "{partition}"            # for_each: the partition, schema-qualified and quoted
@@ -236,7 +238,6 @@ class SchemaSQL:
     catalog conditions steps are written with, and the record's statements."""
 
     def __init__(self, schema: str):
-        from otelmig.settings import validate_schema
         self.schema = validate_schema(schema)  # never trust a name that reaches SQL text
         self.q_schema = quote_ident(schema)
 
@@ -287,7 +288,6 @@ class SchemaSQL:
     # -- the record of what the baseline created (see schema.RECORD_TABLE) --
 
     def record_table(self) -> str:
-        from otelmig.schema import RECORD_TABLE
         return self.table(RECORD_TABLE)
 
     def recorded(self, kind: str, name: str, origin: str) -> str:
@@ -377,13 +377,41 @@ def index_steps(n: "SchemaSQL", revision: str, index: str, table: str, keys: str
     ]
 
 
+@contextlib.contextmanager
+def outside_transaction(bind):
+    """Run the body with no transaction open, for CREATE INDEX CONCURRENTLY.
+
+    Alembic's autocommit_block() asks SQLAlchemy for the isolation level
+    first, and on pg8000 that query opens a transaction, so the concurrent build
+    then fails with SQLSTATE 25001. Here the driver connection itself commits
+    the revision's work so far and switches to autocommit; the revision's
+    version row is written in a new transaction after the body.
+    """
+    driver_conn = bind.connection.dbapi_connection
+    driver_conn.commit()
+    driver_conn.autocommit = True
+    cursor = driver_conn.cursor()
+    cursor.execute("show lock_timeout")
+    saved = cursor.fetchone()[0]
+    # A concurrent build's SHARE UPDATE EXCLUSIVE lock queues no reader or
+    # writer, but the build waits for every older transaction to end, and
+    # lock_timeout would cut that wait and leave an INVALID index. So it waits
+    # (its progress is reported), unbounded.
+    cursor.execute("SET lock_timeout = 0")
+    try:
+        yield
+    finally:
+        cursor.execute("select set_config('lock_timeout', %s, false)", (saved,))
+        driver_conn.autocommit = False
+
+
 class OnlineRunner:
     """Runs steps on the connection Alembic gives a revision.
 
     exec_scalar(sql) runs a query and returns the first column of the first row;
     exec_rows(sql) returns all rows; execute(sql) runs a statement; outside()
     is a context manager that ends the revision's transaction and runs its
-    body with the driver in autocommit (see migration_api.outside_transaction:
+    body with the driver in autocommit (see outside_transaction above:
     Alembic's autocommit_block leaves a transaction open on pg8000); watch()
     wraps a concurrent index build (progress on stderr).
     """

@@ -9,8 +9,10 @@ import time
 from typing import List, Optional
 
 from otelmig import db, interrupt, output, preflight, replicas, repair
+from otelmig.ddl import Catalog, Refusal, SchemaSQL, decide
 from otelmig.revisions import HEAD_REVISION
-from otelmig.state import ensure_known
+from otelmig.schema import VERSION_TABLE
+from otelmig.state import ensure_known, probe
 from otelmig.errors import PROGRAM, ConnectError, NotInitialisedError, OtelmigError, RefusedError, UsageError
 from otelmig.migration_session import (  # noqa: F401  (the lock budget and the session, named here too)
     FIRST_LOCK_TIMEOUT, LOCK_BUDGET_FACTOR, LOCK_TIMEOUT_GROWTH, MAINTENANCE_WORK_MEM_MB, RETRY_PAUSE,
@@ -19,7 +21,6 @@ from otelmig.scripts import alembic_config, resolve_revision, revisions_between,
 
 
 def _final_revision(connection, schema: str) -> Optional[str]:
-    from otelmig.schema import VERSION_TABLE
     connection.rollback()
     return connection.exec_driver_sql("select max(version_num) from %s.%s"
                                       % (db.quote_ident(schema), VERSION_TABLE)).scalar()
@@ -27,7 +28,6 @@ def _final_revision(connection, schema: str) -> Optional[str]:
 
 def _final_revision_or_none(connection, schema: str) -> Optional[str]:
     """The version row, or None where the version table is gone (a downgrade to base drops it)."""
-    from otelmig.schema import VERSION_TABLE
     connection.rollback()
     exists = connection.exec_driver_sql("select to_regclass(%s) is not null" % db.quote_literal(
         "%s.%s" % (db.quote_ident(schema), VERSION_TABLE))).scalar()
@@ -96,7 +96,6 @@ def _preflight(settings, connection, pending) -> None:
 def _forget_version(connection, schema: str) -> None:
     """A version row at the head over a layout never migrated: start from base
     (the revisions' steps check the catalog, so re-running them adopts it)."""
-    from otelmig.schema import VERSION_TABLE
     connection.exec_driver_sql("DELETE FROM %s.%s" % (db.quote_ident(schema), VERSION_TABLE))
 
 
@@ -136,8 +135,6 @@ def _refuse_along_the_path(settings, connection, current, target, allow_data_los
     catalog before the first change, so a downgrade across several revisions
     does not revert some and then stop. A refusal whose condition needs what an
     earlier step of the path makes is asked again when its step comes."""
-    from otelmig.ddl import Catalog, Refusal, SchemaSQL, decide
-
     names = SchemaSQL(settings.schema)
     ask = Catalog(lambda sql: connection.exec_driver_sql(sql).scalar(),
                   lambda sql: connection.exec_driver_sql(sql).fetchall())
@@ -199,7 +196,6 @@ def _revision_now(settings, connection, lock):
         return _final_revision(connection, settings.schema)
     except Exception:
         pass
-    from otelmig.schema import VERSION_TABLE
     try:
         cursor = lock.conn.cursor()
         cursor.execute("select max(version_num) from %s.%s" % (db.quote_ident(settings.schema), VERSION_TABLE))
@@ -268,7 +264,6 @@ def history(settings, err) -> output.Result:
 
 def _current_or_none(settings, err) -> Optional[str]:
     """history marks the current revision when the database answers quickly."""
-    from otelmig.state import probe
     import dataclasses
 
     quick = dataclasses.replace(settings.conninfo, connect_timeout=min(settings.conninfo.connect_timeout or 3.0, 3.0))

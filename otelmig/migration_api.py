@@ -11,36 +11,8 @@ import os
 from alembic import context, op
 
 from otelmig import run as run_model
-from otelmig.ddl import SchemaSQL, OnlineRunner
+from otelmig.ddl import SchemaSQL, OnlineRunner, outside_transaction
 from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA
-
-
-@contextlib.contextmanager
-def outside_transaction(bind):
-    """Run the body with no transaction open, for CREATE INDEX CONCURRENTLY.
-
-    Alembic's autocommit_block() asks SQLAlchemy for the isolation level
-    first, and on pg8000 that query opens a transaction, so the concurrent build
-    then fails with SQLSTATE 25001. Here the driver connection itself commits
-    the revision's work so far and switches to autocommit; the revision's
-    version row is written in a new transaction after the body.
-    """
-    driver_conn = bind.connection.dbapi_connection
-    driver_conn.commit()
-    driver_conn.autocommit = True
-    cursor = driver_conn.cursor()
-    cursor.execute("show lock_timeout")
-    saved = cursor.fetchone()[0]
-    # A concurrent build's SHARE UPDATE EXCLUSIVE lock queues no reader or
-    # writer, but the build waits for every older transaction to end, and
-    # lock_timeout would cut that wait and leave an INVALID index. So it waits
-    # (its progress is reported), unbounded.
-    cursor.execute("SET lock_timeout = 0")
-    try:
-        yield
-    finally:
-        cursor.execute("select set_config('lock_timeout', %s, false)", (saved,))
-        driver_conn.autocommit = False
 
 
 def run(steps_for) -> None:

@@ -16,6 +16,7 @@ from otelmig.errors import UsageError
 from otelmig.lock import lock_keys
 from otelmig.scripts import lock_timeout_ms, resolve_revision, revisions_between
 from otelmig.schema import VERSION_TABLE
+from otelmig.session import script_settings
 
 DOLLAR = "$otelmig$"
 
@@ -84,7 +85,6 @@ def _set_session() -> str:
     """The session settings the steps' decisions depend on (otelmig.session.SCRIPT),
     as the online migration session has them: psql under PGTZ or PGDATESTYLE, or
     a database or role with its own, then computes the same bounds."""
-    from otelmig.session import script_settings
     return "\n".join("SET %s = %s;" % (name, db.quote_literal(value)) for name, value in script_settings().items())
 
 

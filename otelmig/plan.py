@@ -7,8 +7,9 @@ would run, the lock each takes, what it does to the table, and the table's
 current row estimate and size.
 """
 
-from otelmig import db, output
+from otelmig import db, output, partitions, schema as contract
 from otelmig._version import HEAD_REVISION
+from otelmig.catalog import outliers, read_catalog
 from otelmig.state import ensure_known, read_state, schema_missing
 from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
 from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError
@@ -75,8 +76,6 @@ def conversion_outliers(conn, state):
     """Before the conversion of a plain spans (the head partitions it): the rows
     it will treat as outliers, read through the service/start index (legacy
     stores name the column start_ts). None when there is no such conversion ahead."""
-    from otelmig import schema as contract
-    from otelmig.verify import outliers
     spans = contract.SPANS.name
     if spans not in state.unpartitioned:
         return None
@@ -98,8 +97,6 @@ def _outliers_text(schema: str, found: dict) -> str:
 def maintain_preview(conn, schema: str):
     """What `otelmig maintain` (default --ahead, no --retain) would do now, when
     spans is partitioned; None when it is not. Reads the catalog only."""
-    from otelmig import partitions
-
     layout = partitions.read_layout(conn, schema)
     if not layout.partitioned or layout.problem() or partitions.adopted_as_found(conn, schema):
         return None  # maintain would refuse: nothing of its to show
@@ -165,8 +162,6 @@ def _outline_revision(schema: str, script) -> dict:
 
 def _preflight_entries(conn, schema: str, script) -> list:
     """The compatibility conflicts `upgrade` would refuse before its first step (otelmig.compat)."""
-    from otelmig.verify import read_catalog
-
     check = getattr(script.module, "preflight", None)
     if check is None:
         return []

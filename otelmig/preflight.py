@@ -10,13 +10,13 @@ take the same decisions.
   earlier revision against the contract it declares frozen.
 """
 
+from otelmig.catalog import compare, read_catalog
 from otelmig.errors import PROGRAM, ExitStatus, OtelmigError, RefusedError
+from otelmig.schema import HEAD
 
 
 def refuse_conflicts(driver_conn, schema: str, pending_modules) -> None:
     """pending_modules: the revision modules about to run, oldest first."""
-    from otelmig.verify import read_catalog
-
     check = getattr(pending_modules[0], "preflight", None) if pending_modules else None
     if check is None:
         return
@@ -30,8 +30,6 @@ def refuse_conflicts(driver_conn, schema: str, pending_modules) -> None:
 def contract_check(schema: str):
     """check(driver_conn, revision, wanted): wanted is a frozen contract, or None for the head's."""
     def check(driver_conn, revision, wanted) -> None:
-        from otelmig.schema import HEAD
-        from otelmig.verify import compare, read_catalog
         problems = compare(schema, read_catalog(driver_conn, schema), wanted or HEAD).problems
         if problems:
             raise OtelmigError("schema %s does not hold the contract of revision %s after its upgrade, so it was not "

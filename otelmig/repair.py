@@ -24,17 +24,18 @@ downgrade returns exactly the layout its upgrade found.
 Imports Alembic (to read the revision scripts): never on `check`'s path.
 """
 
+import contextlib
 from typing import Callable, List, Optional, Tuple
 
-from otelmig import db
-from otelmig.ddl import OnlineRunner, SchemaSQL
+from otelmig import db, default_partition
+from otelmig.ddl import OnlineRunner, SchemaSQL, outside_transaction
 from otelmig.schema import RECORD_TABLE
+from otelmig.scripts import migrations_dir
 
 
 def revision_modules() -> List[Tuple[str, object]]:
     """(revision id, module) of every bundled revision, newest first."""
     from alembic.script import ScriptDirectory
-    from otelmig.scripts import migrations_dir
 
     scripts = ScriptDirectory(migrations_dir())
     return [(script.revision, script.module) for script in scripts.walk_revisions()]
@@ -44,9 +45,6 @@ def runner_on(connection, schema: str, log: Callable[[str], None], allow_data_lo
               watch=None) -> OnlineRunner:
     """An OnlineRunner on a SQLAlchemy connection outside Alembic's run (statements in
     its open transaction; a Concurrent step commits it and runs in autocommit)."""
-    import contextlib
-    from otelmig.migration_api import outside_transaction
-
     return OnlineRunner(
         exec_scalar=lambda sql: connection.exec_driver_sql(sql).scalar(),
         exec_rows=lambda sql: connection.exec_driver_sql(sql).fetchall(),
@@ -60,8 +58,6 @@ def run_repairs(connection, schema: str, modules=None) -> List[str]:
     """Every revision's repair steps, newest first, then maintain's (what a
     stopped DEFAULT promotion left: otelmig/default_partition.py), then
     commit; the statements run."""
-    from otelmig import default_partition
-
     executed: List[str] = []
     runner = runner_on(connection, schema, executed.append)
     names = runner.names

@@ -13,11 +13,11 @@ from typing import Optional
 
 from otelmig import db, session
 from otelmig.errors import NotInitialisedError, UsageError
+from otelmig.revisions import versions_dir
 
 
 def migrations_dir() -> str:
     # The directory otelmig.revisions read the head from, so both always agree.
-    from otelmig.revisions import versions_dir
     return os.path.dirname(versions_dir())
 
 

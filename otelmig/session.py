@@ -26,6 +26,8 @@ import socket
 from typing import Dict, NamedTuple, Optional
 
 from otelmig.errors import RefusedError
+from otelmig.quoting import quote_literal
+from otelmig.settings import parse_seconds
 
 MIGRATION = "migration"  # the connection that runs the DDL (upgrade, downgrade, stamp)
 LOCK = "lock"            # the advisory lock's connection, the index-build progress watcher
@@ -128,7 +130,6 @@ def script_settings() -> Dict[str, str]:
 
 def idle_timeout(environ=None) -> float:
     """The idle-in-transaction bound in seconds, from OTELMIG_IDLE_TIMEOUT (exit 2 if malformed)."""
-    from otelmig.settings import parse_seconds
     text = (os.environ if environ is None else environ).get(ENV_IDLE_TIMEOUT)
     if text is None or text == "":
         return DEFAULT_IDLE_TIMEOUT
@@ -180,7 +181,6 @@ def after_connect(conn, purpose: str, probe_wait: Optional[float] = None) -> Non
 
 def settings_message(purpose: str, major: int, probe_wait: Optional[float] = None) -> str:
     """One simple-query message: session-level SETs, or for a probe BEGIN and SET LOCALs."""
-    from otelmig.db import quote_literal
     rest = {name: value for name, value in wanted(purpose, major, probe_wait).items() if name not in STARTUP}
     if purpose != PROBE:
         return "; ".join("SET %s = %s" % (name, quote_literal(value)) for name, value in rest.items())

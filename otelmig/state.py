@@ -13,6 +13,8 @@ from typing import NamedTuple, Optional, Tuple
 from otelmig import db, schema as contract
 from otelmig._version import HEAD_REVISION, KNOWN_REVISIONS
 from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError, OtelmigError, PendingError, UnknownRevisionError
+from otelmig.session import server_major
+from otelmig.settings import ENV_SCHEMA
 
 UPGRADE_HINT = "run `%s upgrade`" % PROGRAM
 # One round trip for the schema, its tables and the head's columns that an
@@ -179,7 +181,6 @@ def read_state(conn, schema: str) -> DbState:
 
 def _state_sql(conn) -> str:
     """The state query for this server's major (inhdetachpending is 14+)."""
-    from otelmig.session import server_major
     major = server_major(conn.parameter_statuses.get("server_version", "")) or 0
     attached = "not i.inhdetachpending" if major >= 14 else "true"
     writes = _WRITES_SQL.replace("{attached}", attached)
@@ -219,7 +220,6 @@ def schema_missing(state: DbState) -> str:
     """A schema that does not exist may be a typo: ask, rather than suggest an
     upgrade that would create a second, empty store beside the real one."""
     s = state.schema
-    from otelmig.settings import ENV_SCHEMA
     line = "schema %s does not exist in this database: is %s the intended schema (--schema, %s)?" % (s, s, ENV_SCHEMA)
     if state.other_stores:
         where = ("store here is in schema %s" % state.other_stores[0] if len(state.other_stores) == 1
@@ -323,3 +323,14 @@ def ensure_known(state: DbState) -> None:
     error = assess(state)
     if isinstance(error, UnknownRevisionError):
         raise error
+
+
+def rejects_writes_gauge(label: str, leftovers) -> list:
+    """The Prometheus gauge of the earliest leftover (check's and verify's); -Inf for a bound at -infinity."""
+    if not leftovers:
+        return []
+    first = leftovers[0]  # state orders them by moment
+    value = "-Inf" if first.epoch is None else "%.3f" % first.epoch
+    return ["# HELP otelmig_rejects_writes_from_timestamp_seconds When a leftover CHECK starts rejecting writes.",
+            "# TYPE otelmig_rejects_writes_from_timestamp_seconds gauge",
+            "otelmig_rejects_writes_from_timestamp_seconds%s %s" % (label, value)]
