@@ -48,8 +48,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import log  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from otelmig import revisions  # noqa: E402  (no Alembic: reads the revision scripts' id lines)
+# otelmig/revisions.py alone, by its path: the package's __init__ imports the driver, which the
+# system python3 this script starts under may lack (it re-executes in its venv later).
+import importlib.util  # noqa: E402
+_spec = importlib.util.spec_from_file_location("otelmig_revisions", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "otelmig", "revisions.py"))
+revisions = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(revisions)  # no Alembic: reads the revision scripts' id lines
 
 PARENTS = revisions.read_scripts(revisions.versions_dir())
 HEAD = revisions.load()[0]
