@@ -263,10 +263,13 @@ _LOOSE_SOURCE = """services(name) as (
   union all
   select (select s.service_name from {spans} s where s.service_name > services.name order by s.service_name limit 1)
   from services where services.name is not null),
-outlying as (select t.id, t.{key} as at from services, since
-             cross join lateral (select id, {key} from {spans} t where t.service_name = services.name
-                                 and t.{key} >= since.at) t
-             where services.name is not null)"""
+outlying as ((select t.id, t.{key} as at from services, since
+              cross join lateral (select id, {key} from {spans} t where t.service_name = services.name
+                                  and t.{key} >= since.at) t
+              where services.name is not null)
+             union all  -- rows without a service (a store that dropped the NOT NULL): one more index probe
+             (select t.id, t.{key} from since cross join lateral (select id, {key} from {spans} t
+                                  where t.service_name is null and t.{key} >= since.at) t))"""
 
 
 def outliers(conn, schema: str, days: int, key: str = "start_time", loose: bool = False) -> dict:

@@ -175,10 +175,12 @@ def promote(runner, promotion: Promotion) -> int:
     copied = 0
     for table, where in _targets(promotion):
         copied += runner.run(lambda: _copy(runner, promotion, table, where), "copying rows into %s" % table)
+        runner.after_batch()
     runner.say("copied %d row(s) of the DEFAULT partition; replaying what writers changed meanwhile" % copied,
                level=1)
     for _ in range(MAX_REPLAY_ROUNDS):
         found = runner.run(lambda: _replay(runner, promotion, REPLAY_BATCH), "replaying logged changes")
+        runner.after_batch()
         if found < SWAP_BELOW:
             break
     else:

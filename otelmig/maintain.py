@@ -223,6 +223,12 @@ class _Runner:
 
     def __init__(self, settings, err, conn):
         self.settings, self.err, self.conn = settings, err, conn
+        # Batches that write many rows wait between them for a lagging standby (OTELMIG_MAX_REPLICA_LAG).
+        self.throttle = replicas.ReplayThrottle(conn, settings.max_replica_lag, lambda line: self.say(line))
+
+    def after_batch(self) -> None:
+        """After a committed batch of rows (a copy, a replay, a delete): pause while a standby lags."""
+        self.throttle.pause()
 
     def say(self, line: str, level: int = 0) -> None:
         output.progress(self.settings, self.err, "maintain: " + line, level=level)

@@ -77,6 +77,7 @@ def delete_old_spans(runner, layout: partitions.Layout, window_start: partitions
             if deleted:
                 runner.say("deleted %d span rows older than %s from %s (%d so far)"
                            % (deleted, window_start.text, name, total), level=1)
+                runner.after_batch()
             if deleted == 0:
                 break
     return total
@@ -136,6 +137,7 @@ def delete_old_traces(runner, schema: str, window_start: partitions.Moment, wind
         if gone:
             runner.say("deleted %d trace rows older than %s (%d so far)" % (gone, window_start.text, deleted),
                        level=1)
+            runner.after_batch()
         if seen < BATCH:
             break
         after, params = partitions.timestamptz_sql(partitions.moment_of(page_end, 0.0)), (page_id,)

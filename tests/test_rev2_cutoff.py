@@ -412,3 +412,18 @@ def test_a_held_row_moved_back_before_the_cutoff_during_the_run_lands_in_the_his
     assert where_is(db_url, "y2099") == "otel." + LAYOUT.history
     ahead = utc_sql(db_url, "select ((now() + interval '9 days') at time zone 'UTC')::date")[0][0]
     assert where_is(db_url, "ahead9") in ("otel." + LAYOUT.day_partition(ahead), "otel." + LAYOUT.default)
+
+
+def test_plan_counts_every_outlier_the_conversion_holds_a_null_service_included(db_url):
+    """plan reports the rows the conversion will hold aside, found per service
+    through the index: rows without a service_name (a store that dropped the
+    NOT NULL) are outliers too (adversary finding F5)."""
+    load_legacy(db_url, traces=20)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    sql(db_url, "alter table otel.spans alter column service_name drop not null")
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                "select 't', 'nulls-' || g, 'op', null, now() + interval '5 days' from generate_series(1, 3) g")
+    insert_legacy_span(db_url, "named", "now() + interval '6 days'", column="start_time")
+    result = run_cli("plan", "--format", "json", url=db_url)
+    assert result.code == 5, result.err
+    assert '"count": 4' in result.out, result.out

@@ -464,6 +464,39 @@ def test_the_rollback_does_not_pause_with_a_bound_of_zero(replicated, fresh):
 
 # -- maintain ------------------------------------------------------------------------------
 
+AHEAD_ROWS = 3000
+
+
+@pytest.mark.db
+def test_maintain_moving_rows_out_of_default_pauses_while_a_standby_lags(replicated, fresh, pyz):
+    """maintain's copy of DEFAULT's rows into a new day and its retention deletes
+    are batches too: after each one it waits while a connected standby lags
+    past OTELMIG_MAX_REPLICA_LAG, as the rollback's move does (issue 21 part 3)."""
+    assert run_cli("upgrade", url=fresh).code == 0
+    # rows of a day past the partitions made (today + 7): they wait in DEFAULT until maintain makes their day
+    sql(fresh, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+               "select 'ahead', 'ahead-' || g, 'op', 'svc', date_trunc('day', now() at time zone 'UTC') "
+               "at time zone 'UTC' + interval '9 days 12 hours' from generate_series(1, %d) g" % AHEAD_ROWS)
+    in_default = "select count(*) from only otel.spans_default"
+    assert sql(fresh, in_default) == [[AHEAD_ROWS]]
+    alpha = standby(replicated, "alpha")
+    sql(alpha.url(), "select pg_wal_replay_pause()")
+    try:
+        maintain = _spawn_pyz(pyz, fresh, "maintain", "--ahead", "10", env={"OTELMIG_MAX_REPLICA_LAG": "0.05"})
+        time.sleep(3.0)
+        assert maintain.poll() is None, "maintain went on while alpha replayed nothing"
+        assert sql(fresh, in_default) == [[AHEAD_ROWS]]  # not swapped in yet
+    finally:
+        sql(alpha.url(), "select pg_wal_replay_resume()")
+    out, err = maintain.communicate(timeout=DEADLINE_SECONDS)
+    assert maintain.returncode == 0, err
+    pauses = [line for line in err.splitlines() if "pausing the batches while standbys replay: " in line]
+    assert pauses and "alpha (127.0.0.1) " in pauses[0], err
+    assert "(the bound is 0.05s, OTELMIG_MAX_REPLICA_LAG)" in pauses[0], err
+    assert sql(fresh, in_default) == [[0]]
+    assert sql(fresh, "select count(*) from otel.spans where trace_id = 'ahead'") == [[AHEAD_ROWS]]
+
+
 @pytest.mark.db
 def test_maintain_waits_for_the_standbys(replicated, fresh):
     assert run_cli("upgrade", "--wait-replicas=%d" % DEADLINE_SECONDS, url=fresh).code == 0
