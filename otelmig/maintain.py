@@ -34,7 +34,6 @@ tables are otelmig's is the record's (otelmig/partitions.py). In order:
 
 import contextlib
 import datetime
-import random
 import re
 import time
 from typing import List, NamedTuple, Optional, Tuple
@@ -237,26 +236,20 @@ class _Runner:
         return self.run(query, "reading the partitions")
 
     def run(self, action, what: str, outside_transaction: bool = False):
-        budget = migration_session
-        deadline = time.monotonic() + lock_budget(self.settings)
-        attempt = 0
-        while True:
-            wait = min(self.settings.lock_timeout, MAX_ATTEMPT_WAIT,
-                       budget.FIRST_LOCK_TIMEOUT * budget.LOCK_TIMEOUT_GROWTH ** attempt)
-            self._execute_alone("SET lock_timeout = '%dms'" % max(1, int(wait * 1000)))
-            try:
-                return self._once(action, outside_transaction)
-            except Exception as exc:
-                if not db.is_conflict(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise self._busy(what, exc) from None
-                reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
-            pause = random.uniform(*budget.RETRY_PAUSE)
+        """`action` in its own transaction (or none), retried by the one retry loop
+        (migration_session.retrying), each lock attempt at most MAX_ATTEMPT_WAIT."""
+        def on_retry(tries, reason, pause, exc):
             self.say("%s: a table is busy (%s); retrying in %.2fs" % (what, reason, pause),
-                     level=0 if attempt % 20 == 0 else 1)
-            time.sleep(pause)
-            attempt += 1
+                     level=0 if tries % 20 == 0 else 1)
+
+        def stop(exc, budget_spent):
+            if budget_spent:
+                raise self._busy(what, exc) from None
+
+        return migration_session.retrying(
+            self.settings, lambda: self._once(action, outside_transaction),
+            lambda wait: self._execute_alone("SET lock_timeout = '%dms'" % max(1, int(wait * 1000))),
+            on_retry, stop, longest=MAX_ATTEMPT_WAIT)
 
     def _busy(self, what: str, exc: BaseException) -> BusyError:
         return BusyError("maintain stopped while %s: %s for %gs (6 x --lock-timeout): %s; that step was rolled "

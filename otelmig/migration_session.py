@@ -145,39 +145,60 @@ def restore_session(connection) -> None:
     connection.commit()
 
 
-def run_with_retries(settings, err, connection, action) -> None:
-    """Run a migration command; when its transaction was rolled back by a
-    conflict (a lock timeout 55P03, a deadlock, a serialization failure), retry
-    it (see LOCK_*). With -v, a failing statement is printed whole (the error
-    line names only its start)."""
-    from alembic.util import CommandError
-
+def retrying(settings, attempt, set_timeout, on_retry, stop, longest: Optional[float] = None):
+    """The one retry loop of every command that changes the store (upgrade,
+    downgrade, stamp, maintain): `attempt()` runs with a lock timeout that
+    starts at FIRST_LOCK_TIMEOUT and grows by LOCK_TIMEOUT_GROWTH up to
+    --lock-timeout (and `longest`), set by `set_timeout(seconds)`; a conflict
+    (a lock timeout 55P03, a deadlock, a serialization failure) rolls it back
+    and it runs again after a short jittered pause, until LOCK_BUDGET_FACTOR x
+    --lock-timeout is spent. `on_retry(tries, reason, pause, exc)` reports a
+    retry; `stop(exc, budget_spent)` sees the failure that ends the loop (it
+    may raise its own error instead). Each lock wait and retry goes to the run
+    record (otelmig/run.py)."""
     deadline = time.monotonic() + LOCK_BUDGET_FACTOR * settings.lock_timeout
-    attempt = 0
+    tries = 0
     while True:
-        wait = min(settings.lock_timeout, FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** attempt)
-        set_lock_timeout(connection, wait)
+        wait = min(settings.lock_timeout, longest or settings.lock_timeout,
+                   FIRST_LOCK_TIMEOUT * LOCK_TIMEOUT_GROWTH ** tries)
+        set_timeout(wait)
         try:
-            return action()
-        except CommandError as exc:  # e.g. `upgrade base` from the head
-            raise UsageError("%s; see `%s history`" % (exc, PROGRAM)) from None
+            return attempt()
         except Exception as exc:
             if db.is_lock_timeout(exc):
                 run.lock_waited("table lock", wait, {"db.response.status_code": db.LOCK_NOT_AVAILABLE})
             if not db.is_conflict(exc) or time.monotonic() >= deadline:
-                print_failed_statement(settings, err, exc)
+                stop(exc, db.is_conflict(exc))
                 raise
             reason = "waited %.2fs for its lock" % wait if db.is_lock_timeout(exc) else db.server_message(exc)
-            conflict = db.sqlstate(exc)
-            statement = db.failed_statement(exc)
+            failed = exc
         pause = random.uniform(*RETRY_PAUSE)
-        run.retried(attempt + 1, reason, conflict, pause)
-        level = 0 if attempt % 20 == 0 else 1
-        if settings.verbosity >= level:  # only for a line that is printed: the retries are tight
-            reason = _lock_holder(connection, settings.schema, statement) + reason
-        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs" % (reason, pause), level=level)
+        run.retried(tries + 1, reason, db.sqlstate(failed), pause)
+        on_retry(tries, reason, pause, failed)
         time.sleep(pause)
-        attempt += 1
+        tries += 1
+
+
+def run_with_retries(settings, err, connection, action) -> None:
+    """Run a migration command, retried on a conflict (retrying). With -v, a
+    failing statement is printed whole (the error line names only its start),
+    and a retry's line names the session holding the lock."""
+    from alembic.util import CommandError
+
+    def attempt():
+        try:
+            return action()
+        except CommandError as exc:  # e.g. `upgrade base` from the head
+            raise UsageError("%s; see `%s history`" % (exc, PROGRAM)) from None
+
+    def on_retry(tries, reason, pause, exc):
+        level = 0 if tries % 20 == 0 else 1
+        if settings.verbosity >= level:  # only for a line that is printed: the retries are tight
+            reason = _lock_holder(connection, settings.schema, db.failed_statement(exc)) + reason
+        output.progress(settings, err, "a table is busy (%s); retrying in %.2fs" % (reason, pause), level=level)
+
+    return retrying(settings, attempt, lambda wait: set_lock_timeout(connection, wait), on_retry,
+                    lambda exc, budget_spent: print_failed_statement(settings, err, exc))
 
 
 # The sessions holding a lock on a relation of the schema, longest-running transaction first.

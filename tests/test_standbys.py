@@ -14,6 +14,8 @@ import uuid
 
 import pytest
 
+from otelmig import maintain as maintain_mod
+
 import partition_layout
 import pgcluster
 from conftest import REPO, connect, drop_database, run_cli, run_pyz, sql
@@ -464,7 +466,7 @@ def test_the_rollback_does_not_pause_with_a_bound_of_zero(replicated, fresh):
 
 # -- maintain ------------------------------------------------------------------------------
 
-AHEAD_ROWS = 3000
+AHEAD_ROWS = 20000  # past maintain.DIRECT_MAX_BYTES in DEFAULT: the day is made by the copy (promotion)
 
 
 @pytest.mark.db
@@ -479,10 +481,12 @@ def test_maintain_moving_rows_out_of_default_pauses_while_a_standby_lags(replica
                "at time zone 'UTC' + interval '9 days 12 hours' from generate_series(1, %d) g" % AHEAD_ROWS)
     in_default = "select count(*) from only otel.spans_default"
     assert sql(fresh, in_default) == [[AHEAD_ROWS]]
+    assert sql(fresh, "select pg_total_relation_size('otel.spans_default')")[0][0] > maintain_mod.DIRECT_MAX_BYTES
     alpha = standby(replicated, "alpha")
     sql(alpha.url(), "select pg_wal_replay_pause()")
     try:
-        maintain = _spawn_pyz(pyz, fresh, "maintain", "--ahead", "10", env={"OTELMIG_MAX_REPLICA_LAG": "0.05"})
+        # a bound below the time between two batches: from the second batch on, alpha is past it
+        maintain = _spawn_pyz(pyz, fresh, "maintain", "--ahead", "10", env={"OTELMIG_MAX_REPLICA_LAG": "0.001"})
         time.sleep(3.0)
         assert maintain.poll() is None, "maintain went on while alpha replayed nothing"
         assert sql(fresh, in_default) == [[AHEAD_ROWS]]  # not swapped in yet
@@ -492,7 +496,7 @@ def test_maintain_moving_rows_out_of_default_pauses_while_a_standby_lags(replica
     assert maintain.returncode == 0, err
     pauses = [line for line in err.splitlines() if "pausing the batches while standbys replay: " in line]
     assert pauses and "alpha (127.0.0.1) " in pauses[0], err
-    assert "(the bound is 0.05s, OTELMIG_MAX_REPLICA_LAG)" in pauses[0], err
+    assert "(the bound is 0.001s, OTELMIG_MAX_REPLICA_LAG)" in pauses[0], err
     assert sql(fresh, in_default) == [[0]]
     assert sql(fresh, "select count(*) from otel.spans where trace_id = 'ahead'") == [[AHEAD_ROWS]]
 
