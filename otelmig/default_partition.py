@@ -255,6 +255,18 @@ def _copy_table(runner, p: Promotion, name: str, check: str, owner: Optional[str
     _carry_table_settings(runner, table, source, owner, with_options=like_default)
 
 
+def grant_like(runner, table: str, source: str) -> None:
+    """The table privileges of `source` (but its owner's) on `table`: a new
+    partition gets spans's, as revision 2 gives its own."""
+    cursor = runner.conn.cursor()
+    cursor.execute("select a.privilege_type, a.is_grantable, case when a.grantee = 0 then 'PUBLIC' "
+                   "else quote_ident(pg_get_userbyid(a.grantee)) end from pg_class c, aclexplode(c.relacl) a "
+                   "where c.oid = to_regclass(%s) and a.grantee <> c.relowner", (source,))
+    for privilege, grantable, grantee in cursor.fetchall():
+        runner.execute("GRANT %s ON %s TO %s%s" % (privilege, table, grantee, " WITH GRANT OPTION" if grantable
+                                                   else ""))
+
+
 def _check_name(table: str) -> str:
     return (table + "_range")[:63]
 
@@ -263,15 +275,10 @@ def _carry_table_settings(runner, table: str, source: str, owner: Optional[str],
     """Owner, table privileges (and for the next DEFAULT, storage parameters and comment) of `source`."""
     if owner is not None:
         runner.execute("ALTER TABLE %s OWNER TO %s" % (table, db.quote_ident(owner)))
-    cursor = runner.conn.cursor()
-    cursor.execute("select a.privilege_type, a.is_grantable, case when a.grantee = 0 then 'PUBLIC' "
-                   "else quote_ident(pg_get_userbyid(a.grantee)) end from pg_class c, aclexplode(c.relacl) a "
-                   "where c.oid = to_regclass(%s) and a.grantee <> c.relowner", (source,))
-    for privilege, grantable, grantee in cursor.fetchall():
-        runner.execute("GRANT %s ON %s TO %s%s" % (privilege, table, grantee, " WITH GRANT OPTION" if grantable
-                                                   else ""))
+    grant_like(runner, table, source)
     if not with_options:
         return
+    cursor = runner.conn.cursor()
     cursor.execute("select array_to_string(reloptions, ', '), obj_description(oid, 'pg_class') from pg_class "
                    "where oid = to_regclass(%s)", (source,))
     options, comment = cursor.fetchone()

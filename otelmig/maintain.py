@@ -477,7 +477,7 @@ def _create(runner: _Runner, layout, new: NewPartition, columns: List[str], owne
     runner.execute("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s)" % (table, check, _range_sql(layout, new)))
     if owner is not None:
         runner.execute("ALTER TABLE %s OWNER TO %s" % (table, db.quote_ident(owner)))
-    _grant_like(runner, table, parent)
+    default_partition.grant_like(runner, table, parent)
     moved = 0
     if layout.default is not None:
         names = ", ".join(db.quote_ident(c) for c in columns)
@@ -488,17 +488,6 @@ def _create(runner: _Runner, layout, new: NewPartition, columns: List[str], owne
                    % (parent, table, lower, upper))
     runner.execute("ALTER TABLE %s DROP CONSTRAINT %s" % (table, check))
     return max(moved, 0)
-
-
-def _grant_like(runner: _Runner, table: str, source: str) -> None:
-    """The table privileges of spans on a new partition, as revision 2 gives its own."""
-    cursor = runner.conn.cursor()
-    cursor.execute("select a.privilege_type, a.is_grantable, case when a.grantee = 0 then 'PUBLIC' "
-                   "else quote_ident(pg_get_userbyid(a.grantee)) end from pg_class c, aclexplode(c.relacl) a "
-                   "where c.oid = to_regclass(%s) and a.grantee <> c.relowner", (source,))
-    for privilege, grantable, grantee in cursor.fetchall():
-        runner.execute("GRANT %s ON %s TO %s%s" % (privilege, table, grantee, " WITH GRANT OPTION" if grantable
-                                                   else ""))
 
 
 # -- retention: whole partitions ------------------------------------------------------
