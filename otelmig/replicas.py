@@ -401,10 +401,15 @@ def pause_lines(indent: str = "    ") -> List[str]:
     return [indent + line for line in lines]
 
 
+MOVE_LINE = "moved "          # a row move's progress NOTICE: this, then "N rows back into ..."
+MOVE_PROGRESS_EVERY = 2.0      # seconds: at most one progress line so often (a batch is a NOTICE)
+
+
 def relay_pause_notices(dbapi_connection, say) -> None:
     """pg8000 keeps a session's notices (connection.notices) and shows none: from
     now on the PL/pgSQL pause's go to `say` as they arrive (without the prefix), so
-    an operator sees why a move waits and for which standby."""
+    an operator sees why a move waits and for which standby; so does a row move's
+    progress, at most one line every MOVE_PROGRESS_EVERY seconds, and its total."""
     dbapi_connection.notices = _RelayedNotices(say, dbapi_connection.notices)
 
 
@@ -414,6 +419,7 @@ class _RelayedNotices(collections.deque):
     def __init__(self, say, kept: collections.deque):
         super().__init__(kept, maxlen=kept.maxlen)
         self.say = say
+        self.progress_said = None  # when the last progress line was said (monotonic)
 
     def append(self, notice) -> None:
         super().append(notice)
@@ -421,3 +427,8 @@ class _RelayedNotices(collections.deque):
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
         if text.startswith(NOTICE_PREFIX + PAUSE_LINE):
             self.say(text[len(NOTICE_PREFIX):])
+        elif text.startswith(NOTICE_PREFIX + MOVE_LINE):
+            now = time.monotonic()
+            if text.endswith(" in all") or self.progress_said is None or now - self.progress_said >= MOVE_PROGRESS_EVERY:
+                self.progress_said = now
+                self.say(text[len(NOTICE_PREFIX):])

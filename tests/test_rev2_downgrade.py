@@ -510,3 +510,15 @@ def test_what_was_set_on_the_partitioned_spans_comes_back_to_the_plain_one(db_ur
                        "values ('col', 'col', 'op', 'svc', now())")
     finally:
         conn.close()
+
+
+def test_the_rollback_reports_its_row_move_as_progress(db_url, pyz):
+    """The move back prints how many rows it has moved as it goes (issue 22
+    item 6): the server's NOTICE per batch, at most one line a
+    MOVE_PROGRESS_EVERY seconds, and the total once the move is done."""
+    at_head_with_rows_in_days(db_url, later=3 * revision2().BATCH_ROWS)
+    result = run_pyz(pyz, "rollback", url=db_url)
+    assert result.code == 0, result.err
+    moved = [line for line in result.err.splitlines() if line.startswith("moved ") and "rows back into" in line]
+    assert moved, result.err
+    assert moved[-1] == "moved %d rows back into otel.spans in all" % (3 * revision2().BATCH_ROWS + 1), result.err

@@ -1276,6 +1276,7 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
     Runs outside the revision's transaction (it commits as it goes): its
     table is the record, which holds rows whenever a child is recorded."""
     spans_literal = layout.spans.replace("'", "''")
+    shown = ("%s.spans" % n.schema).replace("'", "''").replace("%", "%%")
     move = ("WITH moved AS (DELETE FROM ONLY %%1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM ONLY %%1$s LIMIT %d)) "
             "RETURNING %%2$s) INSERT INTO %s (%%2$s) SELECT %%2$s FROM moved" % (BATCH_ROWS, spans_literal))
     lines = [
@@ -1292,7 +1293,8 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
         "      GET DIAGNOSTICS moved = ROW_COUNT;",
         "      EXIT WHEN moved = 0;",
         "      total := total + moved;",
-        "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % spans_literal,
+        # otelmig relays these as progress (replicas.relay_pause_notices), one every few seconds and the total.
+        "      RAISE NOTICE 'otelmig: moved %% rows back into %s', total;" % shown,
         "      COMMIT;",
         # no lock held here: wait while a connected standby lags (OTELMIG_MAX_REPLICA_LAG)
     ] + replicas.pause_lines("      ") + [
@@ -1304,6 +1306,9 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
         % (n.record_table(), quote_literal(CHILD_KIND)),
         "    COMMIT;",
         "  END LOOP;",
+        "  IF total > 0 THEN",
+        "    RAISE NOTICE 'otelmig: moved %% rows back into %s in all', total;" % shown,
+        "  END IF;",
         "END",
         "$move$"]
     return Concurrent("\n".join(lines), when=_moving(n, layout), table=RECORD_TABLE,
