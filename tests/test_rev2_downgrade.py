@@ -522,3 +522,20 @@ def test_the_rollback_reports_its_row_move_as_progress(db_url, pyz):
     moved = [line for line in result.err.splitlines() if line.startswith("moved ") and "rows back into" in line]
     assert moved, result.err
     assert moved[-1] == "moved %d rows back into otel.spans in all" % (3 * revision2().BATCH_ROWS + 1), result.err
+
+
+def test_a_partitioned_spans_given_to_another_owner_goes_back_owned_so(db_url, pyz):
+    """ALTER TABLE spans OWNER TO ... after the upgrade (it re-owns the id
+    sequence with it): the downgrade gives the plain spans that owner, where it
+    stopped with an internal error in the switch-back (adversary finding F10)."""
+    at_head_with_rows_in_days(db_url, later=30)
+    role = "new_owner_%d" % random.randrange(10 ** 6)
+    sql(db_url, "create role %s" % role)
+    sql(db_url, "grant create on schema otel to %s" % role)
+    sql(db_url, "alter table otel.spans owner to %s" % role)
+    rows = every_row(db_url)
+    result = run_pyz(pyz, "downgrade", BASELINE, url=db_url)
+    assert result.code == 0, result.err
+    assert spans_is_plain(db_url) and every_row(db_url) == rows
+    assert sql(db_url, "select pg_get_userbyid(relowner)::text from pg_class where oid = 'otel.spans'::regclass") == [
+        [role]]

@@ -1164,6 +1164,12 @@ def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
         "    END IF;",
         "  END LOOP;",
         "  carried := %s;" % _set_on_the_partitioned_spans(n),
+        # The table that stays takes the partitioned table's owner first (an ALTER TABLE ... OWNER
+        # since the conversion re-owned it and its sequence): a sequence is owned by its table's owner.
+        "  IF (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s) <> owner_name THEN"
+        % n.regclass(LAYOUT.history),
+        "    EXECUTE format('ALTER TABLE %s OWNER TO %%I', owner_name);" % history.replace("'", "''"),
+        "  END IF;",
         "  IF id_sequence IS NOT NULL THEN  -- so that dropping the partitioned table keeps it",
         "    EXECUTE format('ALTER SEQUENCE %%s OWNED BY %s.id', id_sequence);" % history.replace("'", "''"),
         "  END IF;",
