@@ -532,6 +532,11 @@ def _drop_attached(runner: _Runner, layout, name: str) -> Optional[str]:
                 runner.execute("ALTER TABLE %s DETACH PARTITION %s CONCURRENTLY" % (parent, table))
             elif state == "pending":
                 runner.execute("ALTER TABLE %s DETACH PARTITION %s FINALIZE" % (parent, table))
+        # Recorded first: a run stopped between the detach and the drop leaves a table only maintain may drop.
+        runner.run(lambda: runner.execute(
+            "INSERT INTO %s (revision, object_kind, object_name, origin) VALUES (%%s, %%s, %%s, 'recorded') "
+            "ON CONFLICT (object_kind, object_name) DO NOTHING" % SchemaSQL(layout.schema).record_table(),
+            (HEAD_REVISION, partitions.DETACHING_KIND, name)), "recording the detach of %s" % name)
         try:
             runner.run(detach, "detaching %s" % name, outside_transaction=True)
         except Exception as exc:
@@ -553,8 +558,8 @@ def _drop_attached(runner: _Runner, layout, name: str) -> Optional[str]:
 
 
 def _forget(runner: _Runner, schema: str, name: str) -> None:
-    runner.execute("DELETE FROM %s WHERE object_kind = %%s AND object_name = %%s" % SchemaSQL(schema).record_table(),
-                   (partitions.PARTITION_KIND, name))
+    runner.execute("DELETE FROM %s WHERE object_kind IN (%%s, %%s) AND object_name = %%s"
+                   % SchemaSQL(schema).record_table(), (partitions.PARTITION_KIND, partitions.DETACHING_KIND, name))
 
 
 def _drop_table(runner: _Runner, layout, name: str) -> Optional[str]:

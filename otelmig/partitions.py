@@ -44,6 +44,7 @@ from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING, Partitioning
 # revision above the store's version would read as a partly applied upgrade).
 PARTITIONING_REVISION = "826630e38563"
 PARTITION_KIND = "partition"
+DETACHING_KIND = "detaching_partition"  # maintain began DETACH ... CONCURRENTLY of it: a stopped run's to finish
 DAY = datetime.timedelta(days=1)
 
 
@@ -406,6 +407,7 @@ class Ownership(NamedTuple):
     recorded: FrozenSet[str]      # partitions recorded as created (kind 'partition')
     any_recorded: bool            # the record names any partition at all (else: a store converted before it did)
     work: FrozenSet[str]          # tables a DEFAULT promotion made and has not finished with
+    detaching: FrozenSet[str] = frozenset()  # partitions maintain began to detach (kind DETACHING_KIND)
 
 
 NOTHING_RECORDED = Ownership(frozenset(), False, frozenset())
@@ -415,12 +417,13 @@ def read_ownership(conn, schema: str) -> Ownership:
     if not record_exists(conn, schema):
         return NOTHING_RECORDED
     cursor = conn.cursor()
-    cursor.execute("select object_kind, object_name, origin from %s.%s where object_kind in (%%s, %%s)"
-                   % (db.quote_ident(schema), RECORD_TABLE), (PARTITION_KIND, WORK_TABLE_KIND))
+    cursor.execute("select object_kind, object_name, origin from %s.%s where object_kind in (%%s, %%s, %%s)"
+                   % (db.quote_ident(schema), RECORD_TABLE), (PARTITION_KIND, WORK_TABLE_KIND, DETACHING_KIND))
     rows = cursor.fetchall()
     partitions = [(name, origin) for kind, name, origin in rows if kind == PARTITION_KIND]
     return Ownership(frozenset(name for name, origin in partitions if origin == "created"), bool(partitions),
-                     frozenset(name for kind, name, _ in rows if kind == WORK_TABLE_KIND))
+                     frozenset(name for kind, name, _ in rows if kind == WORK_TABLE_KIND),
+                     frozenset(name for kind, name, _ in rows if kind == DETACHING_KIND))
 
 
 def adoptable(layout: Layout, ownership: Ownership) -> List[str]:
@@ -486,8 +489,12 @@ def decide(layout: Layout, now: datetime.datetime, ahead_days: int,
             day = day_of(name, spec)
             if name in ownership.work or day is None or midnight(day) + DAY > window:
                 continue
-            if name in ours:
+            if name in ours and name in ownership.detaching:  # maintain's own detach, stopped before its drop
                 drop_detached.append(name)
+            elif name in ours:
+                kept.append("kept %s.%s: otelmig made it, but it was detached from %s.%s by hand (maintain records "
+                            "its own detaches), so its rows are set aside: never dropped; drop it yourself when "
+                            "they are no longer needed" % (layout.schema, name, layout.schema, spec.table))
             else:
                 kept.append("kept %s.%s: not a partition of %s.%s and not made by otelmig: left as it is"
                             % (layout.schema, name, layout.schema, spec.table))

@@ -13,7 +13,9 @@ import pytest
 import partition_layout as layout
 from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from helpers import error_line, one_line, parse_prometheus, spawn, wait_for
+from otelmig import partitions
 from otelmig.lock import lock_keys
+from otelmig.revisions import HEAD_REVISION
 
 DAY = datetime.timedelta(days=1)
 
@@ -284,6 +286,9 @@ def test_a_partition_detached_but_not_dropped_is_dropped_on_rerun(db_url):
     today = layout.build(db_url, cutoff_offset=-20, ahead=7)
     assert run_cli("maintain", url=db_url).code == 0  # records the layout's partitions as otelmig's
     old = layout.day_name(today - 18 * DAY)
+    # what maintain's concurrent detach leaves when it stops before its drop: its record, then the detach
+    sql(db_url, "insert into otel.otelmig_objects (revision, object_kind, object_name, origin) "
+                "values (%s, %s, %s, 'recorded')", (HEAD_REVISION, partitions.DETACHING_KIND, old))
     sql(db_url, "alter table otel.spans detach partition otel.%s" % old)  # a crash after DETACH
     result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
     assert result.code == 0, result.err
@@ -618,6 +623,25 @@ def test_retention_drops_only_what_otelmig_recorded_and_says_what_it_kept(db_url
     assert [span for _, span in layout.partition_of_rows(db_url)] == ["s2"]  # their old rows deleted, tables kept
     text = run_cli("maintain", "--retain", "14d", url=db_url).out
     assert "kept otel.%s" % replaced in text
+
+
+def test_a_day_the_operator_detached_is_theirs_and_never_dropped(db_url):
+    """A recorded day partition someone detached from spans (set aside with its
+    rows) is no longer a partition of otelmig's: retention keeps it and says
+    so; only a detach maintain recorded itself is finished by a drop
+    (adversary finding F11)."""
+    today = layout.build(db_url, cutoff_offset=-20, ahead=7)
+    assert run_cli("maintain", url=db_url).code == 0  # records ours
+    aside = layout.day_name(today - 18 * DAY)
+    layout.insert_spans(db_url, ["timestamptz '%s 06:00:00+00'" % (today - 18 * DAY)])
+    sql(db_url, "alter table otel.spans detach partition otel.%s" % aside)
+    result = run_cli("maintain", "--retain", "14d", "--format", "json", url=db_url)
+    assert result.code == 0, result.err
+    payload = json_of(result)
+    assert aside not in payload["dropped"]
+    assert sql(db_url, "select count(*) from otel.%s" % aside) == [[1]]
+    kept = " ".join(payload["kept"])
+    assert "otel.%s" % aside in kept and "detached" in kept, kept
 
 
 def test_a_store_converted_before_the_record_has_exactly_its_own_partitions_adopted(db_url):
