@@ -99,6 +99,8 @@ def test_objects_depending_on_the_partitioned_spans_are_refused_before_any_chang
                                            "for each row execute function otel.keep()"]),
         ("view otel.one_day", ["create view otel.one_day as select * from otel.spans_default"]),
     ]
+    if int(sql(db_url, "show server_version_num")[0][0]) < 140000:  # BEGIN ATOMIC bodies are PostgreSQL 14+
+        setups = [(expected, setup) for expected, setup in setups if expected != "function otel.span_total"]
     before, rows = layout_of(db_url), every_row(db_url)
     for expected, setup in setups:  # each added to the ones before: every one is named
         for statement in setup:
@@ -108,7 +110,7 @@ def test_objects_depending_on_the_partitioned_spans_are_refused_before_any_chang
         assert result.code == 8 and one_line(result.err) and expected in result.err, (expected, result.err)
         assert "nothing was changed" in result.err
         assert layout_of(db_url) == before and every_row(db_url) == rows
-    for statement in ("drop view otel.one_day", "drop function otel.span_total()",
+    for statement in ("drop view otel.one_day", "drop function if exists otel.span_total()",
                       "drop table otel.span_notes", "drop trigger keep_it on otel.spans"):
         sql(db_url, statement)
     assert run_pyz(pyz, "downgrade", BASELINE, url=db_url).code == 0
