@@ -236,6 +236,23 @@ def db_url(server):
 
 
 @pytest.fixture
+def copy_of(server):
+    """copy_of(template) -> URL of a fresh copy of a template database (CREATE
+    DATABASE ... TEMPLATE: a store built once per module, copied per case);
+    each copy is dropped afterwards."""
+    made = []
+
+    def copy(template: str) -> str:
+        name = "cp_" + uuid.uuid4().hex[:10]
+        sql(server.admin_url, "CREATE DATABASE %s TEMPLATE %s" % (name, template))
+        made.append(name)
+        return server.url(name)
+    yield copy
+    for name in made:
+        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+@pytest.fixture
 def new_database(server):
     """More fresh databases on demand (new_database() -> url), each under a unique
     name (tests may run side by side on one server), all dropped afterwards.

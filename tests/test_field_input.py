@@ -134,6 +134,7 @@ import urllib.parse  # noqa: E402
 from conftest import run_cli, sql  # noqa: E402
 from helpers import error_line, one_line, wait_for  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
+from standbys import pg_basebackup_for  # noqa: E402
 
 ROLE = "field_pw_role"
 # Generated and base64 secrets: every reserved character, a space, combinations.
@@ -441,20 +442,6 @@ def test_unreachable_is_still_retried_by_wait(server):
 
 # --- item 10: multi-host URLs (libpq's host list, target_session_attrs) -----
 
-def _pg_basebackup_for(cluster):
-    """The server build's own pg_basebackup, else one on PATH no older than the server."""
-    own = os.path.join(cluster.bindir, "pg_basebackup")
-    if os.path.exists(own):
-        return own
-    found = shutil.which("pg_basebackup")
-    if found:
-        version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-        client_major = int(re.search(r"(\d+)", version).group(1))
-        if client_major >= cluster.major:
-            return found
-    return None
-
-
 @pytest.fixture(scope="module")
 def primary_and_standby():
     """A primary (whose pg_hba rejects one role) and a streaming standby of it."""
@@ -468,7 +455,7 @@ def primary_and_standby():
     primary.reload()
     standby = Cluster()
     standby.password = primary.password
-    basebackup = _pg_basebackup_for(primary)
+    basebackup = pg_basebackup_for(primary)
     if basebackup is None:
         primary.stop()
         standby.stop()

@@ -87,20 +87,6 @@ def baseline_template(server):
     sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
 
 
-@pytest.fixture
-def copy_of(server):
-    made = []
-
-    def copy(template: str) -> str:
-        name = "lc_" + uuid.uuid4().hex[:10]
-        sql(server.admin_url, "CREATE DATABASE %s TEMPLATE %s" % (name, template))
-        made.append(name)
-        return server.url(name)
-    yield copy
-    for name in made:
-        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-
-
 def run(url, *args, env=None, timeout=DEADLINE):
     proc = spawn(url, *args, env=env)
     out, err = proc.communicate(timeout=timeout)

@@ -51,20 +51,6 @@ def big_default(server):
     sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
 
 
-@pytest.fixture
-def copy_of(server):
-    made = []
-
-    def copy(template: str) -> str:
-        name = "mc_" + uuid.uuid4().hex[:10]
-        sql(server.admin_url, "CREATE DATABASE %s TEMPLATE %s" % (name, template))
-        made.append(name)
-        return server.url(name)
-    yield copy
-    for name in made:
-        sql(server.admin_url, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-
-
 def rows(url):
     """Every span as (id, start_time text, span_id, name), and where it is."""
     return sql(url, "select id, start_time::text, span_id, name, tableoid::regclass::text from otel.spans "
