@@ -514,6 +514,38 @@ def test_what_was_set_on_the_partitioned_spans_comes_back_to_the_plain_one(db_ur
         conn.close()
 
 
+def test_column_options_and_index_and_constraint_comments_come_back_to_the_plain_spans(db_url, pyz):
+    """A column's n_distinct options, a comment on an index and on the primary
+    key (as an index and as a constraint) and on a CHECK set on the partitioned
+    spans after the upgrade are on the plain spans after the downgrade
+    (adversary finding F13: they were lost)."""
+    at_head_with_rows_in_days(db_url, later=30)
+    for statement in (
+            "alter table otel.spans alter column service_name set (n_distinct = -0.25, n_distinct_inherited = 500)",
+            "alter table otel.spans alter column name set (n_distinct = 1234)",
+            "alter table otel.spans add constraint name_not_empty check (name <> '') ",
+            "comment on constraint name_not_empty on otel.spans is 'no empty names'",
+            "comment on constraint spans_pkey on otel.spans is 'the pk, as a constraint'",
+            "comment on index otel.spans_pkey is 'the pk, as an index'"):
+        sql(db_url, statement)
+    index = sql(db_url, "select c.relname from pg_index x join pg_class c on c.oid = x.indexrelid "
+                        "where x.indrelid = 'otel.spans'::regclass and not x.indisprimary order by 1 limit 1")[0][0]
+    sql(db_url, "comment on index otel.%s is 'a contract index'" % index)
+    result = run_pyz(pyz, "downgrade", BASELINE, url=db_url)
+    assert result.code == 0, result.err
+    assert spans_is_plain(db_url)
+    options = sql(db_url, "select attname, attoptions::text from pg_attribute where attrelid = 'otel.spans'::regclass "
+                          "and attoptions is not null order by 1")
+    assert options == [["name", "{n_distinct=1234}"],
+                       ["service_name", "{n_distinct=-0.25,n_distinct_inherited=500}"]], options
+    assert sql(db_url, "select obj_description(oid, 'pg_constraint') from pg_constraint "
+                       "where conrelid = 'otel.spans'::regclass and conname in ('name_not_empty', 'spans_pkey') "
+                       "order by conname") == [["no empty names"], ["the pk, as a constraint"]]
+    assert sql(db_url, "select obj_description('otel.spans_pkey'::regclass, 'pg_class'), "
+                       "obj_description('otel.%s'::regclass, 'pg_class')" % index) == [
+        ["the pk, as an index", "a contract index"]]
+
+
 def test_the_rollback_reports_its_row_move_as_progress(db_url, pyz):
     """The move back prints how many rows it has moved as it goes (issue 22
     item 6): the server's NOTICE per batch, at most one line a

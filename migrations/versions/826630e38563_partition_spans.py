@@ -1088,7 +1088,10 @@ def _set_on_the_partitioned_spans(n: SchemaSQL) -> str:
     conversion and would go with it: column privileges (a worker granted
     INSERT on some columns only must still write), column comments (as they
     are there, none included), statistics targets, row level security and
-    replica identity. Read before the partitioned table is dropped."""
+    replica identity, column options (n_distinct), comments on its indexes and
+    constraints (each has a namesake on the plain spans: the indexes take their
+    names back, the primary key is spans_pkey, the CHECKs are inherited).
+    Read before the partitioned table is dropped."""
     spans = n.regclass("spans")
     target = quote_literal(n.table("spans"))
     columns = "from pg_attribute a where a.attrelid = %s and a.attnum > 0 and not a.attisdropped" % spans
@@ -1101,6 +1104,18 @@ def _set_on_the_partitioned_spans(n: SchemaSQL) -> str:
                 "a.attnum)) %s" % (target, columns))
     statistics = ("select format('ALTER TABLE ' || %s || ' ALTER COLUMN %%I SET STATISTICS %%s', a.attname, "
                   "a.attstattarget) %s and a.attstattarget >= 0" % (target, columns))
+    options = ("select format('ALTER TABLE ' || %s || ' ALTER COLUMN %%I SET (%%s)', a.attname, "
+               "array_to_string(a.attoptions, ', ')) %s and a.attoptions is not null" % (target, columns))
+    index_comments = ("select format('COMMENT ON INDEX %%I.%%I IS %%L', s.nspname, i.relname, "
+                      "obj_description(i.oid, 'pg_class')) from pg_index x join pg_class i on i.oid = x.indexrelid "
+                      "join pg_namespace s on s.oid = i.relnamespace where x.indrelid = %s "
+                      "and obj_description(i.oid, 'pg_class') is not null" % spans)
+    constraint_comments = (
+        "select format('COMMENT ON CONSTRAINT %%I ON ' || %s || ' IS %%L', case when k.contype = 'p' "
+        "then 'spans_pkey' else k.conname::text end, obj_description(k.oid, 'pg_constraint')) from pg_constraint k "
+        "where k.conrelid = %s and obj_description(k.oid, 'pg_constraint') is not null and (k.contype = 'p' or "
+        "exists (select 1 from pg_constraint h where h.conrelid = %s and h.conname = k.conname))"
+        % (target, spans, n.regclass(LAYOUT.history)))
     table = "from pg_class c where c.oid = %s" % spans
     security = ("select 'ALTER TABLE ' || %s || ' ENABLE ROW LEVEL SECURITY' %s and c.relrowsecurity "
                 "union all select 'ALTER TABLE ' || %s || ' FORCE ROW LEVEL SECURITY' %s and c.relforcerowsecurity"
@@ -1110,7 +1125,8 @@ def _set_on_the_partitioned_spans(n: SchemaSQL) -> str:
                 "join pg_class i on i.oid = x.indexrelid where x.indrelid = c.oid and x.indisreplident)) end "
                 "%s and c.relreplident <> 'd'" % (target, table))
     return "array(%s)" % " union all ".join(
-        "(%s)" % query for query in (grants, comments, statistics, security, identity))
+        "(%s)" % query for query in (grants, comments, statistics, options, index_comments, constraint_comments,
+                                     security, identity))
 
 
 def _switch_back_step(n: SchemaSQL, layout: Layout) -> Statement:
