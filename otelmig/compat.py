@@ -147,3 +147,45 @@ def _conflict(schema: str, problem, found_as, added, tables):
         return Conflict(found, "default: " + problem.detail,
                         "give it a sequence default or make it an identity column, then rerun")
     return Conflict(problem.object, problem.detail, "see `%s verify`" % PROGRAM)
+
+
+# What a later revision carries from the store it starts on into the head: drift
+# from the contract of the revision the store is at would surface only in the head's
+# contract check, after the revision's scans and switch. Refused before its first change.
+DRIFT_KINDS = ("missing_column", "wrong_type", "wrong_nullability", "wrong_default", "missing_index",
+               "wrong_index", "missing_primary_key", "wrong_primary_key")
+
+
+def drift_conflicts(catalog: LiveCatalog, schema: str, wanted: contract.Contract, revision: str) -> List[Conflict]:
+    """The differences between the store and `wanted` (the contract of `revision`,
+    which the store is at), each with the statement that restores it."""
+    return [Conflict(problem.object, "differs from the contract of revision %s, which the store is at: %s"
+                     % (revision, problem.detail), _restoring(schema, problem, wanted))
+            for problem in compare(schema, catalog, wanted).problems if problem.kind in DRIFT_KINDS]
+
+
+def _restoring(schema: str, problem, wanted: contract.Contract) -> str:
+    then = ", then rerun"
+    if problem.kind in ("missing_index", "wrong_index"):
+        index = next((i for i in wanted.indexes if "%s.%s" % (schema, i.name) == problem.object), None)
+        if index is not None:
+            build = "CREATE INDEX CONCURRENTLY %s ON %s.%s (%s)" % (index.name, schema, index.table, ", ".join(index.keys))
+            if problem.kind == "wrong_index":
+                build = "rename the index of that name out of the way and " + build
+            return build + then
+    if problem.kind not in ("missing_column", "wrong_type", "wrong_nullability", "wrong_default"):
+        return "restore it as the contract has it" + then
+    table_name, column_name = problem.object.split(".")[-2:]
+    table = next(t for t in wanted.tables if t.name == table_name)
+    column = table.column(column_name)
+    alter = "ALTER TABLE %s.%s %s COLUMN %s " % (schema, table_name, "ADD" if problem.kind == "missing_column"
+                                                 else "ALTER", column_name)
+    if problem.kind == "missing_column":
+        return alter + column.type + (" NOT NULL (with its values)" if not column.nullable else "") + then
+    if problem.kind == "wrong_type":
+        return alter + "TYPE %s (its values checked first)" % column.type + then
+    if problem.kind == "wrong_nullability":
+        return (alter + "DROP NOT NULL" if column.nullable else "fill its NULLs and " + alter + "SET NOT NULL") + then
+    if column.default == contract.SEQUENCE_DEFAULT:
+        return "give it back its sequence default (nextval)" + then
+    return alter + ("SET DEFAULT %s" % column.default if column.default else "DROP DEFAULT") + then

@@ -4,7 +4,9 @@ version, in one place: `otelmig upgrade` (migrate.py) and plain `alembic`
 take the same decisions.
 
 - refuse_conflicts: the first pending revision's compatibility check (the
-  baseline's: otelmig.compat), exit 8 with nothing changed;
+  baseline's: otelmig.compat adoption_conflicts; revision 2's: drift from the
+  baseline's contract, otelmig.compat drift_conflicts), exit 8 with nothing
+  changed;
 - contract_check: run by migration_api after a revision's last step, before
   Alembic writes its version row: the head against otelmig/schema.py, an
   earlier revision against the contract it declares frozen.
@@ -22,8 +24,9 @@ def refuse_conflicts(driver_conn, schema: str, pending_modules) -> None:
         return
     conflicts = check(read_catalog(driver_conn, schema), schema)
     if conflicts:
-        raise RefusedError("schema %s cannot be adopted as it is; nothing was changed. %d conflict(s): %s"
-                           % (schema, len(conflicts), "; ".join(c.line() for c in conflicts)),
+        listed = "; ".join(c.line() for c in conflicts)
+        raise RefusedError("schema %s cannot be upgraded as it is (revision %s refuses it); nothing was changed. "
+                           "%d conflict(s): %s" % (schema, pending_modules[0].revision, len(conflicts), listed),
                            details={"conflicts": [c._asdict() for c in conflicts]})
 
 

@@ -116,3 +116,9 @@ def _depth(scripts, revision: Optional[str]) -> int:
 def lock_timeout_ms(settings) -> int:
     """--lock-timeout as the migration session (migrate.py) and the --sql script (offline.py) set it."""
     return max(1, int(settings.lock_timeout * 1000))  # 0 would mean "wait forever"
+
+
+def revision_module(revision: str):
+    """The module of one bundled revision script (a later revision reads an earlier one's frozen contract)."""
+    from alembic.script import ScriptDirectory
+    return ScriptDirectory(migrations_dir()).get_revision(revision).module

@@ -298,6 +298,17 @@ CASES = [
     Case("name spans_partitioned_<index> taken",
          ("create index spans_partitioned_ix_spans_span_id on otel.traces (service_name)",), "refused",
          "otel.spans_partitioned_ix_spans_span_id"),
+    # Drift from the baseline's contract: the conversion would carry it into the head, whose
+    # contract check refused it only after the scans and the switch (adversary finding F5).
+    Case("contract column made nullable", ("alter table otel.spans alter column service_name drop not null",),
+         "refused", "otel.spans.service_name"),
+    Case("contract column of another type", ("alter table otel.spans alter column status_code type varchar(40)",),
+         "refused", "otel.spans.status_code"),
+    Case("contract default dropped", ("alter table otel.spans alter column created_at drop default",),
+         "refused", "otel.spans.created_at"),
+    Case("contract index dropped", ("drop index otel.ix_spans_trace_id",), "refused", "otel.ix_spans_trace_id"),
+    Case("contract column of traces made nullable",
+         ("alter table otel.traces alter column service_name drop not null",), "refused", "otel.traces.service_name"),
 ]
 
 

@@ -244,6 +244,21 @@ def _forget_holding(n: SchemaSQL) -> str:
     return "DELETE FROM %s WHERE object_kind = 'table' AND object_name = %s" % (n.record_table(), quote_literal(HOLDING))
 
 
+def preflight(catalog, schema: str):
+    """Before the first change, online: a store that drifted from the baseline's
+    contract (a contract column made nullable, retyped, its default dropped, a
+    contract index dropped) is refused, each difference named with its fix. The
+    conversion would carry the drift into the partitioned spans, and the head's
+    contract check would refuse it only after the scans and the switch. Checked
+    while spans is plain and before this revision made its partitioned table: an
+    interrupted conversion changes none of the columns or contract indexes it reads."""
+    from otelmig.compat import drift_conflicts
+    from otelmig.scripts import revision_module
+    if catalog.kinds.get("spans") != "r" or NEW_PARENT in catalog.kinds:
+        return []
+    return drift_conflicts(catalog, schema, revision_module(down_revision).frozen_contract(), down_revision)
+
+
 def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
     steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE))] + repair_steps(n) + [
