@@ -38,7 +38,7 @@ import re
 import time
 from typing import List, NamedTuple, Optional, Tuple
 
-from otelmig import db, default_partition, migration_session, output, partitions, replicas, retention
+from otelmig import db, default_partition, migration_session, output, partitions, replicas, retention, run
 from otelmig._version import HEAD_REVISION
 from otelmig.ddl import RECORD_DDL, SchemaSQL, crash_point_for_tests
 from otelmig.errors import PROGRAM, BusyError, ExitStatus, OtelmigError, UsageError
@@ -279,25 +279,24 @@ class _Runner:
         self.conn.commit()
 
     def execute(self, statement: str, params=None) -> int:
-        self.say(statement.replace("\n", "\n      "), level=1)
-        cursor = self.conn.cursor()
-        if params is None:
-            cursor.execute(statement)
-        else:
-            cursor.execute(statement, params)
-        crash_point_for_tests()
-        return cursor.rowcount
+        return self._counted(statement, params).rowcount
 
     def query(self, statement: str, params=()):
         """A statement that changes rows and returns one row (a counted step, like execute)."""
-        self.say(statement.strip().replace("\n", "\n      "), level=1)
+        return self._counted(statement.strip(), params or None).fetchone()
+
+    def _counted(self, statement: str, params):
+        """One of maintain's statements: shown with -v, a CLIENT span of the run's trace
+        (otelmig/run.py, as a revision's statements are), a crash point for the tests."""
+        self.say(statement.replace("\n", "\n      "), level=1)
         cursor = self.conn.cursor()
-        if params:
-            cursor.execute(statement, params)
-        else:
-            cursor.execute(statement)
+        with run.statement_span(statement):
+            if params is None:
+                cursor.execute(statement)
+            else:
+                cursor.execute(statement, params)
         crash_point_for_tests()
-        return cursor.fetchone()
+        return cursor
 
     def restore(self) -> None:
         self._execute_alone("RESET lock_timeout")

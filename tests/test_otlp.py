@@ -166,6 +166,27 @@ def test_a_run_is_one_trace_of_spans_with_the_database_conventions(pyz, db_url, 
     assert "CREATE TABLE otel.traces" in summaries and "CREATE INDEX otel.spans" in summaries, summaries
 
 
+def test_maintain_sends_a_client_span_per_statement_it_runs(db_url):
+    """maintain's own statements (partitions created, rows retained) are CLIENT
+    spans of its trace, with the database conventions, as a revision's are."""
+    assert run_cli("upgrade", url=db_url).code == 0
+    with Receiver() as receiver:
+        result = run_cli("maintain", "--ahead", "9", "--retain", "30d", url=db_url,
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    assert result.code == 0, result.err
+    spans = receiver.spans()
+    [root] = [s for s in spans if not s.parent_span_id]
+    assert root.name == "maintain"
+    statements = [s for s in spans if s.kind == KIND_CLIENT]
+    assert statements and all(s.trace_id == root.trace_id for s in statements), [s.name for s in spans]
+    for span in statements:
+        found = attributes(span)
+        assert found["db.system.name"] == "postgresql" and span.name == found["db.query.summary"]
+        assert "db.query.text" not in found
+    summaries = {attributes(s)["db.query.summary"] for s in statements}
+    assert any(summary.startswith("CREATE TABLE otel.spans_p") for summary in summaries), summaries
+
+
 def test_a_failure_from_the_server_is_an_error_span_with_its_sqlstate_and_lock_events(db_url):
     load_legacy(db_url, traces=20)
     assert run_cli("upgrade", BASELINE, url=db_url).code == 0
