@@ -24,6 +24,7 @@ an interruption skips what is already done.
 
 import contextlib
 import enum
+import itertools
 import os
 import signal
 import time
@@ -424,8 +425,24 @@ class OnlineRunner:
         self.names, self.allow_data_loss, self.log, self.watch = names, allow_data_loss, log, watch
 
     def run(self, steps: List[Step]) -> None:
-        for step in steps:
-            self.run_step(step)
+        for number, step in enumerate(steps):
+            try:
+                self.run_step(step)
+            except RefusedError as refused:
+                raise self._with_the_refusals_after(refused, steps[number + 1:]) from None
+
+    def _with_the_refusals_after(self, refused: RefusedError, rest: List[Step]) -> RefusedError:
+        """A refusal, joined by those of the Refusal steps right after it: they only
+        read the catalog, so the operator learns every group at once instead of
+        fixing one and rerunning into the next."""
+        more = []
+        for step in itertools.takewhile(lambda s: isinstance(s, Refusal), rest):
+            decision = decide(step, self.names, self.ask, self.allow_data_loss)
+            if decision.refusal and not decision.lifted:
+                more.append(decision.refusal)
+        if not more:
+            return refused
+        return RefusedError("; and ".join([refused.message] + more), details=refused.details)
 
     def run_step(self, step: Step) -> None:
         decision = decide(step, self.names, self.ask, self.allow_data_loss)

@@ -423,6 +423,24 @@ def test_the_built_pyz_refuses_a_materialized_view_and_plan_names_it(pyz, store)
     assert result.code == 0, result.err
 
 
+def test_every_refusal_is_named_at_once_not_one_per_rerun(pyz, store):
+    """A store with objects of several refused kinds: one upgrade names them all
+    in its one line (adversary finding F7: the operator fixed one, reran, and was
+    told the next), and plan lists the same."""
+    url, names = store
+    kinds = ("materialized view", "invalid index", "table named spans_history")
+    for kind in kinds:
+        set_up(url, next(c for c in CASES if c.kind == kind), names)
+    before = unchanged_state(url)
+    result = run_pyz(pyz, "upgrade", url=url)
+    assert result.code == 8 and one_line(result.err), result.err
+    for kind in kinds:
+        named = next(c for c in CASES if c.kind == kind).named.format(**names)
+        assert named in result.err, (named, result.err)
+        refusal_line(run_pyz(pyz, "plan", url=url).out, named)
+    assert unchanged_state(url) == before
+
+
 def test_the_offline_script_refuses_as_online_does(store, tmp_path):
     url, names = store
     set_up(url, next(c for c in CASES if c.kind == "generated column"), names)
