@@ -1,10 +1,12 @@
 """plan: what an upgrade would do here, without writing anything.
 
 It reads inside a READ ONLY transaction that is rolled back, evaluates each
-pending step's catalog condition against this database's actual state (the
-same SQL that the online run and --sql use), and lists the statements that
-would run, the lock each takes, what it does to the table, and the table's
-current row estimate and size.
+step of the first pending revision's catalog condition against this database's
+actual state (the same SQL that the online run and --sql use), and lists the
+statements that would run, the lock each takes, what it does to the table, and
+the table's current row estimate and size; a later revision's statements come
+with their conditions in words (decided when it runs). plan_text turns that
+into the summary and the text a DBA signs off.
 """
 
 from otelmig import db, output, partitions, plan_text, schema as contract
@@ -149,7 +151,7 @@ def _entry(names: SchemaSQL, step, sql: str, concurrently: bool, display) -> dic
              "outside_transaction": concurrently, "bookkeeping": names.is_bookkeeping(sql)}
     if step.label:
         entry["label"] = step.label
-    if getattr(step, "condition", None) and step.condition.startswith(STOPPED_RUN):
+    if step.condition and step.condition.startswith(STOPPED_RUN):
         entry["after_stopped_run"] = True
     return entry
 
@@ -161,11 +163,14 @@ def _each_statement(cursor, names: SchemaSQL, step, outside: bool):
     if not isinstance(step, PerPartition):
         qualified = names.table(step.table) if step.table else None
         return [(sql_of(step, outside), qualified, "%s.%s" % (names.schema, step.table) if step.table else None)]
+    # The query reads the catalog only; should it fail on a catalog an earlier
+    # revision has yet to shape, plan still lists the statement, once, in words.
     cursor.execute("savepoint otelmig_plan")
     try:
         cursor.execute(step.for_each)
         found = cursor.fetchall()
-    except Exception:  # a catalog the query cannot read yet: the statement once, its names in words
+        cursor.execute("release savepoint otelmig_plan")
+    except Exception:
         cursor.execute("rollback to savepoint otelmig_plan")
         words = "<each partition of %s.%s>" % (names.schema, step.table)
         return [(fill_partition(sql_of(step, outside), words, words + "_index", words + "_index"), None, None)]

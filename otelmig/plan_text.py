@@ -178,8 +178,8 @@ def _revision_lines(rev: dict, verbose: bool) -> list:
     later = rev.get("decided") is False
     lines = ["revision %s: %s" % (rev["revision"], rev["doc"].splitlines()[0] if rev["doc"] else "")]
     if later:
-        lines.append("  (runs after the revisions above: each statement's condition is decided when revision %s "
-                     "runs, on the catalog they leave)" % rev["revision"])
+        lines.append("  (runs after the revisions above: each statement's condition, and its refusals, are decided "
+                     "when revision %s runs, on the catalog they leave)" % rev["revision"])
     shown = [e for e in rev["statements"] if verbose or not e.get("bookkeeping")]
     for number, entry in enumerate(shown, 1):
         lines += _statement_lines(number, entry, verbose)
