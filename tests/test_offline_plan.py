@@ -208,6 +208,9 @@ def text_before_first_revision(text: str) -> str:
 def test_the_built_pyz_plans_a_legacy_store_as_a_review(pyz, db_url):
     from conftest import run_pyz
     load_legacy(db_url, traces=400)
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_ts) "
+                "select 'x', 'x' || g, 'op', 'svc', timestamptz '2099-01-01 00:00+00' + g * interval '1 s' "
+                "from generate_series(1, 3) g")  # outliers: the conversion moves them
     sql(db_url, "analyze")
     before = catalog_snapshot(db_url)
     text = run_pyz(pyz, "plan", url=db_url)
@@ -238,7 +241,9 @@ def test_the_built_pyz_plans_a_legacy_store_as_a_review(pyz, db_url):
     assert windows[(payload["pending"][0]["revision"], "otel.spans")]["statements"] == 6
     assert any(w["revision"] == REV2_ID and w["table"] == "otel.spans" for w in summary["access_exclusive"])
     moved = [m for m in summary["rows_moved"] if m["revision"] == REV2_ID]
-    assert moved and moved[0]["rows"] == 0 and moved[0]["table"] == "otel.spans"
+    assert moved and moved[0]["rows"] == 3 and moved[0]["table"] == "otel.spans"
+    assert moved[0]["rows_estimate"] == 2003 and moved[0]["size_bytes"] == spans_size
+    assert "otel.spans: 1 statement, writes rows: moves 3 row(s)" in head, head
     # placeholders filled, statements whole
     for output in (text.out, as_json.out, verbose.out):
         assert "{partition" not in output and "{concurrently}" not in output
