@@ -40,6 +40,9 @@ CONCURRENTLY = "{concurrently}"      # placeholder in index statements
 PARTITION = "{partition}"            # for_each: the partition, schema-qualified and quoted
 PARTITION_INDEX = "{partition_index}"  # for_each: our index on that partition, schema-qualified and quoted
 PARTITION_INDEX_NAME = "{partition_index_name}"  # for_each: its name alone (CREATE INDEX takes no schema)
+# The words that open the condition of a step that only finishes or undoes
+# what a stopped run left: `plan` keeps such steps out of its summary.
+STOPPED_RUN = "if a stopped run left "
 
 
 class _Word(str, enum.Enum):
@@ -94,6 +97,7 @@ class Statement(NamedTuple):
     lock: Lock = Lock.NONE        # the lock it takes on `table`
     effect: Effect = Effect.CATALOG_ONLY
     label: Optional[str] = None   # what a long statement (a DO block) does, for people: plan's text shows it
+    condition: Optional[str] = None  # `when` in words ("if ..."), for plan's list of a revision not decided yet
 
 
 class Concurrent(NamedTuple):
@@ -107,6 +111,7 @@ class Concurrent(NamedTuple):
     lock: Lock = Lock.NONE        # the lock it takes when it runs in the transaction
     effect: Effect = Effect.CATALOG_ONLY
     label: Optional[str] = None
+    condition: Optional[str] = None
 
 
 class PerPartition(NamedTuple):
@@ -119,6 +124,7 @@ class PerPartition(NamedTuple):
     effect: Effect = Effect.CATALOG_ONLY
     concurrent: bool = False      # as Concurrent, partition by partition
     label: Optional[str] = None
+    condition: Optional[str] = None
 
 
 class Refusal(NamedTuple):
@@ -301,10 +307,16 @@ class SchemaSQL:
         to need it (a store adopted before it existed), so each creates it if missing."""
         return RECORD_DDL.format(record=self.record_table())
 
-    def record_step(self, revision: str, objects, when: Optional[str] = None) -> "Statement":
+    def record_step(self, revision: str, objects, when: Optional[str] = None,
+                    condition: Optional[str] = None) -> "Statement":
         """The step that records objects (kind, name, origin), labelled for `plan`."""
         label = "record " + ", ".join("%s %s as %s" % (kind, name, origin) for kind, name, origin in objects)
-        return Statement(self.record(revision, objects), when=when, label=label)
+        return Statement(self.record(revision, objects), when=when, label=label, condition=condition)
+
+    def is_bookkeeping(self, sql: str) -> bool:
+        """Whether a statement only keeps otelmig's own record (creates it, or
+        inserts into it): `plan` folds these into one line per revision."""
+        return sql == self.create_record_table() or sql.startswith("INSERT INTO %s " % self.record_table())
 
     def record_kept(self) -> str:
         """SQL: this store's adoption was recorded from its start (the marker row)."""
@@ -354,27 +366,36 @@ def index_steps(n: "SchemaSQL", revision: str, index: str, table: str, keys: str
     valid once every partition has one attached."""
     partitioned = n.is_partitioned(table)
     missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
+    shown, on = "%s.%s" % (n.schema, index), "%s.%s" % (n.schema, table)
+    missing_words = "if %s has no valid index %s" % (on, index)
     return [
         # An INVALID index is a failed build, not the operator's: the one rebuilt in its place is ours.
         n.record_step(revision, [("index", index, "found")],
-                      when="%s and not %s" % (n.table_exists(index), n.index_invalid(index))),
-        n.record_step(revision, [("index", index, "created")], when=missing_or_invalid),
+                      when="%s and not %s" % (n.table_exists(index), n.index_invalid(index)),
+                      condition="if a valid index %s exists already" % shown),
+        n.record_step(revision, [("index", index, "created")], when=missing_or_invalid, condition=missing_words),
         Concurrent("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(index)),
-                   when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE),
+                   when=n.index_invalid(index), table=table, lock=Lock.ACCESS_EXCLUSIVE,
+                   condition="if %s is INVALID (a failed build)" % shown),
         Concurrent("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, quote_ident(index), n.table(table), keys),
                    when="%s and not %s" % (missing_or_invalid, partitioned),
-                   table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+                   table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX,
+                   condition="%s and is not partitioned" % missing_words),
         Statement("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (quote_ident(index), n.table(table), keys),
-                  when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE),
+                  when="%s is null and %s" % (n.regclass(index), partitioned), table=table, lock=Lock.SHARE,
+                  condition="if %s has no index %s and is partitioned" % (on, index)),
         PerPartition("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, PARTITION_INDEX),
                      when=partitioned, for_each=n.partitions_without(table, index, "invalid"),
-                     table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True),
+                     table=table, lock=Lock.ACCESS_EXCLUSIVE, concurrent=True,
+                     condition="if %s is partitioned: each partition whose %s is INVALID" % (on, index)),
         PerPartition("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
                      when=partitioned, for_each=n.partitions_without(table, index, "missing or invalid"),
-                     table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+                     table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True,
+                     condition="if %s is partitioned: each partition without a valid %s" % (on, index)),
         PerPartition("ALTER INDEX %s ATTACH PARTITION %s" % (n.table(index), PARTITION_INDEX),
                      when=partitioned, for_each=n.partitions_without(table, index, "any"),
-                     table=table, lock=Lock.ACCESS_EXCLUSIVE),
+                     table=table, lock=Lock.ACCESS_EXCLUSIVE,
+                     condition="if %s is partitioned: each partition's index not attached yet" % on),
     ]
 
 

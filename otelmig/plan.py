@@ -1,17 +1,20 @@
 """plan: what an upgrade would do here, without writing anything.
 
 It reads inside a READ ONLY transaction that is rolled back, evaluates each
-pending step's catalog condition against this database's actual state (the
-same SQL that the online run and --sql use), and lists the statements that
-would run, the lock each takes, what it does to the table, and the table's
-current row estimate and size.
+step of the first pending revision's catalog condition against this database's
+actual state (the same SQL that the online run and --sql use), and lists the
+statements that would run, the lock each takes, what it does to the table, and
+the table's current row estimate and size; a later revision's statements come
+with their conditions in words (decided when it runs). plan_text turns that
+into the summary and the text a DBA signs off.
 """
 
-from otelmig import db, output, partitions, schema as contract
+from otelmig import db, output, partitions, plan_text, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.catalog import outliers, read_catalog
 from otelmig.state import ensure_known, read_state, schema_missing
-from otelmig.ddl import Catalog, SchemaSQL, Refusal, decide, lock_taken, runs_outside, sql_of
+from otelmig.ddl import (STOPPED_RUN, Catalog, PerPartition, Refusal, SchemaSQL, decide, fill_partition, lock_taken,
+                         runs_outside, sql_of)
 from otelmig.errors import PROGRAM, ExitStatus, NotInitialisedError
 from otelmig.scripts import revisions_between
 
@@ -47,7 +50,7 @@ def plan(settings, err) -> output.Result:
         # Only the first pending revision sees the catalog it will run on; the
         # conditions of the later ones depend on what the earlier ones do.
         pending = [_plan_revision(conn, cursor, settings.schema, script, first=True) if number == 0
-                   else _outline_revision(settings.schema, script)
+                   else _outline_revision(cursor, settings.schema, script)
                    for number, script in enumerate(scripts)]
         maintenance = None if pending else maintain_preview(conn, settings.schema)
         outlying = conversion_outliers(conn, state) if pending else None
@@ -56,14 +59,19 @@ def plan(settings, err) -> output.Result:
     status = ExitStatus.PENDING if pending else ExitStatus.OK
     payload = {"exit_code": int(status), "schema": settings.schema, "database_revision": state.revision,
                "head": HEAD_REVISION, "pending": pending}
-    text = _text(settings.schema, state.revision, pending)
+    if pending:
+        payload["summary"] = plan_text.summarize(settings.schema, pending, outlying)
+    text = plan_text.render(settings.schema, state.revision, pending, payload.get("summary"),
+                            verbose=settings.verbosity > 0)
     if outlying is not None:
         payload["outliers"] = outlying
-        text += "\n" + _outliers_text(settings.schema, outlying)
+        text += "\n" + plan_text.outliers_text(settings.schema, outlying)
     if maintenance is not None:
         payload["maintain"] = maintenance
-        text += "\n" + _maintain_text(maintenance)
-    return output.Result(int(status), payload, text)
+        text += "\n" + plan_text.maintain_text(maintenance)
+    message = ("%d revision(s) pending; review above, then run `%s upgrade`" % (len(pending), PROGRAM)
+               if pending else "")
+    return output.Result(int(status), payload, text, message=message)
 
 
 # Revision 2's cutoff: the UTC midnight this many days after the server's now
@@ -83,17 +91,6 @@ def conversion_outliers(conn, state):
     return outliers(conn, state.schema, CONVERSION_MARGIN_DAYS, key=key, loose=True)
 
 
-def _outliers_text(schema: str, found: dict) -> str:
-    if not found["count"]:
-        return "outliers: no span in %s.spans is stamped at or after %s (the conversion's cutoff)" % (
-            schema, found["since"])
-    key = next((k for k in found["newest"][0] if k != "id"), "start_time") if found["newest"] else "start_time"
-    shown = ", ".join("id %s at %s" % (row["id"], row[key]) for row in found["newest"])
-    return ("outliers: %d span(s) in %s.spans stamped at or after %s (the conversion's cutoff): the conversion "
-            "keeps them, queryable, outside its day partitions; newest: %s" % (found["count"], schema, found["since"],
-                                                                               shown))
-
-
 def maintain_preview(conn, schema: str):
     """What `otelmig maintain` (default --ahead, no --retain) would do now, when
     spans is partitioned; None when it is not. Reads the catalog only."""
@@ -107,20 +104,81 @@ def maintain_preview(conn, schema: str):
             "partitions": len(layout.partitions)}
 
 
-def _maintain_text(preview: dict) -> str:
-    lines = ["maintain (today and %d days ahead; drops only with --retain, see `%s maintain --retain "
-             "DURATION --dry-run`):" % (preview["ahead_days"], PROGRAM)]
-    lines += ["  maintain would create %s" % name for name in preview["create"]]
-    lines += ["  maintain would finish detaching %s" % name for name in preview["finalize"]]
-    lines += ["  maintain cannot: %s" % conflict for conflict in preview["conflicts"]]
-    if len(lines) == 1:
-        lines.append("  nothing to create: the partitions of the coming days exist")
-    return "\n".join(lines)
-
-
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
     names = SchemaSQL(schema)
+    ask = _catalog(cursor)
+    statements = _preflight_entries(conn, schema, script) if first else []
+    for step in script.module.upgrade_steps(names):
+        decision = decide(step, names, ask)
+        if decision.refusal:
+            table = "%s.%s" % (schema, step.table) if step.table else None
+            statements.append({"refuse": decision.refusal, "table": table, "lock": "none",
+                               "effect": "stops the upgrade (exit 8)", "sql": "", "outside_transaction": False})
+            continue
+        for planned in decision.statements:
+            entry = _entry(names, step, planned.sql, planned.concurrently, planned.display)
+            if planned.table:
+                entry.update(_table_stats(cursor, planned.table))
+            statements.append(entry)
+    return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements}
 
+
+def _outline_revision(cursor, schema: str, script) -> dict:
+    """A revision after the first pending one: every statement it may run, each
+    with its condition in words, decided when the revision runs (the earlier
+    ones change what it finds). Sizes are this database's now; a statement per
+    partition is listed once per partition there now."""
+    names = SchemaSQL(schema)
+    statements = []
+    for step in script.module.upgrade_steps(names):
+        if isinstance(step, Refusal):
+            continue
+        outside = runs_outside(step)
+        for sql, table, display in _each_statement(cursor, names, step, outside):
+            entry = _entry(names, step, sql, outside, display)
+            entry["conditional"] = step.when is not None
+            if step.when is not None:
+                entry["condition"] = step.condition or "if its catalog condition holds then"
+            if table:
+                entry.update(_table_stats(cursor, table))
+            statements.append(entry)
+    return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
+            "decided": False}
+
+
+def _entry(names: SchemaSQL, step, sql: str, concurrently: bool, display) -> dict:
+    entry = {"sql": sql, "table": display, "lock": lock_taken(step, concurrently) or "none", "effect": step.effect,
+             "outside_transaction": concurrently, "bookkeeping": names.is_bookkeeping(sql)}
+    if step.label:
+        entry["label"] = step.label
+    if step.condition and step.condition.startswith(STOPPED_RUN):
+        entry["after_stopped_run"] = True
+    return entry
+
+
+def _each_statement(cursor, names: SchemaSQL, step, outside: bool):
+    """(sql, qualified table, shown table) of each statement the step may run:
+    a per-partition step once per partition of its table now (none on a plain
+    table), the names filled as the run fills them."""
+    if not isinstance(step, PerPartition):
+        qualified = names.table(step.table) if step.table else None
+        return [(sql_of(step, outside), qualified, "%s.%s" % (names.schema, step.table) if step.table else None)]
+    # The query reads the catalog only; should it fail on a catalog an earlier
+    # revision has yet to shape, plan still lists the statement, once, in words.
+    cursor.execute("savepoint otelmig_plan")
+    try:
+        cursor.execute(step.for_each)
+        found = cursor.fetchall()
+        cursor.execute("release savepoint otelmig_plan")
+    except Exception:
+        cursor.execute("rollback to savepoint otelmig_plan")
+        words = "<each partition of %s.%s>" % (names.schema, step.table)
+        return [(fill_partition(sql_of(step, outside), words, words + "_index", words + "_index"), None, None)]
+    return [(fill_partition(sql_of(step, outside), partition, index_name, index), partition, display)
+            for partition, index_name, index, display in found]
+
+
+def _catalog(cursor) -> Catalog:
     def scalar(sql):
         cursor.execute(sql)
         return cursor.fetchone()[0]
@@ -128,36 +186,7 @@ def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
     def rows(sql):
         cursor.execute(sql)
         return cursor.fetchall()
-
-    statements = _preflight_entries(conn, schema, script) if first else []
-    for step in script.module.upgrade_steps(names):
-        decision = decide(step, names, Catalog(scalar, rows))
-        if decision.refusal:
-            table = "%s.%s" % (schema, step.table) if step.table else None
-            statements.append({"refuse": decision.refusal, "table": table, "lock": "none",
-                               "effect": "stops the upgrade (exit 8)", "sql": "", "outside_transaction": False})
-            continue
-        for planned in decision.statements:
-            entry = {"sql": planned.sql, "table": planned.display, "lock": lock_taken(step, planned.concurrently)
-                     or "none", "effect": step.effect, "outside_transaction": planned.concurrently}
-            if step.label:
-                entry["label"] = step.label
-            if planned.table:
-                entry.update(zip(("rows_estimate", "size_bytes"), _table_stats(cursor, planned.table)))
-            statements.append(entry)
-    return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements}
-
-
-def _outline_revision(schema: str, script) -> dict:
-    """A revision after the first pending one: every statement it may run,
-    each decided by its catalog condition when the revision runs."""
-    statements = [{"sql": sql_of(step, runs_outside(step)), "lock": lock_taken(step, runs_outside(step)) or "none",
-                   "effect": step.effect, "outside_transaction": runs_outside(step),
-                   "table": "%s.%s" % (schema, step.table) if step.table else None, "conditional": step.when is not None,
-                   **({"label": step.label} if step.label else {})}
-                  for step in script.module.upgrade_steps(SchemaSQL(schema)) if not isinstance(step, Refusal)]
-    return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
-            "decided": False}
+    return Catalog(scalar, rows)
 
 
 def _preflight_entries(conn, schema: str, script) -> list:
@@ -170,45 +199,10 @@ def _preflight_entries(conn, schema: str, script) -> list:
             for conflict in check(read_catalog(conn, schema), schema)]
 
 
-def _table_stats(cursor, qualified_table: str):
+def _table_stats(cursor, qualified_table: str) -> dict:
+    """rows_estimate and size_bytes of the table now; created_by_plan when it does not exist yet."""
     cursor.execute(_TABLE_STATS_SQL, (qualified_table, qualified_table))
     row = cursor.fetchone()
     if not row or not row[2]:
-        return None, 0
-    return (None if row[0] is None else int(row[0])), int(row[1])
-
-
-def _text(schema: str, revision, pending) -> str:
-    if not pending:
-        return "plan: schema %s is at the head %s; nothing to do" % (schema, HEAD_REVISION)
-    lines = ["plan: schema %s at %s; %d revision(s) pending" % (schema, revision or "base", len(pending))]
-    for rev in pending:
-        lines.append("")
-        lines.append("revision %s: %s" % (rev["revision"], rev["doc"].splitlines()[0] if rev["doc"] else ""))
-        if rev.get("decided") is False:
-            lines.append("  (after the revisions above; a statement marked * runs only if its condition holds then)")
-        for number, entry in enumerate(rev["statements"], 1):
-            where = ""
-            if "rows_estimate" in entry:
-                rows = entry["rows_estimate"]
-                where = " [%s: %s, %s]" % (entry["table"], "rows not estimated yet (never analyzed)" if rows is None
-                                           else "~%d rows" % rows, _size(entry["size_bytes"]))
-            if entry.get("refuse"):
-                lines.append("  %2d. REFUSE: %s" % (number, entry["refuse"]))
-                continue
-            words = entry["sql"].split()
-            shown = "%s: %s" % (words[0], entry["label"]) if entry.get("label") else " ".join(words)
-            first = ("* " if entry.get("conditional") else "") + shown
-            lines.append("  %2d. %s" % (number, first if len(first) <= 110 else first[:107] + "..."))
-            lines.append("      lock: %s; %s%s%s" % (entry["lock"], entry["effect"],
-                                                   "; outside a transaction" if entry["outside_transaction"] else "",
-                                                   where))
-    return "\n".join(lines)
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return "%d %s" % (size, unit) if unit == "B" else "%.1f %s" % (size, unit)
-        size /= 1024.0
-    return str(size)
+        return {"rows_estimate": None, "size_bytes": 0, "created_by_plan": True}
+    return {"rows_estimate": None if row[0] is None else int(row[0]), "size_bytes": int(row[1])}

@@ -23,7 +23,7 @@ LAYER_NAMES = ("contract and errors", "configuration", "connections and sessions
 LAYERS = {
     # 0: what the store must hold, errors and their exit codes, output, the run model: no database.
     "_version": CONTRACT, "schema": CONTRACT, "revisions": CONTRACT, "errors": CONTRACT, "output": CONTRACT,
-    "redact": CONTRACT, "run": CONTRACT, "quoting": CONTRACT,
+    "redact": CONTRACT, "run": CONTRACT, "quoting": CONTRACT, "plan_text": CONTRACT,
     # 1: settings from flags and the environment.
     "settings": CONFIGURATION, "pgurl": CONFIGURATION, "tls": CONFIGURATION,
     # 2: a connection and the session it runs in.

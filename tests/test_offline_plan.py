@@ -1,6 +1,8 @@
 """upgrade --sql applied with psql reaches the same head as online; plan
 names the right statements and locks and writes nothing."""
 
+import re
+
 import pytest
 
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
@@ -191,3 +193,90 @@ def test_sql_script_under_another_zone_and_datestyle_makes_utc_days(tmp_path, db
                          "= date_trunc('day', (regexp_match(%s, 'TO \\(''([^'']*)''\\)'))[1]::timestamptz "
                          "at time zone 'UTC')", (history[0][0], history[0][0]))
     assert cutoff == [[True]], history
+
+
+# -- plan reads as a review a DBA signs off (issue 22 item 2) ------------------------------
+
+REV2_ID = "826630e38563"
+PENDING_LINE = "2 revision(s) pending; review above, then run `otelmig upgrade`"
+
+
+def text_before_first_revision(text: str) -> str:
+    return text.split("\nrevision ", 1)[0]
+
+
+def test_the_built_pyz_plans_a_legacy_store_as_a_review(pyz, db_url):
+    from conftest import run_pyz
+    load_legacy(db_url, traces=400)
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_ts) "
+                "select 'x', 'x' || g, 'op', 'svc', timestamptz '2099-01-01 00:00+00' + g * interval '1 s' "
+                "from generate_series(1, 3) g")  # outliers: the conversion moves them
+    sql(db_url, "analyze")
+    before = catalog_snapshot(db_url)
+    text = run_pyz(pyz, "plan", url=db_url)
+    as_json = run_pyz(pyz, "plan", "--format", "json", url=db_url)
+    verbose = run_pyz(pyz, "plan", "-v", url=db_url)
+    assert text.code == as_json.code == verbose.code == 5, (text.err, as_json.err)
+    assert catalog_snapshot(db_url) == before
+    # one line on stderr, in both formats; stdout JSON stays valid
+    for result in (text, as_json):
+        assert result.err.splitlines() == ["otelmig.pyz: plan: " + PENDING_LINE.replace("otelmig ", "otelmig.pyz ")], \
+            result.err
+    payload = as_json.json()
+    # the summary opens the text: the ACCESS EXCLUSIVE windows, the builds with sizes, rows moved, the total
+    head = text_before_first_revision(text.out)
+    assert "summary" in head and "ACCESS EXCLUSIVE" in head
+    assert "otel.spans: 6 statements, brief: catalog only" in head, head
+    assert "otel.traces: 4 statements, brief: catalog only" in head, head
+    assert "ix_spans_trace_id" in head and "spans_history_pkey" in head and "VALIDATE CONSTRAINT" in head, head
+    assert "rows moved" in head and "total scanned" in head, head
+    summary = payload["summary"]
+    builds = {s["what"]: s for s in summary["scans"]}
+    spans_size = next(s["size_bytes"] for s in payload["pending"][0]["statements"] if s["table"] == "otel.spans")
+    assert builds['CREATE INDEX "ix_spans_trace_id"']["size_bytes"] == spans_size > 0
+    # revision 2's build and scan are sized from the live (legacy) spans
+    assert builds['CREATE UNIQUE INDEX "spans_history_pkey"']["size_bytes"] == spans_size
+    assert summary["scanned_bytes"] == sum(s["size_bytes"] for s in summary["scans"]) > 4 * spans_size
+    windows = {(w["revision"], w["table"]): w for w in summary["access_exclusive"] if not w.get("condition")}
+    assert windows[(payload["pending"][0]["revision"], "otel.spans")]["statements"] == 6
+    assert any(w["revision"] == REV2_ID and w["table"] == "otel.spans" for w in summary["access_exclusive"])
+    moved = [m for m in summary["rows_moved"] if m["revision"] == REV2_ID]
+    assert moved and moved[0]["rows"] == 3 and moved[0]["table"] == "otel.spans"
+    assert moved[0]["rows_estimate"] == 2003 and moved[0]["size_bytes"] == spans_size
+    assert "otel.spans: 1 statement, writes rows: moves 3 row(s)" in head, head
+    # placeholders filled, statements whole
+    for output in (text.out, as_json.out, verbose.out):
+        assert "{partition" not in output and "{concurrently}" not in output
+    assert not [line for line in text.out.splitlines() if line.rstrip().endswith("...")]
+    assert 'CREATE INDEX CONCURRENTLY IF NOT EXISTS "ix_spans_service_start_time" ON "otel"."spans" ' \
+           '(service_name, start_time DESC)' in text.out
+    # a later revision's decisions: conditions in words, never contradictory unconditional lines
+    rev2 = text.out.split("\nrevision %s" % REV2_ID, 1)[1].split("\noutliers:")[0]
+    blocks = re.split(r"\n +\d+\. ", rev2)[1:]
+    traces_index = [block for block in blocks if "ix_traces_start_time" in block]
+    assert traces_index and all(block.startswith("if ") for block in traces_index), traces_index
+    assert all(block.startswith("if ") for block in blocks), blocks
+    assert "decided when revision %s runs" % REV2_ID in rev2
+    # bookkeeping folded into one line per revision; listed in JSON and with -v
+    assert "record column traces.start_time as renamed" not in text.out
+    folded = [line for line in text.out.splitlines() if "bookkeeping statements" in line]
+    assert len(folded) == 2 and all("otelmig_objects" in line for line in folded), folded
+    assert "record column traces.start_time as renamed" in verbose.out
+    kept = [s for s in payload["pending"][0]["statements"] if s.get("bookkeeping")]
+    assert len(kept) == 16 and all("otelmig_objects" in s["sql"] for s in kept)
+    assert "not estimated yet" not in text.out
+
+
+def test_plan_says_a_table_the_plan_creates_is_created_by_it(db_url):
+    result = run_cli("plan", url=db_url)
+    assert result.code == 5
+    assert "created by this plan" in result.out and "not estimated" not in result.out, result.out
+    assert result.err.splitlines() == ["otelmig: plan: 2 revision(s) pending; review above, then run `otelmig upgrade`"]
+    statements = run_cli("plan", "--format", "json", url=db_url).json()["pending"][0]["statements"]
+    created = [s for s in statements if s.get("table") == "otel.spans" and "rows_estimate" in s]
+    assert created and all(s["created_by_plan"] for s in created)
+
+
+def test_plan_at_head_says_nothing_on_stderr(db_url):
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("plan", url=db_url).err == ""

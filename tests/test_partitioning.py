@@ -276,7 +276,7 @@ def test_plan_shows_the_conversion_with_its_locks_and_scans(db_url):
     sql(db_url, "analyze otel.spans")
     text = run_cli("plan", url=db_url)
     assert text.code == 5
-    lines = text.out.splitlines()
+    lines = text.out.split("\nrevision ", 1)[1].splitlines()  # the statements, after the summary
 
     def lock_of(fragment):
         at = next(i for i, line in enumerate(lines) if fragment in line)

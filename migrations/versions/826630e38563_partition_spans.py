@@ -54,7 +54,7 @@ Create Date: 2026-11-26
 
 from otelmig import migration_api, replicas
 from otelmig.db import quote_ident as quote, quote_literal
-from otelmig.ddl import Concurrent, Effect, Lock, SchemaSQL, Refusal, Statement, index_steps
+from otelmig.ddl import STOPPED_RUN, Concurrent, Effect, Lock, SchemaSQL, Refusal, Statement, index_steps
 from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING as LAYOUT
 
 revision = "826630e38563"
@@ -223,6 +223,7 @@ def _undo_stopped_conversion(n: SchemaSQL) -> list:
     return [Statement("\n".join(lines), when="%s and %s and not %s" % (
         layout.plain_spans, layout.conversion_started, layout.ours),
         table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+        condition=STOPPED_RUN + "its hold trigger, cutoff CHECK or held rows on %s.spans" % n.schema,
         label="undo a stopped conversion: drop its hold trigger, cutoff CHECK and functions from the plain spans, "
               "put the rows held in %s back" % HOLDING)]
 
@@ -237,6 +238,7 @@ def _drop_stopped_downgrade_index(n: SchemaSQL) -> Concurrent:
                         "where x.indexrelid = %s and x.indrelid = %s and i.inhparent = %s)"
                    % (n.regclass(HISTORY_ID_KEY), n.regclass(LAYOUT.history), n.regclass("spans")),
                    table=LAYOUT.history, lock=Lock.ACCESS_EXCLUSIVE,
+                   condition=STOPPED_RUN + "%s on %s.%s" % (HISTORY_ID_KEY, n.schema, LAYOUT.history),
                    label="drop the unique (id) index a stopped downgrade built on %s" % LAYOUT.history)
 
 
@@ -261,18 +263,21 @@ def preflight(catalog, schema: str):
 
 def upgrade_steps(n: SchemaSQL):
     layout = Layout(n)
-    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE))] + repair_steps(n) + [
+    steps = [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE),
+                       condition="if %s.%s is missing" % (n.schema, RECORD_TABLE))] + repair_steps(n) + [
              _identity_refusal(n, layout), _not_carried_refusal(n, layout), _owner_refusal(n, layout),
              *_operator_object_refusals(n, layout), _holding_name_refusal(n, layout), _outliers_refusal(n, layout),
              n.record_step(revision, [("partitioning", "spans", "found")], when="%s and not %s" % (
-                 n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created")))]
+                 n.is_partitioned("spans"), n.recorded("partitioning", "spans", "created")),
+                 condition="if %s.spans is partitioned already, not by otelmig" % n.schema)]
     steps[:0] = _finish_interrupted_downgrade_steps(n, layout)  # first: a downgrade that was stopped converges
     steps += index_steps(n, revision, *TRACES_START_TIME)
     steps += _history_key_steps(n, layout)
     steps.append(_cutoff_step(n, layout))
     steps.append(Concurrent("ALTER TABLE %s VALIDATE CONSTRAINT %s" % (layout.spans, quote(CUTOFF_CHECK)),
                             when="%s and not %s" % (layout.plain_spans, layout.check_on("spans", validated=True)),
-                            table="spans", lock=Lock.SHARE_UPDATE_EXCLUSIVE, effect=Effect.SCANS))
+                            table="spans", lock=Lock.SHARE_UPDATE_EXCLUSIVE, effect=Effect.SCANS,
+                            condition="if %s.spans is a plain table whose cutoff CHECK is not validated" % n.schema))
     steps.append(_prepare_step(n, layout))
     steps.append(_switch_step(n, layout))
     return steps
@@ -581,16 +586,18 @@ def _history_key_steps(n: SchemaSQL, layout: Layout):
     """The unique index the new primary key needs on the table that becomes
     the history partition: the one scan that cannot be avoided, concurrently."""
     index = HISTORY_PKEY
-    missing_or_invalid = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
+    missing_or_invalid = missing = "(%s is null or %s)" % (n.regclass(index), n.index_invalid(index))
+    missing_words = "if %s.spans is a plain table without a valid index %s" % (n.schema, index)
     return [
         Concurrent("DROP INDEX {concurrently}IF EXISTS %s" % n.table(index),
                    when="%s and %s" % (layout.plain_spans, n.index_invalid(index)),
-                   table="spans", lock=Lock.ACCESS_EXCLUSIVE),
+                   table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                   condition="if %s.spans is a plain table and %s is INVALID (a failed build)" % (n.schema, index)),
         n.record_step(revision, [("index", index, "created")],
-                      when="%s and %s" % (layout.plain_spans, missing_or_invalid)),
+                      when="%s and %s" % (layout.plain_spans, missing), condition=missing_words),
         Concurrent("CREATE UNIQUE INDEX {concurrently}IF NOT EXISTS %s ON %s (id, start_time)" % (quote(index), layout.spans),
                    when="%s and %s" % (layout.plain_spans, missing_or_invalid),
-                   table="spans", lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+                   table="spans", lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, condition=missing_words),
     ]
 
 
@@ -641,6 +648,7 @@ def _cutoff_step(n: SchemaSQL, layout: Layout) -> Statement:
         "$cutoff$"]
     return Statement("\n".join(lines), when="%s and not %s" % (layout.plain_spans, layout.check_on("spans")),
                      table="spans", lock=Lock.ACCESS_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+                     condition="if %s.spans is a plain table without the cutoff CHECK" % n.schema,
                      label="the cutoff (the UTC midnight %d days after today); a trigger that holds rows stamped at "
                            "or after it in %s while this run lives; the outliers there now (at most %d, found "
                            "through an index) moved in; CHECK (start_time < cutoff) NOT VALID, binding this session "
@@ -740,6 +748,7 @@ def _prepare_step(n: SchemaSQL, layout: Layout) -> Statement:
         "END",
         "$prepare$"]
     return Statement("\n".join(lines), when="%s and %s is null" % (layout.plain_spans, n.regclass(NEW_PARENT)),
+                     condition="if %s.spans is a plain table and %s does not exist" % (n.schema, NEW_PARENT),
                      label="the empty partitioned %s: spans's columns, indexes, owner and grants; DEFAULT and day "
                            "partitions from the cutoff to today + %d (UTC days)" % (NEW_PARENT, AHEAD_DAYS))
 
@@ -806,6 +815,7 @@ def _switch_step(n: SchemaSQL, layout: Layout) -> Statement:
         "END",
         "$switch$"]
     return Statement("\n".join(lines), when=layout.plain_spans, table="spans", lock=Lock.ACCESS_EXCLUSIVE,
+                     condition="if %s.spans is a plain table" % n.schema,
                      label="switch: held outliers into the new spans, renames, primary key (id, start_time), spans "
                            "becomes %s attached FROM (MINVALUE) TO (cutoff) without a scan, sequence owned by the "
                            "new spans" % LAYOUT.history)
@@ -958,7 +968,8 @@ def _finish_interrupted_downgrade_steps(n: SchemaSQL, layout: Layout):
     spans_partitioned) is finished, so the conversion starts from the
     baseline's layout with every row in otel.spans."""
     stranded = "%s and %s and not %s" % (layout.plain_spans, layout.our_parent, layout.check_on("spans"))
-    return [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE)),
+    return [Statement(n.create_record_table(), when="%s is null" % n.regclass(RECORD_TABLE),
+                      condition="if %s.%s is missing" % (n.schema, RECORD_TABLE)),
             _adopt_partitioned_step(n, layout, when=stranded),
             _move_rows_step(n, layout)]
 
@@ -1272,6 +1283,7 @@ def _adopt_partitioned_step(n: SchemaSQL, layout: Layout, when: str) -> Statemen
         "END",
         "$adopt$"]
     return Statement("\n".join(lines), when=when, table=NEW_PARENT, lock=Lock.ACCESS_EXCLUSIVE,
+                     condition=STOPPED_RUN + "%s.%s beside a plain %s.spans" % (n.schema, NEW_PARENT, n.schema),
                      label="%s dropped; each of its partitions holding rows an inheritance child of spans"
                            % NEW_PARENT)
 
@@ -1350,6 +1362,7 @@ def _move_rows_step(n: SchemaSQL, layout: Layout) -> Concurrent:
         "$move$"]
     return Concurrent("\n".join(lines), when=_moving(n, layout), table=RECORD_TABLE,
                       lock=Lock.ROW_EXCLUSIVE, effect=Effect.WRITES_ROWS,
+                      condition=STOPPED_RUN + "rows in children of %s.spans (an interrupted downgrade)" % n.schema,
                       label="the rows of each child of spans into spans, %d per committed batch under EXCLUSIVE on "
                             "the child; each emptied child dropped" % BATCH_ROWS)
 
