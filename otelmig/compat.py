@@ -31,6 +31,7 @@ from typing import Dict, List, NamedTuple, Set, Tuple
 
 from otelmig import schema as contract
 from otelmig.errors import PROGRAM
+from otelmig.quoting import quote_ident
 from otelmig.catalog import LiveCatalog, LiveIndex, compare
 
 
@@ -112,35 +113,37 @@ def _conflict(schema: str, problem, found_as, added, tables):
     if kind in ("missing_primary_key", "wrong_primary_key"):
         table = next(t for t in tables if "%s.%s" % (schema, t.primary_key) == problem.object)
         return Conflict("%s.%s" % (schema, table.name), "primary key: " + problem.detail,
-                        "give %s.%s the primary key %s (%s), then rerun"
-                        % (schema, table.name, table.primary_key, ", ".join(table.primary_key_columns)))
+                        "give %s the primary key %s (%s), then rerun"
+                        % (_qualified(schema, table.name), quote_ident(table.primary_key),
+                           ", ".join(table.primary_key_columns)))
     if kind == "wrong_index":
         name = problem.object
         return Conflict(name, "an index of another shape has the contract's name: " + problem.detail,
-                        "rename yours (ALTER INDEX %s RENAME TO another name) or drop it, then rerun" % name)
+                        "rename yours (ALTER INDEX %s RENAME TO another name) or drop it, then rerun"
+                        % _qualified(schema, name.split(".", 1)[1]))
     table_name, column_name = problem.object.split(".")[-2:]
     table = next(t for t in tables if t.name == table_name)
     column = table.column(column_name)
     found = "%s.%s.%s" % (schema, table_name, found_as.get((table_name, column_name), column_name))
-    qualified = "%s.%s" % (schema, table_name)
+    qualified = _qualified(schema, table_name)
+    found_column = quote_ident(found.rsplit(".", 1)[1])
     is_added = (table_name, column_name) in added
     if kind == "missing_column":
         if is_added or column.nullable:
             return None  # the baseline adds it
         return Conflict(problem.object, "missing, and NOT NULL without values otelmig could fill in",
                         "restore the column with its values (ALTER TABLE %s ADD COLUMN %s %s, fill it, "
-                        "SET NOT NULL), then rerun" % (qualified, column_name, column.type))
+                        "SET NOT NULL), then rerun" % (qualified, quote_ident(column_name), column.type))
     if kind == "wrong_type":
         return Conflict(found, "type: " + problem.detail,
                         "convert it (ALTER TABLE %s ALTER COLUMN %s TYPE %s USING %s::%s) or rename yours "
-                        "out of the way, then rerun" % (qualified, found.rsplit(".", 1)[1], column.type,
-                                                        found.rsplit(".", 1)[1], column.type))
+                        "out of the way, then rerun" % (qualified, found_column, column.type, found_column, column.type))
     if kind == "wrong_nullability":
         if column.nullable or is_added:
             return None  # DROP NOT NULL, or filled with the default
         return Conflict(found, "nullable, the contract has NOT NULL, and otelmig cannot invent the missing values",
                         "fill its NULLs and ALTER TABLE %s ALTER COLUMN %s SET NOT NULL, then rerun"
-                        % (qualified, found.rsplit(".", 1)[1]))
+                        % (qualified, found_column))
     if kind == "wrong_default":
         if column.default != contract.SEQUENCE_DEFAULT:
             return None  # set to the contract's
@@ -152,40 +155,60 @@ def _conflict(schema: str, problem, found_as, added, tables):
 # What a later revision carries from the store it starts on into the head: drift
 # from the contract of the revision the store is at would surface only in the head's
 # contract check, after the revision's scans and switch. Refused before its first change.
-DRIFT_KINDS = ("missing_column", "wrong_type", "wrong_nullability", "wrong_default", "missing_index",
-               "wrong_index", "missing_primary_key", "wrong_primary_key")
+DRIFT_KINDS = ("missing_table", "missing_column", "wrong_type", "wrong_nullability", "wrong_default",
+               "missing_index", "wrong_index", "missing_primary_key", "wrong_primary_key")
 
 
-def drift_conflicts(catalog: LiveCatalog, schema: str, wanted: contract.Contract, revision: str) -> List[Conflict]:
+def drift_conflicts(catalog: LiveCatalog, schema: str, wanted: contract.Contract, revision: str,
+                    kinds=DRIFT_KINDS) -> List[Conflict]:
     """The differences between the store and `wanted` (the contract of `revision`,
-    which the store is at), each with the statement that restores it."""
+    which the store is at), each with the one statement that restores it where
+    there is one (printed runnable: names quoted)."""
     return [Conflict(problem.object, "differs from the contract of revision %s, which the store is at: %s"
-                     % (revision, problem.detail), _restoring(schema, problem, wanted))
-            for problem in compare(schema, catalog, wanted).problems if problem.kind in DRIFT_KINDS]
+                     % (revision, problem.detail), _restoring(schema, problem, wanted, catalog))
+            for problem in compare(schema, catalog, wanted).problems if problem.kind in kinds]
 
 
-def _restoring(schema: str, problem, wanted: contract.Contract) -> str:
+def _restoring(schema: str, problem, wanted: contract.Contract, catalog: LiveCatalog) -> str:
     then = ", then rerun"
     if problem.kind in ("missing_index", "wrong_index"):
         index = next((i for i in wanted.indexes if "%s.%s" % (schema, i.name) == problem.object), None)
         if index is not None:
-            build = "CREATE INDEX CONCURRENTLY %s ON %s.%s (%s)" % (index.name, schema, index.table, ", ".join(index.keys))
-            if problem.kind == "wrong_index":
-                build = "rename the index of that name out of the way and " + build
-            return build + then
+            return _restoring_index(schema, index, catalog, problem.kind) + then
     if problem.kind not in ("missing_column", "wrong_type", "wrong_nullability", "wrong_default"):
-        return "restore it as the contract has it" + then
+        return "restore it as the contract has it (docs/schema.md)" + then
     table_name, column_name = problem.object.split(".")[-2:]
-    table = next(t for t in wanted.tables if t.name == table_name)
-    column = table.column(column_name)
-    alter = "ALTER TABLE %s.%s %s COLUMN %s " % (schema, table_name, "ADD" if problem.kind == "missing_column"
-                                                 else "ALTER", column_name)
+    column = next(t for t in wanted.tables if t.name == table_name).column(column_name)
+    alter = "ALTER TABLE %s %s COLUMN %s " % (_qualified(schema, table_name), "ADD" if problem.kind == "missing_column"
+                                              else "ALTER", quote_ident(column_name))
     if problem.kind == "missing_column":
-        return alter + column.type + (" NOT NULL (with its values)" if not column.nullable else "") + then
+        if not column.nullable and not column.default:
+            return "add it with its values (%s%s), then SET NOT NULL%s" % (alter, column.type, then)
+        default = " DEFAULT %s" % column.default if column.default and column.default != contract.SEQUENCE_DEFAULT else ""
+        return alter + column.type + ("" if column.nullable else " NOT NULL") + default + then
     if problem.kind == "wrong_type":
-        return alter + "TYPE %s (its values checked first)" % column.type + then
+        return alter + "TYPE %s" % column.type + then
     if problem.kind == "wrong_nullability":
-        return (alter + "DROP NOT NULL" if column.nullable else "fill its NULLs and " + alter + "SET NOT NULL") + then
+        return (alter + "DROP NOT NULL" if column.nullable else "fill its NULLs, then " + alter + "SET NOT NULL") + then
     if column.default == contract.SEQUENCE_DEFAULT:
         return "give it back its sequence default (nextval)" + then
     return alter + ("SET DEFAULT %s" % column.default if column.default else "DROP DEFAULT") + then
+
+
+def _restoring_index(schema: str, index: contract.Index, catalog: LiveCatalog, kind: str) -> str:
+    """The contract's index under its name: an index of its shape under another name
+    is renamed (building a second would leave the first as an extra), else built."""
+    same_shape = [live.name for live in catalog.indexes.values()
+                  if live.table == index.table and tuple(live.keys) == tuple(index.keys) and live.valid
+                  and not live.unique and not live.predicate and live.method == "btree" and live.name != index.name]
+    if kind == "missing_index" and same_shape:
+        return "ALTER INDEX %s RENAME TO %s" % (_qualified(schema, same_shape[0]), quote_ident(index.name))
+    build = "CREATE INDEX CONCURRENTLY %s ON %s (%s)" % (quote_ident(index.name), _qualified(schema, index.table),
+                                                         ", ".join(index.keys))
+    if kind == "wrong_index":
+        return "rename the index of that name out of the way, then " + build
+    return build
+
+
+def _qualified(schema: str, name: str) -> str:
+    return "%s.%s" % (quote_ident(schema), quote_ident(name))

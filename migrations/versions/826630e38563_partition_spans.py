@@ -248,17 +248,20 @@ def _forget_holding(n: SchemaSQL) -> str:
 
 def preflight(catalog, schema: str):
     """Before the first change, online: a store that drifted from the baseline's
-    contract (a contract column made nullable, retyped, its default dropped, a
-    contract index dropped) is refused, each difference named with its fix. The
+    contract (a contract table or column gone, a column made nullable or
+    retyped, its default dropped, a contract index dropped or renamed) is
+    refused, each difference named with the statement that restores it. The
     conversion would carry the drift into the partitioned spans, and the head's
-    contract check would refuse it only after the scans and the switch. Checked
-    while spans is plain and before this revision made its partitioned table: an
-    interrupted conversion changes none of the columns or contract indexes it reads."""
-    from otelmig.compat import drift_conflicts
+    contract check would refuse it only after the scans and the switch. What this
+    revision's own interrupted runs leave changes none of the columns, tables or
+    contract indexes it reads. A spans the operator partitioned already (adopted
+    as found) has the partition key in its primary key."""
+    from otelmig.compat import DRIFT_KINDS, drift_conflicts
     from otelmig.scripts import revision_module
-    if catalog.kinds.get("spans") != "r" or NEW_PARENT in catalog.kinds:
-        return []
-    return drift_conflicts(catalog, schema, revision_module(down_revision).frozen_contract(), down_revision)
+    kinds = DRIFT_KINDS
+    if catalog.kinds.get("spans") == "p":
+        kinds = tuple(kind for kind in DRIFT_KINDS if not kind.endswith("primary_key"))
+    return drift_conflicts(catalog, schema, revision_module(down_revision).frozen_contract(), down_revision, kinds)
 
 
 def upgrade_steps(n: SchemaSQL):
