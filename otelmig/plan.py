@@ -7,7 +7,7 @@ would run, the lock each takes, what it does to the table, and the table's
 current row estimate and size.
 """
 
-from otelmig import db, output, partitions, schema as contract
+from otelmig import db, drift, output, partitions, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.catalog import outliers, read_catalog
 from otelmig.state import ensure_known, read_state, schema_missing
@@ -50,6 +50,7 @@ def plan(settings, err) -> output.Result:
                    else _outline_revision(settings.schema, script)
                    for number, script in enumerate(scripts)]
         maintenance = None if pending else maintain_preview(conn, settings.schema)
+        repairs = None if pending else drift.preview(conn, settings.schema)
         outlying = conversion_outliers(conn, state) if pending else None
     finally:
         db.close(conn)
@@ -63,6 +64,9 @@ def plan(settings, err) -> output.Result:
     if maintenance is not None:
         payload["maintain"] = maintenance
         text += "\n" + _maintain_text(maintenance)
+    if repairs and (repairs["repairs"] or repairs["refusals"]):  # drift at the head: what `repair` would do
+        payload["repair"] = repairs
+        text += "\n" + drift.preview_text(repairs)
     return output.Result(int(status), payload, text)
 
 
