@@ -12,6 +12,7 @@ from typing import List
 
 from otelmig import db, drift, migration_session, output, repair
 from otelmig._version import HEAD_REVISION
+from otelmig.errors import PROGRAM, BusyError
 
 # The JSON fields of a failed repair (cli adds exit_code, schema, message).
 FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None, "repaired": []}
@@ -51,8 +52,22 @@ def _converge(settings, err, connection, watch, item: drift.Repair) -> List[str]
         def attempt(step=step):
             runner.run_step(step)
             connection.commit()
-        migration_session.run_with_retries(settings, err, connection, attempt)
+        try:
+            migration_session.run_with_retries(settings, err, connection, attempt)
+        except Exception as exc:
+            if db.is_conflict(exc):  # the budget is spent: say what stays done
+                raise _busy(settings, item, exc) from None
+            raise
     return ran
+
+
+def _busy(settings, item: drift.Repair, exc: BaseException) -> BusyError:
+    return BusyError("repair stopped at %s %s: %s for %gs (6 x --lock-timeout): %s; that step was rolled back, "
+                     "the repairs before it stay done; rerun `%s repair` later (it does only what is left) or raise "
+                     "--lock-timeout" % (item.problem.kind, item.problem.object,
+                                         "a table stayed locked" if db.is_lock_timeout(exc) else "a conflict persisted",
+                                         migration_session.LOCK_BUDGET_FACTOR * settings.lock_timeout,
+                                         db.server_message(exc), PROGRAM))
 
 
 def _ran(settings, err, ran: List[str], line: str) -> None:

@@ -30,7 +30,8 @@ from otelmig import db, partitions, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.catalog import LiveCatalog, Problem, compare, read_catalog
 from otelmig.ddl import (CONCURRENTLY, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Catalog, Concurrent, Effect,
-                         Lock, PerPartition, SchemaSQL, Statement, Step, decide, lock_taken)
+                         Lock, PerPartition, Planned, SchemaSQL, Statement, Step, decide, lock_taken,
+                         sql_of)
 from otelmig.errors import PROGRAM, NotInitialisedError, OtelmigError, PendingError, RefusedError
 from otelmig.state import assess, read_state
 
@@ -205,6 +206,10 @@ def survey(conn, schema: str) -> Survey:
         elif tuple(steps) not in seen:  # an index's two problems (parent invalid, a partition without) are one repair
             seen.add(tuple(steps))
             repairs.append(Repair(problem, steps))
+    for repair in helpers_left(conn, schema):
+        if tuple(repair.steps) not in seen:
+            seen.add(tuple(repair.steps))
+            repairs.append(repair)
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
                  + layout_refusals(conn, schema, catalog))
     return Survey(state.revision, repairs, refusals)
@@ -228,6 +233,19 @@ def partition_index_problems(conn, schema: str, catalog: LiveCatalog) -> List[Pr
     return [Problem("partition_index_missing", "%s.%s" % (schema, part), "lacks index %s of %s.%s"
                     % (index, schema, contract.SPANS.name))
             for part, index in partitions.partitions_without_index(conn, schema)]
+
+
+def helpers_left(conn, schema: str) -> List[Repair]:
+    """NOT NULL helper CHECKs a repair that stopped left (after its SET NOT NULL, say): finished, so dropped."""
+    wanted = {not_null_helper(t.name, c.name): (t.name, c.name) for t in contract.TABLES for c in t.columns}
+    cursor = conn.cursor()
+    cursor.execute("select c.conname::text from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
+                   "where n.nspname = %s and c.contype = 'c' and c.conname::text like 'otelmig\\_nn\\_%%' "
+                   "and c.conislocal order by 1", (schema,))
+    found = [wanted[name] for name, in cursor.fetchall() if name in wanted]
+    return [Repair(Problem("repair_leftover", "%s.%s.%s" % (schema, table, column), "a NOT NULL helper CHECK "
+                           "(%s) left by a repair that stopped" % not_null_helper(table, column)),
+                   _not_null_steps(SchemaSQL(schema), table, column)) for table, column in found]
 
 
 def _null_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
@@ -307,7 +325,11 @@ def statements(conn, schema: str, steps: List[Step]) -> List[dict]:
         return cursor.fetchall()
     names, listed = SchemaSQL(schema), []
     for step in steps:
-        for planned in decide(step, names, Catalog(scalar, rows)).statements:
+        chosen = decide(step, names, Catalog(scalar, rows)).statements
+        if not chosen and listed and isinstance(step, Statement):
+            # Its condition holds once the steps listed before it ran (a NOT NULL's VALIDATE after its ADD).
+            chosen = [Planned(sql_of(step, False), False, names.table(step.table), "%s.%s" % (schema, step.table))]
+        for planned in chosen:
             listed.append({"sql": planned.sql, "table": planned.display, "outside_transaction": planned.concurrently,
                            "lock": str(lock_taken(step, planned.concurrently) or "none"), "effect": str(step.effect)})
     return listed

@@ -10,7 +10,7 @@ import pg8000.dbapi
 import pytest
 
 from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
-from helpers import one_line
+from helpers import error_line, one_line
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
 
@@ -254,3 +254,49 @@ def test_verify_names_repair_only_for_what_it_repairs(head_url):
     assert found.code == 7 and "repair" not in found.err
     sql(head_url, "drop index otel.ix_spans_span_id")
     assert "`otelmig repair` fixes 1 of them once the others are fixed" in verify(head_url).err
+
+
+def test_a_reader_holding_the_table_past_the_lock_budget_is_exit_9_with_nothing_changed(head_url):
+    sql(head_url, "alter table otel.traces alter column span_count drop default")
+    before = shape(head_url)
+    reader = connect(head_url, autocommit=False)
+    reader.cursor().execute("select count(*) from otel.traces")  # ACCESS SHARE until it ends
+    try:
+        started = time.monotonic()
+        busy = run_cli("repair", "--lock-timeout", "0.3", url=head_url)
+        took = time.monotonic() - started
+    finally:
+        reader.rollback()
+        reader.close()
+    assert busy.code == 9 and "repair stopped at wrong_default otel.traces.span_count" in error_line(busy.err), busy
+    assert took < 10  # 6 x --lock-timeout, then it gives up
+    assert shape(head_url) == before
+    assert run_cli("repair", url=head_url).code == 0 and verify(head_url).code == 0
+
+
+def test_a_refusal_in_json_lists_each_refusal(head_url):
+    run_all(head_url, "alter table otel.spans alter column kind type varchar(20)",
+            "alter table otel.spans drop column status_message")
+    refused = run_cli("repair", "--format", "json", url=head_url)
+    assert refused.code == 8
+    payload = refused.json()
+    assert payload["exit_code"] == 8 and payload["repaired"] == [] and len(payload["refusals"]) == 2
+    assert one_line(refused.err)
+
+
+def test_a_helper_check_left_by_a_repair_that_stopped_is_dropped_by_the_next(head_url):
+    before = shape(head_url)
+    sql(head_url, "alter table otel.spans add constraint otelmig_nn_spans_name check (name is not null)")
+    assert verify(head_url).code == 0  # the contract holds; the helper is ours to finish
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    assert statements_of(done) == ['ALTER TABLE "otel"."spans" DROP CONSTRAINT IF EXISTS "otelmig_nn_spans_name"']
+    assert shape(head_url) == before
+
+
+def test_dry_run_of_a_not_null_lists_every_step_it_would_take(head_url):
+    sql(head_url, "alter table otel.traces alter column service_name drop not null")
+    shown = run_cli("repair", "--dry-run", "--format", "json", url=head_url)
+    assert shown.code == 0, shown.err
+    words = [s.split(" ")[3] for s in statements_of(shown)]
+    assert words == ["ADD", "VALIDATE", "ALTER", "DROP"], statements_of(shown)
