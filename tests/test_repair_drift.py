@@ -300,3 +300,26 @@ def test_dry_run_of_a_not_null_lists_every_step_it_would_take(head_url):
     assert shown.code == 0, shown.err
     words = [s.split(" ")[3] for s in statements_of(shown)]
     assert words == ["ADD", "VALIDATE", "ALTER", "DROP"], statements_of(shown)
+
+
+def test_an_invalid_partition_index_left_by_a_failed_build_is_reindexed_then_attached(head_url):
+    run_all(head_url, "drop index otel.ix_spans_trace_id",
+            "create index ix_spans_trace_id on only otel.spans (trace_id)")
+    writer = connect(head_url, autocommit=False)  # holds the concurrent build up until its timeout
+    writer.cursor().execute("insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                            "values ('w', 'w', 'op', 'svc', now())")
+    builder = connect(head_url)
+    builder.cursor().execute("set statement_timeout = '1s'")
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="57014"):
+        builder.cursor().execute("create index concurrently spans_history_ix_spans_trace_id "
+                                 "on otel.spans_history (trace_id)")
+    builder.close()
+    writer.rollback()
+    writer.close()
+    assert "spans_history_ix_spans_trace_id" in shape(head_url)["invalid"]
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    ran = statements_of(done)
+    assert 'REINDEX INDEX CONCURRENTLY otel.spans_history_ix_spans_trace_id' in ran, ran
+    assert not any(s.startswith("DROP") for s in ran)
+    assert verify(head_url).code == 0 and shape(head_url)["invalid"] == []
