@@ -11,6 +11,7 @@ import pytest
 
 from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
 from helpers import error_line, one_line
+from otelmig import drift
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
 
@@ -323,3 +324,26 @@ def test_an_invalid_partition_index_left_by_a_failed_build_is_reindexed_then_att
     assert 'REINDEX INDEX CONCURRENTLY otel.spans_history_ix_spans_trace_id' in ran, ran
     assert not any(s.startswith("DROP") for s in ran)
     assert verify(head_url).code == 0 and shape(head_url)["invalid"] == []
+
+
+def test_the_set_not_null_after_the_validated_check_scans_no_partition(head_url):
+    """The server's own word (DEBUG1) that SET NOT NULL skipped its scan, for the parent and every partition,
+    running the statements repair decides (drift.survey, drift.statements) in its order."""
+    sql(head_url, "alter table otel.spans alter column name drop not null")
+    conn = connect(head_url)
+    try:
+        found = drift.survey(conn, "otel")
+        assert [r.problem.kind for r in found.repairs] == ["wrong_nullability"] and found.refusals == []
+        cursor = conn.cursor()
+        for statement in drift.statements(conn, "otel", found.repairs[0].steps):
+            if "SET NOT NULL" in statement["sql"]:
+                cursor.execute("SET client_min_messages = debug1")
+                conn.notices.clear()
+            cursor.execute(statement["sql"])
+            cursor.execute("RESET client_min_messages")
+        proved = [n[b"M"].decode() for n in conn.notices if b"sufficient to prove" in n.get(b"M", b"")]
+    finally:
+        conn.close()
+    partitions = sql(head_url, "select count(*) from pg_inherits where inhparent = 'otel.spans'::regclass")[0][0]
+    assert len(proved) == 1 + partitions, proved
+    assert verify(head_url).code == 0
