@@ -228,7 +228,7 @@ def _compare_indexes(schema: str, indexes, relations, wanted) -> List[Problem]:
         if not found.valid:
             problems.append(Problem("invalid_index", obj, "index is INVALID (a failed concurrent build, or a partition "
                                     "without its index attached): "
-                                    "rerun `%s upgrade` to rebuild it" % PROGRAM))
+                                    "`%s repair` rebuilds it" % PROGRAM))
         shape = (found.table, found.method, found.keys, found.unique, found.predicate)
         wanted = (index.table, index.method, index.keys, index.unique, "")
         if shape != wanted:

@@ -41,7 +41,7 @@ COMMAND_OPTIONS = {
     "stamp": (DATABASE, LOCKS, JSON), "maintain": (DATABASE, LOCKS, JSON, PROMETHEUS, REPLICAS),
     "current": (DATABASE, JSON), "history": (DATABASE, JSON), "plan": (DATABASE, JSON),
     "check": (DATABASE, JSON, PROMETHEUS), "verify": (DATABASE, JSON, PROMETHEUS), "heads": (JSON,),
-    "log": (DATABASE, JSON),
+    "log": (DATABASE, JSON), "repair": (DATABASE, LOCKS, JSON),
 }
 
 EXIT_CODES_HELP = "exit codes:\n" + "\n".join("  %-4d %s" % (int(status), meaning)
@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--retain", default=None, metavar="DURATION",
                      help="drop partitions and delete traces wholly older than this (e.g. 14d, 36h, 2w)")
     cmd.add_argument("--dry-run", action="store_true", help="list what it would create and drop; change nothing")
+    cmd = add("repair", "converge the schema at the head on the contract (what verify reports as drift)",
+              "Converge the live schema at the head on the contract: build a missing contract index CONCURRENTLY "
+              "(rebuild an INVALID one with REINDEX CONCURRENTLY), restore a missing DEFAULT or NOT NULL under the "
+              "lock budget. It drops nothing; whatever it cannot repair safely (a missing table or column, a wrong "
+              "type, NULLs, partitions: `maintain`, a store behind the head: `upgrade`) it names and refuses "
+              "(exit 8), nothing changed. A rerun finds nothing to repair.")
+    cmd.add_argument("--dry-run", action="store_true", help="list what it would run; change nothing")
     cmd = add("log", "the run history: who ran upgrade, downgrade, stamp and maintain, when, and how it ended",
               "The run history (schema.otelmig_runs), newest first; writes nothing. A run whose process died "
               "without recording how it ended reads `unfinished`.")
@@ -223,6 +230,11 @@ def _maintain(args, settings, err):
     return maintain.maintain(settings, err, args.ahead, args.retain, args.dry_run)
 
 
+def _repair(args, settings, err):
+    from otelmig import converge
+    return converge.repair_drift(settings, err, args.dry_run)
+
+
 def _migrate(args, settings, err):
     from otelmig import migrate
     name = args.command
@@ -242,11 +254,11 @@ def _migrate(args, settings, err):
 # Each command's module is imported only when it runs: `check` stays light.
 # A command returns an output.Result, which dispatch prints.
 HANDLERS = {"check": _check, "current": _current, "verify": _verify, "plan": _plan, "maintain": _maintain,
-            "log": _log}
+            "log": _log, "repair": _repair}
 # The module of each command: its FAILURE_FIELDS (and failure_prometheus) shape
 # a failed run's JSON (and Prometheus) output, so _fail knows no command's fields.
 COMMAND_MODULES = {"check": "check", "current": "check", "verify": "verify", "plan": "plan", "maintain": "maintain",
-                   "log": "log"}
+                   "log": "log", "repair": "converge"}
 PROMETHEUS_COMMANDS = tuple(sorted(name for name, kinds in COMMAND_OPTIONS.items() if PROMETHEUS in kinds))
 
 

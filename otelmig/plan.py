@@ -9,7 +9,7 @@ with their conditions in words (decided when it runs). plan_text turns that
 into the summary and the text a DBA signs off.
 """
 
-from otelmig import db, output, partitions, plan_text, schema as contract
+from otelmig import db, drift, output, partitions, plan_text, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.catalog import outliers, read_catalog
 from otelmig.state import ensure_known, read_state, schema_missing
@@ -53,6 +53,7 @@ def plan(settings, err) -> output.Result:
                    else _outline_revision(cursor, settings.schema, script)
                    for number, script in enumerate(scripts)]
         maintenance = None if pending else maintain_preview(conn, settings.schema)
+        repairs = None if pending else drift.preview(conn, settings.schema)
         outlying = conversion_outliers(conn, state) if pending else None
     finally:
         db.close(conn)
@@ -69,6 +70,9 @@ def plan(settings, err) -> output.Result:
     if maintenance is not None:
         payload["maintain"] = maintenance
         text += "\n" + plan_text.maintain_text(maintenance)
+    if repairs and (repairs["repairs"] or repairs["refusals"]):  # drift at the head: what `repair` would do
+        payload["repair"] = repairs
+        text += "\n" + drift.preview_text(repairs)
     message = ("%d revision(s) pending; review above, then run `%s upgrade`" % (len(pending), PROGRAM)
                if pending else "")
     return output.Result(int(status), payload, text, message=message)

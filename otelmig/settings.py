@@ -50,7 +50,7 @@ ENV_PASSFILE = "PGPASSFILE"
 # Behind a transaction pooler (otelmig/pooler.py), migrations need a direct or
 # session-pooled URL of their own; the read-only commands keep POSTGRES_URL.
 ENV_MIGRATION_URL = "OTELMIG_MIGRATION_URL"
-MIGRATION_COMMANDS = ("upgrade", "downgrade", "rollback", "stamp", "maintain")  # they write: a host that takes writes, and no transaction pooler
+MIGRATION_COMMANDS = ("upgrade", "downgrade", "rollback", "stamp", "maintain", "repair")  # they write: a host that takes writes, and no transaction pooler
 
 DEFAULT_SCHEMA = "otel"
 DEFAULT_LOCK_TIMEOUT = 5.0

@@ -10,7 +10,7 @@ otelmig/partitions.py's.
 import time
 from typing import List, Optional
 
-from otelmig import db, default_partition, output, partitions, runlog, schema as contract
+from otelmig import db, default_partition, drift, output, partitions, runlog, schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.catalog import Problem, Report, compare, outliers, read_catalog, utc_text
 from otelmig.state import assess, describe, fix_for, read_state, rejects_writes_gauge
@@ -36,6 +36,9 @@ def verify(settings, err, strict: bool = False) -> output.Result:
             report = with_partition_checks(conn, settings.schema, report)
         # The last run of the history (otelmig/runlog.py), as a fact: it never makes drift.
         report = report._replace(facts=dict(report.facts, last_run=runlog.last_run(conn, settings.schema)))
+        # How many problems `repair` converges (otelmig/drift.py): the summary line names it.
+        report = report._replace(facts=dict(report.facts, repairable=drift.repairable(settings.schema, report.problems,
+                                                                                      catalog)))
     finally:
         db.close(conn)
     status, message = _verdict(settings, state, report, strict)
@@ -227,9 +230,18 @@ def _verdict(settings, state, report: Report, strict: bool):
         return ExitStatus.DRIFT, "%s; see the report" % rejecting[0].detail
     if problems or (strict and report.extras):
         counted = problems + (report.extras if strict else [])
-        return ExitStatus.DRIFT, ("schema %s differs from the head contract: %d problem(s)%s; see the report"
-                                  % (settings.schema, len(counted), " (--strict counts extras)" if strict else ""))
+        return ExitStatus.DRIFT, ("schema %s differs from the head contract: %d problem(s)%s; see the report%s"
+                                  % (settings.schema, len(counted), " (--strict counts extras)" if strict else "",
+                                     _repair_hint(report.facts.get("repairable", 0), len(counted))))
     return ExitStatus.OK, ""
+
+
+def _repair_hint(repairable: int, problems: int) -> str:
+    if not repairable:
+        return ""
+    if repairable == problems:
+        return "; run `%s repair` to fix %s" % (PROGRAM, "it" if problems == 1 else "them")
+    return "; `%s repair` fixes %d of them once the others are fixed" % (PROGRAM, repairable)
 
 
 def _result(settings, status, state, report, message, started) -> output.Result:

@@ -33,10 +33,10 @@ LAYERS = {
     "runlog": CATALOG, "replicas": CATALOG,
     # 4: steps, revision scripts, repairs, and the session a changing run holds.
     "ddl": ENGINE, "scripts": ENGINE, "migration_api": ENGINE, "migration_session": ENGINE, "repair": ENGINE,
-    "preflight": ENGINE, "progress": ENGINE, "default_partition": ENGINE, "tracestore": ENGINE, "otlp": ENGINE,
+    "preflight": ENGINE, "progress": ENGINE, "drift": ENGINE, "default_partition": ENGINE, "tracestore": ENGINE, "otlp": ENGINE,
     # 5: one module per command (authors: the command line of plain `alembic`, through migrations/env.py).
     "check": COMMANDS, "verify": COMMANDS, "plan": COMMANDS, "migrate": COMMANDS, "maintain": COMMANDS,
-    "offline": COMMANDS, "log": COMMANDS, "authors": COMMANDS,
+    "offline": COMMANDS, "log": COMMANDS, "authors": COMMANDS, "converge": COMMANDS,
     # 6: what parses the command line or is imported by a program.
     "cli": ENTRANCES, "api": ENTRANCES, "__main__": ENTRANCES, "__init__": ENTRANCES,
 }

@@ -1,0 +1,362 @@
+"""Drift at the head: what `otelmig repair` may converge, and what it must leave.
+
+A store at the head can still differ from the contract (otelmig/schema.py):
+someone dropped an index, a DEFAULT or a NOT NULL. verify reports it
+(otelmig/catalog.py compare()), upgrade has nothing to do, so this module turns
+each problem compare() finds into either steps (otelmig/ddl.py: catalog
+conditioned, so a rerun or a run after a crash does only what is left, and
+`plan` decides them the same way) or a refusal naming the fix. It never drops
+anything of the operator's; what it adds is only what the contract declares:
+
+- a missing index: built CONCURRENTLY (on a partitioned table: ON ONLY the
+  parent, then one per partition built concurrently and attached); an INVALID
+  one of the same name (a failed concurrent build) is rebuilt in place with
+  REINDEX INDEX CONCURRENTLY, never dropped;
+- a missing DEFAULT: SET DEFAULT (catalog only, a brief lock);
+- a missing NOT NULL: CHECK (col IS NOT NULL) NOT VALID, VALIDATE (SHARE UPDATE
+  EXCLUSIVE: writers go on while it scans), SET NOT NULL (which the validated
+  CHECK lets skip its scan), then that helper CHECK dropped. NULLs refuse it.
+
+Refused, nothing changed: a missing table or column, a wrong type, another
+DEFAULT or a NOT NULL the contract does not have (the operator's), a missing
+primary key (with duplicates, or on a partitioned table), another primary key
+or index shape under a contract name, partition-layout problems (maintain's
+job), and a store that is not at the head (upgrade's job).
+"""
+
+from typing import List, NamedTuple, Optional
+
+from otelmig import db, partitions, schema as contract
+from otelmig._version import HEAD_REVISION
+from otelmig.catalog import LiveCatalog, Problem, compare, read_catalog
+from otelmig.ddl import (CONCURRENTLY, PARTITION, PARTITION_INDEX, PARTITION_INDEX_NAME, Catalog, Concurrent, Effect,
+                         Lock, PerPartition, Planned, SchemaSQL, Statement, Step, decide, lock_taken,
+                         sql_of)
+from otelmig.errors import PROGRAM, NotInitialisedError, OtelmigError, PendingError, RefusedError
+from otelmig.state import assess, read_state
+
+NOT_NULL_HELPER = "otelmig_nn_%s_%s"  # the helper CHECK's name: table, column (cut to 63 bytes)
+
+
+class Repair(NamedTuple):
+    problem: Problem
+    steps: List[Step]
+
+
+class Survey(NamedTuple):
+    """What `repair` found at the head: the repairs to run, and what it refuses (one clause each)."""
+    revision: Optional[str]
+    repairs: List[Repair]
+    refusals: List[str]
+
+
+# -- what each problem calls for -------------------------------------------------------
+
+def _split(schema: str, problem: Problem):
+    """(table or index, column or None) from a problem's object `schema.name[.column]`."""
+    parts = problem.object[len(schema) + 1:].split(".", 1)
+    return parts[0], (parts[1] if len(parts) > 1 else None)
+
+
+def classify(schema: str, problem: Problem, catalog: LiveCatalog):
+    """(steps, None) when repair converges it, (None, why and the fix) when it refuses."""
+    name, column = _split(schema, problem)
+    n = SchemaSQL(schema)
+    table = next((t for t in contract.TABLES if t.name == name), None)
+    wanted = table.column(column) if table and column else None
+    if problem.kind == "wrong_nullability" and wanted is not None and not wanted.nullable:
+        return _not_null_steps(n, table.name, column), None
+    if (problem.kind == "wrong_default" and wanted is not None and wanted.default not in (None, contract.SEQUENCE_DEFAULT)
+            and not catalog.relations[table.name][column].default and not catalog.relations[table.name][column].identity):
+        return _default_steps(n, table.name, wanted), None
+    index = next((i for i in contract.INDEXES if i.name == name), None)
+    if problem.kind in ("missing_index", "invalid_index") and index is not None:
+        return _index_steps(n, index, catalog.kinds.get(index.table) == "p"), None
+    keyed = next((t for t in contract.TABLES if t.primary_key == name), None)
+    if problem.kind == "missing_primary_key" and keyed is not None and catalog.kinds.get(keyed.name) == "r":
+        return _primary_key_steps(n, keyed), None
+    if problem.kind == "partition_index_missing":
+        owner = next((i for i in contract.INDEXES if problem.detail.startswith("lacks index %s " % i.name)), None)
+        if owner is not None:
+            return _index_steps(n, owner, True), None
+    return None, _refusal(schema, problem)
+
+
+def _refusal(schema: str, problem: Problem) -> str:
+    fixes = {
+        "missing_table": "restore it from a backup (repair creates no table)",
+        "missing_column": "restore it from a backup or add it as docs/schema.md declares it (repair adds no column)",
+        "wrong_type": "converting a column rewrites the table: do it in a maintenance window",
+        "wrong_nullability": "the NOT NULL is not the contract's: ALTER TABLE ... ALTER COLUMN ... DROP NOT NULL if "
+                             "the worker's NULLs should be accepted (repair drops nothing)",
+        "wrong_default": "the DEFAULT is not the contract's: ALTER TABLE ... ALTER COLUMN ... SET DEFAULT as "
+                         "docs/schema.md declares (repair replaces nothing)",
+        "wrong_index": "the index of that name is another (the operator's?): rename it, then rerun `%s repair`" % PROGRAM,
+        "wrong_primary_key": "another primary key stands: repair replaces none",
+        "missing_primary_key": "on a partitioned table a primary key is built under a lock on every partition: "
+                               "ALTER TABLE ... ADD PRIMARY KEY in a maintenance window",
+        "not_partitioned": "that is `%s upgrade`'s job" % PROGRAM,
+    }
+    fix = fixes.get(problem.kind, "repair does not handle %s" % problem.kind.replace("_", " "))
+    return "%s (%s): %s" % (problem.object, problem.detail, fix)
+
+
+def _default_steps(n: SchemaSQL, table: str, column: contract.Column) -> List[Step]:
+    return [Statement("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s" % (n.table(table), db.quote_ident(column.name),
+                                                                     column.default),
+                      when="not " + n.column_has_default(table, column.name), table=table,
+                      lock=Lock.ACCESS_EXCLUSIVE)]
+
+
+def not_null_helper(table: str, column: str) -> str:
+    return (NOT_NULL_HELPER % (table, column)).encode("utf-8")[:63].decode("utf-8", "ignore")
+
+
+def _constraint(n: SchemaSQL, table: str, name: str, validated: Optional[bool] = None) -> str:
+    state = "" if validated is None else " and %sconvalidated" % ("" if validated else "not ")
+    return ("exists (select 1 from pg_constraint where conrelid = %s and conname = %s%s)"
+            % (n.regclass(table), db.quote_literal(name), state))
+
+
+def _not_null_steps(n: SchemaSQL, table: str, column: str) -> List[Step]:
+    """The PG12+ way to a NOT NULL on a big table without a long ACCESS EXCLUSIVE scan."""
+    helper, qualified, col = not_null_helper(table, column), n.table(table), db.quote_ident(column)
+    nullable = n.column_nullable(table, column)
+    return [
+        Statement("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID" % (qualified, db.quote_ident(helper), col),
+                  when="%s and not %s" % (nullable, _constraint(n, table, helper)), table=table,
+                  lock=Lock.ACCESS_EXCLUSIVE),
+        Statement("ALTER TABLE %s VALIDATE CONSTRAINT %s" % (qualified, db.quote_ident(helper)),
+                  when="%s and %s" % (nullable, _constraint(n, table, helper, validated=False)), table=table,
+                  lock=Lock.SHARE_UPDATE_EXCLUSIVE, effect=Effect.SCANS),
+        Statement("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL" % (qualified, col), when=nullable, table=table,
+                  lock=Lock.ACCESS_EXCLUSIVE, label="SET NOT NULL (the validated CHECK spares its scan)"),
+        Statement("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s" % (qualified, db.quote_ident(helper)),
+                  when="not %s and %s" % (nullable, _constraint(n, table, helper)), table=table,
+                  lock=Lock.ACCESS_EXCLUSIVE),
+    ]
+
+
+def _index_steps(n: SchemaSQL, index: contract.Index, partitioned: bool) -> List[Step]:
+    keys, name, table = ", ".join(index.keys), n.table(index.name), index.table
+    missing = "%s is null" % n.regclass(index.name)
+    if not partitioned:
+        return [
+            # A failed concurrent build's INVALID index is rebuilt where it stands, never dropped.
+            Concurrent("REINDEX INDEX %s%s" % (CONCURRENTLY, name), when=n.index_invalid(index.name), table=table,
+                       lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+            Concurrent("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, db.quote_ident(index.name),
+                                                                      n.table(table), keys),
+                       when=missing, table=table, lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+        ]
+    return [
+        Statement("CREATE INDEX IF NOT EXISTS %s ON ONLY %s (%s)" % (db.quote_ident(index.name), n.table(table), keys),
+                  when=missing, table=table, lock=Lock.SHARE),
+        PerPartition("REINDEX INDEX %s%s" % (CONCURRENTLY, PARTITION_INDEX),
+                     for_each=n.partitions_without(table, index.name, "invalid"), table=table, lock=Lock.SHARE,
+                     effect=Effect.BUILDS_INDEX, concurrent=True),
+        PerPartition("CREATE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, PARTITION_INDEX_NAME, PARTITION, keys),
+                     for_each=n.partitions_without(table, index.name, "missing or invalid"), table=table,
+                     lock=Lock.SHARE, effect=Effect.BUILDS_INDEX, concurrent=True),
+        PerPartition("ALTER INDEX %s ATTACH PARTITION %s" % (name, PARTITION_INDEX),
+                     for_each=n.partitions_without(table, index.name, "any"), table=table,
+                     lock=Lock.ACCESS_EXCLUSIVE),
+    ]
+
+
+def _primary_key_steps(n: SchemaSQL, table: contract.Table) -> List[Step]:
+    """A plain table's: its unique index built concurrently, then made the constraint (catalog only)."""
+    index, columns = db.quote_ident(table.primary_key), ", ".join(map(db.quote_ident, table.primary_key_columns))
+    no_key = "not exists (select 1 from pg_constraint where conrelid = %s and contype = 'p')" % n.regclass(table.name)
+    return [
+        Concurrent("REINDEX INDEX %s%s" % (CONCURRENTLY, n.table(table.primary_key)),
+                   when="%s and %s" % (no_key, n.index_invalid(table.primary_key)), table=table.name,
+                   lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+        Concurrent("CREATE UNIQUE INDEX %sIF NOT EXISTS %s ON %s (%s)" % (CONCURRENTLY, index, n.table(table.name),
+                                                                         columns),
+                   when="%s and %s is null" % (no_key, n.regclass(table.primary_key)), table=table.name,
+                   lock=Lock.SHARE, effect=Effect.BUILDS_INDEX),
+        Statement("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY USING INDEX %s" % (n.table(table.name), index, index),
+                  when=no_key, table=table.name, lock=Lock.ACCESS_EXCLUSIVE),
+    ]
+
+
+# Columns first (a primary key or an index may need them), then the indexes.
+_ORDER = {"wrong_default": 0, "wrong_nullability": 1, "missing_primary_key": 2}
+
+
+def repairable(schema: str, problems: List[Problem], catalog: LiveCatalog) -> int:
+    """How many of verify's problems `repair` converges (NULLs it would find aside)."""
+    return sum(1 for problem in problems if classify(schema, problem, catalog)[0] is not None)
+
+
+# -- reading the store ---------------------------------------------------------------
+
+def survey(conn, schema: str) -> Survey:
+    """Everything repair decides before its first change, read on a pg8000 connection."""
+    state = read_state(conn, schema)
+    _refuse_unless_at_head(state)
+    catalog = read_catalog(conn, schema)
+    problems = compare(schema, catalog).problems + partition_index_problems(conn, schema, catalog)
+    repairs, refusals, seen = [], [], set()
+    for problem in sorted(problems, key=lambda p: _ORDER.get(p.kind, 3)):
+        steps, refusal = classify(schema, problem, catalog)
+        if steps is None:
+            refusals.append(refusal)
+        elif tuple(steps) not in seen:  # an index's two problems (parent invalid, a partition without) are one repair
+            seen.add(tuple(steps))
+            repairs.append(Repair(problem, steps))
+    for repair in helpers_left(conn, schema):
+        if tuple(repair.steps) not in seen:
+            seen.add(tuple(repair.steps))
+            repairs.append(repair)
+    refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
+                 + layout_refusals(conn, schema, catalog))
+    return Survey(state.revision, repairs, refusals)
+
+
+def _refuse_unless_at_head(state) -> None:
+    error = assess(state)
+    if error is None:
+        return
+    if isinstance(error, NotInitialisedError) and state.revision == HEAD_REVISION and not state.unpartitioned:
+        return  # at the head, a table or column missing: drift, refused by name below
+    if isinstance(error, (PendingError, NotInitialisedError)):
+        raise RefusedError("repair changes nothing here: %s; repair works on a store at the head: run `%s upgrade` "
+                           "first" % (error.message, PROGRAM))
+    raise error  # several version rows, a revision a newer otelmig wrote: their own exit codes
+
+
+def partition_index_problems(conn, schema: str, catalog: LiveCatalog) -> List[Problem]:
+    if catalog.kinds.get(contract.SPANS.name) != "p":
+        return []
+    return [Problem("partition_index_missing", "%s.%s" % (schema, part), "lacks index %s of %s.%s"
+                    % (index, schema, contract.SPANS.name))
+            for part, index in partitions.partitions_without_index(conn, schema)]
+
+
+def helpers_left(conn, schema: str) -> List[Repair]:
+    """NOT NULL helper CHECKs a repair that stopped left (after its SET NOT NULL, say): finished, so dropped."""
+    wanted = {not_null_helper(t.name, c.name): (t.name, c.name) for t in contract.TABLES for c in t.columns}
+    cursor = conn.cursor()
+    cursor.execute("select c.conname::text from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
+                   "where n.nspname = %s and c.contype = 'c' and c.conname::text like 'otelmig\\_nn\\_%%' "
+                   "and c.conislocal order by 1", (schema,))
+    found = [wanted[name] for name, in cursor.fetchall() if name in wanted]
+    return [Repair(Problem("repair_leftover", "%s.%s.%s" % (schema, table, column), "a NOT NULL helper CHECK "
+                           "(%s) left by a repair that stopped" % not_null_helper(table, column)),
+                   _not_null_steps(SchemaSQL(schema), table, column)) for table, column in found]
+
+
+def _null_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
+    """A NOT NULL is refused while the column holds NULLs: which, how many, and what to do."""
+    refusals, cursor = [], conn.cursor()
+    for repair in list(repairs):
+        if repair.problem.kind != "wrong_nullability":
+            continue
+        table, column = _split(schema, repair.problem)
+        cursor.execute("select count(*) from %s.%s where %s is null"
+                       % (db.quote_ident(schema), db.quote_ident(table), db.quote_ident(column)))
+        nulls = int(cursor.fetchone()[0])
+        if nulls:
+            repairs.remove(repair)
+            refusals.append("%s holds %d NULL(s) and the contract makes it NOT NULL: set those rows' %s "
+                            "(UPDATE %s.%s SET %s = ... WHERE %s IS NULL) or delete them, then rerun `%s repair`"
+                            % (repair.problem.object, nulls, column, schema, table, column, column, PROGRAM))
+    return refusals
+
+
+def _duplicate_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
+    """A primary key is refused while its columns hold duplicates (or NULLs): how many, and what to do."""
+    refusals, cursor = [], conn.cursor()
+    for repair in list(repairs):
+        if repair.problem.kind != "missing_primary_key":
+            continue
+        table = next(t for t in contract.TABLES if "%s.%s" % (schema, t.primary_key) == repair.problem.object)
+        columns = ", ".join(map(db.quote_ident, table.primary_key_columns))
+        cursor.execute("select count(*) from (select 1 from %s.%s group by %s having count(*) > 1) d"
+                       % (db.quote_ident(schema), db.quote_ident(table.name), columns))
+        duplicated = int(cursor.fetchone()[0])
+        if duplicated:
+            repairs.remove(repair)
+            refusals.append("%s.%s has no primary key and %d value(s) of (%s) occur more than once: remove the "
+                            "duplicates (keep one row of each), then rerun `%s repair`"
+                            % (schema, table.name, duplicated, ", ".join(table.primary_key_columns), PROGRAM))
+    return refusals
+
+
+def layout_refusals(conn, schema: str, catalog: LiveCatalog) -> List[str]:
+    """Partition-layout problems: `otelmig maintain`'s job, never repair's."""
+    if catalog.kinds.get(contract.SPANS.name) != "p":
+        return []
+    layout = partitions.read_layout(conn, schema)
+    if layout.problem() or partitions.adopted_as_found(conn, schema, layout.partitioning):
+        return []  # compare() names a wrong layout; the operator's own partitions are theirs
+    decision = partitions.decide(layout, partitions.server_now(conn), layout.partitioning.ahead_days, None,
+                                 partitions.read_ownership(conn, schema))
+    found = ["no partition holds %s" % new.name for new in decision.fill + decision.create]
+    found += ["no DEFAULT partition"] if layout.default is None else []
+    found += ["a gap from %s to %s" % gap for gap in layout.gaps()]
+    found += ["%s's DETACH CONCURRENTLY is pending" % p.name for p in layout.ranged if p.detach_pending]
+    if not found:
+        return []
+    return ["%s.%s partitions: %s: that is `%s maintain`'s job (run it, then rerun `%s repair`)"
+            % (schema, contract.SPANS.name, ", ".join(found[:4]) + (", ..." if len(found) > 4 else ""),
+               PROGRAM, PROGRAM)]
+
+
+def refusal_error(found: Survey) -> RefusedError:
+    return RefusedError("repair changes nothing here: %s" % "; ".join(found.refusals),
+                        details={"refusals": found.refusals})
+
+
+# -- what it would run: repair --dry-run and plan ---------------------------------------
+
+def statements(conn, schema: str, steps: List[Step]) -> List[dict]:
+    """The statements the steps would run now, decided as the run decides them (ddl.decide)."""
+    cursor = conn.cursor()
+
+    def scalar(sql):
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+    def rows(sql):
+        cursor.execute(sql)
+        return cursor.fetchall()
+    names, listed = SchemaSQL(schema), []
+    for step in steps:
+        chosen = decide(step, names, Catalog(scalar, rows)).statements
+        if not chosen and listed and isinstance(step, Statement):
+            # Its condition holds once the steps listed before it ran (a NOT NULL's VALIDATE after its ADD).
+            chosen = [Planned(sql_of(step, False), False, names.table(step.table), "%s.%s" % (schema, step.table))]
+        for planned in chosen:
+            listed.append({"sql": planned.sql, "table": planned.display, "outside_transaction": planned.concurrently,
+                           "lock": str(lock_taken(step, planned.concurrently) or "none"), "effect": str(step.effect)})
+    return listed
+
+
+def preview(conn, schema: str) -> Optional[dict]:
+    """What `otelmig repair` would do now (plan shows it); None when the store is not at the head."""
+    try:
+        found = survey(conn, schema)
+    except OtelmigError:
+        return None  # not at the head: upgrade's plan is what plan shows
+    return {"repairs": [dict(found_problem(repair.problem), statements=statements(conn, schema, repair.steps))
+                        for repair in found.repairs], "refusals": found.refusals}
+
+
+def found_problem(problem: Problem) -> dict:
+    return {"kind": problem.kind, "object": problem.object, "detail": problem.detail}
+
+
+def preview_text(shown: dict) -> str:
+    lines = ["repair (`%s repair`: drift from the head contract):" % PROGRAM]
+    for repair in shown["repairs"]:
+        lines.append("  %s %s: %s" % (repair["kind"], repair["object"], repair["detail"]))
+        lines += ["    %s  [lock: %s; %s%s]" % (s["sql"], s["lock"], s["effect"],
+                                                 "; outside a transaction" if s["outside_transaction"] else "")
+                  for s in repair["statements"]]
+    lines += ["  repair refuses: %s" % refusal for refusal in shown["refusals"]]
+    if len(lines) == 1:
+        lines.append("  nothing to repair")
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""otelmig repair: drift at the head converged on the contract (issue 22, item 5),
+on a real server: what it rebuilds and restores, what it refuses with nothing
+changed, its dry run, its rerun, writers during an index build, and what
+verify and plan say about it. The main case runs dist/otelmig.pyz."""
+
+import threading
+import time
+
+import pg8000.dbapi
+import pytest
+
+from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
+from helpers import error_line, one_line
+from otelmig import drift
+from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
+
+
+def legacy_at_head(url):
+    load_legacy(url, traces=50)
+    assert run_cli("upgrade", url=url).code == 0
+
+
+@pytest.fixture
+def head_url(template_database, new_database):
+    """The legacy store with rows, upgraded to the head (a copy of one made once)."""
+    return new_database(template=template_database("repair: legacy 50 at head", legacy_at_head))
+
+
+def run_all(url, *statements):
+    for statement in statements:
+        sql(url, statement)
+
+
+def shape(url):
+    """The schema's shape, constraints (a helper CHECK) included."""
+    found = catalog_snapshot(url)
+    found["constraints"] = [tuple(r) for r in sql(url, """
+        select conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated from pg_constraint
+        where connamespace = 'otel'::regnamespace and conrelid <> 'otel.otelmig_runs'::regclass order by 1, 2""")]
+    found["invalid"] = [r[0] for r in sql(url, """
+        select i.relname::text from pg_index x join pg_class i on i.oid = x.indexrelid
+        where i.relnamespace = 'otel'::regnamespace and not x.indisvalid order by 1""")]
+    return found
+
+
+def verify(url):
+    return run_cli("verify", "--format", "json", url=url)
+
+
+def statements_of(result):
+    return [s for item in result.json()["repaired"] for s in item["statements"]]
+
+
+# -- the main case, through the bundle ------------------------------------------------
+
+def test_a_dropped_index_is_rebuilt_by_the_pyz_and_a_rerun_has_nothing_to_repair(head_url, pyz):
+    before = shape(head_url)
+    run_all(head_url, "drop index otel.ix_spans_span_id", "drop index otel.ix_traces_start_time")
+    found = run_pyz(pyz, "verify", url=head_url)
+    assert found.code == 7
+    assert "run `otelmig.pyz repair`" in found.err and one_line(found.err), found.err
+    assert run_pyz(pyz, "upgrade", url=head_url).code == 0  # upgrade has nothing to do: that was the gap
+
+    done = run_pyz(pyz, "repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    assert {item["object"] for item in done.json()["repaired"]} == {"otel.ix_spans_span_id",
+                                                                    "otel.ix_traces_start_time"}
+    # the partition holding the rows is built concurrently (an empty one plainly: nothing to wait for)
+    assert any("CREATE INDEX CONCURRENTLY IF NOT EXISTS" in s and "spans_history" in s for s in statements_of(done)), \
+        statements_of(done)
+    assert run_pyz(pyz, "verify", url=head_url).code == 0
+    assert shape(head_url)["indexes"] == [row for row in before["indexes"]] or \
+        {r[0] for r in shape(head_url)["indexes"]} >= {r[0] for r in before["indexes"] if r[0].startswith("ix_")}
+    assert shape(head_url)["invalid"] == []
+
+    again = run_pyz(pyz, "repair", url=head_url)
+    assert again.code == 0 and "nothing to repair" in again.out, again
+    ran = sql(head_url, "select outcome, exit_code from otel.otelmig_runs where command = 'repair' order by started_at")
+    assert ran == [["ok", 0], ["ok", 0]]
+
+
+# -- what it rebuilds and restores -----------------------------------------------------
+
+def test_an_invalid_index_left_by_a_failed_concurrent_build_is_reindexed_not_dropped(head_url):
+    sql(head_url, "drop index otel.ix_traces_start_time")
+    writer = connect(head_url, autocommit=False)  # a writer's open transaction: the build waits for it
+    writer.cursor().execute("insert into otel.traces (trace_id, service_name, start_time) values ('w', 's', now())")
+    builder = connect(head_url)
+    builder.cursor().execute("set statement_timeout = '1s'")
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="57014"):  # canceled: statement timeout
+        builder.cursor().execute("create index concurrently ix_traces_start_time on otel.traces (start_time)")
+    builder.close()
+    writer.rollback()
+    writer.close()
+    assert shape(head_url)["invalid"] == ["ix_traces_start_time"]
+
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    assert statements_of(done) == ['REINDEX INDEX CONCURRENTLY "otel"."ix_traces_start_time"']
+    assert shape(head_url)["invalid"] == []
+    assert verify(head_url).code == 0
+
+
+def test_an_index_on_only_the_partitioned_parent_gets_one_per_partition_built_and_attached(head_url):
+    run_all(head_url, "drop index otel.ix_spans_trace_id",
+            "create index ix_spans_trace_id on only otel.spans (trace_id)")
+    kinds = {p["kind"] for p in verify(head_url).json()["problems"]}
+    assert kinds == {"invalid_index", "partition_index_missing"}
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    assert any(s.startswith("ALTER INDEX") and "ATTACH PARTITION" in s for s in statements_of(done))
+    assert verify(head_url).code == 0 and shape(head_url)["invalid"] == []
+
+
+def test_defaults_and_not_nulls_are_restored_through_a_validated_check_that_is_then_dropped(head_url):
+    before = shape(head_url)
+    run_all(head_url, "alter table otel.traces alter column span_count drop default",
+            "alter table otel.traces alter column service_name drop not null",
+            "alter table otel.spans alter column name drop not null")
+    assert verify(head_url).code == 7
+    done = run_cli("repair", "-v", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    ran = statements_of(done)
+    for helper_name in ("otelmig_nn_traces_service_name", "otelmig_nn_spans_name"):
+        helper = [s for s in ran if helper_name in s and "DROP" not in s]
+        assert [s.split(" ")[3] for s in helper] == ["ADD", "VALIDATE"], ran
+    assert any("SET NOT NULL" in s for s in ran) and any("DROP CONSTRAINT IF EXISTS" in s for s in ran)
+    assert any("SET DEFAULT 0" in s for s in ran)
+    assert shape(head_url) == before  # the helper CHECKs are gone
+    assert verify(head_url).code == 0
+
+
+def test_a_missing_primary_key_on_a_plain_table_is_built_concurrently(head_url):
+    before = shape(head_url)
+    sql(head_url, "alter table otel.traces drop constraint traces_pkey")
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    assert any("CREATE UNIQUE INDEX CONCURRENTLY" in s for s in statements_of(done))
+    assert shape(head_url) == before and verify(head_url).code == 0
+
+
+def test_writers_keep_writing_while_the_index_builds(head_url):
+    sql(head_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                  "select 't' || g, 's' || g, 'op', 'svc', now() - (g % 3600) * interval '1 second' "
+                  "from generate_series(1, 300000) g")
+    sql(head_url, "drop index otel.ix_spans_service_start_time")
+    stop, written, rejected = threading.Event(), [0], []
+
+    def write():
+        conn = connect(head_url)
+        while not stop.is_set():
+            try:
+                conn.cursor().execute("insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                                      "values ('w', 'w', 'op', 'svc', now())")
+                written[0] += 1
+            except Exception as error:  # counted: the test asserts there are none
+                rejected.append(str(error))
+        conn.close()
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        at_start = written[0]
+        done = run_cli("repair", url=head_url)
+    finally:
+        stop.set()
+        thread.join()
+    assert done.code == 0, done.err
+    assert rejected == [] and written[0] > at_start
+    assert verify(head_url).code == 0
+
+
+def test_dry_run_lists_what_it_would_run_and_changes_nothing(head_url):
+    sql(head_url, "drop index otel.ix_spans_span_id")
+    before = shape(head_url)
+    shown = run_cli("repair", "--dry-run", url=head_url)
+    assert shown.code == 0, shown.err
+    assert "would repair missing_index otel.ix_spans_span_id" in shown.out
+    assert "CREATE INDEX IF NOT EXISTS \"ix_spans_span_id\" ON ONLY" in shown.out
+    assert shape(head_url) == before
+    assert sql(head_url, "select count(*) from otel.otelmig_runs where command = 'repair'")[0][0] == 0
+
+
+def test_plan_shows_what_repair_would_do(head_url):
+    clean = run_cli("plan", "--format", "json", url=head_url)
+    assert clean.code == 0 and "repair" not in clean.json()
+    sql(head_url, "alter table otel.traces alter column span_count drop default")
+    shown = run_cli("plan", "--format", "json", url=head_url)
+    assert shown.code == 0
+    assert [r["object"] for r in shown.json()["repair"]["repairs"]] == ["otel.traces.span_count"]
+    assert "SET DEFAULT 0" in shown.json()["repair"]["repairs"][0]["statements"][0]["sql"]
+    assert "repair (`otelmig repair`" in run_cli("plan", url=head_url).out
+
+
+# -- what it refuses, nothing changed ----------------------------------------------------
+
+REFUSED = [
+    ("wrong_type", ["alter table otel.spans alter column kind type varchar(20)"], "otel.spans.kind", "maintenance window"),
+    ("missing_column", ["alter table otel.spans drop column status_message"], "otel.spans.status_message", "backup"),
+    ("missing_table", ["drop table otel.traces"], "otel.traces", "backup"),
+    ("extra_not_null", ["alter table otel.spans alter column kind set not null"], "otel.spans.kind", "DROP NOT NULL"),
+    ("other_default", ["alter table otel.traces alter column span_count set default 1"], "otel.traces.span_count",
+     "SET DEFAULT"),
+    ("duplicates", ["alter table otel.traces drop constraint traces_pkey",
+                    "insert into otel.traces (trace_id, service_name, start_time) "
+                    "select trace_id, service_name, start_time from otel.traces limit 2"],
+     "otel.traces", "2 value(s) of (trace_id) occur more than once"),
+    ("partitions", ["drop table otel.spans_p%s" % "{last_day}"], "otel.spans partitions", "maintain"),
+]
+
+
+@pytest.mark.parametrize("case, statements, named, fix", REFUSED, ids=[r[0] for r in REFUSED])
+def test_what_it_cannot_repair_safely_is_named_and_refused_with_nothing_changed(head_url, case, statements, named,
+                                                                                 fix):
+    last_day = sql(head_url, "select to_char(now() at time zone 'UTC' + interval '7 days', 'YYYYMMDD')")[0][0]
+    run_all(head_url, *[s.format(last_day=last_day) for s in statements + ["drop index otel.ix_spans_span_id"]])
+    before = shape(head_url)
+    refused = run_cli("repair", url=head_url)
+    assert refused.code == 8, refused
+    assert one_line(refused.err) and named in refused.err and fix in refused.err, refused.err
+    assert "nothing" in refused.err.lower() and "Traceback" not in refused.err
+    assert shape(head_url) == before  # not even the index it could have built
+
+
+def test_nulls_refuse_the_not_null_naming_the_column_the_count_and_the_fix(head_url):
+    run_all(head_url, "alter table otel.spans alter column name drop not null",
+            "insert into otel.spans (trace_id, span_id, service_name, start_time) "
+            "select 'n', 'n' || g, 'svc', now() from generate_series(1, 3) g")
+    before = shape(head_url)
+    refused = run_cli("repair", url=head_url)
+    assert refused.code == 8 and one_line(refused.err), refused
+    assert "otel.spans.name holds 3 NULL(s)" in refused.err and "WHERE name IS NULL" in refused.err
+    assert shape(head_url) == before
+    assert "run `otelmig repair`" in verify(head_url).err  # verify sends them here; repair says what to do first
+
+
+def test_a_store_behind_the_head_is_refused_upgrade_first(db_url):
+    first = KNOWN_REVISIONS[0]
+    assert first != HEAD_REVISION and run_cli("upgrade", first, url=db_url).code == 0
+    before = shape(db_url)
+    refused = run_cli("repair", url=db_url)
+    assert refused.code == 8 and one_line(refused.err), refused
+    assert "behind the head" in refused.err and "upgrade` first" in refused.err
+    assert shape(db_url) == before
+
+
+def test_an_empty_database_is_refused_upgrade_first(db_url):
+    refused = run_cli("repair", url=db_url)
+    assert refused.code == 8 and "upgrade` first" in refused.err and one_line(refused.err), refused
+
+
+def test_verify_names_repair_only_for_what_it_repairs(head_url):
+    sql(head_url, "alter table otel.spans alter column kind type varchar(20)")
+    found = verify(head_url)
+    assert found.code == 7 and "repair" not in found.err
+    sql(head_url, "drop index otel.ix_spans_span_id")
+    assert "`otelmig repair` fixes 1 of them once the others are fixed" in verify(head_url).err
+
+
+def test_a_reader_holding_the_table_past_the_lock_budget_is_exit_9_with_nothing_changed(head_url):
+    sql(head_url, "alter table otel.traces alter column span_count drop default")
+    before = shape(head_url)
+    reader = connect(head_url, autocommit=False)
+    reader.cursor().execute("select count(*) from otel.traces")  # ACCESS SHARE until it ends
+    try:
+        started = time.monotonic()
+        busy = run_cli("repair", "--lock-timeout", "0.3", url=head_url)
+        took = time.monotonic() - started
+    finally:
+        reader.rollback()
+        reader.close()
+    assert busy.code == 9 and "repair stopped at wrong_default otel.traces.span_count" in error_line(busy.err), busy
+    assert took < 10  # 6 x --lock-timeout, then it gives up
+    assert shape(head_url) == before
+    assert run_cli("repair", url=head_url).code == 0 and verify(head_url).code == 0
+
+
+def test_a_refusal_in_json_lists_each_refusal(head_url):
+    run_all(head_url, "alter table otel.spans alter column kind type varchar(20)",
+            "alter table otel.spans drop column status_message")
+    refused = run_cli("repair", "--format", "json", url=head_url)
+    assert refused.code == 8
+    payload = refused.json()
+    assert payload["exit_code"] == 8 and payload["repaired"] == [] and len(payload["refusals"]) == 2
+    assert one_line(refused.err)
+
+
+def test_a_helper_check_left_by_a_repair_that_stopped_is_dropped_by_the_next(head_url):
+    before = shape(head_url)
+    sql(head_url, "alter table otel.spans add constraint otelmig_nn_spans_name check (name is not null)")
+    assert verify(head_url).code == 0  # the contract holds; the helper is ours to finish
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    assert statements_of(done) == ['ALTER TABLE "otel"."spans" DROP CONSTRAINT IF EXISTS "otelmig_nn_spans_name"']
+    assert shape(head_url) == before
+
+
+def test_dry_run_of_a_not_null_lists_every_step_it_would_take(head_url):
+    sql(head_url, "alter table otel.traces alter column service_name drop not null")
+    shown = run_cli("repair", "--dry-run", "--format", "json", url=head_url)
+    assert shown.code == 0, shown.err
+    words = [s.split(" ")[3] for s in statements_of(shown)]
+    assert words == ["ADD", "VALIDATE", "ALTER", "DROP"], statements_of(shown)
+
+
+def test_an_invalid_partition_index_left_by_a_failed_build_is_reindexed_then_attached(head_url):
+    run_all(head_url, "drop index otel.ix_spans_trace_id",
+            "create index ix_spans_trace_id on only otel.spans (trace_id)")
+    writer = connect(head_url, autocommit=False)  # holds the concurrent build up until its timeout
+    writer.cursor().execute("insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                            "values ('w', 'w', 'op', 'svc', now())")
+    builder = connect(head_url)
+    builder.cursor().execute("set statement_timeout = '1s'")
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="57014"):
+        builder.cursor().execute("create index concurrently spans_history_ix_spans_trace_id "
+                                 "on otel.spans_history (trace_id)")
+    builder.close()
+    writer.rollback()
+    writer.close()
+    assert "spans_history_ix_spans_trace_id" in shape(head_url)["invalid"]
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done.err
+    ran = statements_of(done)
+    assert 'REINDEX INDEX CONCURRENTLY otel.spans_history_ix_spans_trace_id' in ran, ran
+    assert not any(s.startswith("DROP") for s in ran)
+    assert verify(head_url).code == 0 and shape(head_url)["invalid"] == []
+
+
+def test_the_set_not_null_after_the_validated_check_scans_no_partition(head_url):
+    """The server's own word (DEBUG1) that SET NOT NULL skipped its scan, for the parent and every partition,
+    running the statements repair decides (drift.survey, drift.statements) in its order."""
+    sql(head_url, "alter table otel.spans alter column name drop not null")
+    conn = connect(head_url)
+    try:
+        found = drift.survey(conn, "otel")
+        assert [r.problem.kind for r in found.repairs] == ["wrong_nullability"] and found.refusals == []
+        cursor = conn.cursor()
+        for statement in drift.statements(conn, "otel", found.repairs[0].steps):
+            if "SET NOT NULL" in statement["sql"]:
+                cursor.execute("SET client_min_messages = debug1")
+                conn.notices.clear()
+            cursor.execute(statement["sql"])
+            cursor.execute("RESET client_min_messages")
+        proved = [n[b"M"].decode() for n in conn.notices if b"sufficient to prove" in n.get(b"M", b"")]
+    finally:
+        conn.close()
+    partitions = sql(head_url, "select count(*) from pg_inherits where inhparent = 'otel.spans'::regclass")[0][0]
+    assert len(proved) == 1 + partitions, proved
+    assert verify(head_url).code == 0
