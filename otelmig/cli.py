@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
               "type, NULLs, partitions: `maintain`, a store behind the head: `upgrade`) it names and refuses "
               "(exit 8), nothing changed. A rerun finds nothing to repair.")
     cmd.add_argument("--dry-run", action="store_true", help="list what it would run; change nothing")
-    cmd = add("log", "the run history: who ran upgrade, downgrade, stamp and maintain, when, and how it ended",
+    cmd = add("log", "the run history: who ran upgrade, downgrade, stamp, maintain and repair, when, and how it ended",
               "The run history (schema.otelmig_runs), newest first; writes nothing. A run whose process died "
               "without recording how it ended reads `unfinished`.")
     cmd.add_argument("--limit", default="20", metavar="N", help="the N newest runs (default 20; 0: all)")

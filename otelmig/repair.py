@@ -10,7 +10,7 @@ steps that turn any state it left into one that rejects nothing. `maintain`
 declares its own (otelmig/default_partition.py: the triggers, log and copies
 of a DEFAULT promotion that stopped), run after the revisions'. They run
 
-- first, in every upgrade, downgrade, rollback, stamp and maintain, under the
+- first, in every upgrade, downgrade, rollback, stamp, maintain and repair, under the
   migration lock (a run killed outright could not run them), and in plain
   `alembic` (migrations/env.py);
 - on the way out of a run that fails while it is still alive (an error, exit

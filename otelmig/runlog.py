@@ -1,6 +1,6 @@
 """The run history: {schema}.otelmig_runs (otelmig/schema.py RUNS, docs/history.md).
 
-One row per run of upgrade, downgrade/rollback, stamp and maintain, whether
+One row per run of upgrade, downgrade/rollback, stamp, maintain and repair, whether
 otelmig ran it, psql ran its --sql script (offline.py renders the SQL from
 here), or plain `alembic` did (otelmig/authors.py). The row is written on a
 connection other than the migration's, in autocommit, so no rollback of the

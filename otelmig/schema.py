@@ -112,7 +112,7 @@ VERSION_TABLE = "alembic_version"
 RECORD_TABLE = "otelmig_objects"
 
 # otelmig's run history (otelmig/runlog.py, docs/history.md): one row per run of
-# upgrade, downgrade/rollback, stamp and maintain, by otelmig, by its --sql
+# upgrade, downgrade/rollback, stamp, maintain and repair, by otelmig, by its --sql
 # script under psql, or by plain `alembic`. Append-only: a row is opened when
 # its run starts and closed once when it ends (or marked `unfinished` by a
 # later run when its process died); no row is ever deleted by otelmig. Not part
@@ -125,7 +125,7 @@ RUN_OUTCOMES = ("running", "ok", "refused", "failed", "interrupted", "unfinished
 RUNS = Table(RUNS_TABLE, (
     Column("run_id", TEXT, False),             # the run's trace id: 32 hex digits (TRACEPARENT's when given)
     Column("span_id", TEXT, False),            # the run's root span id: 16 hex digits
-    Column("command", TEXT, False),            # upgrade, downgrade, rollback, stamp, maintain
+    Column("command", TEXT, False),            # upgrade, downgrade, rollback, stamp, maintain, repair
     Column("arguments", JSONB, False, "'[]'::jsonb"),  # the command line, redacted: never a password
     Column("via", TEXT, False),                # otelmig, psql (a --sql script), alembic
     Column("from_revision", TEXT, True),       # the revision the run found (under the migration lock)
