@@ -478,6 +478,110 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
     return count
 
 
+# --- a downgrade with data in what the revision added (issue 22) ---------------------
+
+# A value of each type the kit can mark and find again: (SQL literal, what to_jsonb's text then holds).
+MARKED_TYPES = {
+    "text": ("'kit-keep-{token}'", "kit-keep-{token}"),
+    "jsonb": ("'{{\"kit_keep\": \"{token}\"}}'", "{token}"),
+    "numbers": ("7340033", "7340033"),
+    "timestamps": ("'2011-11-11 11:11:11+00'", "2011-11-11"),
+}
+
+
+def _mark(type_name: str, token: str, where: str) -> tuple:
+    base_type = type_name.split("(")[0]
+    kind = ("text" if base_type in TEXT_TYPES else "jsonb" if base_type in ("jsonb", "json") else
+            "numbers" if base_type in NUMBER_TYPES else "timestamps" if base_type in TIMESTAMP_TYPES else None)
+    if kind is None:
+        raise KitFailure("the kit cannot mark %s of type %s with data: teach MARKED_TYPES the type" % (where, type_name))
+    literal, needle = MARKED_TYPES[kind]
+    return literal.format(token=token), needle.format(token=token)
+
+
+def added_by(kit: Kit, revision: str) -> Dict[str, list]:
+    """table -> the columns the revision adds to it (every column of a table
+    it adds), from the stores below it and at it; otelmig's own tables aside.
+    A table it recreates (another oid) is compared by column name."""
+    before = _columns_by_position(kit.server.url(template_at(kit, below_of(kit, revision))))
+    after = _columns_by_position(kit.server.url(template_at(kit, revision)))
+    added = {}
+    for table, new in after.items():
+        old = before.get(table)
+        if table in OWN_TABLES:
+            continue
+        if old is None:
+            columns = list(new["columns"].values())
+        elif old["oid"] == new["oid"]:
+            columns = [name for attnum, name in sorted(new["columns"].items()) if attnum not in old["columns"]]
+        else:
+            columns = [name for name in new["columns"].values() if name not in old["columns"].values()]
+        if columns:
+            added[table] = (old is None, columns)
+    return added
+
+
+def _put_data(url: str, added: dict, token: str) -> Dict[tuple, tuple]:
+    """Marks every added column (a row into every added table): (table, column) -> (needle, rows marked)."""
+    conn = connect(url, autocommit=True)
+    marked = {}
+    try:
+        cursor = conn.cursor()
+        for table, (new_table, columns) in sorted(added.items()):
+            cursor.execute("""select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a
+                              where a.attrelid = to_regclass(%s) and a.attname = any(%s) and a.attgenerated = ''""",
+                           ("%s.%s" % (SCHEMA, table), columns))
+            values = {name: _mark(type_name, token, "%s.%s.%s" % (SCHEMA, table, name))
+                      for name, type_name in cursor.fetchall()}
+            try:
+                if new_table:
+                    cursor.execute(worker_insert(cursor, table, "0 days",
+                                                 overrides={n: v[0] for n, v in values.items()}))
+                else:
+                    cursor.execute("UPDATE %s.%s SET %s" % (SCHEMA, table, ", ".join(
+                        '"%s" = %s' % (name, value[0]) for name, value in values.items())))
+            except Exception as exc:
+                raise KitFailure("the kit could not put data in %s.%s (%s): %s"
+                                 % (SCHEMA, table, ", ".join(values), _error_text(exc)))
+            for name, (_, needle) in values.items():
+                marked[(table, name)] = (needle, cursor.rowcount)
+    finally:
+        conn.close()
+    return marked
+
+
+def _rows_holding(url: str, needle: str) -> int:
+    return sum(sql(url, "select count(*) from %s.%s t where to_jsonb(t)::text like %%s" % (SCHEMA, table),
+                   ("%" + needle + "%",))[0][0] for table in tables(url))
+
+
+def check_downgrade_keeps_added_data(kit: Kit, revision: str) -> str:
+    """Data in every column (and table) the revision adds, then its downgrade
+    without OTELMIG_ALLOW_DATA_LOSS: it refuses (exit 8, nothing changed) or
+    keeps the data (each value still in some table of the schema). Returns what happened."""
+    added = added_by(kit, revision)
+    if not added:
+        return "adds nothing"
+    below = below_of(kit, revision)
+    url = store_at(kit, revision)
+    marked = _put_data(url, added, uuid.uuid4().hex[:12])
+    before = state(kit, url)
+    down = downgrade(kit, url, below)  # otelmig() passes no OTEL* variable: the guard stands
+    what = "downgrade of %s with data in what it added (%s)" % (revision, ", ".join(
+        "%s.%s" % pair for pair in sorted(marked)))
+    if down.returncode == 8:
+        assert_same(before, state(kit, url), what + ", refused (exit 8)")
+        return "refused"
+    must(down, what)
+    lost = ["%s.%s.%s (%d rows)" % (SCHEMA, table, column, rows) for (table, column), (needle, rows) in sorted(marked.items())
+            if _rows_holding(url, needle) < rows]
+    if lost:
+        raise KitFailure("%s: it dropped the data in %s without a refusal; give the downgrade a "
+                         "Refusal(guard=Guard.DATA_LOSS, row_checks=...) first (docs/authoring.md)"
+                         % (what, ", ".join(lost)))
+    return "kept"
+
+
 # --- a worker's writes: what every state a revision leaves must accept (issue 19) ---
 
 # A worker writes rows stamped now; a leftover that rejects a row only later
@@ -1305,7 +1409,12 @@ def test_plan_lists_the_statements_the_upgrade_runs(kit, revision):
 @pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_crash_after_every_statement_then_rerun_converges(kit, revision, direction):
-    assert check_crash_at_every_statement(kit, revision, direction) > 1
+    assert check_crash_at_every_statement(kit, revision, direction) >= 1  # one statement is a revision too
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_a_downgrade_refuses_or_keeps_data_in_what_the_revision_added(kit, revision):
+    assert check_downgrade_keeps_added_data(kit, revision) in ("refused", "kept", "adds nothing")
 
 
 # --- what the field found (issue 19): time after a crash, live failures, settings, outliers, writers, objects ---
@@ -1318,7 +1427,7 @@ def test_a_run_that_fails_alive_leaves_a_writable_store(kit, revision, direction
 
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_an_interrupted_downgrade_then_upgrade_converges(kit, revision):
-    assert check_interrupted_downgrade_then_upgrade(kit, revision) > 1
+    assert check_interrupted_downgrade_then_upgrade(kit, revision) >= 1
 
 
 def test_walks_under_a_daylight_saving_zone_and_other_date_styles(kit):
@@ -1382,6 +1491,14 @@ def test_the_kit_fails_a_downgrade_that_leaves_its_column(broken_kit):
     with pytest.raises(KitFailure, match=r"downgrade of kit000000002 after its upgrade: the catalog differs.*"
                                          r"kit_leftover"):
         check_up_down_up(broken_kit, "kit000000002")
+
+
+@pytest.mark.parametrize("broken_kit", [("drops_data.py", "kit000000004")], indirect=True)
+def test_the_kit_fails_a_downgrade_that_drops_data_without_a_refusal(broken_kit):
+    check_up_down_up(broken_kit, "kit000000004")  # on its own it is a correct revision...
+    with pytest.raises(KitFailure, match=r"downgrade of kit000000004 with data in what it added \(spans.kit_note\): "
+                                         r"it dropped the data in otel.spans.kit_note \(1000 rows\) without a refusal"):
+        check_downgrade_keeps_added_data(broken_kit, "kit000000004")
 
 
 @pytest.mark.parametrize("broken_kit", [("leaves_a_check.py", "kit000000003")], indirect=True)
