@@ -54,6 +54,7 @@ import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
 from helpers import psql_file
+import released as release_list
 from otelmig import offline, revisions
 from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Concurrent, Guard, SchemaSQL, OnlineRunner, Refusal, RowCheck, Statement
 from otelmig.errors import RefusedError
@@ -433,6 +434,15 @@ def _list_difference(planned: list, ran: list) -> str:
         len(planned), len(ran), (planned[len(ran):] or ran[len(planned):])[0])
 
 
+def points_to_try(kit: Kit, revision: str, count: int, what: str) -> tuple:
+    """The statements k to crash or stop after: every one of a new or changed
+    revision, a sample of a released and unchanged one (tests/released.py,
+    docs/ci.md); and the note a failure then carries to rerun the sample."""
+    points = release_list.crash_points(kit.root, revision, count, what)
+    note = release_list.sample_note(points, count)
+    return points, " [%s]" % note if note else ""
+
+
 def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> int:
     """SIGKILL right after each statement the revision executes (k = 1..n, n
     counted from a run without a crash), then a plain rerun: it converges on
@@ -450,7 +460,8 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
     expected = state(kit, reference)
     assert_accepts_writes(reference, "%s of %s" % (direction, revision))
     rejecting = []
-    for k in range(1, count + 1):
+    points, sampled = points_to_try(kit, revision, count, "crash " + direction)
+    for k in points:
         url = store_at(kit, start_at)
         crashed = command(kit, url, target, "-v", crash_after=k)
         if crashed.returncode != -signal.SIGKILL:
@@ -460,8 +471,8 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
         if logged != k:  # the hook counts what the runner executes, and kills right after statement k
             raise KitFailure("%s of %s with %s=%d: killed after %d statement(s)"
                              % (direction, revision, CRASH_AFTER_ENV, k, logged))
-        point = "%s of %s killed after statement %d of %d (%s)" % (
-            direction, revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        point = "%s of %s killed after statement %d of %d (%s)%s" % (
+            direction, revision, k, count, ran[revision][k - 1].split("\n")[0][:80], sampled)
         rejected = rejected_writes(url)  # before any rerun: time may pass before the operator reruns
         if rejected:
             rejecting.append("%s: %s" % (point, "; ".join(rejected)))
@@ -472,7 +483,7 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
             assert_rows_kept(found, url, what)
     if rejecting:
         raise KitFailure("the reruns converged, but %d of %d crash points left a store that rejects a worker's "
-                         "writes until the rerun: %s" % (len(rejecting), count, " | ".join(rejecting)))
+                         "writes until the rerun: %s" % (len(rejecting), len(points), " | ".join(rejecting)))
     if direction == "upgrade" and revision == head_of(kit):
         must(otelmig(kit, reference, "verify"), "verify after the upgrade to the head")
     return count
@@ -761,12 +772,13 @@ def check_live_failure_leaves_writable(kit: Kit, revision: str, direction: str, 
     start = state(kit, store_at(kit, start_at))
     count = len(ran.get(revision, []))
     stopped, rejecting = 0, []
-    for k in range(1, count + 1):
+    points, sampled = points_to_try(kit, revision, count, "live " + direction)
+    for k in points:
         url = store_at(kit, start_at)
         how = ways[(k - 1) % len(ways)]
         code, err = interrupted_run(kit, url, [direction, target or "base"], k, how)
-        point = "%s of %s stopped by %s once statement %d of %d started (%s)" % (
-            direction, revision, how, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        point = "%s of %s stopped by %s once statement %d of %d started (%s)%s" % (
+            direction, revision, how, k, count, ran[revision][k - 1].split("\n")[0][:80], sampled)
         if code not in (0, LIVE_FAILURES[how]):
             raise KitFailure("%s: exit %d, expected %d: %s" % (point, code, LIVE_FAILURES[how], err.strip()[-400:]))
         stopped += code != 0
@@ -779,7 +791,7 @@ def check_live_failure_leaves_writable(kit: Kit, revision: str, direction: str, 
         assert_same(expected, state(kit, url), point + ", then rerun")
     if rejecting:
         raise KitFailure("%d of %d live failures left a store that rejects a worker's writes: %s"
-                         % (len(rejecting), count, " | ".join(rejecting)))
+                         % (len(rejecting), len(points), " | ".join(rejecting)))
     return stopped
 
 
@@ -795,14 +807,15 @@ def check_interrupted_downgrade_then_upgrade(kit: Kit, revision: str) -> int:
     found = rows_before(reference)
     ran = executed_statements(must(downgrade(kit, reference, below, "-v"), "downgrade of %s" % revision).stderr)
     count = len(ran.get(revision, []))
-    for k in range(1, count + 1):
+    points, sampled = points_to_try(kit, revision, count, "interrupted downgrade")
+    for k in points:
         url = store_at(kit, revision)
         crashed = downgrade(kit, url, below, crash_after=k)
         if crashed.returncode != -signal.SIGKILL:
             raise KitFailure("downgrade of %s with %s=%d: expected to be killed, exit %d"
                              % (revision, CRASH_AFTER_ENV, k, crashed.returncode))
-        what = "downgrade of %s killed after statement %d of %d (%s), then upgrade" % (
-            revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        what = "downgrade of %s killed after statement %d of %d (%s), then upgrade%s" % (
+            revision, k, count, ran[revision][k - 1].split("\n")[0][:80], sampled)
         if state(kit, url) == expected:
             continue  # nothing of the downgrade was committed: the upgrade has nothing to repair (kit time)
         must(upgrade(kit, url, revision), what)
@@ -1453,6 +1466,49 @@ def test_a_writer_during_the_run_gets_what_it_wrote(kit, revision, direction):
 def test_operator_objects_are_carried_or_refused(kit, revision):
     assert check_operator_objects(kit, revision) in ("carried up and down", "carried up, downgrade refused",
                                                      "upgrade refused")
+
+
+# --- the kit's time: released revisions get a sample of their crash points (issue 22, item 9) ---
+
+def test_the_released_list_names_the_oldest_revisions_in_order():
+    listed = release_list.released()
+    assert list(listed) == REVISIONS[:len(listed)], \
+        "tests/released_revisions.txt must list the oldest revisions in order: .venv/bin/python tests/released.py record"
+    assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in listed.values())
+
+
+def test_a_released_revision_that_changed_gets_every_crash_point(tmp_path, monkeypatch):
+    """Sampled while its script and the otelmig modules it imports are as
+    released (the contract otelmig/schema.py aside); every point once either changed."""
+    monkeypatch.delenv(release_list.FULL_ENV, raising=False)
+    root = str(tmp_path / "repo")
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_pyz.py"), "copy-source", REPO, root], check=True)
+    listed = str(tmp_path / "released.txt")
+    release_list.record(root, listed)
+    revision, every = REVISIONS[0], list(range(1, 31))
+
+    def points():
+        return release_list.crash_points(root, revision, 30, "crash upgrade", listed)
+    sampled = points()
+    assert len(sampled) == release_list.SAMPLED and sampled[0] == 1 and sampled[-1] == 30 and sampled == points()
+    assert release_list.crash_points(root, revision, 3, "crash upgrade", listed) == [1, 2, 3]
+    for path, changed in ((release_list.script_of(root, revision), every), (os.path.join(root, "otelmig", "ddl.py"), every),
+                          (os.path.join(root, "otelmig", "schema.py"), sampled)):
+        original = open(path).read()
+        with open(path, "a") as handle:
+            handle.write("# changed\n")
+        assert points() == changed, path
+        with open(path, "w") as handle:
+            handle.write(original)
+    assert points() == sampled
+    monkeypatch.setenv(release_list.FULL_ENV, "1")
+    assert points() == every
+    monkeypatch.setenv(release_list.FULL_ENV, "")
+    samples = set()
+    for day in range(1, 8):  # the seed (the UTC date by default) moves the sample: other points each day
+        monkeypatch.setenv(release_list.SEED_ENV, "2026-12-%02d" % day)
+        samples.add(tuple(points()))
+    assert len(samples) > 1 and all(len(one) == release_list.SAMPLED for one in samples)
 
 
 # --- the kit catches a broken revision -------------------------------------------------
