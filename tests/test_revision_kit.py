@@ -22,7 +22,14 @@ gets these checks by existing, on a legacy store with rows.
 - a writer that inserts, updates and deletes during the upgrade and the
   downgrade: the final table is what the writer did, row by row;
 - operator objects (a view, a CHECK, a column grant, an index) are carried
-  through up and down, or the revision refuses (exit 8, nothing changed).
+  through up and down, or the revision refuses (exit 8, nothing changed);
+- with data in every column (and table) a revision adds, its downgrade
+  refuses (exit 8, nothing changed) or keeps the data (issue 22).
+
+The per-statement matrices (crash, live stop, interrupted downgrade) run
+every point for a new or changed revision and a sample for one released and
+unchanged since (tests/released.py, docs/ci.md): the kit's time stays
+bounded as revisions accumulate.
 
 The checks are plain functions over a Kit (a repository root whose
 migrations/ the runs read, and the server), so the last tests run them on a
