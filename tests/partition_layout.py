@@ -13,6 +13,7 @@ import datetime
 
 from conftest import run_cli, sql
 from helpers import run_all
+from otelmig.revisions import HEAD_REVISION
 
 BASELINE = "163d8f446eb9"
 PARTITIONED = "826630e38563"  # revision 2, whose layout this builds
@@ -50,8 +51,9 @@ def build(url, cutoff_offset: int = -3, ahead: int = 7, default: bool = True, sc
     run_all(url, statements)
     result = run_cli("stamp", PARTITIONED, "--schema", schema, url=url)
     assert result.code == 0, result.err
-    result = run_cli("upgrade", "--schema", schema, url=url)  # what came after revision 2
-    assert result.code == 0, result.err
+    if HEAD_REVISION != PARTITIONED:  # the revisions after revision 2 (a run only then: it writes the run history)
+        result = run_cli("upgrade", "--schema", schema, url=url)
+        assert result.code == 0, result.err
     return today
 
 
