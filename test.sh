@@ -18,6 +18,11 @@
 # --pg-jobs N runs N majors at once (default 1), each in one process.
 #   ./test.sh --pg 17 -k verify      ./test.sh --pg all -q      ./test.sh --pg others --pg-jobs 2
 #   ./test.sh --pg 17 -m db          ./test.sh --jobs 1 --pdb -k verify
+#
+# --dev-db starts a throwaway development server instead (tests/devdb.py, the
+# tests' own kind of cluster), prints `POSTGRES_URL=...` for an empty database
+# and keeps it until Ctrl-C, which stops it and removes its files
+# (docs/authoring.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -25,6 +30,7 @@ PYTHON=${PYTHON:-python3}
 pg=""
 pg_jobs=1
 jobs=""
+dev_db=""
 pytest_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,6 +39,7 @@ while [ $# -gt 0 ]; do
         --pg-jobs) pg_jobs=${2:?"--pg-jobs needs a number"}; shift 2 ;;
         --jobs) jobs=${2:?"--jobs needs a number"}; shift 2 ;;
         --jobs=*) jobs=${1#--jobs=}; shift ;;
+        --dev-db) dev_db=1; shift ;;
         *) pytest_args+=("$1"); shift ;;
     esac
 done
@@ -45,6 +52,9 @@ if [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" ]; then
     echo "$stamp" > .venv/.stamp
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+if [ -n "$dev_db" ]; then
+    exec .venv/bin/python tests/devdb.py  # alembic and otelmig from .venv work on it; no build needed
+fi
 ./build.sh
 if [ -z "$pg" ]; then
     if [ -z "$jobs" ]; then

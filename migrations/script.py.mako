@@ -14,7 +14,7 @@ the new head from this file's `revision` and `down_revision` lines (keep each
 on one line, as written here).
 """
 
-from otelmig.ddl import Concurrent, SchemaSQL, Refusal, Statement  # noqa: F401  (the step types)
+from otelmig.ddl import Concurrent, Guard, Lock, Refusal, RowCheck, SchemaSQL, Statement  # noqa: F401  (the step types)
 from otelmig import migration_api
 
 revision = ${repr(up_revision)}

@@ -497,6 +497,24 @@ def other_owner(server):
 GROUPS = groups()
 
 
+def rows_as_found(url, found=None):
+    """table -> its rows over the columns it has now (found=None) or had when
+    `found` was read: every row kept, in the columns the store had. A column a
+    later revision adds (the head moves on) is not what adoption is about; a
+    found column that is gone raises here, naming it."""
+    rows = {}
+    for table in ADOPTED.tables:
+        if found is None:
+            columns = [r[0] for r in sql(url, """select attname from pg_attribute where attrelid = to_regclass(%s)
+                                                 and attnum > 0 and not attisdropped order by attnum""",
+                                         ("otel.%s" % table.name,))]
+        else:
+            columns = found[table.name]["columns"]
+        values = sql(url, "select %s from otel.%s order by 1" % (", ".join('"%s"' % c for c in columns), table.name))
+        rows[table.name] = {"columns": columns, "rows": values}
+    return rows
+
+
 @pytest.mark.parametrize("key", sorted(GROUPS), ids=lambda key: "-".join(key).replace(" ", "_"))
 def test_adoption_matrix(server, new_database, other_owner, key):
     kind, shape, outcome = key
@@ -513,7 +531,7 @@ def test_adoption_matrix(server, new_database, other_owner, key):
         run_url = server.url(name, user=migrator, password=password)
     before = catalog_snapshot(url)
     found = layout(url)
-    rows = {t.name: sql(url, "select * from otel.%s order by 1" % t.name) for t in ADOPTED.tables}
+    rows = rows_as_found(url)
     result = run_cli("upgrade", url=run_url)
     try:
         if outcome == REFUSE:
@@ -522,7 +540,7 @@ def test_adoption_matrix(server, new_database, other_owner, key):
             return
         assert result.code == 0, result.err
         verify_ok(url)
-        assert {t.name: sql(url, "select * from otel.%s order by 1" % t.name) for t in ADOPTED.tables} == rows
+        assert rows_as_found(url, rows) == rows
         if outcome == ADOPT:  # found, so kept: the downgrade returns exactly to what was found
             assert run_cli("downgrade", "base", url=run_url).code == 0
             assert layout(url) == found

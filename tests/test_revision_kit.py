@@ -22,7 +22,14 @@ gets these checks by existing, on a legacy store with rows.
 - a writer that inserts, updates and deletes during the upgrade and the
   downgrade: the final table is what the writer did, row by row;
 - operator objects (a view, a CHECK, a column grant, an index) are carried
-  through up and down, or the revision refuses (exit 8, nothing changed).
+  through up and down, or the revision refuses (exit 8, nothing changed);
+- with data in every column (and table) a revision adds, its downgrade
+  refuses (exit 8, nothing changed) or keeps the data (issue 22).
+
+The per-statement matrices (crash, live stop, interrupted downgrade) run
+every point for a new or changed revision and a sample for one released and
+unchanged since (tests/released.py, docs/ci.md): the kit's time stays
+bounded as revisions accumulate.
 
 The checks are plain functions over a Kit (a repository root whose
 migrations/ the runs read, and the server), so the last tests run them on a
@@ -54,6 +61,7 @@ import pytest
 
 from conftest import REPO, catalog_snapshot, connect, load_legacy, sql
 from helpers import psql_file
+import released as release_list
 from otelmig import offline, revisions
 from otelmig.ddl import CONCURRENTLY, CRASH_AFTER_ENV, Concurrent, Guard, SchemaSQL, OnlineRunner, Refusal, RowCheck, Statement
 from otelmig.errors import RefusedError
@@ -433,6 +441,15 @@ def _list_difference(planned: list, ran: list) -> str:
         len(planned), len(ran), (planned[len(ran):] or ran[len(planned):])[0])
 
 
+def points_to_try(kit: Kit, revision: str, count: int, what: str) -> tuple:
+    """The statements k to crash or stop after: every one of a new or changed
+    revision, a sample of a released and unchanged one (tests/released.py,
+    docs/ci.md); and the note a failure then carries to rerun the sample."""
+    points = release_list.crash_points(kit.root, revision, count, what)
+    note = release_list.sample_note(points, count)
+    return points, " [%s]" % note if note else ""
+
+
 def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> int:
     """SIGKILL right after each statement the revision executes (k = 1..n, n
     counted from a run without a crash), then a plain rerun: it converges on
@@ -450,7 +467,8 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
     expected = state(kit, reference)
     assert_accepts_writes(reference, "%s of %s" % (direction, revision))
     rejecting = []
-    for k in range(1, count + 1):
+    points, sampled = points_to_try(kit, revision, count, "crash " + direction)
+    for k in points:
         url = store_at(kit, start_at)
         crashed = command(kit, url, target, "-v", crash_after=k)
         if crashed.returncode != -signal.SIGKILL:
@@ -460,8 +478,8 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
         if logged != k:  # the hook counts what the runner executes, and kills right after statement k
             raise KitFailure("%s of %s with %s=%d: killed after %d statement(s)"
                              % (direction, revision, CRASH_AFTER_ENV, k, logged))
-        point = "%s of %s killed after statement %d of %d (%s)" % (
-            direction, revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        point = "%s of %s killed after statement %d of %d (%s)%s" % (
+            direction, revision, k, count, ran[revision][k - 1].split("\n")[0][:80], sampled)
         rejected = rejected_writes(url)  # before any rerun: time may pass before the operator reruns
         if rejected:
             rejecting.append("%s: %s" % (point, "; ".join(rejected)))
@@ -472,10 +490,114 @@ def check_crash_at_every_statement(kit: Kit, revision: str, direction: str) -> i
             assert_rows_kept(found, url, what)
     if rejecting:
         raise KitFailure("the reruns converged, but %d of %d crash points left a store that rejects a worker's "
-                         "writes until the rerun: %s" % (len(rejecting), count, " | ".join(rejecting)))
+                         "writes until the rerun: %s" % (len(rejecting), len(points), " | ".join(rejecting)))
     if direction == "upgrade" and revision == head_of(kit):
         must(otelmig(kit, reference, "verify"), "verify after the upgrade to the head")
     return count
+
+
+# --- a downgrade with data in what the revision added (issue 22) ---------------------
+
+# A value of each type the kit can mark and find again: (SQL literal, what to_jsonb's text then holds).
+MARKED_TYPES = {
+    "text": ("'kit-keep-{token}'", "kit-keep-{token}"),
+    "jsonb": ("'{{\"kit_keep\": \"{token}\"}}'", "{token}"),
+    "numbers": ("7340033", "7340033"),
+    "timestamps": ("'2011-11-11 11:11:11+00'", "2011-11-11"),
+}
+
+
+def _mark(type_name: str, token: str, where: str) -> tuple:
+    base_type = type_name.split("(")[0]
+    kind = ("text" if base_type in TEXT_TYPES else "jsonb" if base_type in ("jsonb", "json") else
+            "numbers" if base_type in NUMBER_TYPES else "timestamps" if base_type in TIMESTAMP_TYPES else None)
+    if kind is None:
+        raise KitFailure("the kit cannot mark %s of type %s with data: teach MARKED_TYPES the type" % (where, type_name))
+    literal, needle = MARKED_TYPES[kind]
+    return literal.format(token=token), needle.format(token=token)
+
+
+def added_by(kit: Kit, revision: str) -> Dict[str, list]:
+    """table -> the columns the revision adds to it (every column of a table
+    it adds), from the stores below it and at it; otelmig's own tables aside.
+    A table it recreates (another oid) is compared by column name."""
+    before = _columns_by_position(kit.server.url(template_at(kit, below_of(kit, revision))))
+    after = _columns_by_position(kit.server.url(template_at(kit, revision)))
+    added = {}
+    for table, new in after.items():
+        old = before.get(table)
+        if table in OWN_TABLES:
+            continue
+        if old is None:
+            columns = list(new["columns"].values())
+        elif old["oid"] == new["oid"]:
+            columns = [name for attnum, name in sorted(new["columns"].items()) if attnum not in old["columns"]]
+        else:
+            columns = [name for name in new["columns"].values() if name not in old["columns"].values()]
+        if columns:
+            added[table] = (old is None, columns)
+    return added
+
+
+def _put_data(url: str, added: dict, token: str) -> Dict[tuple, tuple]:
+    """Marks every added column (a row into every added table): (table, column) -> (needle, rows marked)."""
+    conn = connect(url, autocommit=True)
+    marked = {}
+    try:
+        cursor = conn.cursor()
+        for table, (new_table, columns) in sorted(added.items()):
+            cursor.execute("""select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a
+                              where a.attrelid = to_regclass(%s) and a.attname = any(%s) and a.attgenerated = ''""",
+                           ("%s.%s" % (SCHEMA, table), columns))
+            values = {name: _mark(type_name, token, "%s.%s.%s" % (SCHEMA, table, name))
+                      for name, type_name in cursor.fetchall()}
+            try:
+                if new_table:
+                    cursor.execute(worker_insert(cursor, table, "0 days",
+                                                 overrides={n: v[0] for n, v in values.items()}))
+                else:
+                    cursor.execute("UPDATE %s.%s SET %s" % (SCHEMA, table, ", ".join(
+                        '"%s" = %s' % (name, value[0]) for name, value in values.items())))
+            except Exception as exc:
+                raise KitFailure("the kit could not put data in %s.%s (%s): %s"
+                                 % (SCHEMA, table, ", ".join(values), _error_text(exc)))
+            for name, (_, needle) in values.items():
+                marked[(table, name)] = (needle, cursor.rowcount)
+    finally:
+        conn.close()
+    return marked
+
+
+def _rows_holding(url: str, needle: str) -> int:
+    return sum(sql(url, "select count(*) from %s.%s t where to_jsonb(t)::text like %%s" % (SCHEMA, table),
+                   ("%" + needle + "%",))[0][0] for table in tables(url))
+
+
+def check_downgrade_keeps_added_data(kit: Kit, revision: str) -> str:
+    """Data in every column (and table) the revision adds, then its downgrade
+    without OTELMIG_ALLOW_DATA_LOSS: it refuses (exit 8, nothing changed) or
+    keeps the data (each value still in some table of the schema). Returns what happened."""
+    added = added_by(kit, revision)
+    if not added:
+        return "adds nothing"
+    below = below_of(kit, revision)
+    url = store_at(kit, revision)
+    marked = _put_data(url, added, uuid.uuid4().hex[:12])
+    before = state(kit, url)
+    down = downgrade(kit, url, below)  # otelmig() passes no OTEL* variable: the guard stands
+    what = "downgrade of %s with data in what it added (%s)" % (revision, ", ".join(
+        "%s.%s" % pair for pair in sorted(marked)))
+    if down.returncode == 8:
+        assert_same(before, state(kit, url), what + ", refused (exit 8)")
+        return "refused"
+    must(down, what)
+    lost = ["%s.%s.%s (%d rows)" % (SCHEMA, table, column, rows) for (table, column), (needle, rows) in sorted(marked.items())
+            if _rows_holding(url, needle) < rows]
+    if lost:
+        raise KitFailure("%s: it dropped the data in %s without a refusal; give the downgrade a "
+                         "Refusal(guard=Guard.DATA_LOSS, row_checks=...) first (docs/authoring.md)"
+                         % (what, ", ".join(lost)))
+    return "kept"
 
 
 # --- a worker's writes: what every state a revision leaves must accept (issue 19) ---
@@ -657,12 +779,13 @@ def check_live_failure_leaves_writable(kit: Kit, revision: str, direction: str, 
     start = state(kit, store_at(kit, start_at))
     count = len(ran.get(revision, []))
     stopped, rejecting = 0, []
-    for k in range(1, count + 1):
+    points, sampled = points_to_try(kit, revision, count, "live " + direction)
+    for k in points:
         url = store_at(kit, start_at)
         how = ways[(k - 1) % len(ways)]
         code, err = interrupted_run(kit, url, [direction, target or "base"], k, how)
-        point = "%s of %s stopped by %s once statement %d of %d started (%s)" % (
-            direction, revision, how, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        point = "%s of %s stopped by %s once statement %d of %d started (%s)%s" % (
+            direction, revision, how, k, count, ran[revision][k - 1].split("\n")[0][:80], sampled)
         if code not in (0, LIVE_FAILURES[how]):
             raise KitFailure("%s: exit %d, expected %d: %s" % (point, code, LIVE_FAILURES[how], err.strip()[-400:]))
         stopped += code != 0
@@ -675,7 +798,7 @@ def check_live_failure_leaves_writable(kit: Kit, revision: str, direction: str, 
         assert_same(expected, state(kit, url), point + ", then rerun")
     if rejecting:
         raise KitFailure("%d of %d live failures left a store that rejects a worker's writes: %s"
-                         % (len(rejecting), count, " | ".join(rejecting)))
+                         % (len(rejecting), len(points), " | ".join(rejecting)))
     return stopped
 
 
@@ -691,14 +814,15 @@ def check_interrupted_downgrade_then_upgrade(kit: Kit, revision: str) -> int:
     found = rows_before(reference)
     ran = executed_statements(must(downgrade(kit, reference, below, "-v"), "downgrade of %s" % revision).stderr)
     count = len(ran.get(revision, []))
-    for k in range(1, count + 1):
+    points, sampled = points_to_try(kit, revision, count, "interrupted downgrade")
+    for k in points:
         url = store_at(kit, revision)
         crashed = downgrade(kit, url, below, crash_after=k)
         if crashed.returncode != -signal.SIGKILL:
             raise KitFailure("downgrade of %s with %s=%d: expected to be killed, exit %d"
                              % (revision, CRASH_AFTER_ENV, k, crashed.returncode))
-        what = "downgrade of %s killed after statement %d of %d (%s), then upgrade" % (
-            revision, k, count, ran[revision][k - 1].split("\n")[0][:80])
+        what = "downgrade of %s killed after statement %d of %d (%s), then upgrade%s" % (
+            revision, k, count, ran[revision][k - 1].split("\n")[0][:80], sampled)
         if state(kit, url) == expected:
             continue  # nothing of the downgrade was committed: the upgrade has nothing to repair (kit time)
         must(upgrade(kit, url, revision), what)
@@ -1305,7 +1429,12 @@ def test_plan_lists_the_statements_the_upgrade_runs(kit, revision):
 @pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_crash_after_every_statement_then_rerun_converges(kit, revision, direction):
-    assert check_crash_at_every_statement(kit, revision, direction) > 1
+    assert check_crash_at_every_statement(kit, revision, direction) >= 1  # one statement is a revision too
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_a_downgrade_refuses_or_keeps_data_in_what_the_revision_added(kit, revision):
+    assert check_downgrade_keeps_added_data(kit, revision) in ("refused", "kept", "adds nothing")
 
 
 # --- what the field found (issue 19): time after a crash, live failures, settings, outliers, writers, objects ---
@@ -1318,7 +1447,7 @@ def test_a_run_that_fails_alive_leaves_a_writable_store(kit, revision, direction
 
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_an_interrupted_downgrade_then_upgrade_converges(kit, revision):
-    assert check_interrupted_downgrade_then_upgrade(kit, revision) > 1
+    assert check_interrupted_downgrade_then_upgrade(kit, revision) >= 1
 
 
 def test_walks_under_a_daylight_saving_zone_and_other_date_styles(kit):
@@ -1344,6 +1473,49 @@ def test_a_writer_during_the_run_gets_what_it_wrote(kit, revision, direction):
 def test_operator_objects_are_carried_or_refused(kit, revision):
     assert check_operator_objects(kit, revision) in ("carried up and down", "carried up, downgrade refused",
                                                      "upgrade refused")
+
+
+# --- the kit's time: released revisions get a sample of their crash points (issue 22, item 9) ---
+
+def test_the_released_list_names_the_oldest_revisions_in_order():
+    listed = release_list.released()
+    assert list(listed) == REVISIONS[:len(listed)], \
+        "tests/released_revisions.txt must list the oldest revisions in order: .venv/bin/python tests/released.py record"
+    assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in listed.values())
+
+
+def test_a_released_revision_that_changed_gets_every_crash_point(tmp_path, monkeypatch):
+    """Sampled while its script and the otelmig modules it imports are as
+    released (the contract otelmig/schema.py aside); every point once either changed."""
+    monkeypatch.delenv(release_list.FULL_ENV, raising=False)
+    root = str(tmp_path / "repo")
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_pyz.py"), "copy-source", REPO, root], check=True)
+    listed = str(tmp_path / "released.txt")
+    release_list.record(root, listed)
+    revision, every = REVISIONS[0], list(range(1, 31))
+
+    def points():
+        return release_list.crash_points(root, revision, 30, "crash upgrade", listed)
+    sampled = points()
+    assert len(sampled) == release_list.SAMPLED and sampled[0] == 1 and sampled[-1] == 30 and sampled == points()
+    assert release_list.crash_points(root, revision, 3, "crash upgrade", listed) == [1, 2, 3]
+    for path, changed in ((release_list.script_of(root, revision), every), (os.path.join(root, "otelmig", "ddl.py"), every),
+                          (os.path.join(root, "otelmig", "schema.py"), sampled)):
+        original = open(path).read()
+        with open(path, "a") as handle:
+            handle.write("# changed\n")
+        assert points() == changed, path
+        with open(path, "w") as handle:
+            handle.write(original)
+    assert points() == sampled
+    monkeypatch.setenv(release_list.FULL_ENV, "1")
+    assert points() == every
+    monkeypatch.setenv(release_list.FULL_ENV, "")
+    samples = set()
+    for day in range(1, 8):  # the seed (the UTC date by default) moves the sample: other points each day
+        monkeypatch.setenv(release_list.SEED_ENV, "2026-12-%02d" % day)
+        samples.add(tuple(points()))
+    assert len(samples) > 1 and all(len(one) == release_list.SAMPLED for one in samples)
 
 
 # --- the kit catches a broken revision -------------------------------------------------
@@ -1382,6 +1554,14 @@ def test_the_kit_fails_a_downgrade_that_leaves_its_column(broken_kit):
     with pytest.raises(KitFailure, match=r"downgrade of kit000000002 after its upgrade: the catalog differs.*"
                                          r"kit_leftover"):
         check_up_down_up(broken_kit, "kit000000002")
+
+
+@pytest.mark.parametrize("broken_kit", [("drops_data.py", "kit000000004")], indirect=True)
+def test_the_kit_fails_a_downgrade_that_drops_data_without_a_refusal(broken_kit):
+    check_up_down_up(broken_kit, "kit000000004")  # on its own it is a correct revision...
+    with pytest.raises(KitFailure, match=r"downgrade of kit000000004 with data in what it added \(spans.kit_note\): "
+                                         r"it dropped the data in otel.spans.kit_note \(1000 rows\) without a refusal"):
+        check_downgrade_keeps_added_data(broken_kit, "kit000000004")
 
 
 @pytest.mark.parametrize("broken_kit", [("leaves_a_check.py", "kit000000003")], indirect=True)
