@@ -169,13 +169,20 @@ def _each_statement(cursor, names: SchemaSQL, step, outside: bool):
         return [(sql_of(step, outside), qualified, "%s.%s" % (names.schema, step.table) if step.table else None)]
     # The query reads the catalog only; should it fail on a catalog an earlier
     # revision has yet to shape, plan still lists the statement, once, in words.
-    cursor.execute("savepoint otelmig_plan")
+    # A savepoint keeps plan's READ ONLY transaction usable; behind statement
+    # pooling plan reads in autocommit (db.read_only_connection), with no
+    # transaction to keep and none allowed to open.
+    guarded = not cursor.connection.autocommit
+    if guarded:
+        cursor.execute("savepoint otelmig_plan")
     try:
         cursor.execute(step.for_each)
         found = cursor.fetchall()
-        cursor.execute("release savepoint otelmig_plan")
+        if guarded:
+            cursor.execute("release savepoint otelmig_plan")
     except Exception:
-        cursor.execute("rollback to savepoint otelmig_plan")
+        if guarded:
+            cursor.execute("rollback to savepoint otelmig_plan")
         words = "<each partition of %s.%s>" % (names.schema, step.table)
         return [(fill_partition(sql_of(step, outside), words, words + "_index", words + "_index"), None, None)]
     return [(fill_partition(sql_of(step, outside), partition, index_name, index), partition, display)
