@@ -22,8 +22,10 @@ from helpers import (BASELINE, DEADLINE_SECONDS, PSQL_SCRIPT_ERROR, error_line, 
                      upgrade_blocked_on_spans, wait_for, write_sql)
 from otelmig import schema as contract
 from otelmig._version import __version__
-from otelmig.revisions import HEAD_REVISION
+from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
+# Where a `rollback` from the head lands, whichever revision is the head.
+BELOW_HEAD = KNOWN_REVISIONS[-2]
 VENV_BIN = os.path.dirname(os.path.abspath(sys.executable))  # the venv's alembic
 RUNS = "otel.otelmig_runs"
 COLUMNS = [c.name for c in contract.RUNS.columns]
@@ -89,7 +91,7 @@ def test_stamp_maintain_and_rollback_each_have_a_row(db_url):
     rows = runs(db_url)
     assert [(r["command"], r["outcome"], r["from_revision"], r["to_revision"]) for r in rows] == [
         ("upgrade", "ok", None, HEAD_REVISION), ("maintain", "ok", HEAD_REVISION, HEAD_REVISION),
-        ("rollback", "ok", HEAD_REVISION, BASELINE), ("stamp", "ok", BASELINE, HEAD_REVISION)]
+        ("rollback", "ok", HEAD_REVISION, BELOW_HEAD), ("stamp", "ok", BELOW_HEAD, HEAD_REVISION)]
 
 
 def test_a_refusal_is_recorded_with_exit_8(db_url):
@@ -336,7 +338,7 @@ def test_log_prints_newest_first_with_a_limit(db_url):
     lines = limited.out.splitlines()
     assert limited.code == 0 and len(lines) == 2, limited.out
     assert " rollback ok (exit 0)" in lines[0] and " upgrade ok (exit 0)" in lines[1]
-    assert "%s -> %s" % (HEAD_REVISION, BASELINE) in lines[0]
+    assert "%s -> %s" % (HEAD_REVISION, BELOW_HEAD) in lines[0]
     bad = run_cli("log", "--limit", "many", url=db_url)
     assert bad.code == 2 and one_line(bad.err) and "--limit" in bad.err
 

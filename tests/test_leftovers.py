@@ -225,7 +225,7 @@ def test_a_downgrade_that_stops_part_way_names_the_revision_it_left(baseline_tem
     held by a reader of traces): the line names where the database is now."""
     template, _ = baseline_template
     probe = copy_of(template)
-    assert run(probe, "upgrade")[0] == 0
+    assert run(probe, "upgrade", "826630e38563")[0] == 0  # revision 2, whichever is the head
     code, _, err = run(probe, "downgrade", "base", "-v")
     assert code == 0, err
     lines = err.splitlines()
@@ -233,7 +233,7 @@ def test_a_downgrade_that_stops_part_way_names_the_revision_it_left(baseline_tem
     k = len([line for line in lines[:reverted] if line.startswith("  ") and not line.startswith("      ")])
 
     url = copy_of(template)
-    assert run(url, "upgrade")[0] == 0
+    assert run(url, "upgrade", "826630e38563")[0] == 0
     proc = spawn(url, "downgrade", "base", "--lock-timeout", "0.2",
                  env={AFTER_STATEMENT_ENV: "%d:PAUSE" % k, HOOK_DIR_ENV: str(tmp_path)})
     wait_for(lambda: os.path.exists(tmp_path / "paused"), "the downgrade to pause after revision 2", DEADLINE)

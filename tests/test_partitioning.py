@@ -179,7 +179,7 @@ def test_privileges_owner_and_the_operators_indexes_carry_over(db_url):
         report = verify_ok(db_url)
         assert "otel.ops_spans_tenant" in [e["object"] for e in report["extras"]]
         # back: the plain table keeps the operator's index under its own name
-        assert run_cli("rollback", url=db_url).code == 0
+        assert run_cli("downgrade", BASELINE, url=db_url).code == 0
         index = sql(db_url, "select pg_get_indexdef('otel.ops_spans_tenant'::regclass)")[0][0]
         assert "ON otel.spans USING btree (tenant_id)" in index
     finally:
@@ -249,7 +249,7 @@ def test_downgrade_moves_every_row_back_even_after_the_history_partition_was_dro
         insert(db_url, "day%d" % n, cutoff + datetime.timedelta(hours=n))  # two day partitions
     insert(db_url, "late", "2999-01-01 00:00+00")  # the default partition
     everything = sql(db_url, "select id, span_id, start_time from otel.spans order by id")
-    result = run_cli("rollback", url=db_url)
+    result = run_cli("downgrade", BASELINE, url=db_url)
     assert result.code == 0, result.err
     assert sql(db_url, "select relkind::text from pg_class where oid = 'otel.spans'::regclass") == [["r"]]
     assert sql(db_url, "select id, span_id, start_time from otel.spans order by id") == everything
@@ -264,7 +264,7 @@ def test_downgrade_moves_every_row_back_even_after_the_history_partition_was_dro
     sql(db_url, "drop table otel.%s" % LAYOUT.history)
     insert(db_url, "kept", cutoff + datetime.timedelta(hours=3))
     kept = sql(db_url, "select id, span_id from otel.spans order by id")
-    assert run_cli("rollback", url=db_url).code == 0
+    assert run_cli("downgrade", BASELINE, url=db_url).code == 0
     assert sql(db_url, "select id, span_id from otel.spans order by id") == kept
     assert run_cli("upgrade", url=db_url).code == 0
     verify_ok(db_url)

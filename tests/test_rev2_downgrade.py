@@ -25,6 +25,9 @@ from otelmig.ddl import CRASH_AFTER_ENV, OnlineRunner, SchemaSQL
 from otelmig.errors import RefusedError
 from otelmig.revisions import HEAD_REVISION
 
+# The revision these tests are about: they stop there, so a later head changes nothing they do.
+REVISION2 = "826630e38563"
+
 SPAN_ROW = "select id, span_id, name, start_time, tenant_id from otel.spans"
 
 
@@ -37,13 +40,13 @@ def revision2():
     return module
 
 
-def at_head_with_rows_in_days(url, traces=50, later=0):
-    """A converted store in service: the legacy rows in the history partition,
+def converted_with_rows_in_days(url, traces=50, later=0, to=REVISION2):
+    """A store converted by revision 2 (upgraded to `to`), in service: the legacy rows in the history partition,
     `later` spans in the day partitions of the three days before today (the
     conversion aged by partition_layout.age_conversion: a store converted
     days ago) and one in DEFAULT."""
     load_legacy(url, traces=traces)
-    result = run_cli("upgrade", url=url)
+    result = run_cli("upgrade", to, url=url)
     assert result.code == 0, result.err
     if later:
         first = partition_layout.age_conversion(url, days_ago=3 + revision2().MARGIN_DAYS)
@@ -85,7 +88,7 @@ def spans_is_plain(url):
 # -- (a) everything that would stop it is refused before the first change ----------------
 
 def test_objects_depending_on_the_partitioned_spans_are_refused_before_any_change(db_url, pyz):
-    at_head_with_rows_in_days(db_url, later=100)
+    converted_with_rows_in_days(db_url, later=100)
     # a plain view on spans is carried back over the plain table (docs/revision2-objects.md), not refused
     sql(db_url, "create view otel.recent_spans as select * from otel.spans")
     setups = [
@@ -123,7 +126,7 @@ def test_objects_depending_on_the_partitioned_spans_are_refused_before_any_chang
 
 
 def test_spans_sharing_an_id_are_refused_before_any_change(db_url):
-    at_head_with_rows_in_days(db_url, later=100)
+    converted_with_rows_in_days(db_url, later=100)
     sql(db_url, "insert into otel.spans (id, trace_id, span_id, name, service_name, start_time) "
                 "select id, 'twin', 'twin', 'op', 'svc', %s + interval '1 hour' from otel.spans "
                 "where span_id = 'later-1'" % cutoff_sql())
@@ -232,7 +235,7 @@ def assert_written_as_done(url, writer, before):
 
 
 def test_writes_during_the_downgrade_are_kept_row_by_row_and_no_row_is_hidden(db_url):
-    at_head_with_rows_in_days(db_url, later=60000)
+    converted_with_rows_in_days(db_url, later=60000)
     sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
                 "select 'watched', 'watched-' || g, 'op', 'svc', %s + g * interval '1 minute' "
                 "from generate_series(1, 500) g" % cutoff_sql())
@@ -276,7 +279,7 @@ def test_index_names_survive_up_and_down(db_url):
 
 
 def test_a_generated_column_is_moved_back_computed(db_url):
-    at_head_with_rows_in_days(db_url, later=50)
+    converted_with_rows_in_days(db_url, later=50)
     sql(db_url, "alter table otel.spans add column label text generated always as (name || '@' || span_id) stored")
     rows = every_row(db_url)
     result = run_cli("downgrade", BASELINE, url=db_url)
@@ -314,7 +317,7 @@ def assert_converged(url, rows, rerun):
         assert run_cli("check", url=url).code == 0
     else:
         assert spans_is_plain(url)
-        assert sql(url, "select count(*) from otel.otelmig_objects where revision = '826630e38563'") == [[0]]
+        assert sql(url, "select count(*) from otel.otelmig_objects where revision = '%s'" % REVISION2) == [[0]]
         assert run_cli("upgrade", url=url).code == 0  # and up again from there
         assert every_row(url) == rows
 
@@ -322,7 +325,7 @@ def assert_converged(url, rows, rerun):
 @pytest.mark.parametrize("rerun", ["upgrade", "downgrade"])
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_signal_during_the_move_then_a_rerun_converges(db_url, how, rerun):
-    at_head_with_rows_in_days(db_url, later=150000)
+    converted_with_rows_in_days(db_url, later=150000)
     rows = every_row(db_url)
     interrupted_downgrade(db_url, how)
     assert spans_is_plain(db_url)
@@ -335,7 +338,7 @@ def test_a_signal_during_the_move_then_a_rerun_converges(db_url, how, rerun):
 @pytest.mark.parametrize("rerun", ["upgrade", "downgrade"])
 def test_a_crash_after_each_statement_of_the_downgrade_then_a_rerun_converges(new_database, rerun):
     template = new_database()
-    at_head_with_rows_in_days(template, traces=20, later=25000)
+    converted_with_rows_in_days(template, traces=20, later=25000)
     rows = every_row(template)
     ran = subprocess.run([sys.executable, "-m", "otelmig", "downgrade", BASELINE, "-v"], cwd=REPO,
                          env=dict(os.environ, POSTGRES_URL=template), capture_output=True, text=True, timeout=300)
@@ -344,7 +347,7 @@ def test_a_crash_after_each_statement_of_the_downgrade_then_a_rerun_converges(ne
     assert count >= 5, ran.stderr
     for k in range(1, count + 1):
         url = new_database()
-        at_head_with_rows_in_days(url, traces=20, later=25000)
+        converted_with_rows_in_days(url, traces=20, later=25000)
         assert every_row(url) == rows
         interrupted_downgrade(url, k)
         assert every_row(url) == rows, "a row is missing from otel.spans after a crash at statement %d" % k
@@ -443,7 +446,8 @@ def test_a_partial_upgrade_with_a_cutoff_check_and_held_outliers_is_undone(new_d
 def test_rows_an_older_downgrade_stranded_in_spans_partitioned_come_back(db_url):
     """The old downgrade's state (a): spans plain again, rows left in
     spans_partitioned's partitions; `upgrade` gathers them first."""
-    at_head_with_rows_in_days(db_url, later=300)
+    # At the head: the version row stayed there (an older otelmig's downgrade stopped part way).
+    converted_with_rows_in_days(db_url, later=300, to="head")
     rows = every_row(db_url)
     sql(db_url, "create table otel.stash as select * from otel.spans where tableoid <> 'otel.spans_history'::regclass")
     statements = [
@@ -474,7 +478,7 @@ def test_what_was_set_on_the_partitioned_spans_comes_back_to_the_plain_one(db_ur
     statistics targets set on the partitioned spans after the upgrade are on the
     plain spans after the downgrade: a worker granted INSERT on some columns
     only still writes (adversary finding F1)."""
-    at_head_with_rows_in_days(db_url, later=30)
+    converted_with_rows_in_days(db_url, later=30)
     role = "colworker_%s" % random.randrange(10 ** 6)
     for statement in (
             "create role %s login password 'col-pw'" % role,
@@ -519,7 +523,7 @@ def test_column_options_and_index_and_constraint_comments_come_back_to_the_plain
     key (as an index and as a constraint) and on a CHECK set on the partitioned
     spans after the upgrade are on the plain spans after the downgrade
     (adversary finding F13: they were lost)."""
-    at_head_with_rows_in_days(db_url, later=30)
+    converted_with_rows_in_days(db_url, later=30)
     for statement in (
             "alter table otel.spans alter column service_name set (n_distinct = -0.25, n_distinct_inherited = 500)",
             "alter table otel.spans alter column name set (n_distinct = 1234)",
@@ -551,7 +555,7 @@ def test_a_renamed_primary_key_and_a_unique_constraint_keep_their_comments(db_ur
     and a UNIQUE constraint with comments on it and its index: the downgrade
     finishes (it stopped with an internal error, for ever) and the comments
     are on the plain spans (adversary pass 3, findings 1 and 3)."""
-    at_head_with_rows_in_days(db_url, later=30)
+    converted_with_rows_in_days(db_url, later=30)
     for statement in (
             "alter table otel.spans rename constraint spans_pkey to spans_pk",
             "comment on index otel.spans_pk is 'the pk index'",
@@ -573,7 +577,7 @@ def test_a_check_constraint_comes_back_when_the_history_partition_was_dropped(db
     """The history partition gone (retention dropped it): the plain spans made in
     its place keeps the CHECK constraints of the partitioned spans, with their
     comments, instead of losing them silently (adversary pass 3, finding 2)."""
-    at_head_with_rows_in_days(db_url, later=30)
+    converted_with_rows_in_days(db_url, later=30)
     for statement in (
             "alter table otel.spans detach partition otel.spans_history",
             "drop table otel.spans_history",
@@ -592,8 +596,8 @@ def test_the_rollback_reports_its_row_move_as_progress(db_url, pyz):
     """The move back prints how many rows it has moved as it goes (issue 22
     item 6): the server's NOTICE per batch, at most one line a
     MOVE_PROGRESS_EVERY seconds, and the total once the move is done."""
-    at_head_with_rows_in_days(db_url, later=3 * revision2().BATCH_ROWS)
-    result = run_pyz(pyz, "rollback", url=db_url)
+    converted_with_rows_in_days(db_url, later=3 * revision2().BATCH_ROWS)
+    result = run_pyz(pyz, "rollback", url=db_url)  # from revision 2: undoes it
     assert result.code == 0, result.err
     moved = [line for line in result.err.splitlines() if line.startswith("moved ") and "rows back into" in line]
     assert moved, result.err
@@ -604,7 +608,7 @@ def test_a_partitioned_spans_given_to_another_owner_goes_back_owned_so(db_url, p
     """ALTER TABLE spans OWNER TO ... after the upgrade (it re-owns the id
     sequence with it): the downgrade gives the plain spans that owner, where it
     stopped with an internal error in the switch-back (adversary finding F10)."""
-    at_head_with_rows_in_days(db_url, later=30)
+    converted_with_rows_in_days(db_url, later=30)
     role = "new_owner_%d" % random.randrange(10 ** 6)
     sql(db_url, "create role %s" % role)
     sql(db_url, "grant create on schema otel to %s" % role)

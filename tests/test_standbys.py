@@ -391,14 +391,18 @@ def test_the_plpgsql_pause_holds_batches_while_a_standby_lags(replicated, fresh)
 MOVED_ROWS = 30000  # several of revision 2's batches (BATCH_ROWS) to move back into the plain spans
 
 
-def _at_head_with_rows_in_days(url):
-    """A converted store in service (as tests/test_rev2_downgrade.py makes one): rows in the day
-    partitions of past days, which the rollback moves back into spans batch by batch."""
-    assert run_cli("upgrade", "--wait-replicas=%d" % DEADLINE_SECONDS, url=url).code == 0
+def _converted_with_rows_in_days(url):
+    """A store converted by revision 2 (as tests/test_rev2_downgrade.py makes one), at revision 2
+    whichever revision is the head: rows in the day partitions of past days, which the rollback
+    (of revision 2) moves back into spans batch by batch."""
+    assert run_cli("upgrade", REVISION2, "--wait-replicas=%d" % DEADLINE_SECONDS, url=url).code == 0
     first = partition_layout.age_conversion(url, days_ago=5)
     sql(url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
              "select 'later', 'later-' || g, 'op', 'svc', timestamptz '%s 00:00:00+00' + g * (interval '3 days' / %d) "
              "from generate_series(0, %d - 1) g" % (first.isoformat(), MOVED_ROWS, MOVED_ROWS))
+
+
+REVISION2 = "826630e38563"
 
 
 def revision2():
@@ -425,7 +429,7 @@ def _spawn_pyz(pyz_path, url, *args, env=None):
 
 @pytest.mark.db
 def test_the_rollback_moves_rows_back_pausing_while_a_standby_lags(replicated, fresh, pyz):
-    _at_head_with_rows_in_days(fresh)
+    _converted_with_rows_in_days(fresh)
     alpha = standby(replicated, "alpha")
     later = "select count(*) from only otel.spans where trace_id = 'later'"
     sql(alpha.url(), "select pg_wal_replay_pause()")
@@ -452,7 +456,7 @@ def test_the_rollback_moves_rows_back_pausing_while_a_standby_lags(replicated, f
 
 @pytest.mark.db
 def test_the_rollback_does_not_pause_with_a_bound_of_zero(replicated, fresh):
-    _at_head_with_rows_in_days(fresh)
+    _converted_with_rows_in_days(fresh)
     alpha = standby(replicated, "alpha")
     sql(alpha.url(), "select pg_wal_replay_pause()")  # stopped for the whole rollback
     try:
