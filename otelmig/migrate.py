@@ -78,8 +78,8 @@ def upgrade(settings, err, revision: str = "head") -> output.Result:
                                 head=HEAD_REVISION, check_head_contract=preflight.contract_check(settings.schema))
 
         def action():
-            if state.unmigrated_at_head:
-                _forget_version(connection, settings.schema)
+            if state.effective_revision != state.revision:
+                _restart_from(connection, settings.schema, state.effective_revision)
             command.upgrade(config, target)
         _run_with_retries(settings, err, connection, action)
         final = _final_revision(connection, settings.schema)
@@ -93,10 +93,14 @@ def _preflight(settings, connection, pending) -> None:
     connection.rollback()
 
 
-def _forget_version(connection, schema: str) -> None:
-    """A version row at the head over a layout never migrated: start from base
-    (the revisions' steps check the catalog, so re-running them adopts it)."""
-    connection.exec_driver_sql("DELETE FROM %s.%s" % (db.quote_ident(schema), VERSION_TABLE))
+def _restart_from(connection, schema: str, revision: Optional[str]) -> None:
+    """A version row above what the layout holds (stamped at the head over a layout
+    never migrated: from base; a partitioning whose downgrade stopped: from below it):
+    the revisions' steps check the catalog, so re-running them converges."""
+    table = "%s.%s" % (db.quote_ident(schema), VERSION_TABLE)
+    connection.exec_driver_sql("DELETE FROM %s" % table)
+    if revision is not None:
+        connection.exec_driver_sql("INSERT INTO %s (version_num) VALUES (%s)" % (table, db.quote_literal(revision)))
 
 
 def downgrade(settings, err, revision: str, allow_data_loss: bool = False) -> output.Result:

@@ -37,12 +37,8 @@ import re
 from typing import FrozenSet, List, NamedTuple, Optional, Tuple
 
 from otelmig import db
-from otelmig.schema import RECORD_TABLE, SPANS_PARTITIONING, Partitioning
+from otelmig.schema import PARTITIONING_REVISION, RECORD_TABLE, SPANS_PARTITIONING, Partitioning  # noqa: F401
 
-# The revision that introduced the partitions: maintain records its partitions
-# under it (the version a store is at may be a later one; a record under a
-# revision above the store's version would read as a partly applied upgrade).
-PARTITIONING_REVISION = "826630e38563"
 PARTITION_KIND = "partition"
 DETACHING_KIND = "detaching_partition"  # maintain began DETACH ... CONCURRENTLY of it: a stopped run's to finish
 DAY = datetime.timedelta(days=1)

@@ -183,3 +183,10 @@ class Partitioning(NamedTuple):
 
 
 SPANS_PARTITIONING = Partitioning()
+# The revision that partitions spans. Its downgrade keeps its version row until the
+# switch back is done and committed, so a store recorded at it (or above it) over a
+# plain spans is one whose downgrade stopped, or one stamped there: upgrade starts
+# below it (otelmig/state.py effective_revision). maintain records its partitions
+# under it (a record under a revision above the store's would read as a partly
+# applied upgrade).
+PARTITIONING_REVISION = "826630e38563"

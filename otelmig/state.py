@@ -150,9 +150,25 @@ class DbState(NamedTuple):
                                                        or self.unpartitioned)
 
     @property
+    def partitioning_undone(self) -> bool:
+        """Recorded at or above the partitioning revision over a plain spans, below the
+        head: that revision's downgrade stopped after its switch back (it keeps its version
+        row until it is done), or the store was stamped there. At the head this is
+        unmigrated_at_head."""
+        if self.unmigrated_at_head or not self.unpartitioned or self.revision not in KNOWN_REVISIONS:
+            return False
+        return KNOWN_REVISIONS.index(self.revision) >= KNOWN_REVISIONS.index(contract.PARTITIONING_REVISION)
+
+    @property
     def effective_revision(self) -> Optional[str]:
-        """Where the migrations start: base for a store stamped but never migrated."""
-        return None if self.unmigrated_at_head else self.revision
+        """Where the migrations start: base for a store stamped at the head but never
+        migrated; below the partitioning revision for a store whose partitioning was
+        undone (its upgrade, which first finishes a stopped downgrade, runs again)."""
+        if self.unmigrated_at_head:
+            return None
+        if self.partitioning_undone:
+            return KNOWN_REVISIONS[KNOWN_REVISIONS.index(contract.PARTITIONING_REVISION) - 1]
+        return self.revision
 
 
 def read_state(conn, schema: str) -> DbState:
