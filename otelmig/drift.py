@@ -24,6 +24,7 @@ or index shape under a contract name, partition-layout problems (maintain's
 job), and a store that is not at the head (upgrade's job).
 """
 
+import re
 from typing import List, NamedTuple, Optional
 
 from otelmig import db, partitions, schema as contract
@@ -52,7 +53,7 @@ class Survey(NamedTuple):
 
 # -- what each problem calls for -------------------------------------------------------
 
-def _split(schema: str, problem: Problem):
+def split_object(schema: str, problem: Problem):
     """(table or index, column or None) from a problem's object `schema.name[.column]`."""
     parts = problem.object[len(schema) + 1:].split(".", 1)
     return parts[0], (parts[1] if len(parts) > 1 else None)
@@ -60,10 +61,12 @@ def _split(schema: str, problem: Problem):
 
 def classify(schema: str, problem: Problem, catalog: LiveCatalog):
     """(steps, None) when repair converges it, (None, why and the fix) when it refuses."""
-    name, column = _split(schema, problem)
+    name, column = split_object(schema, problem)
     n = SchemaSQL(schema)
     table = next((t for t in contract.TABLES if t.name == name), None)
     wanted = table.column(column) if table and column else None
+    if problem.kind == "repair_leftover" and wanted is not None:
+        return [drop_helper_step(n, table.name, column)], None
     if problem.kind == "wrong_nullability" and wanted is not None and not wanted.nullable:
         return _not_null_steps(n, table.name, column), None
     if (problem.kind == "wrong_default" and wanted is not None and wanted.default not in (None, contract.SEQUENCE_DEFAULT)
@@ -110,6 +113,24 @@ def _default_steps(n: SchemaSQL, table: str, column: contract.Column) -> List[St
 
 def not_null_helper(table: str, column: str) -> str:
     return (NOT_NULL_HELPER % (table, column)).encode("utf-8")[:63].decode("utf-8", "ignore")
+
+
+def helper_definitions(column: str) -> List[str]:
+    """pg_get_constraintdef() of repair's helper CHECK, NOT VALID or validated: its name alone is not enough."""
+    # As ruleutils quotes it: the contract's columns are plain lower-case names, printed bare.
+    shown = column if re.fullmatch(r"[a-z_][a-z0-9_]*", column) else db.quote_ident(column)
+    check = "CHECK ((%s IS NOT NULL))" % shown
+    return [check, check + " NOT VALID"]
+
+
+def drop_helper_step(n: SchemaSQL, table: str, column: str) -> Statement:
+    """Drops repair's helper CHECK (matched by name and expression), whatever state a stopped run left it in."""
+    helper = not_null_helper(table, column)
+    defs = ", ".join(map(db.quote_literal, helper_definitions(column)))
+    return Statement("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s" % (n.table(table), db.quote_ident(helper)),
+                     when="exists (select 1 from pg_constraint where conrelid = %s and conname = %s and "
+                          "pg_get_constraintdef(oid) in (%s))" % (n.regclass(table), db.quote_literal(helper), defs),
+                     table=table, lock=Lock.ACCESS_EXCLUSIVE)
 
 
 def _constraint(n: SchemaSQL, table: str, name: str, validated: Optional[bool] = None) -> str:
@@ -206,12 +227,10 @@ def survey(conn, schema: str) -> Survey:
         elif tuple(steps) not in seen:  # an index's two problems (parent invalid, a partition without) are one repair
             seen.add(tuple(steps))
             repairs.append(Repair(problem, steps))
-    for repair in helpers_left(conn, schema):
-        if tuple(repair.steps) not in seen:
-            seen.add(tuple(repair.steps))
-            repairs.append(repair)
+    # What a run that stopped left goes first: a NOT NULL still missing is redone after it, from its ADD.
+    repairs = [r for r in helpers_left(conn, schema) if tuple(r.steps) not in seen] + repairs
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
-                 + layout_refusals(conn, schema, catalog))
+                 + _foreign_helper_refusals(conn, schema, repairs) + layout_refusals(conn, schema, catalog))
     return Survey(state.revision, repairs, refusals)
 
 
@@ -235,17 +254,42 @@ def partition_index_problems(conn, schema: str, catalog: LiveCatalog) -> List[Pr
             for part, index in partitions.partitions_without_index(conn, schema)]
 
 
-def helpers_left(conn, schema: str) -> List[Repair]:
-    """NOT NULL helper CHECKs a repair that stopped left (after its SET NOT NULL, say): finished, so dropped."""
+_HELPERS_SQL = """select c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid)
+from pg_constraint c join pg_namespace n on n.oid = c.connamespace
+where n.nspname = %s and c.contype = 'c' and c.conname::text like 'otelmig\\_nn\\_%%' and c.conislocal order by 2"""
+
+
+def _helper_constraints(conn, schema: str):
+    """(table, column, name, is repair's) for each CHECK named like repair's helper on a contract column."""
     wanted = {not_null_helper(t.name, c.name): (t.name, c.name) for t in contract.TABLES for c in t.columns}
     cursor = conn.cursor()
-    cursor.execute("select c.conname::text from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
-                   "where n.nspname = %s and c.contype = 'c' and c.conname::text like 'otelmig\\_nn\\_%%' "
-                   "and c.conislocal order by 1", (schema,))
-    found = [wanted[name] for name, in cursor.fetchall() if name in wanted]
-    return [Repair(Problem("repair_leftover", "%s.%s.%s" % (schema, table, column), "a NOT NULL helper CHECK "
-                           "(%s) left by a repair that stopped" % not_null_helper(table, column)),
-                   _not_null_steps(SchemaSQL(schema), table, column)) for table, column in found]
+    cursor.execute(_HELPERS_SQL, (schema,))
+    found = []
+    for _, name, definition in cursor.fetchall():
+        if name in wanted:
+            table, column = wanted[name]
+            found.append((table, column, name, definition in helper_definitions(column)))
+    return found
+
+
+def helpers_left(conn, schema: str) -> List[Repair]:
+    """Repair's NOT NULL helper CHECKs (by name and expression) that a run that stopped left: each rejects
+    every NULL insert, so the next run drops it first (a NOT NULL still missing is then redone from its ADD)."""
+    return [Repair(Problem("repair_leftover", "%s.%s.%s" % (schema, table, column),
+                           "a NOT NULL helper CHECK %s left by a repair that stopped: it rejects every insert of "
+                           "a NULL %s; run `%s repair`, which drops it" % (name, column, PROGRAM)),
+                   [drop_helper_step(SchemaSQL(schema), table, column)])
+            for table, column, name, ours in _helper_constraints(conn, schema) if ours]
+
+
+def _foreign_helper_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
+    """A CHECK the operator named like repair's helper, with another expression: kept, and in a NOT NULL's way."""
+    needed = {repair.problem.object for repair in repairs if repair.problem.kind == "wrong_nullability"}
+    return ["%s.%s has a CHECK named %s that is not repair's (col IS NOT NULL): repair keeps it and needs that "
+            "name to restore the NOT NULL of %s: rename it (ALTER TABLE %s.%s RENAME CONSTRAINT %s TO ...), then "
+            "rerun `%s repair`" % (schema, table, name, column, schema, table, name, PROGRAM)
+            for table, column, name, ours in _helper_constraints(conn, schema)
+            if not ours and "%s.%s.%s" % (schema, table, column) in needed]
 
 
 def _null_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
@@ -254,7 +298,7 @@ def _null_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
     for repair in list(repairs):
         if repair.problem.kind != "wrong_nullability":
             continue
-        table, column = _split(schema, repair.problem)
+        table, column = split_object(schema, repair.problem)
         cursor.execute("select count(*) from %s.%s where %s is null"
                        % (db.quote_ident(schema), db.quote_ident(table), db.quote_ident(column)))
         nulls = int(cursor.fetchone()[0])
@@ -305,7 +349,11 @@ def layout_refusals(conn, schema: str, catalog: LiveCatalog) -> List[str]:
                PROGRAM, PROGRAM)]
 
 
-def refusal_error(found: Survey) -> RefusedError:
+def refusal_error(found: Survey, cleaned: Optional[List[str]] = None) -> RefusedError:
+    """The refusal; `cleaned` names what it dropped first (helper CHECKs a stopped run left), never hidden."""
+    if cleaned:
+        return RefusedError("repair dropped what a repair that stopped left (%s) and changes nothing else: %s"
+                            % (", ".join(cleaned), "; ".join(found.refusals)), details={"refusals": found.refusals})
     return RefusedError("repair changes nothing here: %s" % "; ".join(found.refusals),
                         details={"refusals": found.refusals})
 

@@ -288,7 +288,9 @@ def test_a_refusal_in_json_lists_each_refusal(head_url):
 def test_a_helper_check_left_by_a_repair_that_stopped_is_dropped_by_the_next(head_url):
     before = shape(head_url)
     sql(head_url, "alter table otel.spans add constraint otelmig_nn_spans_name check (name is not null)")
-    assert verify(head_url).code == 0  # the contract holds; the helper is ours to finish
+    left = verify(head_url)  # the contract holds, but the helper is a leftover of ours: named, repair's to drop
+    assert left.code == 7 and "run `otelmig repair`" in left.err, left
+    assert [p["kind"] for p in left.json()["problems"]] == ["repair_leftover"], left.out
     done = run_cli("repair", "--format", "json", url=head_url)
     assert done.code == 0, done.err
     assert statements_of(done) == ['ALTER TABLE "otel"."spans" DROP CONSTRAINT IF EXISTS "otelmig_nn_spans_name"']
@@ -347,3 +349,103 @@ def test_the_set_not_null_after_the_validated_check_scans_no_partition(head_url)
     partitions = sql(head_url, "select count(*) from pg_inherits where inhparent = 'otel.spans'::regclass")[0][0]
     assert len(proved) == 1 + partitions, proved
     assert verify(head_url).code == 0
+
+
+# -- a failed or killed NOT NULL repair leaves nothing that rejects writes --------------
+
+NULL_TRACE = ("insert into otel.traces (trace_id, service_name, start_time, span_count) "
+              "values ('%s', null, now(), 0)")
+
+
+def helpers(url):
+    return [tuple(r) for r in sql(url, "select conname::text, convalidated from pg_constraint "
+                                       "where conname::text like 'otelmig\\_nn\\_%%' order by 1")]
+
+
+def test_a_not_null_repair_whose_validate_meets_a_null_drops_its_helper_and_says_what_stayed_done(head_url):
+    """A writer's NULL lands while the repair waits for a reader's lock: the VALIDATE fails. The helper CHECK
+    (which would reject every NULL insert from then on) is dropped; the SET DEFAULT before it is named as done."""
+    run_all(head_url, "alter table otel.traces alter column span_count drop default",
+            "alter table otel.traces alter service_name drop not null")
+    reader = connect(head_url, autocommit=False)
+    reader.cursor().execute("select 1 from otel.traces limit 1")
+
+    def release():
+        time.sleep(3)
+        reader.rollback()
+    releaser = threading.Thread(target=release)
+
+    def write():
+        time.sleep(0.5)  # queued behind repair's lock request, in between its retries
+        sql(head_url, NULL_TRACE % "writer")
+    writer = threading.Thread(target=write)
+    releaser.start()
+    writer.start()
+    try:
+        failed = run_cli("repair", "--lock-timeout", "1", "--format", "json", url=head_url)
+    finally:
+        writer.join()
+        releaser.join()
+        reader.close()
+    assert failed.code == 8, failed
+    line = error_line(failed.err)
+    assert "nothing changed" not in line and "otel.traces.span_count" in line and "stay" in line, line
+    assert "otelmig_nn_traces_service_name" in line and "dropped" in line, line
+    assert [item["object"] for item in failed.json()["repaired"]] == ["otel.traces.span_count"], failed.out
+    assert helpers(head_url) == []
+    sql(head_url, NULL_TRACE % "after")  # the operator's nullable column takes NULLs again
+    assert verify(head_url).code == 7  # the NOT NULL drift is still there (with NULLs: repair refuses it)
+
+
+def test_a_helper_left_not_valid_by_a_killed_run_is_named_by_verify_and_dropped_by_the_next_repair(head_url):
+    run_all(head_url, "alter table otel.traces alter service_name drop not null", NULL_TRACE % "before",
+            # what a run killed between its ADD and its VALIDATE leaves
+            "alter table otel.traces add constraint otelmig_nn_traces_service_name "
+            "check (service_name is not null) not valid")
+    found = verify(head_url)
+    assert found.code == 7 and "run `otelmig repair`" in found.err, found.err
+    assert any("otelmig_nn_traces_service_name" in p["detail"] for p in found.json()["problems"]), found.out
+    refused = run_cli("repair", url=head_url)
+    assert refused.code == 8 and "1 NULL(s)" in refused.err, refused
+    assert "dropped" in refused.err and "otelmig_nn_traces_service_name" in refused.err, refused.err
+    assert helpers(head_url) == []
+    sql(head_url, NULL_TRACE % "after")
+
+
+def test_a_helper_left_not_valid_with_no_nulls_is_finished(head_url):
+    before = shape(head_url)
+    run_all(head_url, "alter table otel.traces alter service_name drop not null",
+            "alter table otel.traces add constraint otelmig_nn_traces_service_name "
+            "check (service_name is not null) not valid")
+    done = run_cli("repair", url=head_url)
+    assert done.code == 0, done
+    assert shape(head_url) == before and verify(head_url).code == 0
+
+
+def test_exit_9_after_some_repairs_lists_what_stays_done(head_url):
+    run_all(head_url, "alter table otel.traces alter column span_count drop default",
+            "alter table otel.spans alter column created_at drop default")
+    reader = connect(head_url, autocommit=False)
+    reader.cursor().execute("select count(*) from otel.spans")  # holds spans, not traces
+    try:
+        busy = run_cli("repair", "--lock-timeout", "0.3", "--format", "json", url=head_url)
+    finally:
+        reader.rollback()
+        reader.close()
+    assert busy.code == 9, busy
+    assert [item["object"] for item in busy.json()["repaired"]] == ["otel.traces.span_count"], busy.out
+    assert "what stays done: wrong_default otel.traces.span_count" in error_line(busy.err), busy.err
+    assert run_cli("repair", url=head_url).code == 0 and verify(head_url).code == 0
+
+
+def test_an_operators_check_named_like_the_helper_is_kept_and_a_not_null_needing_the_name_is_refused(head_url):
+    sql(head_url, "alter table otel.traces add constraint otelmig_nn_traces_service_name check (service_name <> '')")
+    kept = run_cli("repair", url=head_url)
+    assert kept.code == 0 and "nothing to repair" in kept.out, kept
+    assert helpers(head_url) == [("otelmig_nn_traces_service_name", True)]
+    sql(head_url, "alter table otel.traces alter service_name drop not null")
+    before = shape(head_url)
+    refused = run_cli("repair", url=head_url)
+    assert refused.code == 8 and one_line(refused.err), refused
+    assert "otelmig_nn_traces_service_name" in refused.err and "rename it" in refused.err, refused.err
+    assert shape(head_url) == before
