@@ -230,7 +230,8 @@ def survey(conn, schema: str) -> Survey:
     # What a run that stopped left goes first: a NOT NULL still missing is redone after it, from its ADD.
     repairs = [r for r in helpers_left(conn, schema) if tuple(r.steps) not in seen] + repairs
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
-                 + _foreign_helper_refusals(conn, schema, repairs) + layout_refusals(conn, schema, catalog))
+                 + _foreign_helper_refusals(conn, schema, repairs) + _partition_name_refusals(conn, schema, catalog)
+                 + layout_refusals(conn, schema, catalog))
     return Survey(state.revision, repairs, refusals)
 
 
@@ -280,6 +281,38 @@ def helpers_left(conn, schema: str) -> List[Repair]:
                            "a NULL %s; run `%s repair`, which drops it" % (name, column, PROGRAM)),
                    [drop_helper_step(SchemaSQL(schema), table, column)])
             for table, column, name, ours in _helper_constraints(conn, schema) if ours]
+
+
+# Relations in a partition's schema under the name repair gives a contract index on it
+# (<partition>_<index>, cut to 63 bytes) that are not that index: another shape, another
+# table, not an index. CREATE INDEX IF NOT EXISTS would skip it and the ATTACH fail.
+_PARTITION_NAME_SQL = """select format('%I.%I', pn.nspname, c.relname), pn.nspname || '.' || pc.relname
+from pg_inherits h join pg_class pc on pc.oid = h.inhrelid join pg_namespace pn on pn.oid = pc.relnamespace
+join pg_class c on c.relnamespace = pn.oid and c.relname = left(pc.relname || '_' || %s, 63)
+left join pg_index x on x.indexrelid = c.oid
+where h.inhparent = to_regclass(%s) and pc.relkind = 'r'
+  and not exists (select 1 from pg_inherits hi join pg_index xi on xi.indexrelid = hi.inhrelid
+                  where hi.inhparent = to_regclass(%s) and xi.indrelid = pc.oid)
+  and (x.indrelid is distinct from pc.oid or x.indisunique
+       or regexp_replace(pg_get_indexdef(c.oid), '^.* USING ', '') <> %s)
+order by 1"""
+
+
+def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[str]:
+    """An index (or anything) of the operator's under the name repair builds a contract index with on a
+    partition: refused before the first change, rather than an ATTACH that fails and a parent left INVALID."""
+    if catalog.kinds.get(contract.SPANS.name) != "p":
+        return []
+    refusals, cursor = [], conn.cursor()
+    for index in (i for i in contract.INDEXES if i.table == contract.SPANS.name):
+        qualified = lambda name: "%s.%s" % (db.quote_ident(schema), db.quote_ident(name))  # noqa: E731
+        cursor.execute(_PARTITION_NAME_SQL, (index.name, qualified(index.table), qualified(index.name),
+                                             "%s (%s)" % (index.method, ", ".join(index.keys))))
+        refusals += ["%s on %s is not the index %s that repair builds there under that name (%s (%s)): rename "
+                     "it (ALTER INDEX %s RENAME TO ...), then rerun `%s repair`"
+                     % (found, partition, index.name, index.method, ", ".join(index.keys), found, PROGRAM)
+                     for found, partition in cursor.fetchall()]
+    return refusals
 
 
 def _foreign_helper_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:

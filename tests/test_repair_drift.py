@@ -449,3 +449,17 @@ def test_an_operators_check_named_like_the_helper_is_kept_and_a_not_null_needing
     assert refused.code == 8 and one_line(refused.err), refused
     assert "otelmig_nn_traces_service_name" in refused.err and "rename it" in refused.err, refused.err
     assert shape(head_url) == before
+
+
+def test_an_operators_index_under_the_partition_index_name_is_refused_before_any_change_then_renamed(head_url):
+    run_all(head_url, "drop index otel.ix_spans_trace_id",
+            "create index spans_history_ix_spans_trace_id on otel.spans_history (span_id)")
+    before = shape(head_url)
+    refused = run_cli("repair", url=head_url)
+    assert refused.code == 8 and one_line(refused.err), refused
+    assert "otel.spans_history_ix_spans_trace_id" in refused.err and "rename it" in refused.err, refused.err
+    assert shape(head_url) == before  # not even the parent's ON ONLY index
+    sql(head_url, "alter index otel.spans_history_ix_spans_trace_id rename to ops_history_span_id")
+    done = run_cli("repair", url=head_url)
+    assert done.code == 0, done
+    assert verify(head_url).code == 0 and shape(head_url)["invalid"] == []
