@@ -67,6 +67,9 @@ def classify(schema: str, problem: Problem, catalog: LiveCatalog):
     wanted = table.column(column) if table and column else None
     if problem.kind == "repair_leftover" and wanted is not None:
         return [drop_helper_step(n, table.name, column)], None
+    if problem.kind == "failed_reindex_copy":
+        on = problem.detail.split(" ")[_COPY_TABLE_WORD]
+        return [drop_copy_step(n, name, on[len(schema) + 1:])], None
     if problem.kind == "wrong_nullability" and wanted is not None and not wanted.nullable:
         return _not_null_steps(n, table.name, column), None
     if (problem.kind == "wrong_default" and wanted is not None and wanted.default not in (None, contract.SEQUENCE_DEFAULT)
@@ -228,7 +231,9 @@ def survey(conn, schema: str) -> Survey:
             seen.add(tuple(steps))
             repairs.append(Repair(problem, steps))
     # What a run that stopped left goes first: a NOT NULL still missing is redone after it, from its ADD.
-    repairs = [r for r in helpers_left(conn, schema) if tuple(r.steps) not in seen] + repairs
+    # A stopped REINDEX's copy goes before any REINDEX (which would leave another, _ccnew1, if it stopped too).
+    repairs = [r for r in helpers_left(conn, schema) + reindex_copies(conn, schema)
+               if tuple(r.steps) not in seen] + repairs
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
                  + _foreign_helper_refusals(conn, schema, repairs) + _partition_name_refusals(conn, schema, catalog)
                  + layout_refusals(conn, schema, catalog))
@@ -313,6 +318,52 @@ def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[st
                      % (found, partition, index.name, index.method, ", ".join(index.keys), found, PROGRAM)
                      for found, partition in cursor.fetchall()]
     return refusals
+
+
+# The INVALID copy a REINDEX INDEX CONCURRENTLY that stopped leaves: <index>_ccnew (then _ccnew1, ...),
+# the index's name cut so that the whole fits in 63 bytes (PostgreSQL's ChooseRelationName).
+_COPIES_SQL = """select c.relname::text, t.relname::text,
+       coalesce((select p.relname::text from pg_inherits h join pg_class p on p.oid = h.inhparent
+                 where h.inhrelid = t.oid), '')
+from pg_index x join pg_class c on c.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
+join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_ccnew[0-9]*$' order by 1"""
+_COPY_TABLE_WORD = 6  # the table's word (schema.table) in a failed_reindex_copy's detail (classify reads it back)
+
+
+def _is_copy_of(copy: str, table: str, parent: str) -> Optional[str]:
+    """The contract index (on `table`, or on a partition of `parent`) whose stopped REINDEX left `copy`."""
+    suffix = re.search(r"_ccnew[0-9]*$", copy).group(0)
+    for index in contract.INDEXES:
+        name = (index.name if index.table == table else
+                ("%s_%s" % (table, index.name)).encode("utf-8")[:63].decode("utf-8", "ignore")
+                if index.table == parent else None)
+        if name is not None and copy == name.encode("utf-8")[:63 - len(suffix)].decode("utf-8", "ignore") + suffix:
+            return name
+    return None
+
+
+def drop_copy_step(n: SchemaSQL, copy: str, table: str) -> Concurrent:
+    return Concurrent("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(copy)), when=n.index_invalid(copy),
+                      table=table, lock=Lock.ACCESS_EXCLUSIVE)
+
+
+def reindex_copies(conn, schema: str) -> List[Repair]:
+    """INVALID copies a stopped REINDEX INDEX CONCURRENTLY left of a contract index (repair's own REINDEX, or
+    one it would run): a failed copy, never the operator's index, so dropped (concurrently). Only an INVALID
+    index named exactly so on that index's table; anything else is the operator's."""
+    cursor = conn.cursor()
+    cursor.execute(_COPIES_SQL, (schema,))
+    found = []
+    for copy, table, parent in cursor.fetchall():
+        of = _is_copy_of(copy, table, parent)
+        if of is not None:
+            detail = ("an INVALID copy of %s on %s.%s that a REINDEX INDEX CONCURRENTLY which stopped left (it slows "
+                      "every write and is carried by rollback); run `%s repair`, which drops it"
+                      % (of, schema, table, PROGRAM))
+            found.append(Repair(Problem("failed_reindex_copy", "%s.%s" % (schema, copy), detail),
+                                [drop_copy_step(SchemaSQL(schema), copy, table)]))
+    return found
 
 
 def _foreign_helper_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:

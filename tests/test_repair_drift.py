@@ -463,3 +463,53 @@ def test_an_operators_index_under_the_partition_index_name_is_refused_before_any
     done = run_cli("repair", url=head_url)
     assert done.code == 0, done
     assert verify(head_url).code == 0 and shape(head_url)["invalid"] == []
+
+
+def stop_a_reindex(url, index):
+    """A REINDEX INDEX CONCURRENTLY that stops (statement timeout while a writer's transaction is open): it
+    leaves its INVALID copy, <index>_ccnew."""
+    table = sql(url, "select indrelid::regclass::text from pg_index where indexrelid = 'otel.%s'::regclass" % index)
+    writer = connect(url, autocommit=False)
+    writer.cursor().execute("insert into %s (trace_id, span_id, name, service_name, start_time) "
+                            "values ('w', 'w', 'op', 'svc', now())" % table[0][0] if "spans" in table[0][0] else
+                            "insert into otel.traces (trace_id, service_name, start_time) values ('w', 's', now())")
+    builder = connect(url)
+    builder.cursor().execute("set statement_timeout = '1s'")
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="57014"):
+        builder.cursor().execute("reindex index concurrently otel.%s" % index)
+    builder.close()
+    writer.rollback()
+    writer.close()
+
+
+@pytest.mark.parametrize("index", ["ix_traces_start_time", "spans_history_ix_spans_trace_id"])
+def test_the_invalid_copy_a_stopped_reindex_left_is_dropped_concurrently(head_url, index):
+    # an operator's index that only looks like a copy: valid, so kept
+    sql(head_url, "create index ix_traces_service_start_time_ccnew on otel.traces (service_name)")
+    before = shape(head_url)
+    stop_a_reindex(head_url, index)
+    assert shape(head_url)["invalid"] == [index + "_ccnew"]
+    found = verify(head_url)  # on a partition nothing else sees it
+    assert found.code == 7 and "run `otelmig repair`" in found.err, found
+    assert [p["object"] for p in found.json()["problems"]] == ["otel.%s_ccnew" % index], found.out
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done
+    assert 'DROP INDEX CONCURRENTLY IF EXISTS "otel"."%s_ccnew"' % index in statements_of(done), done.out
+    assert shape(head_url) == before  # the operator's look-alike stays
+    assert verify(head_url).code == 0
+
+
+def test_an_invalid_index_that_is_not_a_copy_of_a_contract_index_is_kept(head_url):
+    stop_a_reindex(head_url, "ix_traces_start_time")
+    sql(head_url, "alter index otel.ix_traces_start_time_ccnew rename to ops_ix_ccnew")
+    done = run_cli("repair", url=head_url)
+    assert "ops_ix_ccnew" in shape(head_url)["invalid"] and "DROP" not in done.out, done
+
+
+def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url):
+    first = KNOWN_REVISIONS[0]
+    assert run_cli("upgrade", first, url=db_url).code == 0
+    stop_a_reindex(db_url, "ix_spans_span_id")
+    refused = run_cli("upgrade", url=db_url)
+    assert refused.code == 8 and "ix_spans_span_id_ccnew" in refused.err, refused
+    assert "ends in _ccnew" in refused.err and "DROP INDEX CONCURRENTLY that one" in refused.err, refused.err
