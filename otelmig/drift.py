@@ -75,6 +75,9 @@ def classify(schema: str, problem: Problem, catalog: LiveCatalog):
     if (problem.kind == "wrong_default" and wanted is not None and wanted.default not in (None, contract.SEQUENCE_DEFAULT)
             and not catalog.relations[table.name][column].default and not catalog.relations[table.name][column].identity):
         return _default_steps(n, table.name, wanted), None
+    if (problem.kind == "wrong_default" and wanted is not None and wanted.default == contract.SEQUENCE_DEFAULT
+            and not catalog.relations[table.name][column].default and not catalog.relations[table.name][column].identity):
+        return _sequence_default_steps(n, table.name, column), None  # refused below unless its sequence is owned
     index = next((i for i in contract.INDEXES if i.name == name), None)
     if problem.kind in ("missing_index", "invalid_index") and index is not None:
         return _index_steps(n, index, catalog.kinds.get(index.table) == "p"), None
@@ -112,6 +115,44 @@ def _default_steps(n: SchemaSQL, table: str, column: contract.Column) -> List[St
                                                                      column.default),
                       when="not " + n.column_has_default(table, column.name), table=table,
                       lock=Lock.ACCESS_EXCLUSIVE)]
+
+
+def sequence_name(table: str, column: str) -> str:
+    """The sequence a serial column's DEFAULT takes from (PostgreSQL's own naming, as the migrations made it)."""
+    return "%s_%s_seq" % (table, column)
+
+
+def _sequence_default(schema: str, table: str, column: str) -> str:
+    return "nextval(%s::regclass)" % db.quote_literal("%s.%s" % (schema, sequence_name(table, column)))
+
+
+def _sequence_default_steps(n: SchemaSQL, table: str, column: str) -> List[Step]:
+    return [Statement("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s"
+                      % (n.table(table), db.quote_ident(column), _sequence_default(n.schema, table, column)),
+                      when="not " + n.column_has_default(table, column), table=table, lock=Lock.ACCESS_EXCLUSIVE)]
+
+
+def _sequence_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
+    """A sequence DEFAULT is restored only from the sequence the column owns: otherwise the exact statements."""
+    refusals, cursor = [], conn.cursor()
+    for repair in list(repairs):
+        if repair.problem.kind != "wrong_default" or "nextval(" not in repair.steps[0].sql:
+            continue
+        table, column = split_object(schema, repair.problem)
+        sequence = "%s.%s" % (db.quote_ident(schema), db.quote_ident(sequence_name(table, column)))
+        cursor.execute("select to_regclass(%s) is not null and to_regclass(%s) = "
+                       "to_regclass(pg_get_serial_sequence(%s, %s))",
+                       (sequence, sequence, "%s.%s" % (db.quote_ident(schema), db.quote_ident(table)), column))
+        if not cursor.fetchone()[0]:
+            repairs.remove(repair)
+            refusals.append("%s has no DEFAULT and %s.%s is not a sequence it owns (pg_get_serial_sequence), so "
+                            "repair restores none: ALTER SEQUENCE %s.%s OWNED BY %s.%s.%s (CREATE SEQUENCE it first, "
+                            "starting past max(%s), if it is gone); ALTER TABLE %s.%s ALTER COLUMN %s SET DEFAULT %s; "
+                            "then rerun `%s repair`"
+                            % (repair.problem.object, schema, sequence_name(table, column), schema,
+                               sequence_name(table, column), schema, table, column, column, schema, table, column,
+                               _sequence_default(schema, table, column), PROGRAM))
+    return refusals
 
 
 def not_null_helper(table: str, column: str) -> str:
@@ -235,6 +276,7 @@ def survey(conn, schema: str) -> Survey:
     repairs = [r for r in helpers_left(conn, schema) + reindex_copies(conn, schema)
                if tuple(r.steps) not in seen] + repairs
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
+                 + _sequence_refusals(conn, schema, repairs)
                  + _foreign_helper_refusals(conn, schema, repairs) + _partition_name_refusals(conn, schema, catalog)
                  + layout_refusals(conn, schema, catalog))
     return Survey(state.revision, repairs, refusals)

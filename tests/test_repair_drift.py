@@ -513,3 +513,27 @@ def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url)
     refused = run_cli("upgrade", url=db_url)
     assert refused.code == 8 and "ix_spans_span_id_ccnew" in refused.err, refused
     assert "ends in _ccnew" in refused.err and "DROP INDEX CONCURRENTLY that one" in refused.err, refused.err
+
+
+def test_a_dropped_sequence_default_of_spans_id_is_restored_from_its_owned_sequence(head_url):
+    before = shape(head_url)
+    assert sql(head_url, "select pg_get_serial_sequence('otel.spans', 'id')") == [["otel.spans_id_seq"]]
+    sql(head_url, "alter table otel.spans alter column id drop default")
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done
+    assert any("SET DEFAULT nextval(" in s and "spans_id_seq" in s for s in statements_of(done)), done.out
+    assert shape(head_url) == before and verify(head_url).code == 0
+    sql(head_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_time) "
+                  "values ('d', 'd', 'op', 'svc', now())")
+
+
+def test_a_dropped_spans_id_default_without_its_owned_sequence_is_refused_with_the_statement(head_url):
+    run_all(head_url, "alter table otel.spans alter column id drop default",
+            "alter sequence otel.spans_id_seq owned by none")
+    before = shape(head_url)
+    refused = run_cli("repair", url=head_url)
+    assert refused.code == 8 and one_line(refused.err), refused
+    assert "otel.spans.id" in refused.err and "has no DEFAULT" in refused.err, refused.err
+    assert "SET DEFAULT nextval('otel.spans_id_seq'::regclass)" in refused.err, refused.err
+    assert "is not the contract's" not in refused.err
+    assert shape(head_url) == before
