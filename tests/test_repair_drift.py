@@ -537,3 +537,12 @@ def test_a_dropped_spans_id_default_without_its_owned_sequence_is_refused_with_t
     assert "SET DEFAULT nextval('otel.spans_id_seq'::regclass)" in refused.err, refused.err
     assert "is not the contract's" not in refused.err
     assert shape(head_url) == before
+
+
+def test_rollback_after_a_stopped_partitioned_repair_sends_to_repair_not_maintain(head_url):
+    # what a repair killed after its ON ONLY step leaves: a parent index no partition has a part of
+    run_all(head_url, "drop index otel.ix_spans_trace_id", "create index ix_spans_trace_id on only otel.spans (trace_id)")
+    refused = run_cli("rollback", url=head_url)
+    assert refused.code == 8 and "ix_spans_trace_id" in refused.err, refused
+    assert "finish them with otelmig repair" in refused.err and "maintain" not in refused.err, refused.err
+    assert run_cli("repair", url=head_url).code == 0 and run_cli("rollback", url=head_url).code == 0

@@ -1025,7 +1025,7 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "(select 'extended statistics (drop them): ' || string_agg(stxname, ', ') from pg_statistic_ext "
         "where stxrelid = %s)" % dropped,
         # ATTACH of the history's part of each index: one the history lacks would be built under the lock
-        "(select 'indexes %s has no part of (drop them, or finish them with otelmig maintain): ' || "
+        "(select 'indexes %s has no part of (drop them, or finish them with otelmig repair): ' || "
         "string_agg(c.relname, ', ') from pg_index x join pg_class c on c.oid = x.indexrelid "
         "where x.indrelid = %s and not x.indisprimary "
         "and exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s) "
