@@ -8,12 +8,13 @@ retried, exit 9 once spent) or, for an index build, CONCURRENTLY outside one.
 Everything it refuses is refused before its first change (exit 8).
 """
 
+import io
 from typing import List
 
 from otelmig import db, drift, migration_session, output, repair
 from otelmig._version import HEAD_REVISION
 from otelmig.ddl import SchemaSQL
-from otelmig.errors import PROGRAM, BusyError, ExitStatus, OtelmigError
+from otelmig.errors import PROGRAM, BusyError, ExitStatus, Interrupted, OtelmigError
 
 # The JSON fields of a failed repair (cli adds exit_code, schema, message).
 FAILURE_FIELDS = {"head": HEAD_REVISION, "database_revision": None, "repaired": []}
@@ -42,6 +43,9 @@ def _converge_all(settings, err, connection, watch, repairs: List[drift.Repair],
     for item in repairs:
         try:
             statements = _converge(settings, err, connection, watch, item)
+        except Interrupted:  # SIGINT/SIGTERM: our backend was ended; the helper is dropped on a new connection
+            _drop_helper_after_failure(settings, None, item)
+            raise
         except Exception as exc:
             raise _stopped(settings, connection, item, done, exc) from None
         done.append(dict(drift.found_problem(item.problem), statements=statements))
@@ -97,18 +101,19 @@ def _drop_helper_after_failure(settings, connection, item: drift.Repair) -> str:
         return ""
     helper = drift.not_null_helper(table, column)
     step = drift.drop_helper_step(SchemaSQL(settings.schema), table, column)
-    try:
-        connection.rollback()
-        repair.runner_on(connection, settings.schema, lambda line: None).run_step(step)
-        connection.commit()
-        return " (its helper CHECK %s was dropped: nothing of that repair stays)" % helper
-    except Exception:
-        pass
+    if connection is not None:
+        try:
+            connection.rollback()
+            migration_session.run_with_retries(settings, io.StringIO(), connection, lambda: (
+                repair.runner_on(connection, settings.schema, lambda line: None).run_step(step), connection.commit()))
+            return " (its helper CHECK %s was dropped: nothing of that repair stays)" % helper
+        except Exception:
+            pass  # the session is gone or still busy: a new connection, once
     try:
         conn = db.connect(settings.conninfo)
         try:
             cursor = conn.cursor()
-            cursor.execute("set lock_timeout = '%dms'" % max(1, int(settings.lock_timeout * 1000 * 6)))
+            cursor.execute("set lock_timeout = '%dms'" % max(1, int(settings.lock_timeout * 1000)))
             cursor.execute("select %s" % step.when)
             if cursor.fetchone()[0]:
                 cursor.execute(step.sql)
