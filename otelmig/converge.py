@@ -32,8 +32,7 @@ def repair_drift(settings, err, dry_run: bool = False) -> output.Result:
             # A helper CHECK a stopped run left rejects NULL inserts: dropped even when the rest is refused.
             left = [item for item in found.repairs if item.problem.kind == "repair_leftover"]
             _converge_all(settings, err, connection, watch, left, done)
-            raise drift.refusal_error(found, cleaned=[drift.not_null_helper(*drift.split_object(settings.schema, item.problem))
-                                                      for item in left])
+            raise drift.refusal_error(found, cleaned=[_helper_of(settings.schema, item) for item in left])
         _converge_all(settings, err, connection, watch, found.repairs, done)
     return _result(settings, found, done, dry_run=False)
 
@@ -93,20 +92,24 @@ def _stopped(settings, connection, item: drift.Repair, done: List[dict], exc: Ba
     return type(error)(message, error.exit_status, details=details)
 
 
+def _helper_of(schema: str, item: drift.Repair) -> str:
+    return drift.not_null_helper(*drift.split_object(schema, item.problem))
+
+
 def _drop_helper_after_failure(settings, connection, item: drift.Repair) -> str:
     """A NOT NULL's helper CHECK must not outlive a failed run (it would reject every NULL insert): dropped on
     the session's connection, or a new one when that one is gone. Says what became of it."""
     table, column = drift.split_object(settings.schema, item.problem)
     if item.problem.kind not in ("wrong_nullability", "repair_leftover") or column is None:
         return ""
-    helper = drift.not_null_helper(table, column)
+    helper = _helper_of(settings.schema, item)
     step = drift.drop_helper_step(SchemaSQL(settings.schema), table, column)
     if connection is not None:
         try:
             connection.rollback()
             migration_session.run_with_retries(settings, io.StringIO(), connection, lambda: (
                 repair.runner_on(connection, settings.schema, lambda line: None).run_step(step), connection.commit()))
-            return " (its helper CHECK %s was dropped: nothing of that repair stays)" % helper
+            return " (its helper CHECK %s was dropped)" % helper
         except Exception:
             pass  # the session is gone or still busy: a new connection, once
     try:
@@ -119,7 +122,7 @@ def _drop_helper_after_failure(settings, connection, item: drift.Repair) -> str:
                 cursor.execute(step.sql)
         finally:
             db.close(conn)
-        return " (its helper CHECK %s was dropped: nothing of that repair stays)" % helper
+        return " (its helper CHECK %s was dropped)" % helper
     except Exception as exc:
         return (" (its helper CHECK %s could not be dropped: %s; it rejects NULL inserts until the next "
                 "`%s repair` drops it)" % (helper, db.server_message(exc), PROGRAM))

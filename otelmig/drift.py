@@ -75,8 +75,9 @@ def classify(schema: str, problem: Problem, catalog: LiveCatalog):
     if (problem.kind == "wrong_default" and wanted is not None and wanted.default not in (None, contract.SEQUENCE_DEFAULT)
             and not catalog.relations[table.name][column].default and not catalog.relations[table.name][column].identity):
         return _default_steps(n, table.name, wanted), None
-    if (problem.kind == "wrong_default" and wanted is not None and wanted.default == contract.SEQUENCE_DEFAULT
-            and not catalog.relations[table.name][column].default and not catalog.relations[table.name][column].identity):
+    found = catalog.relations.get(table.name, {}).get(column) if wanted is not None else None
+    if (problem.kind == "wrong_default" and found is not None and wanted.default == contract.SEQUENCE_DEFAULT
+            and not found.default and not found.identity):
         return _sequence_default_steps(n, table.name, column), None  # refused below unless its sequence is owned
     index = next((i for i in contract.INDEXES if i.name == name), None)
     if problem.kind in ("missing_index", "invalid_index") and index is not None:

@@ -541,7 +541,8 @@ def test_a_dropped_spans_id_default_without_its_owned_sequence_is_refused_with_t
 
 def test_rollback_after_a_stopped_partitioned_repair_sends_to_repair_not_maintain(head_url):
     # what a repair killed after its ON ONLY step leaves: a parent index no partition has a part of
-    run_all(head_url, "drop index otel.ix_spans_trace_id", "create index ix_spans_trace_id on only otel.spans (trace_id)")
+    run_all(head_url, "drop index otel.ix_spans_trace_id",
+            "create index ix_spans_trace_id on only otel.spans (trace_id)")
     refused = run_cli("rollback", url=head_url)
     assert refused.code == 8 and "ix_spans_trace_id" in refused.err, refused
     assert "finish them with otelmig repair" in refused.err and "maintain" not in refused.err, refused.err
