@@ -24,6 +24,7 @@ or index shape under a contract name, partition-layout problems (maintain's
 job), and a store that is not at the head (upgrade's job).
 """
 
+import re
 from typing import List, NamedTuple, Optional
 
 from otelmig import db, partitions, schema as contract
@@ -52,7 +53,7 @@ class Survey(NamedTuple):
 
 # -- what each problem calls for -------------------------------------------------------
 
-def _split(schema: str, problem: Problem):
+def split_object(schema: str, problem: Problem):
     """(table or index, column or None) from a problem's object `schema.name[.column]`."""
     parts = problem.object[len(schema) + 1:].split(".", 1)
     return parts[0], (parts[1] if len(parts) > 1 else None)
@@ -60,15 +61,24 @@ def _split(schema: str, problem: Problem):
 
 def classify(schema: str, problem: Problem, catalog: LiveCatalog):
     """(steps, None) when repair converges it, (None, why and the fix) when it refuses."""
-    name, column = _split(schema, problem)
+    name, column = split_object(schema, problem)
     n = SchemaSQL(schema)
     table = next((t for t in contract.TABLES if t.name == name), None)
     wanted = table.column(column) if table and column else None
+    if problem.kind == "repair_leftover" and wanted is not None:
+        return [drop_helper_step(n, table.name, column)], None
+    if problem.kind == "failed_reindex_copy":
+        on = problem.detail.split(" ")[_COPY_TABLE_WORD]
+        return [drop_copy_step(n, name, on[len(schema) + 1:])], None
     if problem.kind == "wrong_nullability" and wanted is not None and not wanted.nullable:
         return _not_null_steps(n, table.name, column), None
     if (problem.kind == "wrong_default" and wanted is not None and wanted.default not in (None, contract.SEQUENCE_DEFAULT)
             and not catalog.relations[table.name][column].default and not catalog.relations[table.name][column].identity):
         return _default_steps(n, table.name, wanted), None
+    found = catalog.relations.get(table.name, {}).get(column) if wanted is not None else None
+    if (problem.kind == "wrong_default" and found is not None and wanted.default == contract.SEQUENCE_DEFAULT
+            and not found.default and not found.identity):
+        return _sequence_default_steps(n, table.name, column), None  # refused below unless its sequence is owned
     index = next((i for i in contract.INDEXES if i.name == name), None)
     if problem.kind in ("missing_index", "invalid_index") and index is not None:
         return _index_steps(n, index, catalog.kinds.get(index.table) == "p"), None
@@ -108,8 +118,64 @@ def _default_steps(n: SchemaSQL, table: str, column: contract.Column) -> List[St
                       lock=Lock.ACCESS_EXCLUSIVE)]
 
 
+def sequence_name(table: str, column: str) -> str:
+    """The sequence a serial column's DEFAULT takes from (PostgreSQL's own naming, as the migrations made it)."""
+    return "%s_%s_seq" % (table, column)
+
+
+def _sequence_default(schema: str, table: str, column: str) -> str:
+    return "nextval(%s::regclass)" % db.quote_literal("%s.%s" % (schema, sequence_name(table, column)))
+
+
+def _sequence_default_steps(n: SchemaSQL, table: str, column: str) -> List[Step]:
+    return [Statement("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s"
+                      % (n.table(table), db.quote_ident(column), _sequence_default(n.schema, table, column)),
+                      when="not " + n.column_has_default(table, column), table=table, lock=Lock.ACCESS_EXCLUSIVE)]
+
+
+def _sequence_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
+    """A sequence DEFAULT is restored only from the sequence the column owns: otherwise the exact statements."""
+    refusals, cursor = [], conn.cursor()
+    for repair in list(repairs):
+        if repair.problem.kind != "wrong_default" or "nextval(" not in repair.steps[0].sql:
+            continue
+        table, column = split_object(schema, repair.problem)
+        sequence = "%s.%s" % (db.quote_ident(schema), db.quote_ident(sequence_name(table, column)))
+        cursor.execute("select to_regclass(%s) is not null and to_regclass(%s) = "
+                       "to_regclass(pg_get_serial_sequence(%s, %s))",
+                       (sequence, sequence, "%s.%s" % (db.quote_ident(schema), db.quote_ident(table)), column))
+        if not cursor.fetchone()[0]:
+            repairs.remove(repair)
+            refusals.append("%s has no DEFAULT and %s.%s is not a sequence it owns (pg_get_serial_sequence), so "
+                            "repair restores none: ALTER SEQUENCE %s.%s OWNED BY %s.%s.%s (CREATE SEQUENCE it first, "
+                            "starting past max(%s), if it is gone); ALTER TABLE %s.%s ALTER COLUMN %s SET DEFAULT %s; "
+                            "then rerun `%s repair`"
+                            % (repair.problem.object, schema, sequence_name(table, column), schema,
+                               sequence_name(table, column), schema, table, column, column, schema, table, column,
+                               _sequence_default(schema, table, column), PROGRAM))
+    return refusals
+
+
 def not_null_helper(table: str, column: str) -> str:
     return (NOT_NULL_HELPER % (table, column)).encode("utf-8")[:63].decode("utf-8", "ignore")
+
+
+def helper_definitions(column: str) -> List[str]:
+    """pg_get_constraintdef() of repair's helper CHECK, NOT VALID or validated: its name alone is not enough."""
+    # As ruleutils quotes it: the contract's columns are plain lower-case names, printed bare.
+    shown = column if re.fullmatch(r"[a-z_][a-z0-9_]*", column) else db.quote_ident(column)
+    check = "CHECK ((%s IS NOT NULL))" % shown
+    return [check, check + " NOT VALID"]
+
+
+def drop_helper_step(n: SchemaSQL, table: str, column: str) -> Statement:
+    """Drops repair's helper CHECK (matched by name and expression), whatever state a stopped run left it in."""
+    helper = not_null_helper(table, column)
+    defs = ", ".join(map(db.quote_literal, helper_definitions(column)))
+    return Statement("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s" % (n.table(table), db.quote_ident(helper)),
+                     when="exists (select 1 from pg_constraint where conrelid = %s and conname = %s and "
+                          "pg_get_constraintdef(oid) in (%s))" % (n.regclass(table), db.quote_literal(helper), defs),
+                     table=table, lock=Lock.ACCESS_EXCLUSIVE)
 
 
 def _constraint(n: SchemaSQL, table: str, name: str, validated: Optional[bool] = None) -> str:
@@ -206,11 +272,13 @@ def survey(conn, schema: str) -> Survey:
         elif tuple(steps) not in seen:  # an index's two problems (parent invalid, a partition without) are one repair
             seen.add(tuple(steps))
             repairs.append(Repair(problem, steps))
-    for repair in helpers_left(conn, schema):
-        if tuple(repair.steps) not in seen:
-            seen.add(tuple(repair.steps))
-            repairs.append(repair)
+    # What a run that stopped left goes first: a NOT NULL still missing is redone after it, from its ADD.
+    # A stopped REINDEX's copy goes before any REINDEX (which would leave another, _ccnew1, if it stopped too).
+    repairs = [r for r in helpers_left(conn, schema) + reindex_copies(conn, schema)
+               if tuple(r.steps) not in seen] + repairs
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
+                 + _sequence_refusals(conn, schema, repairs)
+                 + _foreign_helper_refusals(conn, schema, repairs) + _partition_name_refusals(conn, schema, catalog)
                  + layout_refusals(conn, schema, catalog))
     return Survey(state.revision, repairs, refusals)
 
@@ -235,17 +303,120 @@ def partition_index_problems(conn, schema: str, catalog: LiveCatalog) -> List[Pr
             for part, index in partitions.partitions_without_index(conn, schema)]
 
 
-def helpers_left(conn, schema: str) -> List[Repair]:
-    """NOT NULL helper CHECKs a repair that stopped left (after its SET NOT NULL, say): finished, so dropped."""
+_HELPERS_SQL = """select c.conrelid::regclass::text, c.conname::text, pg_get_constraintdef(c.oid)
+from pg_constraint c join pg_namespace n on n.oid = c.connamespace
+where n.nspname = %s and c.contype = 'c' and c.conname::text like 'otelmig\\_nn\\_%%' and c.conislocal order by 2"""
+
+
+def _helper_constraints(conn, schema: str):
+    """(table, column, name, is repair's) for each CHECK named like repair's helper on a contract column."""
     wanted = {not_null_helper(t.name, c.name): (t.name, c.name) for t in contract.TABLES for c in t.columns}
     cursor = conn.cursor()
-    cursor.execute("select c.conname::text from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
-                   "where n.nspname = %s and c.contype = 'c' and c.conname::text like 'otelmig\\_nn\\_%%' "
-                   "and c.conislocal order by 1", (schema,))
-    found = [wanted[name] for name, in cursor.fetchall() if name in wanted]
-    return [Repair(Problem("repair_leftover", "%s.%s.%s" % (schema, table, column), "a NOT NULL helper CHECK "
-                           "(%s) left by a repair that stopped" % not_null_helper(table, column)),
-                   _not_null_steps(SchemaSQL(schema), table, column)) for table, column in found]
+    cursor.execute(_HELPERS_SQL, (schema,))
+    found = []
+    for _, name, definition in cursor.fetchall():
+        if name in wanted:
+            table, column = wanted[name]
+            found.append((table, column, name, definition in helper_definitions(column)))
+    return found
+
+
+def helpers_left(conn, schema: str) -> List[Repair]:
+    """Repair's NOT NULL helper CHECKs (by name and expression) that a run that stopped left: each rejects
+    every NULL insert, so the next run drops it first (a NOT NULL still missing is then redone from its ADD)."""
+    return [Repair(Problem("repair_leftover", "%s.%s.%s" % (schema, table, column),
+                           "a NOT NULL helper CHECK %s left by a repair that stopped: it rejects every insert of "
+                           "a NULL %s; run `%s repair`, which drops it" % (name, column, PROGRAM)),
+                   [drop_helper_step(SchemaSQL(schema), table, column)])
+            for table, column, name, ours in _helper_constraints(conn, schema) if ours]
+
+
+# Relations in a partition's schema under the name repair gives a contract index on it
+# (<partition>_<index>, cut to 63 bytes) that are not that index: another shape, another
+# table, not an index. CREATE INDEX IF NOT EXISTS would skip it and the ATTACH fail.
+_PARTITION_NAME_SQL = """select format('%I.%I', pn.nspname, c.relname), pn.nspname || '.' || pc.relname
+from pg_inherits h join pg_class pc on pc.oid = h.inhrelid join pg_namespace pn on pn.oid = pc.relnamespace
+join pg_class c on c.relnamespace = pn.oid and c.relname = left(pc.relname || '_' || %s, 63)
+left join pg_index x on x.indexrelid = c.oid
+where h.inhparent = to_regclass(%s) and pc.relkind = 'r'
+  and not exists (select 1 from pg_inherits hi join pg_index xi on xi.indexrelid = hi.inhrelid
+                  where hi.inhparent = to_regclass(%s) and xi.indrelid = pc.oid)
+  and (x.indrelid is distinct from pc.oid or x.indisunique
+       or regexp_replace(pg_get_indexdef(c.oid), '^.* USING ', '') <> %s)
+order by 1"""
+
+
+def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[str]:
+    """An index (or anything) of the operator's under the name repair builds a contract index with on a
+    partition: refused before the first change, rather than an ATTACH that fails and a parent left INVALID."""
+    if catalog.kinds.get(contract.SPANS.name) != "p":
+        return []
+    refusals, cursor = [], conn.cursor()
+    for index in (i for i in contract.INDEXES if i.table == contract.SPANS.name):
+        qualified = lambda name: "%s.%s" % (db.quote_ident(schema), db.quote_ident(name))  # noqa: E731
+        cursor.execute(_PARTITION_NAME_SQL, (index.name, qualified(index.table), qualified(index.name),
+                                             "%s (%s)" % (index.method, ", ".join(index.keys))))
+        refusals += ["%s on %s is not the index %s that repair builds there under that name (%s (%s)): rename "
+                     "it (ALTER INDEX %s RENAME TO ...), then rerun `%s repair`"
+                     % (found, partition, index.name, index.method, ", ".join(index.keys), found, PROGRAM)
+                     for found, partition in cursor.fetchall()]
+    return refusals
+
+
+# The INVALID copy a REINDEX INDEX CONCURRENTLY that stopped leaves: <index>_ccnew (then _ccnew1, ...),
+# the index's name cut so that the whole fits in 63 bytes (PostgreSQL's ChooseRelationName).
+_COPIES_SQL = """select c.relname::text, t.relname::text,
+       coalesce((select p.relname::text from pg_inherits h join pg_class p on p.oid = h.inhparent
+                 where h.inhrelid = t.oid), '')
+from pg_index x join pg_class c on c.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
+join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_ccnew[0-9]*$' order by 1"""
+_COPY_TABLE_WORD = 6  # the table's word (schema.table) in a failed_reindex_copy's detail (classify reads it back)
+
+
+def _is_copy_of(copy: str, table: str, parent: str) -> Optional[str]:
+    """The contract index (on `table`, or on a partition of `parent`) whose stopped REINDEX left `copy`."""
+    suffix = re.search(r"_ccnew[0-9]*$", copy).group(0)
+    for index in contract.INDEXES:
+        name = (index.name if index.table == table else
+                ("%s_%s" % (table, index.name)).encode("utf-8")[:63].decode("utf-8", "ignore")
+                if index.table == parent else None)
+        if name is not None and copy == name.encode("utf-8")[:63 - len(suffix)].decode("utf-8", "ignore") + suffix:
+            return name
+    return None
+
+
+def drop_copy_step(n: SchemaSQL, copy: str, table: str) -> Concurrent:
+    return Concurrent("DROP INDEX %sIF EXISTS %s" % (CONCURRENTLY, n.table(copy)), when=n.index_invalid(copy),
+                      table=table, lock=Lock.ACCESS_EXCLUSIVE)
+
+
+def reindex_copies(conn, schema: str) -> List[Repair]:
+    """INVALID copies a stopped REINDEX INDEX CONCURRENTLY left of a contract index (repair's own REINDEX, or
+    one it would run): a failed copy, never the operator's index, so dropped (concurrently). Only an INVALID
+    index named exactly so on that index's table; anything else is the operator's."""
+    cursor = conn.cursor()
+    cursor.execute(_COPIES_SQL, (schema,))
+    found = []
+    for copy, table, parent in cursor.fetchall():
+        of = _is_copy_of(copy, table, parent)
+        if of is not None:
+            detail = ("an INVALID copy of %s on %s.%s that a REINDEX INDEX CONCURRENTLY which stopped left (it slows "
+                      "every write and is carried by rollback); run `%s repair`, which drops it"
+                      % (of, schema, table, PROGRAM))
+            found.append(Repair(Problem("failed_reindex_copy", "%s.%s" % (schema, copy), detail),
+                                [drop_copy_step(SchemaSQL(schema), copy, table)]))
+    return found
+
+
+def _foreign_helper_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
+    """A CHECK the operator named like repair's helper, with another expression: kept, and in a NOT NULL's way."""
+    needed = {repair.problem.object for repair in repairs if repair.problem.kind == "wrong_nullability"}
+    return ["%s.%s has a CHECK named %s that is not repair's (col IS NOT NULL): repair keeps it and needs that "
+            "name to restore the NOT NULL of %s: rename it (ALTER TABLE %s.%s RENAME CONSTRAINT %s TO ...), then "
+            "rerun `%s repair`" % (schema, table, name, column, schema, table, name, PROGRAM)
+            for table, column, name, ours in _helper_constraints(conn, schema)
+            if not ours and "%s.%s.%s" % (schema, table, column) in needed]
 
 
 def _null_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
@@ -254,7 +425,7 @@ def _null_refusals(conn, schema: str, repairs: List[Repair]) -> List[str]:
     for repair in list(repairs):
         if repair.problem.kind != "wrong_nullability":
             continue
-        table, column = _split(schema, repair.problem)
+        table, column = split_object(schema, repair.problem)
         cursor.execute("select count(*) from %s.%s where %s is null"
                        % (db.quote_ident(schema), db.quote_ident(table), db.quote_ident(column)))
         nulls = int(cursor.fetchone()[0])
@@ -305,7 +476,11 @@ def layout_refusals(conn, schema: str, catalog: LiveCatalog) -> List[str]:
                PROGRAM, PROGRAM)]
 
 
-def refusal_error(found: Survey) -> RefusedError:
+def refusal_error(found: Survey, cleaned: Optional[List[str]] = None) -> RefusedError:
+    """The refusal; `cleaned` names what it dropped first (helper CHECKs a stopped run left), never hidden."""
+    if cleaned:
+        return RefusedError("repair dropped what a repair that stopped left (%s) and changes nothing else: %s"
+                            % (", ".join(cleaned), "; ".join(found.refusals)), details={"refusals": found.refusals})
     return RefusedError("repair changes nothing here: %s" % "; ".join(found.refusals),
                         details={"refusals": found.refusals})
 

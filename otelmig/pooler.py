@@ -47,7 +47,7 @@ from pg8000.converters import make_params
 from otelmig.errors import ConnectError, RefusedError
 from otelmig.settings import ENV_MIGRATION_URL
 
-MIGRATION_COMMANDS_HINT = "upgrade, downgrade, rollback and stamp"
+MIGRATION_COMMANDS_HINT = "upgrade, downgrade, rollback, stamp, maintain and repair"
 # Behind a pooler, rounds of the check (each: a transaction of ours, a pause,
 # a look from a second client). An idle transaction pooler shows itself in the
 # first round; one that other clients use can hide in a round (about one in

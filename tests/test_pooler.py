@@ -24,7 +24,7 @@ from helpers import BASELINE, DEADLINE_SECONDS, verify_ok, wait_for
 from pgbouncer import PgBouncer, scram_secrets
 
 REFUSED = 8
-MIGRATIONS = [("upgrade",), ("downgrade", "base"), ("rollback",), ("stamp", "head")]
+MIGRATIONS = [("upgrade",), ("downgrade", "base"), ("rollback",), ("stamp", "head"), ("maintain",), ("repair",)]
 READ_ONLY = [("check",), ("current",), ("verify",), ("plan",), ("history",)]
 # (pool_mode, pool_size, server_round_robin): LIFO is PgBouncer's default order;
 # round robin (FIFO) moves consecutive transactions to other server connections.
@@ -235,6 +235,7 @@ def test_every_migration_command_refuses_through_transaction_pooling(bouncers, d
         assert result.code == REFUSED, (args, result)
         line = one_line(result.err)
         assert "transaction-pooling" in line and "OTELMIG_MIGRATION_URL" in line and "nothing was changed" in line
+        assert "maintain" in line and "repair" in line, line  # every command that takes the lock is named
         assert advisory_locks(db_url) == []
     assert catalog_snapshot(db_url) == before
     assert sql(db_url, "select version_num from otel.alembic_version") == [[HEAD_REVISION]]

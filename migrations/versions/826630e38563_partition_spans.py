@@ -371,7 +371,8 @@ def _operator_object_refusals(n: SchemaSQL, layout: Layout) -> list:
                         "rerun, and set it on the partitions after the upgrade: " % n.schema),
             _refusal_of(layout, _invalid_indexes(n), "%s.spans has invalid indexes (a concurrent build that failed), "
                         "which the switch would rebuild under its ACCESS EXCLUSIVE lock: REINDEX INDEX "
-                        "CONCURRENTLY or DROP INDEX CONCURRENTLY each, then rerun: " % n.schema),
+                        "CONCURRENTLY each, except one whose name ends in _ccnew (or _ccnewN, the copy a stopped "
+                        "REINDEX CONCURRENTLY left): DROP INDEX CONCURRENTLY that one; then rerun: " % n.schema),
             _refusal_of(layout, _taken_names(n), "revision %s would create objects in schema %s under names that "
                         "are taken or too long; rename each as said, then rerun: " % (revision, n.schema)),
             _refusal_of(layout, _views_not_replaceable(n.regclass("spans")), "%s.spans has views that the switch "
@@ -1024,7 +1025,7 @@ def _blockers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "(select 'extended statistics (drop them): ' || string_agg(stxname, ', ') from pg_statistic_ext "
         "where stxrelid = %s)" % dropped,
         # ATTACH of the history's part of each index: one the history lacks would be built under the lock
-        "(select 'indexes %s has no part of (drop them, or finish them with otelmig maintain): ' || "
+        "(select 'indexes %s has no part of (drop them, or finish them with otelmig repair): ' || "
         "string_agg(c.relname, ', ') from pg_index x join pg_class c on c.oid = x.indexrelid "
         "where x.indrelid = %s and not x.indisprimary "
         "and exists (select 1 from pg_inherits where inhrelid = %s and inhparent = %s) "
