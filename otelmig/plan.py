@@ -50,7 +50,7 @@ def plan(settings, err) -> output.Result:
         # Only the first pending revision sees the catalog it will run on; the
         # conditions of the later ones depend on what the earlier ones do.
         pending = [_plan_revision(conn, cursor, settings.schema, script, first=True) if number == 0
-                   else _outline_revision(cursor, settings.schema, script)
+                   else _outline_revision(cursor, settings.schema, script, guarded=not conn.autocommit)
                    for number, script in enumerate(scripts)]
         maintenance = None if pending else maintain_preview(conn, settings.schema)
         repairs = None if pending else drift.preview(conn, settings.schema)
@@ -127,7 +127,7 @@ def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements}
 
 
-def _outline_revision(cursor, schema: str, script) -> dict:
+def _outline_revision(cursor, schema: str, script, guarded: bool) -> dict:
     """A revision after the first pending one: every statement it may run, each
     with its condition in words, decided when the revision runs (the earlier
     ones change what it finds). Sizes are this database's now; a statement per
@@ -138,7 +138,7 @@ def _outline_revision(cursor, schema: str, script) -> dict:
         if isinstance(step, Refusal):
             continue
         outside = runs_outside(step)
-        for sql, table, display in _each_statement(cursor, names, step, outside):
+        for sql, table, display in _each_statement(cursor, names, step, outside, guarded):
             entry = _entry(names, step, sql, outside, display)
             entry["conditional"] = step.when is not None
             if step.when is not None:
@@ -160,7 +160,7 @@ def _entry(names: SchemaSQL, step, sql: str, concurrently: bool, display) -> dic
     return entry
 
 
-def _each_statement(cursor, names: SchemaSQL, step, outside: bool):
+def _each_statement(cursor, names: SchemaSQL, step, outside: bool, guarded: bool):
     """(sql, qualified table, shown table) of each statement the step may run:
     a per-partition step once per partition of its table now (none on a plain
     table), the names filled as the run fills them."""
@@ -172,7 +172,6 @@ def _each_statement(cursor, names: SchemaSQL, step, outside: bool):
     # A savepoint keeps plan's READ ONLY transaction usable; behind statement
     # pooling plan reads in autocommit (db.read_only_connection), with no
     # transaction to keep and none allowed to open.
-    guarded = not cursor.connection.autocommit
     if guarded:
         cursor.execute("savepoint otelmig_plan")
     try:

@@ -126,6 +126,8 @@ def test_read_only_commands_and_init_db_in_every_pool_mode(bouncers, db_url, mod
     warm(pooled, min(size, 4))
     fresh = {args[0]: run_cli(*args, "--format", "json", url=pooled).code for args in READ_ONLY}
     assert fresh == {"check": 4, "current": 0, "verify": 4, "plan": 5, "history": 0}, fresh
+    planned = run_cli("plan", url=pooled)  # pending: its one stderr line, and no driver warning beside it
+    assert planned.code == 5 and one_line(planned.err).endswith("upgrade`"), planned.err
     assert run_cli("upgrade", url=db_url).code == 0  # direct
     for args in READ_ONLY:
         result = run_cli(*args, url=pooled)
