@@ -57,6 +57,16 @@ DB_FIXTURES = frozenset({"server", "db_url", "new_database", "template_database"
 # of a collected module fails the run (a renamed test must not drop out
 # silently). docs/ci.md explains the choice.
 MAJORS = [
+    # repair: concurrent builds, REINDEX CONCURRENTLY, partitioned indexes attached, SET NOT NULL
+    # proved by a validated CHECK (the server's debug line), each as the major does it
+    ("tests/test_repair_drift.py::test_a_dropped_index_is_rebuilt_by_the_pyz_and_a_rerun_has_nothing_to_repair",
+     "a concurrent build through the pyz, per major"),
+    ("tests/test_repair_drift.py::test_an_invalid_partition_index_left_by_a_failed_build_is_reindexed_then_attached",
+     "REINDEX INDEX CONCURRENTLY and ATTACH PARTITION of an index"),
+    ("tests/test_repair_drift.py::test_the_set_not_null_after_the_validated_check_scans_no_partition",
+     "SET NOT NULL skipping its scan (12+) and the DEBUG1 line saying so"),
+    ("tests/test_repair_drift.py::test_a_not_null_repair_whose_validate_meets_a_null_drops_its_helper_and_says_what_stayed_done",
+     "a VALIDATE that fails, the failure path on a new connection"),
     # the server itself
     ("tests/test_majors.py", "written for the majors: the build switch, NOT NULL NOT VALID (18), reltuples before 14"),
     ("tests/test_tls.py", "TLS comes with the build (the minimal 18 has none: the refusal is what is tested there)"),
