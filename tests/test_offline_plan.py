@@ -8,7 +8,7 @@ import pytest
 from conftest import catalog_snapshot, load_legacy, run_cli, sql, table_rows
 from helpers import (BASELINE, PSQL_SCRIPT_ERROR, SPAN_COLUMNS_LEGACY, head_names, psql_file, verify_ok, wait_for,
                      write_sql)
-from otelmig.revisions import HEAD_REVISION
+from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
 
 def test_sql_needs_no_database(tmp_path):
@@ -198,7 +198,7 @@ def test_sql_script_under_another_zone_and_datestyle_makes_utc_days(tmp_path, db
 # -- plan reads as a review a DBA signs off (issue 22 item 2) ------------------------------
 
 REV2_ID = "826630e38563"
-PENDING_LINE = "2 revision(s) pending; review above, then run `otelmig upgrade`"
+PENDING_LINE = "%d revision(s) pending; review above, then run `otelmig upgrade`" % len(KNOWN_REVISIONS)  # a legacy store: all
 
 
 def text_before_first_revision(text: str) -> str:
@@ -260,7 +260,7 @@ def test_the_built_pyz_plans_a_legacy_store_as_a_review(pyz, db_url):
     # bookkeeping folded into one line per revision; listed in JSON and with -v
     assert "record column traces.start_time as renamed" not in text.out
     folded = [line for line in text.out.splitlines() if "bookkeeping statements" in line]
-    assert len(folded) == 2 and all("otelmig_objects" in line for line in folded), folded
+    assert len(folded) == len(KNOWN_REVISIONS) and all("otelmig_objects" in line for line in folded), folded
     assert "record column traces.start_time as renamed" in verbose.out
     kept = [s for s in payload["pending"][0]["statements"] if s.get("bookkeeping")]
     assert len(kept) == 16 and all("otelmig_objects" in s["sql"] for s in kept)
@@ -271,7 +271,7 @@ def test_plan_says_a_table_the_plan_creates_is_created_by_it(db_url):
     result = run_cli("plan", url=db_url)
     assert result.code == 5
     assert "created by this plan" in result.out and "not estimated" not in result.out, result.out
-    assert result.err.splitlines() == ["otelmig: plan: 2 revision(s) pending; review above, then run `otelmig upgrade`"]
+    assert result.err.splitlines() == ["otelmig: plan: " + PENDING_LINE]
     statements = run_cli("plan", "--format", "json", url=db_url).json()["pending"][0]["statements"]
     created = [s for s in statements if s.get("table") == "otel.spans" and "rows_estimate" in s]
     assert created and all(s["created_by_plan"] for s in created)

@@ -10,7 +10,7 @@ import pg8000.dbapi
 import pytest
 
 from conftest import catalog_snapshot, connect, load_legacy, run_cli, run_pyz, sql
-from helpers import error_line, one_line
+from helpers import BASELINE, error_line, one_line
 from otelmig import drift
 from otelmig.revisions import HEAD_REVISION, KNOWN_REVISIONS
 
@@ -543,10 +543,10 @@ def test_rollback_after_a_stopped_partitioned_repair_sends_to_repair_not_maintai
     # what a repair killed after its ON ONLY step leaves: a parent index no partition has a part of
     run_all(head_url, "drop index otel.ix_spans_trace_id",
             "create index ix_spans_trace_id on only otel.spans (trace_id)")
-    refused = run_cli("rollback", url=head_url)
+    refused = run_cli("downgrade", BASELINE, url=head_url)
     assert refused.code == 8 and "ix_spans_trace_id" in refused.err, refused
     assert "finish them with otelmig repair" in refused.err and "maintain" not in refused.err, refused.err
-    assert run_cli("repair", url=head_url).code == 0 and run_cli("rollback", url=head_url).code == 0
+    assert run_cli("repair", url=head_url).code == 0 and run_cli("downgrade", BASELINE, url=head_url).code == 0
 
 
 # After statement N of the NOT NULL (1 ADD, 2 VALIDATE, 3 SET NOT NULL, 4 DROP), before its commit.

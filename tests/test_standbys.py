@@ -435,7 +435,7 @@ def test_the_rollback_moves_rows_back_pausing_while_a_standby_lags(replicated, f
     sql(alpha.url(), "select pg_wal_replay_pause()")
     try:
         # a bound below a batch's own time: from the second batch on, alpha is past it while it replays nothing
-        rollback = _spawn_pyz(pyz, fresh, "rollback", env={"OTELMIG_MAX_REPLICA_LAG": "0.05"})
+        rollback = _spawn_pyz(pyz, fresh, "downgrade", BASELINE, env={"OTELMIG_MAX_REPLICA_LAG": "0.05"})
         wait_for(lambda: _pausing(fresh) or rollback.poll() is not None, "the rollback to pause")
         time.sleep(2.0)
         assert rollback.poll() is None and _pausing(fresh), "the move went on while alpha replayed nothing"
