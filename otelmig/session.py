@@ -57,10 +57,15 @@ class Setting(NamedTuple):
         return getattr(self, purpose)
 
 
+# The order is the order of the SETs in the settings message: a role's or a
+# database's statement_timeout and transaction_timeout govern that message
+# until our SET replaces them, so those two come first.
 SETTINGS = (
     Setting("statement_timeout", "0", "60s", PROBE_WAIT, 13,
             "an index build takes as long as the table needs; a probe gives up with the client "
             "(its connect timeout)"),
+    Setting("transaction_timeout", "0", "0", "0", 17,
+            "a revision's transaction lasts as long as its DDL needs"),
     Setting("lock_timeout", RUNTIME, "0", "0", 13,
             "migration: set per attempt, 100 ms growing to --lock-timeout; the others take no table lock "
             "a migration would not let go of, and are bounded by statement_timeout"),
@@ -69,8 +74,6 @@ SETTINGS = (
             "this (OTELMIG_IDLE_TIMEOUT, default 30 s); its transaction is rolled back"),
     Setting("idle_session_timeout", "0", "0", NOT_SET, 14,
             "the lock's connection sits idle for the whole migration and must not be ended"),
-    Setting("transaction_timeout", "0", "0", "0", 17,
-            "a revision's transaction lasts as long as its DDL needs"),
     Setting("client_connection_check_interval", "1s", "1s", NOT_SET, 14,
             "a backend whose client vanished (SIGKILL) stops within a second and releases its locks"),
     Setting("tcp_keepalives_idle", "10", "10", NOT_SET, 13,
