@@ -178,6 +178,24 @@ class Catalog(NamedTuple):
     scalar: Callable
     rows: Callable
 
+    @classmethod
+    def on_cursor(cls, cursor) -> "Catalog":
+        """Asking through a DB-API cursor (plan, repair --dry-run)."""
+        def scalar(sql):
+            cursor.execute(sql)
+            return cursor.fetchone()[0]
+
+        def rows(sql):
+            cursor.execute(sql)
+            return cursor.fetchall()
+        return cls(scalar, rows)
+
+    @classmethod
+    def on_connection(cls, connection) -> "Catalog":
+        """Asking through a SQLAlchemy connection, inside its open transaction (the runs)."""
+        return cls(lambda sql: connection.exec_driver_sql(sql).scalar(),
+                   lambda sql: connection.exec_driver_sql(sql).fetchall())
+
 
 def decide(step: Step, names: "SchemaSQL", ask: Catalog, allow_data_loss: bool = False) -> Decision:
     """The one decision, made the same way online and in plan; offline.py renders

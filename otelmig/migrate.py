@@ -140,8 +140,7 @@ def _refuse_along_the_path(settings, connection, current, target, allow_data_los
     does not revert some and then stop. A refusal whose condition needs what an
     earlier step of the path makes is asked again when its step comes."""
     names = SchemaSQL(settings.schema)
-    ask = Catalog(lambda sql: connection.exec_driver_sql(sql).scalar(),
-                  lambda sql: connection.exec_driver_sql(sql).fetchall())
+    ask = Catalog.on_connection(connection)
     for script in reversed(revisions_between(settings, target, current)):  # newest first, as they run
         for step in script.module.downgrade_steps(names):
             if not isinstance(step, Refusal):

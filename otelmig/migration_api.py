@@ -11,7 +11,7 @@ import os
 from alembic import context, op
 
 from otelmig import run as run_model
-from otelmig.ddl import SchemaSQL, OnlineRunner, outside_transaction
+from otelmig.ddl import Catalog, OnlineRunner, SchemaSQL, outside_transaction
 from otelmig.settings import DEFAULT_SCHEMA, ENV_SCHEMA
 
 
@@ -19,9 +19,9 @@ def run(steps_for) -> None:
     attrs = context.config.attributes
     names = SchemaSQL(attrs.get("schema") or os.environ.get(ENV_SCHEMA, DEFAULT_SCHEMA))
     bind = op.get_bind()
+    ask = Catalog.on_connection(bind)
     runner = OnlineRunner(
-        exec_scalar=lambda sql: bind.exec_driver_sql(sql).scalar(),
-        exec_rows=lambda sql: bind.exec_driver_sql(sql).fetchall(),
+        exec_scalar=ask.scalar, exec_rows=ask.rows,
         execute=bind.exec_driver_sql,
         outside=lambda: outside_transaction(bind),
         names=names,

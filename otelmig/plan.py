@@ -110,7 +110,7 @@ def maintain_preview(conn, schema: str):
 
 def _plan_revision(conn, cursor, schema: str, script, first: bool) -> dict:
     names = SchemaSQL(schema)
-    ask = _catalog(cursor)
+    ask = Catalog.on_cursor(cursor)
     statements = _preflight_entries(conn, schema, script) if first else []
     for step in script.module.upgrade_steps(names):
         decision = decide(step, names, ask)
@@ -186,17 +186,6 @@ def _each_statement(cursor, names: SchemaSQL, step, outside: bool, guarded: bool
         return [(fill_partition(sql_of(step, outside), words, words + "_index", words + "_index"), None, None)]
     return [(fill_partition(sql_of(step, outside), partition, index_name, index), partition, display)
             for partition, index_name, index, display in found]
-
-
-def _catalog(cursor) -> Catalog:
-    def scalar(sql):
-        cursor.execute(sql)
-        return cursor.fetchone()[0]
-
-    def rows(sql):
-        cursor.execute(sql)
-        return cursor.fetchall()
-    return Catalog(scalar, rows)
 
 
 def _preflight_entries(conn, schema: str, script) -> list:

@@ -28,7 +28,7 @@ import contextlib
 from typing import Callable, List, Optional, Tuple
 
 from otelmig import db, default_partition
-from otelmig.ddl import OnlineRunner, SchemaSQL, outside_transaction
+from otelmig.ddl import Catalog, OnlineRunner, SchemaSQL, outside_transaction
 from otelmig.schema import RECORD_TABLE
 from otelmig.scripts import migrations_dir
 
@@ -45,9 +45,9 @@ def runner_on(connection, schema: str, log: Callable[[str], None], allow_data_lo
               watch=None) -> OnlineRunner:
     """An OnlineRunner on a SQLAlchemy connection outside Alembic's run (statements in
     its open transaction; a Concurrent step commits it and runs in autocommit)."""
+    ask = Catalog.on_connection(connection)
     return OnlineRunner(
-        exec_scalar=lambda sql: connection.exec_driver_sql(sql).scalar(),
-        exec_rows=lambda sql: connection.exec_driver_sql(sql).fetchall(),
+        exec_scalar=ask.scalar, exec_rows=ask.rows,
         execute=connection.exec_driver_sql,
         outside=lambda: outside_transaction(connection),
         names=SchemaSQL(schema), allow_data_loss=allow_data_loss, log=log,
