@@ -363,20 +363,22 @@ def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[st
     return refusals
 
 
-# The INVALID copy a REINDEX INDEX CONCURRENTLY that stopped leaves: <index>_ccnew (then _ccnew1, ...),
-# the index's name cut so that the whole fits in 63 bytes (PostgreSQL's ChooseRelationName).
+# What a REINDEX INDEX CONCURRENTLY that stopped leaves, INVALID and still updated by every write:
+# <index>_ccnew (then _ccnew1, ...), its new copy, when it stopped before the swap; <index>_ccold, the
+# old index, when it stopped after (the new one then has the name). The index's name is cut so that the
+# whole fits in 63 bytes (PostgreSQL's ChooseRelationName). PostgreSQL's REINDEX page: drop either.
 _COPIES_SQL = """select c.relname::text, t.relname::text,
        coalesce((select p.relname::text from pg_inherits h join pg_class p on p.oid = h.inhparent
                  where h.inhrelid = t.oid), '')
 from pg_index x join pg_class c on c.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
 join pg_namespace n on n.oid = c.relnamespace
-where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_ccnew[0-9]*$' order by 1"""
+where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_cc(new|old)[0-9]*$' order by 1"""
 _COPY_TABLE_WORD = 6  # the table's word (schema.table) in a failed_reindex_copy's detail (classify reads it back)
 
 
 def _is_copy_of(copy: str, table: str, parent: str) -> Optional[str]:
     """The contract index (on `table`, or on a partition of `parent`) whose stopped REINDEX left `copy`."""
-    suffix = re.search(r"_ccnew[0-9]*$", copy).group(0)
+    suffix = re.search(r"_cc(new|old)[0-9]*$", copy).group(0)
     for index in contract.INDEXES:
         name = (index.name if index.table == table else
                 ("%s_%s" % (table, index.name)).encode("utf-8")[:63].decode("utf-8", "ignore")
@@ -401,9 +403,10 @@ def reindex_copies(conn, schema: str) -> List[Repair]:
     for copy, table, parent in cursor.fetchall():
         of = _is_copy_of(copy, table, parent)
         if of is not None:
-            detail = ("an INVALID copy of %s on %s.%s that a REINDEX INDEX CONCURRENTLY which stopped left (it slows "
+            left = ("left: the old index, after the new one took its name" if "_ccold" in copy else "left")
+            detail = ("an INVALID copy of %s on %s.%s that a REINDEX INDEX CONCURRENTLY which stopped %s (it slows "
                       "every write and is carried by rollback); run `%s repair`, which drops it"
-                      % (of, schema, table, PROGRAM))
+                      % (of, schema, table, left, PROGRAM))
             found.append(Repair(Problem("failed_reindex_copy", "%s.%s" % (schema, copy), detail),
                                 [drop_copy_step(SchemaSQL(schema), copy, table)]))
     return found
@@ -489,18 +492,9 @@ def refusal_error(found: Survey, cleaned: Optional[List[str]] = None) -> Refused
 
 def statements(conn, schema: str, steps: List[Step]) -> List[dict]:
     """The statements the steps would run now, decided as the run decides them (ddl.decide)."""
-    cursor = conn.cursor()
-
-    def scalar(sql):
-        cursor.execute(sql)
-        return cursor.fetchone()[0]
-
-    def rows(sql):
-        cursor.execute(sql)
-        return cursor.fetchall()
-    names, listed = SchemaSQL(schema), []
+    ask, names, listed = Catalog.on_cursor(conn.cursor()), SchemaSQL(schema), []
     for step in steps:
-        chosen = decide(step, names, Catalog(scalar, rows)).statements
+        chosen = decide(step, names, ask).statements
         if not chosen and listed and isinstance(step, Statement):
             # Its condition holds once the steps listed before it ran (a NOT NULL's VALIDATE after its ADD).
             chosen = [Planned(sql_of(step, False), False, names.table(step.table), "%s.%s" % (schema, step.table))]

@@ -499,6 +499,64 @@ def test_the_invalid_copy_a_stopped_reindex_left_is_dropped_concurrently(head_ur
     assert verify(head_url).code == 0
 
 
+def stop_a_reindex_after_its_swap(url, index):
+    """A REINDEX INDEX CONCURRENTLY cancelled after it swapped in its new index, while it waits for a reader
+    before marking the old one dead: the old one stays, INVALID, as <index>_ccold (the new one has the name)."""
+    table = sql(url, "select indrelid::regclass::text from pg_index where indexrelid = 'otel.%s'::regclass" % index)[0][0]
+    old_snapshot = connect(url, autocommit=False)  # the REINDEX waits for it just before its swap
+    old_snapshot.cursor().execute("set transaction isolation level repeatable read")
+    old_snapshot.cursor().execute("select 1")
+    builder = connect(url)
+    cursor = builder.cursor()
+    cursor.execute("select pg_backend_pid()")
+    pid, failed = cursor.fetchone()[0], []
+
+    def reindex():
+        try:
+            builder.cursor().execute("reindex index concurrently otel.%s" % index)
+        except pg8000.dbapi.DatabaseError as exc:
+            failed.append(exc)
+    thread = threading.Thread(target=reindex, daemon=True)
+    thread.start()
+    reader = connect(url, autocommit=False)
+    try:
+        wait_for_phase(url, pid, "waiting for old snapshots")
+        reader.cursor().execute("select 1 from %s limit 1" % table)  # ACCESS SHARE until its end, no snapshot kept
+        old_snapshot.rollback()
+        wait_for_phase(url, pid, "waiting for readers before marking dead")
+        sql(url, "select pg_cancel_backend(%d)" % pid)
+        thread.join(30)
+        assert failed and "57014" in str(failed[0]), failed
+    finally:
+        reader.rollback()
+        for conn in (reader, old_snapshot, builder):
+            conn.close()
+
+
+def wait_for_phase(url, pid, phase, seconds=30):
+    deadline = time.monotonic() + seconds
+    while sql(url, "select phase from pg_stat_progress_create_index where pid = %d" % pid) != [[phase]]:
+        assert time.monotonic() < deadline, "the REINDEX never reached %r" % phase
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("index", ["ix_traces_start_time", "spans_history_ix_spans_trace_id"])
+def test_the_old_index_a_reindex_stopped_after_its_swap_left_is_dropped_concurrently(head_url, index):
+    sql(head_url, "create index ix_traces_service_start_time_ccold on otel.traces (service_name)")  # valid: kept
+    before = shape(head_url)
+    stop_a_reindex_after_its_swap(head_url, index)
+    assert shape(head_url)["invalid"] == [index + "_ccold"]
+    found = verify(head_url)
+    assert found.code == 7 and "run `otelmig repair`" in found.err, found
+    assert [p["object"] for p in found.json()["problems"]] == ["otel.%s_ccold" % index], found.out
+    assert "the old index, after the new one took its name" in found.out, found.out
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done
+    assert statements_of(done) == ['DROP INDEX CONCURRENTLY IF EXISTS "otel"."%s_ccold"' % index], done.out
+    assert shape(head_url) == before
+    assert verify(head_url).code == 0
+
+
 def test_an_invalid_index_that_is_not_a_copy_of_a_contract_index_is_kept(head_url):
     stop_a_reindex(head_url, "ix_traces_start_time")
     sql(head_url, "alter index otel.ix_traces_start_time_ccnew rename to ops_ix_ccnew")
@@ -506,13 +564,14 @@ def test_an_invalid_index_that_is_not_a_copy_of_a_contract_index_is_kept(head_ur
     assert "ops_ix_ccnew" in shape(head_url)["invalid"] and "DROP" not in done.out, done
 
 
-def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url):
+@pytest.mark.parametrize("stop,copy", [(stop_a_reindex, "_ccnew"), (stop_a_reindex_after_its_swap, "_ccold")])
+def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url, stop, copy):
     first = KNOWN_REVISIONS[0]
     assert run_cli("upgrade", first, url=db_url).code == 0
-    stop_a_reindex(db_url, "ix_spans_span_id")
+    stop(db_url, "ix_spans_span_id")
     refused = run_cli("upgrade", url=db_url)
-    assert refused.code == 8 and "ix_spans_span_id_ccnew" in refused.err, refused
-    assert "ends in _ccnew" in refused.err and "DROP INDEX CONCURRENTLY that one" in refused.err, refused.err
+    assert refused.code == 8 and "ix_spans_span_id" + copy in refused.err, refused
+    assert "ends in _ccnew or _ccold" in refused.err and "DROP INDEX CONCURRENTLY that one" in refused.err, refused.err
 
 
 def test_a_dropped_sequence_default_of_spans_id_is_restored_from_its_owned_sequence(head_url):

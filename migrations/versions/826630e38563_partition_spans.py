@@ -371,8 +371,9 @@ def _operator_object_refusals(n: SchemaSQL, layout: Layout) -> list:
                         "rerun, and set it on the partitions after the upgrade: " % n.schema),
             _refusal_of(layout, _invalid_indexes(n), "%s.spans has invalid indexes (a concurrent build that failed), "
                         "which the switch would rebuild under its ACCESS EXCLUSIVE lock: REINDEX INDEX "
-                        "CONCURRENTLY each, except one whose name ends in _ccnew (or _ccnewN, the copy a stopped "
-                        "REINDEX CONCURRENTLY left): DROP INDEX CONCURRENTLY that one; then rerun: " % n.schema),
+                        "CONCURRENTLY each, except one whose name ends in _ccnew or _ccold (or _ccnewN, _ccoldN: "
+                        "what a stopped REINDEX CONCURRENTLY left): DROP INDEX CONCURRENTLY that one; then rerun: "
+                        % n.schema),
             _refusal_of(layout, _taken_names(n), "revision %s would create objects in schema %s under names that "
                         "are taken or too long; rename each as said, then rerun: " % (revision, n.schema)),
             _refusal_of(layout, _views_not_replaceable(n.regclass("spans")), "%s.spans has views that the switch "
