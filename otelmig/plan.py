@@ -136,6 +136,7 @@ def _outline_revision(cursor, schema: str, script, guarded: bool) -> dict:
     statements = []
     for step in script.module.upgrade_steps(names):
         if isinstance(step, Refusal):
+            statements += _refusal_holding_now(cursor, names, step, script.revision, guarded)
             continue
         outside = runs_outside(step)
         for sql, table, display in _each_statement(cursor, names, step, outside, guarded):
@@ -148,6 +149,28 @@ def _outline_revision(cursor, schema: str, script, guarded: bool) -> dict:
             statements.append(entry)
     return {"revision": script.revision, "doc": (script.doc or "").strip(), "statements": statements,
             "decided": False}
+
+
+def _refusal_holding_now(cursor, names: SchemaSQL, step: Refusal, revision: str, guarded: bool) -> list:
+    """A later revision's refusal, asked of the catalog as it is now: named when
+    it holds now (the revisions before it may still change that; plan says so),
+    left out when it does not or cannot be asked yet (a column the earlier
+    revisions have yet to make: their run decides it)."""
+    if guarded:
+        cursor.execute("savepoint otelmig_plan")
+    try:
+        refusal = decide(step, names, Catalog.on_cursor(cursor)).refusal
+        if guarded:
+            cursor.execute("release savepoint otelmig_plan")
+    except Exception:
+        if guarded:
+            cursor.execute("rollback to savepoint otelmig_plan")
+        return []
+    if not refusal:
+        return []
+    return [{"refuse": refusal, "table": "%s.%s" % (names.schema, step.table) if step.table else None,
+             "lock": "none", "effect": "stops the upgrade (exit 8)", "sql": "", "outside_transaction": False,
+             "conditional": True, "condition": "if still so when revision %s runs (it is now)" % revision}]
 
 
 def _entry(names: SchemaSQL, step, sql: str, concurrently: bool, display) -> dict:

@@ -23,11 +23,14 @@ WRITES_ROWS = "writes rows"
 def summarize(schema: str, pending: list, outlying) -> dict:
     """What the statements cost, from the entries plan made: sizes are the
     tables' now (a later revision's too: it works on the tables as they are)."""
-    windows, scans, moved, stopped = [], [], [], 0
+    windows, scans, moved, refusals, stopped = [], [], [], [], 0
     for rev in pending:
         window = None
         for entry in rev["statements"]:
-            if entry.get("refuse") or entry.get("bookkeeping"):
+            if entry.get("refuse"):
+                refusals.append(_carried(entry, {"revision": rev["revision"], "table": entry["table"]}))
+                continue
+            if entry.get("bookkeeping"):
                 continue
             if entry.get("after_stopped_run"):
                 stopped += 1
@@ -52,7 +55,7 @@ def summarize(schema: str, pending: list, outlying) -> dict:
                 windows.append(window)
     for window in windows:
         window["hold"] = _hold(window)
-    return {"access_exclusive": windows, "scans": scans, "rows_moved": moved,
+    return {"access_exclusive": windows, "scans": scans, "rows_moved": moved, "refusals": refusals,
             "scanned_bytes": sum(scan["size_bytes"] or 0 for scan in scans), "after_stopped_run": stopped,
             "bookkeeping": {rev["revision"]: sum(1 for e in rev["statements"] if e.get("bookkeeping"))
                             for rev in pending}}
@@ -148,6 +151,13 @@ def summary_lines(summary: dict) -> list:
     if not summary["rows_moved"]:
         lines.append("    none")
     lines.append("  total scanned: %s" % size_text(summary["scanned_bytes"]))
+    lines.append("  refusals (the upgrade stops with exit 8 before that revision's first change):")
+    for refusal in summary["refusals"]:
+        later = " (if still so when it runs; it is now)" if refusal.get("condition") else ""
+        lines.append("    revision %s, %s: refuses%s; listed below" % (refusal["revision"], refusal["table"] or
+                                                                       "the schema", later))
+    if not summary["refusals"]:
+        lines.append("    none")
     if summary["after_stopped_run"]:
         lines.append("  not counted: %d statement(s) that run only to finish or undo a stopped run (listed below)"
                      % summary["after_stopped_run"])
@@ -192,6 +202,8 @@ def _revision_lines(rev: dict, verbose: bool) -> list:
 
 
 def _statement_lines(number: int, entry: dict, verbose: bool) -> list:
+    if entry.get("refuse") and entry.get("condition"):
+        return ["  %2d. %s:" % (number, entry["condition"]), "      REFUSE: %s" % entry["refuse"]]
     if entry.get("refuse"):
         return ["  %2d. REFUSE: %s" % (number, entry["refuse"])]
     lines = []

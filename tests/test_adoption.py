@@ -5,6 +5,7 @@ incompatible stores are refused before anything changes; the version table is
 not trusted blindly; the data guard needs no optional server feature."""
 
 import os
+import re
 
 import pytest
 
@@ -348,6 +349,8 @@ def test_incompatible_store_is_refused_naming_each_conflict(db_url, change, name
     assert table_rows(db_url, "otel", "spans", ["id", "span_id"]) == rows
     plan = run_cli("plan", url=db_url)
     assert "REFUSE: " + names[0] in plan.out
+    summary = plan.out.split("\nrevision ", 1)[0]  # the summary names the refusal too
+    assert re.search(r"\n    revision \w+, [^\n]*: refuses; listed below\n", summary), summary
 
 
 def test_several_conflicts_are_named_in_one_line(db_url):

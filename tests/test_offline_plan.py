@@ -265,6 +265,32 @@ def test_the_built_pyz_plans_a_legacy_store_as_a_review(pyz, db_url):
     kept = [s for s in payload["pending"][0]["statements"] if s.get("bookkeeping")]
     assert len(kept) == 16 and all("otelmig_objects" in s["sql"] for s in kept)
     assert "not estimated yet" not in text.out
+    assert "REFUSE" not in text.out and not summary["refusals"]  # nothing on this store stops either revision
+
+
+def test_plan_names_a_later_revisions_refusal_that_holds_now(db_url):
+    """Both revisions pending on a legacy store with an operator's trigger on spans, which revision 2 refuses:
+    plan names that refusal under revision 2, as holding now, and in its summary, before the baseline has run."""
+    load_legacy(db_url, traces=10)
+    sql(db_url, "create function otel.audit() returns trigger language plpgsql as $$begin return new; end$$")
+    sql(db_url, "create trigger spans_audit before insert on otel.spans for each row execute function otel.audit()")
+    text = run_cli("plan", url=db_url)
+    as_json = run_cli("plan", "--format", "json", url=db_url)
+    assert text.code == as_json.code == 5, (text, as_json)
+    rev2 = text.out.split("\nrevision %s" % REV2_ID, 1)[1]
+    refusal = "if still so when revision %s runs (it is now):\n      REFUSE: otel.spans has what its conversion" % REV2_ID
+    assert refusal in rev2 and "triggers: spans_audit" in rev2, rev2
+    head = text_before_first_revision(text.out)
+    assert "refusals (the upgrade stops with exit 8 before that revision's first change):" in head, head
+    assert "revision %s, otel.spans: refuses (if still so when it runs; it is now)" % REV2_ID in head, head
+    payload = as_json.json()
+    later = [s for s in payload["pending"][1]["statements"] if s.get("refuse")]
+    assert len(later) == 1 and "triggers: spans_audit" in later[0]["refuse"], later
+    assert payload["summary"]["refusals"] == [{"revision": REV2_ID, "table": "otel.spans",
+                                               "condition": "if still so when revision %s runs (it is now)" % REV2_ID}]
+    # what plan said is what the upgrade does: the baseline runs, revision 2 refuses with that line
+    upgrade = run_cli("upgrade", url=db_url)
+    assert upgrade.code == 8 and "triggers: spans_audit" in upgrade.err, upgrade
 
 
 def test_plan_says_a_table_the_plan_creates_is_created_by_it(db_url):
