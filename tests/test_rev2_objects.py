@@ -468,6 +468,26 @@ def test_each_drift_fix_works_as_printed_in_a_schema_that_needs_quoting(db_url, 
     assert run_pyz(pyz, "verify", "--strict", "--schema", "order", url=db_url).code == 0
 
 
+@pytest.mark.parametrize("long_name", [LONG_NAME, "ix_spans_ténant_sérvice_énvironment_stârted_ät"],
+                         ids=["ascii", "multibyte"])
+def test_the_renames_for_long_index_names_run_as_printed_even_for_names_alike(db_url, long_name):
+    """Two of the operator's index names too long for the partitions' prefix, alike in their first bytes: each
+    gets its own suggested name (finding F6: both were told the same one), the renames run as printed, one
+    after the other, and the rerun converts."""
+    load_legacy(db_url, traces=5)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    sql(db_url, 'create index "%s1" on otel.spans (tenant_id)' % long_name)
+    sql(db_url, 'create index "%s2" on otel.spans (environment)' % long_name)
+    result = run_cli("upgrade", url=db_url)
+    assert result.code == 8 and one_line(result.err), result.err
+    renames = re.findall(r"e\.g\. (ALTER INDEX .*? RENAME TO .*?)\)", result.err)
+    assert len(renames) == 2 and len(set(r.split(" RENAME TO ")[1] for r in renames)) == 2, result.err
+    for rename in renames:
+        sql(db_url, rename)
+    assert run_cli("upgrade", url=db_url).code == 0
+    assert run_cli("verify", url=db_url).code == 0
+
+
 def test_the_offline_script_refuses_as_online_does(store, tmp_path):
     url, names = store
     set_up(url, next(c for c in CASES if c.kind == "generated column"), names)

@@ -521,9 +521,13 @@ def _taken_names(n: SchemaSQL) -> str:
     taken_type = ("from pg_type t where t.typnamespace = (select oid from pg_namespace where nspname = %s) and t.typrelid = 0 "
                   "and (t.typname in (%s) or t.typname ~ %s)" % (s, wanted, day_name))
     fit = MAX_NAME_BYTES - longest
+    # The suggested name: the name's first characters that fit, then _ and 8 hex digits of its md5, so that
+    # two names alike in their first bytes are told two different names (each rename runs as printed).
+    head = ("(select left(c.relname, max(k)) from generate_series(0, length(c.relname)) k "
+            "where octet_length(left(c.relname, k)) <= %d)" % (fit - 9))
     too_long = ("quote_ident(c.relname) || ' (rename it to at most %d bytes, e.g. ALTER INDEX ' || %s "
-                "|| ' RENAME TO ' || quote_ident(left(c.relname, case when octet_length(c.relname) = length(c.relname) "
-                "then %d else %d end)) || ')'" % (fit, _named("c.oid"), fit, fit // 4))
+                "|| ' RENAME TO ' || quote_ident(%s || '_' || left(md5(c.relname), 8)) || ')'"
+                % (fit, _named("c.oid"), head))
     return "concat_ws('; ', %s)" % ", ".join([
         _listed("names it will create, taken (rename or drop them)", _named("c.oid"), taken),
         _listed("type names it will create, taken (rename or drop them)", "quote_ident(t.typname)", taken_type),
