@@ -363,29 +363,45 @@ def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[st
     return refusals
 
 
-# What a REINDEX INDEX CONCURRENTLY that stopped leaves, INVALID and still updated by every write:
+# What a REINDEX CONCURRENTLY that stopped leaves, INVALID and still updated by every write:
 # <index>_ccnew (then _ccnew1, ...), its new copy, when it stopped before the swap; <index>_ccold, the
 # old index, when it stopped after (the new one then has the name). The index's name is cut so that the
 # whole fits in 63 bytes (PostgreSQL's ChooseRelationName). PostgreSQL's REINDEX page: drop either.
-_COPIES_SQL = """select c.relname::text, t.relname::text,
-       coalesce((select p.relname::text from pg_inherits h join pg_class p on p.oid = h.inhparent
-                 where h.inhrelid = t.oid), '')
+# A copy is known by what it is, not by the names otelmig gives (PostgreSQL names a day partition's
+# indexes itself): an INVALID index so named beside an index of the same definition on the same table,
+# which is a contract index or primary key, or a partition's index of one. One that a session still holds
+# locked is the copy of a REINDEX at work, not a leftover: left to it.
+_COPIES_SQL = """select c.relname::text, t.relname::text, o.relname::text, ox.indisprimary,
+       coalesce(p.relname::text, ''), coalesce(pt.relname::text, ''), coalesce(px.indisprimary, false)
 from pg_index x join pg_class c on c.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
 join pg_namespace n on n.oid = c.relnamespace
-where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_cc(new|old)[0-9]*$' order by 1"""
+join pg_index ox on ox.indrelid = x.indrelid and ox.indexrelid <> x.indexrelid and ox.indkey = x.indkey
+     and ox.indclass = x.indclass and ox.indcollation = x.indcollation and ox.indoption = x.indoption
+     and ox.indisunique = x.indisunique
+     and coalesce(pg_get_expr(ox.indexprs, ox.indrelid), '') = coalesce(pg_get_expr(x.indexprs, x.indrelid), '')
+     and coalesce(pg_get_expr(ox.indpred, ox.indrelid), '') = coalesce(pg_get_expr(x.indpred, x.indrelid), '')
+join pg_class o on o.oid = ox.indexrelid and o.relam = c.relam
+left join pg_inherits h on h.inhrelid = o.oid
+left join pg_class p on p.oid = h.inhparent
+left join pg_index px on px.indexrelid = p.oid
+left join pg_class pt on pt.oid = px.indrelid
+where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_cc(new|old)[0-9]*$'
+  and not exists (select 1 from pg_locks l where l.locktype = 'relation' and l.relation = c.oid
+                  and l.pid <> pg_backend_pid())
+order by 1, 3"""
 _COPY_TABLE_WORD = 6  # the table's word (schema.table) in a failed_reindex_copy's detail (classify reads it back)
 
 
-def _is_copy_of(copy: str, table: str, parent: str) -> Optional[str]:
-    """The contract index (on `table`, or on a partition of `parent`) whose stopped REINDEX left `copy`."""
+def _named_as_copy_of(copy: str, original: str) -> bool:
     suffix = re.search(r"_cc(new|old)[0-9]*$", copy).group(0)
-    for index in contract.INDEXES:
-        name = (index.name if index.table == table else
-                ("%s_%s" % (table, index.name)).encode("utf-8")[:63].decode("utf-8", "ignore")
-                if index.table == parent else None)
-        if name is not None and copy == name.encode("utf-8")[:63 - len(suffix)].decode("utf-8", "ignore") + suffix:
-            return name
-    return None
+    return copy == original.encode("utf-8")[:63 - len(suffix)].decode("utf-8", "ignore") + suffix
+
+
+def _is_contract_index(table: str, index: str, primary: bool) -> bool:
+    """A contract index of a contract table, or its primary key."""
+    if table not in {t.name for t in contract.TABLES}:
+        return False
+    return primary or any(i.table == table and i.name == index for i in contract.INDEXES)
 
 
 def drop_copy_step(n: SchemaSQL, copy: str, table: str) -> Concurrent:
@@ -394,21 +410,25 @@ def drop_copy_step(n: SchemaSQL, copy: str, table: str) -> Concurrent:
 
 
 def reindex_copies(conn, schema: str) -> List[Repair]:
-    """INVALID copies a stopped REINDEX INDEX CONCURRENTLY left of a contract index (repair's own REINDEX, or
-    one it would run): a failed copy, never the operator's index, so dropped (concurrently). Only an INVALID
-    index named exactly so on that index's table; anything else is the operator's."""
+    """INVALID copies a stopped REINDEX CONCURRENTLY left of a contract index or primary key, or of a
+    partition's index of one (repair's own REINDEX, one it would run, or the operator's): a failed copy,
+    never the operator's index, so dropped (concurrently). Anything else is the operator's (_COPIES_SQL)."""
     cursor = conn.cursor()
     cursor.execute(_COPIES_SQL, (schema,))
-    found = []
-    for copy, table, parent in cursor.fetchall():
-        of = _is_copy_of(copy, table, parent)
-        if of is not None:
-            left = ("left: the old index, after the new one took its name" if "_ccold" in copy else "left")
-            detail = ("an INVALID copy of %s on %s.%s that a REINDEX INDEX CONCURRENTLY which stopped %s (it slows "
-                      "every write and is carried by rollback); run `%s repair`, which drops it"
-                      % (of, schema, table, left, PROGRAM))
-            found.append(Repair(Problem("failed_reindex_copy", "%s.%s" % (schema, copy), detail),
-                                [drop_copy_step(SchemaSQL(schema), copy, table)]))
+    found, seen = [], set()
+    for copy, table, original, primary, parent, parent_table, parent_primary in cursor.fetchall():
+        if copy in seen or not _named_as_copy_of(copy, original):
+            continue
+        if not (_is_contract_index(table, original, primary) or _is_contract_index(parent_table, parent,
+                                                                                    parent_primary)):
+            continue
+        seen.add(copy)
+        left = ("left: the old index, after the new one took its name" if "_ccold" in copy else "left")
+        detail = ("an INVALID copy of %s on %s.%s that a REINDEX CONCURRENTLY which stopped %s (it slows "
+                  "every write and is carried by rollback); run `%s repair`, which drops it"
+                  % (original, schema, table, left, PROGRAM))
+        found.append(Repair(Problem("failed_reindex_copy", "%s.%s" % (schema, copy), detail),
+                            [drop_copy_step(SchemaSQL(schema), copy, table)]))
     return found
 
 

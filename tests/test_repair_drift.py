@@ -470,8 +470,11 @@ def stop_a_reindex(url, index):
     leaves its INVALID copy, <index>_ccnew."""
     table = sql(url, "select indrelid::regclass::text from pg_index where indexrelid = 'otel.%s'::regclass" % index)
     writer = connect(url, autocommit=False)
+    # a day partition's rows are stamped from its lower bound; any other table takes now()
+    at = ("coalesce((select (regexp_match(pg_get_expr(relpartbound, oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz "
+          "from pg_class where oid = '%s'::regclass), now())" % table[0][0])
     writer.cursor().execute("insert into %s (trace_id, span_id, name, service_name, start_time) "
-                            "values ('w', 'w', 'op', 'svc', now())" % table[0][0] if "spans" in table[0][0] else
+                            "values ('w', 'w', 'op', 'svc', %s)" % (table[0][0], at) if "spans" in table[0][0] else
                             "insert into otel.traces (trace_id, service_name, start_time) values ('w', 's', now())")
     builder = connect(url)
     builder.cursor().execute("set statement_timeout = '1s'")
@@ -557,6 +560,89 @@ def test_the_old_index_a_reindex_stopped_after_its_swap_left_is_dropped_concurre
     assert verify(head_url).code == 0
 
 
+def day_partition_index(url, parent_index="ix_spans_trace_id"):
+    """The index PostgreSQL named on the first day partition for a contract index (spans_pYYYYMMDD_..._idx)."""
+    found = sql(url, """select c.relname::text from pg_inherits h join pg_class c on c.oid = h.inhrelid
+        join pg_index x on x.indexrelid = c.oid join pg_class t on t.oid = x.indrelid
+        where h.inhparent = 'otel.%s'::regclass and t.relname ~ '^spans_p[0-9]{8}$'
+        order by t.relname limit 1""" % parent_index)
+    assert found, "no index of %s on a day partition" % parent_index
+    return found[0][0]
+
+
+@pytest.mark.parametrize("stop,suffix", [(stop_a_reindex, "_ccnew"), (stop_a_reindex_after_its_swap, "_ccold")],
+                         ids=["before-swap", "after-swap"])
+@pytest.mark.parametrize("which", ["day partition index", "traces_pkey", "spans_history_pkey"])
+def test_a_stopped_reindex_copy_of_a_day_partition_index_or_a_primary_key_is_dropped(head_url, stop, suffix, which):
+    """Copies are known by what they are (an INVALID index named as PostgreSQL names a copy, with its
+    original's definition, of a contract index or a partition of one, a primary key included), not only
+    by the names otelmig gives: PostgreSQL names a day partition's indexes itself (adversary finding F1, F2)."""
+    index = day_partition_index(head_url) if which == "day partition index" else which
+    before = shape(head_url)
+    stop(head_url, index)
+    assert shape(head_url)["invalid"] == [index + suffix]
+    found = verify(head_url)
+    assert found.code == 7 and "run `otelmig repair`" in found.err, found
+    assert "otel.%s%s" % (index, suffix) in [p["object"] for p in found.json()["problems"]], found.out
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done
+    assert [s for s in statements_of(done) if "DROP INDEX" in s and index + suffix in s], done.out
+    assert shape(head_url) == before
+    assert verify(head_url).code == 0
+
+
+def test_an_invalid_look_alike_with_another_definition_is_the_operators_and_kept(head_url):
+    """An operator's failed build named like a copy, but not of that index's definition: kept (finding F4)."""
+    sql(head_url, "insert into otel.traces (trace_id, service_name, start_time) values ('d1', 'dup', now()), "
+                  "('d2', 'dup', now())")
+    with pytest.raises(pg8000.dbapi.DatabaseError, match="23505"):
+        sql(head_url, "create unique index concurrently ix_traces_start_time_ccold on otel.traces ((service_name))")
+    assert shape(head_url)["invalid"] == ["ix_traces_start_time_ccold"]
+    found = verify(head_url)
+    assert found.code == 0 and not found.json()["problems"], found  # an extra index of the operator's, no more
+    done = run_cli("repair", url=head_url)
+    assert done.code == 0 and "DROP" not in done.out, done
+    assert shape(head_url)["invalid"] == ["ix_traces_start_time_ccold"]
+
+
+def test_the_copy_of_a_reindex_still_running_is_left_to_it(head_url):
+    """A REINDEX CONCURRENTLY still at work (here waiting for a reader before it marks the old index dead) has
+    its copy: not a leftover, so neither reported nor dropped; the REINDEX then finishes (finding F5)."""
+    index = "ix_traces_start_time"
+    old_snapshot = connect(head_url, autocommit=False)
+    old_snapshot.cursor().execute("set transaction isolation level repeatable read")
+    old_snapshot.cursor().execute("select 1")
+    builder = connect(head_url)
+    cursor = builder.cursor()
+    cursor.execute("select pg_backend_pid()")
+    pid, failed = cursor.fetchone()[0], []
+
+    def reindex():
+        try:
+            builder.cursor().execute("reindex index concurrently otel.%s" % index)
+        except pg8000.dbapi.DatabaseError as exc:
+            failed.append(exc)
+    thread = threading.Thread(target=reindex, daemon=True)
+    thread.start()
+    reader = connect(head_url, autocommit=False)
+    try:
+        wait_for_phase(head_url, pid, "waiting for old snapshots")
+        reader.cursor().execute("select 1 from otel.traces limit 1")
+        old_snapshot.rollback()
+        wait_for_phase(head_url, pid, "waiting for readers before marking dead")
+        assert shape(head_url)["invalid"] == [index + "_ccold"]
+        found = verify(head_url)
+        assert found.code == 0 and not found.json()["problems"], found
+        dry = run_cli("repair", "--dry-run", url=head_url)
+        assert "_ccold" not in dry.out, dry
+    finally:
+        reader.rollback()
+        thread.join(30)
+        for conn in (reader, old_snapshot, builder):
+            conn.close()
+    assert not failed and shape(head_url)["invalid"] == [], failed
+
+
 def test_an_invalid_index_that_is_not_a_copy_of_a_contract_index_is_kept(head_url):
     stop_a_reindex(head_url, "ix_traces_start_time")
     sql(head_url, "alter index otel.ix_traces_start_time_ccnew rename to ops_ix_ccnew")
@@ -565,13 +651,19 @@ def test_an_invalid_index_that_is_not_a_copy_of_a_contract_index_is_kept(head_ur
 
 
 @pytest.mark.parametrize("stop,copy", [(stop_a_reindex, "_ccnew"), (stop_a_reindex_after_its_swap, "_ccold")])
-def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url, stop, copy):
+@pytest.mark.parametrize("index", ["ix_spans_span_id", "spans_pkey"])
+def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url, stop, copy, index):
+    """One fix, DROP, that works as printed; a primary key's copy (a unique index) is not also told to be
+    recreated on the partitioned table as the operator's unique index (finding F2)."""
     first = KNOWN_REVISIONS[0]
     assert run_cli("upgrade", first, url=db_url).code == 0
-    stop(db_url, "ix_spans_span_id")
+    stop(db_url, index)
     refused = run_cli("upgrade", url=db_url)
-    assert refused.code == 8 and "ix_spans_span_id" + copy in refused.err, refused
+    assert refused.code == 8 and index + copy in refused.err, refused
     assert "ends in _ccnew or _ccold" in refused.err and "DROP INDEX CONCURRENTLY that one" in refused.err, refused.err
+    assert "unique indexes besides the primary key" not in refused.err, refused.err
+    sql(db_url, "drop index concurrently otel.%s%s" % (index, copy))
+    assert run_cli("upgrade", url=db_url).code == 0
 
 
 def test_a_dropped_sequence_default_of_spans_id_is_restored_from_its_owned_sequence(head_url):
