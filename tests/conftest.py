@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from typing import NamedTuple
 
@@ -41,8 +42,15 @@ class Server(NamedTuple):
     def url(self, database: str, **kwargs) -> str:
         if self.cluster is not None:
             return self.cluster.url(database, **kwargs)
-        base = self.admin_url.rsplit("/", 1)[0]
-        return "%s/%s" % (base, database)
+        # OTELMIG_TEST_URL's server: its host and port, the role asked for (a test's own role logs in as itself)
+        parts = urllib.parse.urlsplit(self.admin_url)
+        netloc, user, password = parts.netloc, kwargs.pop("user", None), kwargs.pop("password", None)
+        if user is not None:
+            netloc = "%s:%s@%s" % (urllib.parse.quote(user, safe=""), urllib.parse.quote(password or "", safe=""),
+                                   netloc.rsplit("@", 1)[-1])
+        kwargs.pop("host", None)
+        query = urllib.parse.urlencode(kwargs) if kwargs else parts.query
+        return urllib.parse.urlunsplit((parts.scheme, netloc, "/" + database, query, ""))
 
 
 # A test using one of these talks to a PostgreSQL server; it gets the `db` marker.
@@ -219,8 +227,11 @@ def server():
 
 def connect(url: str, autocommit: bool = True):
     info = settings_mod.resolve_conninfo(url, {})
+    # ISO dates: pg8000 reads any other DateStyle wrongly (day and month), also on a server (OTELMIG_TEST_URL)
+    # or a role set to another; each test that needs a session's own DateStyle sets it.
     conn = pg8000.dbapi.Connection(user=info.user, host=info.host, port=info.port, database=info.database,
-                                   password=info.password, ssl_context=False)
+                                   password=info.password, ssl_context=False,
+                                   startup_params={"DateStyle": "ISO, YMD"})
     conn.autocommit = autocommit
     return conn
 

@@ -74,7 +74,9 @@ def test_rows_land_by_start_time_and_none_is_rejected(db_url):
     insert(db_url, "skewed", "2999-01-01 00:00+00")
     assert partition_of(db_url, "old") == "otel." + LAYOUT.history
     assert partition_of(db_url, "now") == "otel." + LAYOUT.history  # the cutoff is at least a day ahead
-    assert partition_of(db_url, "after") == "otel." + LAYOUT.day_partition(cutoff.date())
+    # the partitions are UTC days, whatever the session's zone shows the cutoff in
+    assert partition_of(db_url, "after") == "otel." + LAYOUT.day_partition(
+        cutoff.astimezone(datetime.timezone.utc).date())
     assert partition_of(db_url, "skewed") == "otel." + LAYOUT.default
     # the worker's reads: by trace_id and by service and time, through the parent's indexes
     assert sql(db_url, "select span_id from otel.spans where trace_id = 't-after'") == [["after"]]

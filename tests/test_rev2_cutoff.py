@@ -382,7 +382,7 @@ def test_outliers_that_arrive_after_the_refusal_stop_the_cutoff_step_with_nothin
         conn.close()
     assert "54000" in str(raised.value) and "more than %d rows" % REV2.MAX_OUTLIERS in str(raised.value)
     assert catalog_snapshot(db_url) == snapshot
-    assert sql(db_url, "select count(*) from otel.spans where start_time >= '2099-01-01'") == [[REV2.MAX_OUTLIERS + 1]]
+    assert sql(db_url, "select count(*) from otel.spans where start_time >= '2099-01-01 00:00+00'") == [[REV2.MAX_OUTLIERS + 1]]
 
 
 def test_a_held_row_moved_back_before_the_cutoff_during_the_run_lands_in_the_history(db_url):
