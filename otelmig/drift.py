@@ -369,8 +369,10 @@ def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[st
 # whole fits in 63 bytes (PostgreSQL's ChooseRelationName). PostgreSQL's REINDEX page: drop either.
 # A copy is known by what it is, not by the names otelmig gives (PostgreSQL names a day partition's
 # indexes itself): an INVALID index so named beside an index of the same definition on the same table,
-# which is a contract index or primary key, or a partition's index of one. One that a session still holds
-# locked is the copy of a REINDEX at work, not a leftover: left to it.
+# which is a contract index or primary key, or a partition's index of one. One that a session of this
+# database holds in SHARE UPDATE EXCLUSIVE is the copy of a REINDEX at work (it keeps that lock on both
+# indexes through all its transactions), not a leftover: left to it. A query's ACCESS SHARE on every
+# index of its table is not.
 _COPIES_SQL = """select c.relname::text, t.relname::text, o.relname::text, ox.indisprimary,
        coalesce(p.relname::text, ''), coalesce(pt.relname::text, ''), coalesce(px.indisprimary, false)
 from pg_index x join pg_class c on c.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
@@ -387,7 +389,8 @@ left join pg_index px on px.indexrelid = p.oid
 left join pg_class pt on pt.oid = px.indrelid
 where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_cc(new|old)[0-9]*$'
   and not exists (select 1 from pg_locks l where l.locktype = 'relation' and l.relation = c.oid
-                  and l.pid <> pg_backend_pid())
+                  and l.mode = 'ShareUpdateExclusiveLock' and l.pid <> pg_backend_pid()
+                  and l.database = (select oid from pg_database where datname = current_database()))
 order by 1, 3"""
 _COPY_TABLE_WORD = 6  # the table's word (schema.table) in a failed_reindex_copy's detail (classify reads it back)
 

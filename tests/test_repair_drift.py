@@ -605,6 +605,24 @@ def test_an_invalid_look_alike_with_another_definition_is_the_operators_and_kept
     assert shape(head_url)["invalid"] == ["ix_traces_start_time_ccold"]
 
 
+def test_a_copy_is_named_and_dropped_while_a_reader_holds_the_table(head_url):
+    """A query planned on the table locks each of its indexes, the INVALID copy too (ACCESS SHARE): that is
+    not a REINDEX at work, so the copy is still named and dropped (adversary pass 2, finding 5)."""
+    stop_a_reindex_after_its_swap(head_url, "ix_traces_start_time")
+    reader = connect(head_url, autocommit=False)
+    try:
+        reader.cursor().execute("select count(*) from otel.traces where trace_id = 'x'")
+        assert sql(head_url, "select count(*) from pg_locks where relation = 'otel.ix_traces_start_time_ccold'::regclass")[0][0]
+        found = verify(head_url)
+        assert found.code == 7 and [p["object"] for p in found.json()["problems"]] == \
+            ["otel.ix_traces_start_time_ccold"], found
+    finally:
+        reader.rollback()
+        reader.close()
+    assert run_cli("repair", url=head_url).code == 0
+    assert shape(head_url)["invalid"] == [] and verify(head_url).code == 0
+
+
 def test_the_copy_of_a_reindex_still_running_is_left_to_it(head_url):
     """A REINDEX CONCURRENTLY still at work (here waiting for a reader before it marks the old index dead) has
     its copy: not a leftover, so neither reported nor dropped; the REINDEX then finishes (finding F5)."""
