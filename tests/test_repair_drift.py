@@ -684,6 +684,20 @@ def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url,
     assert run_cli("upgrade", url=db_url).code == 0
 
 
+def test_a_stopped_reindex_copy_with_a_long_name_is_told_only_drop(db_url):
+    """The copy of an operator's index whose name is too long for the partitions' prefix: the original is told
+    a rename, the copy only DROP (it was told both; adversary pass 2)."""
+    long_name = "ix_spans_tenant_service_environment_started_ab"  # 46 bytes: too long by one
+    assert run_cli("upgrade", KNOWN_REVISIONS[0], url=db_url).code == 0
+    sql(db_url, "create index %s on otel.spans (tenant_id)" % long_name)
+    stop_a_reindex(db_url, long_name)
+    refused = run_cli("upgrade", url=db_url)
+    assert refused.code == 8, refused
+    too_long = refused.err.split("index names too long", 1)[1].split("; and ", 1)[0]
+    assert long_name + " (rename it" in too_long and long_name + "_ccnew" not in too_long, refused.err
+    assert "then rerun: otel.%s_ccnew" % long_name in refused.err, refused.err
+
+
 def test_a_dropped_sequence_default_of_spans_id_is_restored_from_its_owned_sequence(head_url):
     before = shape(head_url)
     assert sql(head_url, "select pg_get_serial_sequence('otel.spans', 'id')") == [["otel.spans_id_seq"]]

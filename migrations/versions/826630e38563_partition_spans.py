@@ -303,8 +303,8 @@ def _not_carried_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
         "from pg_constraint where contype = 'f' and confrelid = %s)" % (_named("conrelid"), spans),
         "(select 'unique indexes besides the primary key: ' || string_agg(c.relname, ', ') from pg_index x "
         "join pg_class c on c.oid = x.indexrelid where x.indrelid = %s and x.indisunique and not x.indisprimary "
-        "and c.relname <> %s and (x.indisvalid or c.relname !~ '_cc(new|old)[0-9]*$'))"  # a REINDEX's copy: DROP
-        % (spans, quote_literal(HISTORY_PKEY)),
+        "and c.relname <> %s and (x.indisvalid or c.relname !~ %s))"  # a REINDEX's copy: told DROP
+        % (spans, quote_literal(HISTORY_PKEY), quote_literal(REINDEX_COPY)),
         "(select 'triggers: ' || string_agg(tgname, ', ') from pg_trigger where tgrelid = %s and not tgisinternal "
         "and not (tgname = %s and tgfoid = %s))" % (spans, quote_literal(HOLD_FUNCTION), layout.our_function(HOLD_FUNCTION)),
         "(select 'row level security' from pg_class where oid = %s and relrowsecurity)" % spans,
@@ -358,6 +358,7 @@ def _outliers_refusal(n: SchemaSQL, layout: Layout) -> Refusal:
 # -- what an operator attached to spans: refused here, or carried over by _carry_operator_objects --------------
 
 MAX_NAME_BYTES = 63          # PostgreSQL's identifier limit (NAMEDATALEN - 1): a longer name is cut, never by us
+REINDEX_COPY = "_cc(new|old)[0-9]*$"  # how PostgreSQL names what a stopped REINDEX CONCURRENTLY leaves
 
 
 def _operator_object_refusals(n: SchemaSQL, layout: Layout) -> list:
@@ -501,8 +502,10 @@ def _taken_names(n: SchemaSQL) -> str:
     spans, s = n.regclass("spans"), quote_literal(n.schema)
     prefixes = (NEW_PARENT + "_", LAYOUT.history + "_")
     longest = max(len(p) for p in prefixes)
+    # A stopped REINDEX's INVALID copy is left out: the invalid-index group tells to DROP it, not rename it.
     operator_indexes = ("from pg_index x join pg_class c on c.oid = x.indexrelid where x.indrelid = %s "
-                        "and not x.indisprimary and c.relname <> %s" % (spans, quote_literal(HISTORY_PKEY)))
+                        "and not x.indisprimary and c.relname <> %s and (x.indisvalid or c.relname !~ %s)"
+                        % (spans, quote_literal(HISTORY_PKEY), quote_literal(REINDEX_COPY)))
     wanted = " union all ".join(
         ["select unnest(array[%s]::text[])" % ", ".join(quote_literal(name) for name in (
             LAYOUT.history, NEW_PARENT, LAYOUT.default, NEW_PARENT + "_pkey", HISTORY_PKEY))]
