@@ -684,6 +684,17 @@ def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url,
     assert run_cli("upgrade", url=db_url).code == 0
 
 
+def test_one_repair_converges_when_the_original_of_a_stopped_reindex_copy_was_dropped(head_url):
+    """The REINDEX stopped, then the operator dropped the index: the copy is known as one only once repair has
+    built the index again, in the same run, which then drops it (it took two runs; adversary pass 2, 6)."""
+    stop_a_reindex(head_url, "ix_traces_start_time")
+    sql(head_url, "drop index otel.ix_traces_start_time")
+    done = run_cli("repair", "--format", "json", url=head_url)
+    assert done.code == 0, done
+    assert 'DROP INDEX CONCURRENTLY IF EXISTS "otel"."ix_traces_start_time_ccnew"' in statements_of(done), done.out
+    assert shape(head_url)["invalid"] == [] and verify(head_url).code == 0
+
+
 def test_a_stopped_reindex_copy_with_a_long_name_is_told_only_drop(db_url):
     """The copy of an operator's index whose name is too long for the partitions' prefix: the original is told
     a rename, the copy only DROP (it was told both; adversary pass 2)."""
