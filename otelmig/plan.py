@@ -55,6 +55,7 @@ def plan(settings, err) -> output.Result:
         maintenance = None if pending else maintain_preview(conn, settings.schema)
         repairs = None if pending else drift.preview(conn, settings.schema)
         outlying = conversion_outliers(conn, state) if pending else None
+        _too_many_outliers(settings.schema, pending, scripts, outlying)
     finally:
         db.close(conn)
     status = ExitStatus.PENDING if pending else ExitStatus.OK
@@ -136,7 +137,7 @@ def _outline_revision(cursor, schema: str, script, guarded: bool) -> dict:
     statements = []
     for step in script.module.upgrade_steps(names):
         if isinstance(step, Refusal):
-            statements += _refusal_holding_now(cursor, names, step, script.revision, guarded)
+            statements += _refusal_holding_now(cursor, names, step, script.revision, guarded) or []
             continue
         outside = runs_outside(step)
         for sql, table, display in _each_statement(cursor, names, step, outside, guarded):
@@ -154,8 +155,8 @@ def _outline_revision(cursor, schema: str, script, guarded: bool) -> dict:
 def _refusal_holding_now(cursor, names: SchemaSQL, step: Refusal, revision: str, guarded: bool) -> list:
     """A later revision's refusal, asked of the catalog as it is now: named when
     it holds now (the revisions before it may still change that; plan says so),
-    left out when it does not or cannot be asked yet (a column the earlier
-    revisions have yet to make: their run decides it)."""
+    [] when it does not hold now, None when it cannot be asked yet (a column
+    the earlier revisions have yet to make: their run decides it)."""
     if guarded:
         cursor.execute("savepoint otelmig_plan")
     try:
@@ -165,12 +166,31 @@ def _refusal_holding_now(cursor, names: SchemaSQL, step: Refusal, revision: str,
     except Exception:
         if guarded:
             cursor.execute("rollback to savepoint otelmig_plan")
-        return []
+        return None
     if not refusal:
         return []
-    return [{"refuse": refusal, "table": "%s.%s" % (names.schema, step.table) if step.table else None,
-             "lock": "none", "effect": "stops the upgrade (exit 8)", "sql": "", "outside_transaction": False,
-             "conditional": True, "condition": "if still so when revision %s runs (it is now)" % revision}]
+    return [_later_refusal(refusal, "%s.%s" % (names.schema, step.table) if step.table else None, revision)]
+
+
+def _later_refusal(message: str, table, revision: str) -> dict:
+    return {"refuse": message, "table": table, "lock": "none", "effect": "stops the upgrade (exit 8)", "sql": "",
+            "outside_transaction": False, "conditional": True,
+            "condition": "if still so when revision %s runs (it is now)" % revision}
+
+
+def _too_many_outliers(schema: str, pending: list, scripts: list, outlying) -> None:
+    """The conversion's own refusal of more outliers than it moves reads start_time, which a legacy store
+    gets from the baseline: not askable before it ran. plan counted them (on start_ts): named here."""
+    later = {script.revision: script for script in scripts[1:]}
+    script = later.get(contract.PARTITIONING_REVISION)
+    limit = getattr(script.module, "MAX_OUTLIERS", None) if script else None
+    if outlying is None or limit is None or outlying["count"] <= limit:
+        return
+    rev = next(rev for rev in pending if rev["revision"] == script.revision)
+    rev["statements"].insert(0, _later_refusal(
+        "%d span(s) in %s.spans are stamped at or after the cutoff %s, more than the %d its conversion moves "
+        "under its short ACCESS EXCLUSIVE lock; delete them or correct their start time, then run the upgrade"
+        % (outlying["count"], schema, outlying["since"], limit), "%s.spans" % schema, script.revision))
 
 
 def _entry(names: SchemaSQL, step, sql: str, concurrently: bool, display) -> dict:

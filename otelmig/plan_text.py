@@ -56,6 +56,7 @@ def summarize(schema: str, pending: list, outlying) -> dict:
     for window in windows:
         window["hold"] = _hold(window)
     return {"access_exclusive": windows, "scans": scans, "rows_moved": moved, "refusals": refusals,
+            "decided_when_run": [rev["revision"] for rev in pending if rev.get("decided") is False],
             "scanned_bytes": sum(scan["size_bytes"] or 0 for scan in scans), "after_stopped_run": stopped,
             "bookkeeping": {rev["revision"]: sum(1 for e in rev["statements"] if e.get("bookkeeping"))
                             for rev in pending}}
@@ -156,8 +157,12 @@ def summary_lines(summary: dict) -> list:
         later = " (if still so when it runs; it is now)" if refusal.get("condition") else ""
         lines.append("    revision %s, %s: refuses%s; listed below" % (refusal["revision"], refusal["table"] or
                                                                        "the schema", later))
+    asked_again = ["revision %s's are asked again when it runs, on the catalog the revisions before it leave"
+                   % revision for revision in summary["decided_when_run"]]
     if not summary["refusals"]:
-        lines.append("    none")
+        lines.append("    " + "; ".join(["none now" if asked_again else "none"] + asked_again))
+    else:
+        lines += ["    " + line for line in asked_again]
     if summary["after_stopped_run"]:
         lines.append("  not counted: %d statement(s) that run only to finish or undo a stopped run (listed below)"
                      % summary["after_stopped_run"])

@@ -293,6 +293,36 @@ def test_plan_names_a_later_revisions_refusal_that_holds_now(db_url):
     assert upgrade.code == 8 and "triggers: spans_audit" in upgrade.err, upgrade
 
 
+def test_plan_on_a_legacy_store_names_more_outliers_than_the_conversion_moves(db_url):
+    """Both revisions pending: revision 2's own refusal cannot be asked yet (it reads start_time, which the
+    baseline makes from start_ts), but plan counted the outliers: more than the conversion moves is named as
+    a refusal, as the upgrade then refuses (plan said "refusals: none"; adversary pass 2, finding 2)."""
+    from test_rev2_cutoff import REV2
+    limit = REV2.MAX_OUTLIERS
+    load_legacy(db_url, traces=5)
+    sql(db_url, "insert into otel.spans (trace_id, span_id, name, service_name, start_ts) "
+                "select 'late', 'late' || g, 'op', 'svc', 'infinity' from generate_series(1, %d) g" % (limit + 1))
+    result = run_cli("plan", url=db_url)
+    assert result.code == 5, result
+    head = text_before_first_revision(result.out)
+    assert "revision %s, otel.spans: refuses (if still so when it runs; it is now); listed below" % REV2_ID \
+        in head, head
+    rev2 = result.out.split("\nrevision %s" % REV2_ID, 1)[1]
+    assert "REFUSE: %d span(s) in otel.spans are stamped at or after the cutoff" % (limit + 1) in rev2, rev2
+    upgrade = run_cli("upgrade", url=db_url)
+    assert upgrade.code == 8 and "more than %d rows stamped at or after the cutoff" % limit in upgrade.err, upgrade
+
+
+def test_plan_says_a_later_revisions_refusals_are_asked_again_when_it_runs(db_url):
+    """No refusal holds now: plan does not promise none for a revision whose refusals are asked on the
+    catalog the revisions before it leave (adversary pass 2, finding 3)."""
+    load_legacy(db_url, traces=5)
+    head = text_before_first_revision(run_cli("plan", url=db_url).out)
+    refusals = head.split("  refusals (", 1)[1]
+    assert "none now; revision %s's are asked again when it runs, on the catalog the revisions before it " \
+           "leave" % REV2_ID in refusals, head
+
+
 def test_plan_says_a_table_the_plan_creates_is_created_by_it(db_url):
     result = run_cli("plan", url=db_url)
     assert result.code == 5
