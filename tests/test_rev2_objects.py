@@ -488,6 +488,25 @@ def test_the_renames_for_long_index_names_run_as_printed_even_for_names_alike(db
     assert run_cli("verify", url=db_url).code == 0
 
 
+def test_a_suggested_rename_is_a_name_not_taken(db_url):
+    """The name suggested for an index name too long for the prefix is free in the schema: when the first
+    choice is taken (here by a table), another is told, and it runs as printed (adversary pass 2, finding 1)."""
+    load_legacy(db_url, traces=5)
+    assert run_cli("upgrade", BASELINE, url=db_url).code == 0
+    sql(db_url, "create index %s on otel.spans (tenant_id)" % LONG_NAME)
+
+    def suggested():
+        result = run_cli("upgrade", url=db_url)
+        assert result.code == 8, result
+        return re.findall(r"e\.g\. (ALTER INDEX .*? RENAME TO (.*?))\)", result.err)
+    [(_, first)] = suggested()
+    sql(db_url, "create table otel.%s (a int)" % first)
+    [(rename, second)] = suggested()
+    assert second != first
+    sql(db_url, rename)
+    assert run_cli("upgrade", url=db_url).code == 0
+
+
 def test_the_offline_script_refuses_as_online_does(store, tmp_path):
     url, names = store
     set_up(url, next(c for c in CASES if c.kind == "generated column"), names)

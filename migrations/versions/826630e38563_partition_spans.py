@@ -526,12 +526,16 @@ def _taken_names(n: SchemaSQL) -> str:
                   "and (t.typname in (%s) or t.typname ~ %s)" % (s, wanted, day_name))
     fit = MAX_NAME_BYTES - longest
     # The suggested name: the name's first characters that fit, then _ and 8 hex digits of its md5, so that
-    # two names alike in their first bytes are told two different names (each rename runs as printed).
+    # two names alike in their first bytes are told two different names; the first of ten such (md5 of the
+    # name, then of the name and 1, 2, ...) that no relation of the schema holds (each rename runs as printed).
     head = ("(select left(c.relname, max(k)) from generate_series(0, length(c.relname)) k "
             "where octet_length(left(c.relname, k)) <= %d)" % (fit - 9))
+    free = ("(select s.name from (select %s || '_' || left(md5(c.relname || case when k = 0 then '' else k::text "
+            "end), 8) as name, k from generate_series(0, 9) k) s where not exists (select 1 from pg_class r "
+            "where r.relnamespace = c.relnamespace and r.relname = s.name) order by s.k limit 1)" % head)
     too_long = ("quote_ident(c.relname) || ' (rename it to at most %d bytes, e.g. ALTER INDEX ' || %s "
-                "|| ' RENAME TO ' || quote_ident(%s || '_' || left(md5(c.relname), 8)) || ')'"
-                % (fit, _named("c.oid"), head))
+                "|| ' RENAME TO ' || quote_ident(coalesce(%s, %s || '_' || left(md5(c.relname), 8))) || ')'"
+                % (fit, _named("c.oid"), free, head))  # all ten taken: still named (the line must never be NULL)
     return "concat_ws('; ', %s)" % ", ".join([
         _listed("names it will create, taken (rename or drop them)", _named("c.oid"), taken),
         _listed("type names it will create, taken (rename or drop them)", "quote_ident(t.typname)", taken_type),
