@@ -532,7 +532,8 @@ def _taken_names(n: SchemaSQL) -> str:
             "where octet_length(left(c.relname, k)) <= %d)" % (fit - 9))
     free = ("(select s.name from (select %s || '_' || left(md5(c.relname || case when k = 0 then '' else k::text "
             "end), 8) as name, k from generate_series(0, 9) k) s where not exists (select 1 from pg_class r "
-            "where r.relnamespace = c.relnamespace and r.relname = s.name) order by s.k limit 1)" % head)
+            "where r.relnamespace = c.relnamespace and r.relname in (s.name, %s)) order by s.k limit 1)"
+            % (head, ", ".join("%s || s.name" % quote_literal(prefix) for prefix in prefixes)))  # and its indexes' names
     too_long = ("quote_ident(c.relname) || ' (rename it to at most %d bytes, e.g. ALTER INDEX ' || %s "
                 "|| ' RENAME TO ' || quote_ident(coalesce(%s, %s || '_' || left(md5(c.relname), 8))) || ')'"
                 % (fit, _named("c.oid"), free, head))  # all ten taken: still named (the line must never be NULL)
