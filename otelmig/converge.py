@@ -34,12 +34,6 @@ def repair_drift(settings, err, dry_run: bool = False) -> output.Result:
             _converge_all(settings, err, connection, watch, left, done)
             raise drift.refusal_error(found, cleaned=[_helper_of(settings.schema, item) for item in left])
         _converge_all(settings, err, connection, watch, found.repairs, done)
-        # An index built just now can make the INVALID index beside it known as its stopped REINDEX's copy
-        # (the operator dropped the original after the REINDEX stopped): dropped in this run, so one run converges.
-        copies = [item for item in drift.reindex_copies(raw, settings.schema)
-                  if item.problem.object not in {entry["object"] for entry in done}]
-        raw.rollback()
-        _converge_all(settings, err, connection, watch, copies, done)
     return _result(settings, found, done, dry_run=False)
 
 

@@ -684,14 +684,21 @@ def test_upgrade_says_drop_for_a_stopped_reindex_copy_on_the_plain_spans(db_url,
     assert run_cli("upgrade", url=db_url).code == 0
 
 
-def test_one_repair_converges_when_the_original_of_a_stopped_reindex_copy_was_dropped(head_url):
-    """The REINDEX stopped, then the operator dropped the index: the copy is known as one only once repair has
-    built the index again, in the same run, which then drops it (it took two runs; adversary pass 2, 6)."""
-    stop_a_reindex(head_url, "ix_traces_start_time")
-    sql(head_url, "drop index otel.ix_traces_start_time")
+@pytest.mark.parametrize("index,drop", [("ix_traces_start_time", "drop index otel.ix_traces_start_time"),
+                                        ("traces_pkey", "alter table otel.traces drop constraint traces_pkey")])
+def test_one_repair_converges_when_the_original_of_a_stopped_reindex_copy_was_dropped(head_url, index, drop):
+    """The REINDEX stopped, then the operator dropped the index: its copy has the contract's definition
+    under the contract's name + _ccnew, so verify names it and the dry run lists its DROP beside the rebuild,
+    and one run converges (it took two; then the dry run missed the DROP; adversary passes 2 and 3)."""
+    stop_a_reindex(head_url, index)
+    sql(head_url, drop)
+    copy = 'DROP INDEX CONCURRENTLY IF EXISTS "otel"."%s_ccnew"' % index
+    found = verify(head_url)
+    assert "otel.%s_ccnew" % index in [p["object"] for p in found.json()["problems"]], found.out
+    dry = run_cli("repair", "--dry-run", "--format", "json", url=head_url)
     done = run_cli("repair", "--format", "json", url=head_url)
     assert done.code == 0, done
-    assert 'DROP INDEX CONCURRENTLY IF EXISTS "otel"."ix_traces_start_time_ccnew"' in statements_of(done), done.out
+    assert copy in statements_of(done) and copy in statements_of(dry), (dry.out, done.out)
     assert shape(head_url)["invalid"] == [] and verify(head_url).code == 0
 
 
