@@ -186,6 +186,7 @@ def _too_many_outliers(schema: str, pending: list, scripts: list, outlying) -> N
     limit = getattr(script.module, "MAX_OUTLIERS", None) if script else None
     if outlying is None or limit is None or outlying["count"] <= limit:
         return
+    outlying["refused_over"] = limit  # outliers_text says so, not that the conversion keeps them
     rev = next(rev for rev in pending if rev["revision"] == script.revision)
     rev["statements"].insert(0, _later_refusal(
         "%d span(s) in %s.spans are stamped at or after the cutoff %s, more than the %d its conversion moves "

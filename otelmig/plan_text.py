@@ -10,6 +10,7 @@ condition in words.
 
 import re
 
+from otelmig import schema as contract
 from otelmig._version import HEAD_REVISION
 from otelmig.errors import PROGRAM
 
@@ -240,9 +241,11 @@ def outliers_text(schema: str, found: dict) -> str:
             schema, found["since"])
     key = next((k for k in found["newest"][0] if k != "id"), "start_time") if found["newest"] else "start_time"
     shown = ", ".join("id %s at %s" % (row["id"], row[key]) for row in found["newest"])
-    return ("outliers: %d span(s) in %s.spans stamped at or after %s (the conversion's cutoff): the conversion "
-            "keeps them, queryable, outside its day partitions; newest: %s" % (found["count"], schema, found["since"],
-                                                                               shown))
+    fate = ("more than the %d it moves under its lock: revision %s refuses them (listed above)"
+            % (found["refused_over"], contract.PARTITIONING_REVISION) if found.get("refused_over") else
+            "the conversion keeps them, queryable, outside its day partitions")
+    return ("outliers: %d span(s) in %s.spans stamped at or after %s (the conversion's cutoff): %s; newest: %s"
+            % (found["count"], schema, found["since"], fate, shown))
 
 
 def maintain_text(preview: dict) -> str:

@@ -309,6 +309,8 @@ def test_plan_on_a_legacy_store_names_more_outliers_than_the_conversion_moves(db
         in head, head
     rev2 = result.out.split("\nrevision %s" % REV2_ID, 1)[1]
     assert "REFUSE: %d span(s) in otel.spans are stamped at or after the cutoff" % (limit + 1) in rev2, rev2
+    outliers = result.out.split("\noutliers: ", 1)[1].splitlines()[0]  # no promise to keep what it refuses
+    assert "the conversion keeps them" not in outliers and "refuses" in outliers, outliers
     upgrade = run_cli("upgrade", url=db_url)
     assert upgrade.code == 8 and "more than %d rows stamped at or after the cutoff" % limit in upgrade.err, upgrade
 
