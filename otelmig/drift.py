@@ -274,7 +274,7 @@ def survey(conn, schema: str) -> Survey:
             repairs.append(Repair(problem, steps))
     # What a run that stopped left goes first: a NOT NULL still missing is redone after it, from its ADD.
     # A stopped REINDEX's copy goes before any REINDEX (which would leave another, _ccnew1, if it stopped too).
-    repairs = [r for r in helpers_left(conn, schema) + reindex_copies(conn, schema, catalog)
+    repairs = [r for r in helpers_left(conn, schema) + reindex_copies(conn, schema)
                if tuple(r.steps) not in seen] + repairs
     refusals += (_null_refusals(conn, schema, repairs) + _duplicate_refusals(conn, schema, repairs)
                  + _sequence_refusals(conn, schema, repairs)
@@ -372,7 +372,8 @@ def _partition_name_refusals(conn, schema: str, catalog: LiveCatalog) -> List[st
 # which is a contract index or primary key, or a partition's index of one. One that a session of this
 # database holds in SHARE UPDATE EXCLUSIVE is the copy of a REINDEX at work (it keeps that lock on both
 # indexes through all its transactions), not a leftover: left to it. A query's ACCESS SHARE on every
-# index of its table is not.
+# index of its table is not. Nor is one on a table where an index is being built (CREATE INDEX or REINDEX,
+# as far as this role may see): it may be that build's own index, which an operator may well name so.
 _COPIES_SQL = """select c.relname::text, t.relname::text, o.relname::text, ox.indisprimary,
        coalesce(p.relname::text, ''), coalesce(pt.relname::text, ''), coalesce(px.indisprimary, false)
 from pg_index x join pg_class c on c.oid = x.indexrelid join pg_class t on t.oid = x.indrelid
@@ -391,6 +392,8 @@ where n.nspname = %s and c.relkind = 'i' and not x.indisvalid and c.relname ~ '_
   and not exists (select 1 from pg_locks l where l.locktype = 'relation' and l.relation = c.oid
                   and l.mode = 'ShareUpdateExclusiveLock' and l.granted and l.pid <> pg_backend_pid()
                   and l.database = (select oid from pg_database where datname = current_database()))
+  and not exists (select 1 from pg_stat_progress_create_index b where b.relid = x.indrelid
+                  and b.pid <> pg_backend_pid())
 order by 1, 3"""
 _COPY_TABLE_WORD = 6  # the table's word (schema.table) in a failed_reindex_copy's detail (classify reads it back)
 
@@ -412,7 +415,7 @@ def drop_copy_step(n: SchemaSQL, copy: str, table: str) -> Concurrent:
                       table=table, lock=Lock.ACCESS_EXCLUSIVE)
 
 
-def reindex_copies(conn, schema: str, catalog: Optional[LiveCatalog] = None) -> List[Repair]:
+def reindex_copies(conn, schema: str) -> List[Repair]:
     """INVALID copies a stopped REINDEX CONCURRENTLY left of a contract index or primary key, or of a
     partition's index of one (repair's own REINDEX, one it would run, or the operator's): a failed copy,
     never the operator's index, so dropped (concurrently). Anything else is the operator's (_COPIES_SQL)."""
@@ -427,26 +430,6 @@ def reindex_copies(conn, schema: str, catalog: Optional[LiveCatalog] = None) -> 
             continue
         seen.add(copy)
         found.append(_copy_repair(schema, copy, table, original))
-    for copy, table, original in _copies_of_dropped_originals(catalog or read_catalog(conn, schema), seen):
-        found.append(_copy_repair(schema, copy, table, original))
-    return found
-
-
-def _copies_of_dropped_originals(catalog: LiveCatalog, seen: set) -> List[tuple]:
-    """(copy, table, original) of a copy whose original the operator dropped after its REINDEX stopped: named
-    as PostgreSQL names a copy of a contract index or primary key that is not there, with its contract
-    definition (repair builds the original again, so this copy is known before, and dropped in the same run)."""
-    wanted = {(i.table, i.name): (i.method, i.keys, i.unique) for i in contract.INDEXES}
-    wanted.update({(t.name, t.primary_key): ("btree", t.primary_key_columns, True) for t in contract.TABLES})
-    found = []
-    for index in catalog.indexes.values():
-        if index.valid or index.name in seen or not re.search(r"_cc(new|old)[0-9]*$", index.name):
-            continue
-        for (table, name), (method, keys, unique) in wanted.items():
-            if (table == index.table and name not in catalog.indexes and _named_as_copy_of(index.name, name)
-                    and (index.method, index.keys, index.unique, index.predicate) == (method, keys, unique, "")):
-                found.append((index.name, table, name))
-                break
     return found
 
 

@@ -34,7 +34,7 @@ def verify(settings, err, strict: bool = False) -> output.Result:
         report = with_unfinished_runs(conn, settings.schema, report)
         # A helper CHECK a stopped repair left rejects NULL inserts: a problem, whatever else holds.
         # So does an INVALID copy a stopped REINDEX CONCURRENTLY left (on a partition too, where nothing else sees it).
-        left = drift.helpers_left(conn, settings.schema) + drift.reindex_copies(conn, settings.schema, catalog)
+        left = drift.helpers_left(conn, settings.schema) + drift.reindex_copies(conn, settings.schema)
         report = report._replace(problems=report.problems + [r.problem for r in left])
         if catalog.kinds.get(contract.SPANS.name) == "p":
             report = with_partition_checks(conn, settings.schema, report)
