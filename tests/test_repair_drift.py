@@ -704,6 +704,18 @@ def test_a_copy_whose_original_was_dropped_is_known_once_repair_built_it_again(h
     assert shape(head_url)["invalid"] == [] and verify(head_url).code == 0
 
 
+def test_an_invalid_index_on_the_partitioned_spans_is_never_taken_for_a_copy(head_url):
+    """A REINDEX leaves its copies on partitions, never on the partitioned parent: an operator's ON ONLY index
+    there (INVALID until each partition has one) is theirs, and DROP INDEX CONCURRENTLY could not drop it
+    anyway (adversary pass 4, finding 3)."""
+    sql(head_url, "create index ix_spans_trace_id_ccnew on only otel.spans (trace_id)")
+    assert "ix_spans_trace_id_ccnew" in shape(head_url)["invalid"]
+    found = verify(head_url)
+    assert "otel.ix_spans_trace_id_ccnew" not in [p["object"] for p in found.json()["problems"]], found.out
+    dry = run_cli("repair", "--dry-run", url=head_url)
+    assert "DROP" not in dry.out, dry
+
+
 def test_an_index_being_built_concurrently_under_a_copys_name_is_left_to_its_build(head_url):
     """An operator building a copy of a contract index by hand under a name PostgreSQL gives copies: while the
     build runs its index is INVALID, beside an index of the same definition, and holds no lock of its own;
