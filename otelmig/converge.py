@@ -70,7 +70,8 @@ def _converge(settings, err, connection, watch, item: drift.Repair) -> List[str]
     output.progress(settings, err, "repair: %s %s" % (item.problem.kind, item.problem.object))
     runner = repair.runner_on(connection, settings.schema, lambda line: _ran(settings, err, ran, line), watch=watch)
     for step in item.steps:
-        def attempt(step=step):
+        def attempt(step=step, mark=len(ran)):
+            del ran[mark:]  # a step retried after a lock timeout is listed once, as its last try ran it
             runner.run_step(step)
             connection.commit()
         migration_session.run_with_retries(settings, err, connection, attempt)

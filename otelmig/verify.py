@@ -35,7 +35,9 @@ def verify(settings, err, strict: bool = False) -> output.Result:
         # A helper CHECK a stopped repair left rejects NULL inserts: a problem, whatever else holds.
         # So does an INVALID copy a stopped REINDEX CONCURRENTLY left (on a partition too, where nothing else sees it).
         left = drift.helpers_left(conn, settings.schema) + drift.reindex_copies(conn, settings.schema)
-        report = report._replace(problems=report.problems + [r.problem for r in left])
+        named = {r.problem.object for r in left}  # a copy is a problem, not also an extra index
+        report = report._replace(problems=report.problems + [r.problem for r in left],
+                                 extras=[e for e in report.extras if e.object not in named])
         if catalog.kinds.get(contract.SPANS.name) == "p":
             report = with_partition_checks(conn, settings.schema, report)
         # The last run of the history (otelmig/runlog.py), as a fact: it never makes drift.

@@ -275,6 +275,29 @@ def test_a_reader_holding_the_table_past_the_lock_budget_is_exit_9_with_nothing_
     assert run_cli("repair", url=head_url).code == 0 and verify(head_url).code == 0
 
 
+def test_a_step_retried_after_lock_timeouts_is_listed_once(head_url):
+    """A reader holds the table through repair's first tries: the step is retried and listed once, as it ran
+    (it was listed once per try; adversary pass 4, finding 2)."""
+    sql(head_url, "alter table otel.traces alter column span_count drop default")
+    reader = connect(head_url, autocommit=False)
+    reader.cursor().execute("select count(*) from otel.traces")  # ACCESS SHARE until it ends
+
+    def release():
+        time.sleep(1.0)
+        reader.rollback()
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        done = run_cli("repair", "--lock-timeout", "5", "--format", "json", "-v", url=head_url)
+    finally:
+        thread.join(10)
+        reader.close()
+    assert done.code == 0 and "retrying" in done.err, done
+    ran = statements_of(done)
+    assert len(ran) == len(set(ran)) and [s for s in ran if "SET DEFAULT" in s], ran
+    assert verify(head_url).code == 0
+
+
 def test_a_refusal_in_json_lists_each_refusal(head_url):
     run_all(head_url, "alter table otel.spans alter column kind type varchar(20)",
             "alter table otel.spans drop column status_message")
@@ -553,6 +576,7 @@ def test_the_old_index_a_reindex_stopped_after_its_swap_left_is_dropped_concurre
     assert found.code == 7 and "run `otelmig repair`" in found.err, found
     assert [p["object"] for p in found.json()["problems"]] == ["otel.%s_ccold" % index], found.out
     assert "the old index, after the new one took its name" in found.out, found.out
+    assert "otel.%s_ccold" % index not in [e["object"] for e in found.json()["extras"]], found.out  # named once
     done = run_cli("repair", "--format", "json", url=head_url)
     assert done.code == 0, done
     assert statements_of(done) == ['DROP INDEX CONCURRENTLY IF EXISTS "otel"."%s_ccold"' % index], done.out
