@@ -202,10 +202,12 @@ def test_a_leftover_far_ahead_is_ready_with_a_warning_and_a_gauge(head_store, mo
 
 
 def test_a_leftover_within_the_hour_on_a_partition_is_not_ready(head_store):
-    today = partition_layout.server_today(head_store)
-    moment = sql(head_store, "select (now() + interval '30 minutes')::text")[0][0]
+    # the partition of the UTC day the moment falls in: after 23:30 UTC that is tomorrow's (today's bound,
+    # midnight, would imply the CHECK, which is then no leftover: the test failed every night from 23:30)
+    moment, day = sql(head_store, "select (now() + interval '30 minutes')::text, "
+                                  "((now() + interval '30 minutes') at time zone 'UTC')::date")[0]
     sql(head_store, "ALTER TABLE otel.%s ADD CONSTRAINT spans_history_range CHECK (start_time < '%s') NOT VALID"
-        % (partition_layout.day_name(today), moment))
+        % (partition_layout.day_name(day), moment))
     result = run_cli("check", url=head_store)
     assert result.code == 7 and one_line(result.err), result
     assert "spans_history_range" in result.err and "`otelmig upgrade`" in result.err
